@@ -1,0 +1,392 @@
+import NIOCore
+
+/// What the server knows of one message in a maildrop: its size and unique-id.
+public struct MessageSummary: Sendable, Equatable {
+    public var size: Int
+    public var uniqueID: String
+
+    public init(size: Int, uniqueID: String) {
+        self.size = size
+        self.uniqueID = uniqueID
+    }
+}
+
+/// The server side of one POP3 session as a pure state machine (RFC 1939 §3).
+///
+/// It takes events (a command line, a login result, …) and returns the action the driver performs. It does no I/O
+/// and keeps the deleted-message set inside the TRANSACTION state, so nothing outside that state can touch it.
+public struct ServerSession: Sendable {
+    public struct Configuration: Sendable {
+        /// Name announced in `IMPLEMENTATION`.
+        public var implementation = "swift-pop3"
+        /// The connection can be upgraded with STLS (plaintext listener with TLS configured).
+        public var stlsAvailable = false
+        /// Accept USER/PASS and AUTH PLAIN without TLS. Off by default (RFC 8314 §5, security.md case 8).
+        public var allowCleartextAuthentication = false
+        public var maximumCommandLineLength = POP3Defaults.maximumCommandLineLength
+        public var maximumSASLLineLength = POP3Defaults.maximumSASLLineLength
+        public var maximumBadCommandsBeforeLogin = POP3Defaults.maximumBadCommandsBeforeLogin
+        public var maximumBadCommandsAfterLogin = POP3Defaults.maximumBadCommandsAfterLogin
+
+        public init() {}
+    }
+
+    /// The kind of a full scan listing.
+    public enum ListingKind: Sendable, Equatable { case list, uidl }
+
+    /// Why a login did not lead to TRANSACTION state.
+    public enum LoginFailure: Sendable, Equatable {
+        case invalidCredentials
+        case maildropInUse
+        case temporary
+        case permanent
+    }
+
+    public enum Action: Sendable, Equatable {
+        case respond(StatusResponse)
+        /// A status line followed by server-made lines and the terminating ".".
+        case respondLines(StatusResponse, [String])
+        /// A status line followed by a LIST or UIDL line per undeleted message; see `writeScanListing`.
+        case respondScanListing(StatusResponse, ListingKind)
+        /// Verify the credentials, then open and lock the maildrop; report with `loginSucceeded`/`loginFailed`.
+        case login(user: String, password: String)
+        /// Send the status line, then the message content through a `DotStuffer` with this limit.
+        case sendMessage(StatusResponse, index: Int, bodyLineLimit: UInt32?)
+        /// Send the status line in plaintext, discard anything the client sent after STLS, start the TLS handshake,
+        /// then call `tlsEstablished`.
+        case startTLS(StatusResponse)
+        /// SASL continuation: `+ ` with an empty challenge.
+        case saslContinuation
+        /// UPDATE state: delete these messages, release the maildrop, then call `updateFinished`.
+        case commit(deleting: [Int])
+        case respondAndClose(StatusResponse)
+    }
+
+    struct Transaction: Sendable {
+        let user: String
+        let messages: [MessageSummary]
+        var deleted: [Bool]
+        var deletedCount = 0
+        var deletedSize = 0
+
+        init(user: String, messages: [MessageSummary]) {
+            self.user = user
+            self.messages = messages
+            self.deleted = Array(repeating: false, count: messages.count)
+        }
+
+        var remainingCount: Int { self.messages.count - self.deletedCount }
+        var remainingSize: Int { self.messages.reduce(0) { $0 + $1.size } - self.deletedSize }
+    }
+
+    enum State: Sendable {
+        case authorization(pendingUser: String?)
+        case saslPlain
+        case loggingIn(user: String)
+        case startingTLS
+        case transaction(Transaction)
+        case update
+        case closed
+    }
+
+    public let configuration: Configuration
+    private var state: State = .authorization(pendingUser: nil)
+    public private(set) var tlsActive: Bool
+    public private(set) var badCommands = 0
+    private let parser: CommandParser
+
+    public init(configuration: Configuration, tlsActive: Bool) {
+        self.configuration = configuration
+        self.tlsActive = tlsActive
+        self.parser = CommandParser(maximumLineLength: configuration.maximumCommandLineLength)
+    }
+
+    public static let greeting = StatusResponse.ok("swift-pop3 ready.")
+
+    /// The logged-in user, once in TRANSACTION state.
+    public var user: String? {
+        switch self.state {
+        case .transaction(let t): t.user
+        case .loggingIn(let user): user
+        default: nil
+        }
+    }
+
+    public var isAuthenticated: Bool {
+        if case .transaction = self.state { return true }
+        return false
+    }
+
+    /// Whether the next line is a SASL response rather than a command (its limit differs).
+    public var expectsSASLResponse: Bool {
+        if case .saslPlain = self.state { return true }
+        return false
+    }
+
+    public var maximumLineLength: Int {
+        self.expectsSASLResponse ? self.configuration.maximumSASLLineLength : self.configuration.maximumCommandLineLength
+    }
+
+    private var mayAuthenticate: Bool { self.tlsActive || self.configuration.allowCleartextAuthentication }
+
+    /// Capabilities for the current state (DESIGN: three lists; STLS only before TLS, USER/SASL only where auth is allowed).
+    public var capabilities: [Capability] {
+        var caps: [Capability] = [.top, .uidl, .respCodes, .authRespCode, .pipelining]
+        if self.mayAuthenticate {
+            caps.append(.user)
+            caps.append(.sasl(["PLAIN"]))
+        }
+        if !self.tlsActive && self.configuration.stlsAvailable && !self.isAuthenticated {
+            caps.append(.stls)
+        }
+        caps.append(.implementation(self.configuration.implementation))
+        return caps
+    }
+
+    // MARK: Events
+
+    /// A line longer than the framing limit arrived (and was discarded up to its LF).
+    public mutating func receiveOverlongLine() -> Action {
+        if case .saslPlain = self.state {
+            self.state = .authorization(pendingUser: nil)
+            return self.badCommand(.err("Authentication failed: response too long.", code: .auth))
+        }
+        return self.badCommand(.err("Line too long."))
+    }
+
+    /// One line from the client, without its line break.
+    public mutating func receive(line: ByteBuffer) -> Action {
+        if case .saslPlain = self.state {
+            return self.receiveSASLResponse(line)
+        }
+        let command: Command
+        do {
+            command = try self.parser.parse(line)
+        } catch {
+            return self.badCommand(Self.response(for: error))
+        }
+        return self.receive(command)
+    }
+
+    public mutating func receive(_ command: Command) -> Action {
+        if case .capa = command {
+            return .respondLines(.ok("Capability list follows."), self.capabilities.map(\.description))
+        }
+        switch self.state {
+        case .authorization(let pendingUser):
+            return self.authorization(command, pendingUser: pendingUser)
+        case .transaction(var transaction):
+            let action = self.transaction(command, &transaction)
+            if case .transaction = self.state { self.state = .transaction(transaction) }
+            return action
+        case .saslPlain, .loggingIn, .startingTLS, .update, .closed:
+            // The driver does not feed commands while an operation is in flight.
+            return self.badCommand(.err("Command not valid in this state."))
+        }
+    }
+
+    public mutating func loginSucceeded(messages: [MessageSummary]) -> Action {
+        guard case .loggingIn(let user) = self.state else { preconditionFailure("loginSucceeded outside login") }
+        self.state = .transaction(Transaction(user: user, messages: messages))
+        return .respond(.ok("Logged in."))
+    }
+
+    public mutating func loginFailed(_ failure: LoginFailure) -> Action {
+        guard case .loggingIn = self.state else { preconditionFailure("loginFailed outside login") }
+        self.state = .authorization(pendingUser: nil)
+        switch failure {
+        case .invalidCredentials: return .respond(Self.authenticationFailed)
+        case .maildropInUse: return .respond(.err("Mailbox is locked by another session.", code: .inUse))
+        case .temporary: return .respond(.err("Temporary server failure, try again later.", code: .sysTemp))
+        case .permanent: return .respond(.err("Mailbox is not available.", code: .sysPerm))
+        }
+    }
+
+    public mutating func tlsEstablished() {
+        precondition({ if case .startingTLS = self.state { true } else { false } }(), "tlsEstablished outside STLS")
+        self.tlsActive = true
+        // Nothing learned before TLS carries over (security.md case 6).
+        self.state = .authorization(pendingUser: nil)
+    }
+
+    /// The result of UPDATE; the connection closes after the reply.
+    public mutating func updateFinished(success: Bool) -> Action {
+        self.state = .closed
+        return .respondAndClose(
+            success ? .ok("Logging out, messages deleted.") : .err("Some deleted messages were not removed.", code: .sysTemp)
+        )
+    }
+
+    /// Writes the scan listing lines for LIST or UIDL (undeleted messages only) and the terminating ".".
+    public func writeScanListing(_ kind: ListingKind, into buffer: inout ByteBuffer) {
+        guard case .transaction(let t) = self.state else { return }
+        for (index, message) in t.messages.enumerated() where !t.deleted[index] {
+            buffer.writeString(String(index + 1))
+            buffer.writeStaticString(" ")
+            switch kind {
+            case .list: buffer.writeString(String(message.size))
+            case .uidl: buffer.writeString(message.uniqueID)
+            }
+            buffer.writeStaticString("\r\n")
+        }
+        buffer.writeStaticString(".\r\n")
+    }
+
+    // MARK: States
+
+    static let authenticationFailed = StatusResponse.err("Authentication failed.", code: .auth)
+    static let cleartextRefused = StatusResponse.err(
+        "Plaintext authentication disallowed on non-secure (SSL/TLS) connections.",
+        code: .auth
+    )
+
+    private mutating func authorization(_ command: Command, pendingUser: String?) -> Action {
+        switch command {
+        case .user(let name):
+            guard self.mayAuthenticate else { return .respond(Self.cleartextRefused) }
+            // Same reply for every name: USER never reveals whether an account exists.
+            self.state = .authorization(pendingUser: name)
+            return .respond(.ok("Send your password."))
+        case .pass(let password):
+            guard self.mayAuthenticate else { return .respond(Self.cleartextRefused) }
+            guard let user = pendingUser else {
+                return self.badCommand(.err("No user name given; send USER first."))
+            }
+            self.state = .loggingIn(user: user)
+            return .login(user: user, password: password)
+        case .auth(nil, _):
+            return .respondLines(.ok("Supported mechanisms follow."), self.mayAuthenticate ? ["PLAIN"] : [])
+        case .auth(let mechanism?, let initial):
+            guard mechanism == "PLAIN" else {
+                return self.badCommand(.err("Unsupported authentication mechanism."))
+            }
+            guard self.mayAuthenticate else { return .respond(Self.cleartextRefused) }
+            guard let initial else {
+                self.state = .saslPlain
+                return .saslContinuation
+            }
+            return self.saslPlain(response: initial)
+        case .apop:
+            return self.badCommand(.err("APOP is not supported."))
+        case .stls:
+            if self.tlsActive { return self.badCommand(.err("TLS is already active.")) }
+            guard self.configuration.stlsAvailable else { return self.badCommand(.err("STLS is not available.")) }
+            self.state = .startingTLS
+            return .startTLS(.ok("Begin TLS negotiation now."))
+        case .quit:
+            self.state = .closed
+            return .respondAndClose(.ok("Logging out."))
+        case .noop, .stat, .list, .retr, .dele, .rset, .top, .uidl:
+            return self.badCommand(.err("Command not valid before login."))
+        case .capa:
+            preconditionFailure("handled above")
+        }
+    }
+
+    private mutating func receiveSASLResponse(_ line: ByteBuffer) -> Action {
+        self.state = .authorization(pendingUser: nil)
+        guard line.readableBytes + 2 <= self.configuration.maximumSASLLineLength else {
+            return self.badCommand(.err("Authentication failed: response too long.", code: .auth))
+        }
+        guard let text = String(validating: line.readableBytesView, as: UTF8.self) else {
+            return self.badCommand(.err("Authentication failed: invalid base64 data.", code: .auth))
+        }
+        if text == "*" {
+            return .respond(.err("Authentication cancelled."))
+        }
+        return self.saslPlain(response: text)
+    }
+
+    private mutating func saslPlain(response: String) -> Action {
+        let credentials: SASLPlainCredentials
+        do {
+            credentials = try SASLPlainCredentials.decode(response: response)
+        } catch .badBase64 {
+            return self.badCommand(.err("Authentication failed: invalid base64 data.", code: .auth))
+        } catch {
+            return self.badCommand(.err("Authentication failed: malformed PLAIN response.", code: .auth))
+        }
+        // No proxy authorisation: an authorisation identity, if given, must be the user itself.
+        guard credentials.authorizationID.isEmpty || credentials.authorizationID == credentials.authenticationID else {
+            return .respond(Self.authenticationFailed)
+        }
+        self.state = .loggingIn(user: credentials.authenticationID)
+        return .login(user: credentials.authenticationID, password: credentials.password)
+    }
+
+    private mutating func transaction(_ command: Command, _ t: inout Transaction) -> Action {
+        /// Runs `body` with the index of an existing, undeleted message, or answers why there is none.
+        func withMessage(_ number: MessageNumber, _ body: (Int) -> Action) -> Action {
+            let index = number.index
+            guard index < t.messages.count else { return .respond(.err("No such message.")) }
+            guard !t.deleted[index] else { return .respond(.err("Message is deleted.")) }
+            return body(index)
+        }
+        switch command {
+        case .stat:
+            return .respond(.ok("\(t.remainingCount) \(t.remainingSize)"))
+        case .list(nil):
+            return .respondScanListing(.ok("\(t.remainingCount) messages (\(t.remainingSize) octets)"), .list)
+        case .list(let number?):
+            return withMessage(number) { index in .respond(.ok("\(number) \(t.messages[index].size)")) }
+        case .uidl(nil):
+            return .respondScanListing(.ok("Unique-ID listing follows."), .uidl)
+        case .uidl(let number?):
+            return withMessage(number) { index in .respond(.ok("\(number) \(t.messages[index].uniqueID)")) }
+        case .retr(let number):
+            return withMessage(number) { index in
+                .sendMessage(.ok("\(t.messages[index].size) octets"), index: index, bodyLineLimit: nil)
+            }
+        case .top(let number, let lines):
+            return withMessage(number) { index in
+                .sendMessage(.ok("Top of message follows."), index: index, bodyLineLimit: lines)
+            }
+        case .dele(let number):
+            return withMessage(number) { index in
+                t.deleted[index] = true
+                t.deletedCount += 1
+                t.deletedSize += t.messages[index].size
+                return .respond(.ok("Message \(number) deleted."))
+            }
+        case .rset:
+            t.deleted = Array(repeating: false, count: t.messages.count)
+            t.deletedCount = 0
+            t.deletedSize = 0
+            return .respond(.ok("Maildrop has \(t.remainingCount) messages (\(t.remainingSize) octets)."))
+        case .noop:
+            return .respond(.ok(""))
+        case .quit:
+            self.state = .update
+            return .commit(deleting: t.deleted.indices.filter { t.deleted[$0] })
+        case .user, .pass, .auth, .apop, .stls:
+            return self.badCommand(.err("Command not valid in this state."))
+        case .capa:
+            preconditionFailure("handled above")
+        }
+    }
+
+    private mutating func badCommand(_ response: StatusResponse) -> Action {
+        self.badCommands += 1
+        let limit =
+            self.isAuthenticated
+            ? self.configuration.maximumBadCommandsAfterLogin : self.configuration.maximumBadCommandsBeforeLogin
+        if self.badCommands >= limit {
+            self.state = .closed
+            return .respondAndClose(.err("Too many invalid commands."))
+        }
+        return .respond(response)
+    }
+
+    /// The one place that maps a parse error to the wire. No reply contains client bytes.
+    static func response(for error: CommandParseError) -> StatusResponse {
+        switch error {
+        case .lineTooLong: .err("Line too long.")
+        case .empty: .err("Empty command.")
+        case .containsNUL: .err("NUL byte in command.")
+        case .invalidUTF8: .err("Invalid UTF-8 in command.")
+        case .unknownCommand: .err("Unknown command.")
+        case .syntax: .err("Invalid arguments.")
+        case .noSuchMessage: .err("No such message.")
+        }
+    }
+}
