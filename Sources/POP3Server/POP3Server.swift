@@ -1,0 +1,208 @@
+import Accounts
+import Logging
+import MailStore
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+import POP3Core
+import POP3NIO
+import ServiceLifecycle
+
+/// The kind of a listener.
+public enum ListenerKind: String, Sendable {
+    /// Implicit TLS (RFC 8314), port 995.
+    case pop3s
+    /// Plaintext with STLS (RFC 2595), port 110.
+    case pop3
+}
+
+/// A listener once bound (with the real port when 0 was asked for).
+public struct BoundListener: Sendable {
+    public var kind: ListenerKind
+    public var address: SocketAddress
+    public var port: Int { self.address.port ?? 0 }
+}
+
+typealias ConnectionChannel = NIOAsyncChannel<POP3InboundFrame, POP3OutboundFrame>
+
+/// The POP3 server: listeners, connection limits, sessions, graceful shutdown.
+public final class POP3Server: Service, Sendable {
+    public let configuration: ServerConfiguration
+    let tls: TLSProvider?
+    let verifier: any CredentialVerifier
+    let maildrops: any MaildropProvider
+    let locator: MaildirLocator
+    let group: any EventLoopGroup
+    let logger: Logger
+    let limiter: ConnectionLimiter
+    private let onListening: @Sendable ([BoundListener]) -> Void
+    private let openChannels = NIOLockedValueBox<[ObjectIdentifier: any Channel]>([:])
+    private let connectionCounter = ManagedAtomicCounter()
+
+    public init(
+        configuration: ServerConfiguration,
+        tls: TLSProvider?,
+        verifier: any CredentialVerifier,
+        maildrops: any MaildropProvider,
+        group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+        logger: Logger,
+        onListening: @escaping @Sendable ([BoundListener]) -> Void = { _ in }
+    ) {
+        self.configuration = configuration
+        self.tls = tls
+        self.verifier = verifier
+        self.maildrops = maildrops
+        self.locator = MaildirLocator(template: configuration.maildirTemplate)
+        self.group = group
+        self.logger = logger
+        self.limiter = ConnectionLimiter(
+            maximumConnections: configuration.limits.connections,
+            maximumPerAddress: configuration.limits.connectionsPerAddress
+        )
+        self.onListening = onListening
+    }
+
+    /// Binds every listener, serves until graceful shutdown (or cancellation), then lets sessions finish for up to
+    /// the grace period before closing them.
+    public func run() async throws {
+        var listeners: [(ListenerKind, NIOAsyncChannel<ConnectionSetup, Never>)] = []
+        for address in self.configuration.pop3sListeners {
+            listeners.append((.pop3s, try await self.bind(address, kind: .pop3s)))
+        }
+        for address in self.configuration.pop3Listeners {
+            listeners.append((.pop3, try await self.bind(address, kind: .pop3)))
+        }
+        let bound = listeners.compactMap { kind, channel in channel.channel.localAddress.map { BoundListener(kind: kind, address: $0) } }
+        for listener in bound {
+            self.logger.info("listening", metadata: ["kind": "\(listener.kind.rawValue)", "address": "\(listener.address)"])
+        }
+        self.onListening(bound)
+
+        let serverChannels = listeners.map { $0.1.channel }
+        try await withGracefulShutdownHandler {
+            await withDiscardingTaskGroup { group in
+                for (kind, listener) in listeners {
+                    group.addTask { await self.acceptLoop(listener, kind: kind) }
+                }
+            }
+        } onGracefulShutdown: {
+            self.logger.info("shutting down: no new connections; sessions get \(self.configuration.limits.shutdownGracePeriod) to finish")
+            for channel in serverChannels { channel.close(promise: nil) }
+            let grace = self.configuration.limits.shutdownGracePeriod
+            self.group.any().scheduleTask(in: .nanoseconds(Int64(grace.components.seconds) * 1_000_000_000)) {
+                self.closeAllConnections()
+            }
+        }
+        self.logger.info("stopped")
+    }
+
+    /// Closes every open connection (end of the shutdown grace period). Sessions not in UPDATE delete nothing.
+    func closeAllConnections() {
+        let channels = self.openChannels.withLockedValue { Array($0.values) }
+        for channel in channels { channel.close(promise: nil) }
+    }
+
+    struct ConnectionSetup: Sendable {
+        let channel: ConnectionChannel
+        let admission: ConnectionLimiter.Decision
+    }
+
+    private func bind(_ address: ListenAddress, kind: ListenerKind) async throws -> NIOAsyncChannel<ConnectionSetup, Never> {
+        let limits = self.configuration.limits
+        let tls = self.tls
+        let lineLimit = max(limits.commandLineLength, limits.saslLineLength)
+        let handshakeTimeout = TimeAmount.seconds(limits.handshakeTimeout.components.seconds)
+        let stlsFactory: OutboundFrameHandler.TLSHandlerFactory? =
+            (kind == .pop3 && tls != nil) ? { _ in try tls!.makeHandlers(handshakeTimeout: handshakeTimeout) } : nil
+        let limiter = self.limiter
+        let openChannels = self.openChannels
+        do {
+            return try await ServerBootstrap(group: self.group)
+                .serverChannelOption(.backlog, value: 1024)
+                .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+                .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+                .bind(host: address.host, port: address.port) { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        let admission = limiter.admit(channel.remoteAddress)
+                        if case .admitted(let key) = admission {
+                            let id = ObjectIdentifier(channel)
+                            openChannels.withLockedValue { $0[id] = channel }
+                            channel.closeFuture.whenComplete { _ in
+                                limiter.release(key: key)
+                                openChannels.withLockedValue { $0[id] = nil }
+                            }
+                        }
+                        let sync = channel.pipeline.syncOperations
+                        if kind == .pop3s, let tls {
+                            try sync.addHandlers(try tls.makeHandlers(handshakeTimeout: handshakeTimeout))
+                        }
+                        try sync.addHandler(
+                            SessionTimeoutHandler(
+                                preAuthenticationTimeout: .seconds(limits.preAuthenticationTimeout.components.seconds),
+                                idleTimeout: .seconds(limits.idleTimeout.components.seconds)
+                            )
+                        )
+                        try sync.addHandler(ByteToMessageHandler(LineFrameDecoder(maximumLineLength: lineLimit)))
+                        try sync.addHandler(OutboundFrameHandler(maximumLineLength: lineLimit, makeTLSHandlers: stlsFactory))
+                        let asyncChannel = try ConnectionChannel(wrappingChannelSynchronously: channel)
+                        return ConnectionSetup(channel: asyncChannel, admission: admission)
+                    }
+                }
+        } catch {
+            throw ConfigurationError(key: "listen.\(kind.rawValue)", "cannot listen on \(address): \(error)")
+        }
+    }
+
+    private func acceptLoop(_ listener: NIOAsyncChannel<ConnectionSetup, Never>, kind: ListenerKind) async {
+        do {
+            try await listener.executeThenClose { inbound in
+                try await withThrowingDiscardingTaskGroup { group in
+                    for try await setup in inbound {
+                        group.addTask { await self.serve(setup, kind: kind) }
+                    }
+                }
+            }
+        } catch {
+            self.logger.error("listener failed", metadata: ["kind": "\(kind.rawValue)", "error": "\(error)"])
+        }
+    }
+
+    /// One connection. Never throws into the server: whatever happens here ends this connection only.
+    private func serve(_ setup: ConnectionSetup, kind: ListenerKind) async {
+        var logger = self.logger
+        logger[metadataKey: "conn"] = "\(self.connectionCounter.next())"
+        logger[metadataKey: "peer"] = "\(setup.channel.channel.remoteAddress.map { "\($0)" } ?? "?")"
+        guard case .admitted = setup.admission else {
+            logger.warning("connection refused: limit reached", metadata: ["limit": "\(setup.admission)"])
+            try? await setup.channel.executeThenClose { _, outbound in
+                if kind == .pop3 {
+                    var buffer = ByteBuffer()
+                    StatusResponse.err("Too many connections, try again later.", code: .sysTemp).write(into: &buffer)
+                    try await outbound.write(.bytes(buffer))
+                }
+            }
+            return
+        }
+        var sessionConfiguration = ServerSession.Configuration()
+        sessionConfiguration.stlsAvailable = kind == .pop3 && self.tls != nil
+        sessionConfiguration.allowCleartextAuthentication = self.configuration.allowCleartextAuthentication
+        sessionConfiguration.maximumCommandLineLength = self.configuration.limits.commandLineLength
+        sessionConfiguration.maximumSASLLineLength = self.configuration.limits.saslLineLength
+        sessionConfiguration.maximumBadCommandsBeforeLogin = self.configuration.limits.badCommandsBeforeLogin
+        sessionConfiguration.maximumBadCommandsAfterLogin = self.configuration.limits.badCommandsAfterLogin
+        let driver = SessionDriver(
+            session: ServerSession(configuration: sessionConfiguration, tlsActive: kind == .pop3s),
+            verifier: self.verifier,
+            maildrops: self.maildrops,
+            locator: self.locator,
+            logger: logger
+        )
+        await driver.run(setup.channel)
+    }
+}
+
+/// A small lock-protected counter for connection ids.
+final class ManagedAtomicCounter: Sendable {
+    private let value = NIOLockedValueBox<UInt64>(0)
+    func next() -> UInt64 { self.value.withLockedValue { $0 += 1; return $0 } }
+}

@@ -1,0 +1,244 @@
+import Configuration
+import Foundation
+import POP3Core
+import SystemPackage
+
+/// A listening address, `host:port` or `[v6]:port`.
+public struct ListenAddress: Sendable, Equatable, CustomStringConvertible {
+    public var host: String
+    public var port: Int
+
+    public init(host: String, port: Int) {
+        self.host = host
+        self.port = port
+    }
+
+    public init?(parsing text: String) {
+        let host: Substring
+        let portText: Substring
+        if text.hasPrefix("[") {
+            guard let close = text.firstIndex(of: "]"), text[close...].hasPrefix("]:") else { return nil }
+            host = text[text.index(after: text.startIndex)..<close]
+            portText = text[text.index(close, offsetBy: 2)...]
+        } else {
+            guard let colon = text.lastIndex(of: ":"), !text[..<colon].contains(":") else { return nil }
+            host = text[..<colon]
+            portText = text[text.index(after: colon)...]
+        }
+        guard !host.isEmpty, let port = Int(portText), (0...65535).contains(port) else { return nil }
+        self.host = String(host)
+        self.port = port
+    }
+
+    public var description: String { self.host.contains(":") ? "[\(self.host)]:\(self.port)" : "\(self.host):\(self.port)" }
+}
+
+/// Every server limit, with defaults from `POP3Defaults`.
+public struct ServerLimits: Sendable, Equatable {
+    public var commandLineLength = POP3Defaults.maximumCommandLineLength
+    public var saslLineLength = POP3Defaults.maximumSASLLineLength
+    public var badCommandsBeforeLogin = POP3Defaults.maximumBadCommandsBeforeLogin
+    public var badCommandsAfterLogin = POP3Defaults.maximumBadCommandsAfterLogin
+    public var preAuthenticationTimeout = POP3Defaults.preAuthenticationTimeout
+    public var idleTimeout = POP3Defaults.idleTimeout
+    public var handshakeTimeout = POP3Defaults.handshakeTimeout
+    public var connectionsPerAddress = POP3Defaults.maximumConnectionsPerAddress
+    public var connections = POP3Defaults.maximumConnections
+    /// How long SIGTERM waits for sessions to finish before closing them.
+    public var shutdownGracePeriod: Duration = .seconds(30)
+
+    public init() {}
+}
+
+/// The effective server configuration.
+public struct ServerConfiguration: Sendable, Equatable {
+    public var pop3sListeners: [ListenAddress] = []
+    public var pop3Listeners: [ListenAddress] = []
+    public var certificatePath: String?
+    public var privateKeyPath: String?
+    /// Refuse SNI names the certificate does not cover (alert 112).
+    public var strictSNI = true
+    public var passwdFile: String
+    /// `%u` user, `%n` local part, `%d` domain; `~/` = home from the passwd-file; relative to the config folder.
+    public var maildirTemplate: String
+    public var allowCleartextAuthentication = false
+    public var limits = ServerLimits()
+    public var logLevel = "info"
+
+    public init(passwdFile: String, maildirTemplate: String) {
+        self.passwdFile = passwdFile
+        self.maildirTemplate = maildirTemplate
+    }
+
+    public var tlsConfigured: Bool { self.certificatePath != nil && self.privateKeyPath != nil }
+}
+
+/// A configuration error that names its key.
+public struct ConfigurationError: Error, CustomStringConvertible, Sendable {
+    public var key: String
+    public var message: String
+
+    public init(key: String, _ message: String) {
+        self.key = key
+        self.message = message
+    }
+
+    public var description: String { "\(self.key): \(self.message)" }
+}
+
+extension ServerConfiguration {
+    /// Environment variables with this prefix override file keys: `POP3D_LISTEN_POP3S`, `POP3D_MAILDIR`, …
+    public static let environmentPrefix = "POP3D_"
+
+    /// Loads a YAML file plus `POP3D_*` environment overrides and validates every key.
+    public static func load(
+        file path: String,
+        environment: [String: String] = ProcessInfo.processInfo.environment
+    ) async throws -> ServerConfiguration {
+        let absolute = URL(fileURLWithPath: path).standardizedFileURL.path
+        let folder = URL(fileURLWithPath: absolute).deletingLastPathComponent().path
+        let overrides = environment.reduce(into: [String: String]()) { result, entry in
+            if entry.key.hasPrefix(environmentPrefix) { result[String(entry.key.dropFirst(environmentPrefix.count))] = entry.value }
+        }
+        let reader: ConfigReader
+        do {
+            reader = ConfigReader(providers: [
+                EnvironmentVariablesProvider(environmentVariables: overrides),
+                try await FileProvider<YAMLSnapshot>(filePath: FilePath(absolute)),
+            ])
+        } catch {
+            throw ConfigurationError(key: "(file)", "cannot read \(absolute): \(error)")
+        }
+        return try self.parse(reader, relativeTo: folder)
+    }
+
+    static func parse(_ config: ConfigReader, relativeTo folder: String) throws -> ServerConfiguration {
+        func resolve(_ path: String) -> String {
+            if path.hasPrefix("/") || path.hasPrefix("~") { return path }
+            return URL(fileURLWithPath: path, relativeTo: URL(fileURLWithPath: folder, isDirectory: true)).standardizedFileURL.path
+        }
+        func addresses(_ key: String) throws -> [ListenAddress] {
+            let texts: [String]
+            if let one = config.string(forKey: ConfigKey(key)) {
+                texts = [one]
+            } else if let many = config.stringArray(forKey: ConfigKey(key)) {
+                texts = many
+            } else {
+                return []
+            }
+            return try texts.map { text in
+                guard let address = ListenAddress(parsing: text) else {
+                    throw ConfigurationError(key: key, "expected HOST:PORT or [IPv6]:PORT, got \"\(text)\"")
+                }
+                return address
+            }
+        }
+        func int(_ key: String, _ range: ClosedRange<Int>, default value: Int) throws -> Int {
+            guard let text = config.string(forKey: ConfigKey(key)) else { return value }
+            guard let number = Int(text.trimmingCharacters(in: .whitespaces)) else {
+                throw ConfigurationError(key: key, "expected a whole number, got \"\(text)\"")
+            }
+            guard range.contains(number) else {
+                throw ConfigurationError(key: key, "must be between \(range.lowerBound) and \(range.upperBound), got \(number)")
+            }
+            return number
+        }
+        func bool(_ key: String, default value: Bool) throws -> Bool {
+            guard let text = config.string(forKey: ConfigKey(key)) else { return value }
+            switch text.lowercased() {
+            case "true", "yes", "on", "1": return true
+            case "false", "no", "off", "0": return false
+            default: throw ConfigurationError(key: key, "expected true or false, got \"\(text)\"")
+            }
+        }
+        func seconds(_ key: String, _ range: ClosedRange<Int>, default value: Duration) throws -> Duration {
+            .seconds(try int(key, range, default: Int(value.components.seconds)))
+        }
+
+        guard let passwd = config.string(forKey: "passwd_file"), !passwd.isEmpty else {
+            throw ConfigurationError(key: "passwd_file", "required: path of a Dovecot-format passwd-file")
+        }
+        guard let maildir = config.string(forKey: "maildir"), !maildir.isEmpty else {
+            throw ConfigurationError(key: "maildir", "required: e.g. \"mail/%u\" or \"~/Maildir\"")
+        }
+        var result = ServerConfiguration(
+            passwdFile: resolve(passwd),
+            maildirTemplate: maildir.hasPrefix("~/") ? maildir : resolve(maildir)
+        )
+        result.pop3sListeners = try addresses("listen.pop3s")
+        result.pop3Listeners = try addresses("listen.pop3")
+        if result.pop3sListeners.isEmpty && result.pop3Listeners.isEmpty {
+            throw ConfigurationError(key: "listen", "no listener: set listen.pop3s and/or listen.pop3")
+        }
+        result.certificatePath = config.string(forKey: "tls.certificate").map(resolve)
+        result.privateKeyPath = config.string(forKey: "tls.key").map(resolve)
+        if result.certificatePath == nil, !result.pop3sListeners.isEmpty {
+            throw ConfigurationError(key: "tls.certificate", "required with listen.pop3s")
+        }
+        if result.certificatePath != nil, result.privateKeyPath == nil {
+            throw ConfigurationError(key: "tls.key", "required with tls.certificate")
+        }
+        result.strictSNI = try bool("tls.strict_sni", default: true)
+        result.allowCleartextAuthentication = try bool("auth.allow_cleartext", default: false)
+        if !result.pop3Listeners.isEmpty && !result.tlsConfigured && !result.allowCleartextAuthentication {
+            throw ConfigurationError(
+                key: "listen.pop3",
+                "a plaintext listener without tls.certificate offers no STLS and no login; configure TLS or set auth.allow_cleartext"
+            )
+        }
+        var limits = ServerLimits()
+        limits.commandLineLength = try int("limits.command_line_length", 64...65_536, default: limits.commandLineLength)
+        limits.saslLineLength = try int("limits.sasl_line_length", 256...1_048_576, default: limits.saslLineLength)
+        limits.badCommandsBeforeLogin = try int("limits.bad_commands_before_login", 1...1_000, default: limits.badCommandsBeforeLogin)
+        limits.badCommandsAfterLogin = try int("limits.bad_commands_after_login", 1...10_000, default: limits.badCommandsAfterLogin)
+        limits.preAuthenticationTimeout = try seconds("limits.pre_auth_timeout", 1...3_600, default: limits.preAuthenticationTimeout)
+        // RFC 1939 §3: the autologout timer MUST be at least 10 minutes.
+        limits.idleTimeout = try seconds("limits.idle_timeout", 600...86_400, default: limits.idleTimeout)
+        limits.handshakeTimeout = try seconds("limits.handshake_timeout", 1...600, default: limits.handshakeTimeout)
+        limits.connectionsPerAddress = try int("limits.connections_per_address", 1...1_000_000, default: limits.connectionsPerAddress)
+        limits.connections = try int("limits.connections", 1...10_000_000, default: limits.connections)
+        limits.shutdownGracePeriod = try seconds("limits.shutdown_grace", 0...3_600, default: limits.shutdownGracePeriod)
+        result.limits = limits
+        let level = config.string(forKey: "log.level") ?? "info"
+        guard ["trace", "debug", "info", "notice", "warning", "error", "critical"].contains(level) else {
+            throw ConfigurationError(key: "log.level", "expected trace, debug, info, notice, warning, error or critical")
+        }
+        result.logLevel = level
+        return result
+    }
+
+    /// The effective configuration as YAML, for `pop3d check-config`. Holds no secrets (passwords live in the
+    /// passwd-file, keys in their PEM files; only paths are shown).
+    public var renderedYAML: String {
+        func list(_ addresses: [ListenAddress]) -> String {
+            addresses.isEmpty ? "[]" : "[" + addresses.map { "\"\($0)\"" }.joined(separator: ", ") + "]"
+        }
+        return """
+            listen:
+              pop3s: \(list(self.pop3sListeners))
+              pop3: \(list(self.pop3Listeners))
+            tls:
+              certificate: \(self.certificatePath.map { "\"\($0)\"" } ?? "null")
+              key: \(self.privateKeyPath.map { "\"\($0)\"" } ?? "null")
+              strict_sni: \(self.strictSNI)
+            passwd_file: "\(self.passwdFile)"
+            maildir: "\(self.maildirTemplate)"
+            auth:
+              allow_cleartext: \(self.allowCleartextAuthentication)
+            limits:
+              command_line_length: \(self.limits.commandLineLength)
+              sasl_line_length: \(self.limits.saslLineLength)
+              bad_commands_before_login: \(self.limits.badCommandsBeforeLogin)
+              bad_commands_after_login: \(self.limits.badCommandsAfterLogin)
+              pre_auth_timeout: \(self.limits.preAuthenticationTimeout.components.seconds)
+              idle_timeout: \(self.limits.idleTimeout.components.seconds)
+              handshake_timeout: \(self.limits.handshakeTimeout.components.seconds)
+              connections_per_address: \(self.limits.connectionsPerAddress)
+              connections: \(self.limits.connections)
+              shutdown_grace: \(self.limits.shutdownGracePeriod.components.seconds)
+            log:
+              level: \(self.logLevel)
+
+            """
+    }
+}

@@ -1,0 +1,208 @@
+import Accounts
+import Logging
+import MailStore
+import NIOCore
+import POP3Core
+import POP3NIO
+
+/// Runs one connection: feeds lines to the pure `ServerSession` and carries out the actions it returns against
+/// the credential verifier and the mail store.
+struct SessionDriver {
+    /// Message bytes read from the store per chunk, and the output batch size.
+    static let chunkSize = 64 * 1024
+
+    var session: ServerSession
+    let verifier: any CredentialVerifier
+    let maildrops: any MaildropProvider
+    let locator: MaildirLocator
+    var logger: Logger
+    private var maildrop: (any Maildrop)?
+
+    init(
+        session: ServerSession,
+        verifier: any CredentialVerifier,
+        maildrops: any MaildropProvider,
+        locator: MaildirLocator,
+        logger: Logger
+    ) {
+        self.session = session
+        self.verifier = verifier
+        self.maildrops = maildrops
+        self.locator = locator
+        self.logger = logger
+    }
+
+    consuming func run(_ connection: ConnectionChannel) async {
+        do {
+            try await connection.executeThenClose { inbound, outbound in
+                var iterator = inbound.makeAsyncIterator()
+                try await self.write(ServerSession.greeting, to: outbound)
+                try await self.loop(&iterator, connection: connection, outbound: outbound)
+            }
+        } catch {
+            self.logger.debug("connection ended", metadata: ["error": "\(error)"])
+        }
+        // A session that did not reach UPDATE deletes nothing: just unlock the maildrop.
+        if let maildrop = self.maildrop {
+            await maildrop.release()
+            self.maildrop = nil
+        }
+    }
+
+    private mutating func loop(
+        _ iterator: inout NIOAsyncChannelInboundStream<POP3InboundFrame>.AsyncIterator,
+        connection: ConnectionChannel,
+        outbound: NIOAsyncChannelOutboundWriter<POP3OutboundFrame>
+    ) async throws {
+        while let frame = try await iterator.next() {
+            var action: ServerSession.Action
+            switch frame {
+            case .line(let line): action = self.session.receive(line: line)
+            case .overlongLine: action = self.session.receiveOverlongLine()
+            case .tlsStarted: continue
+            }
+            // Perform the action; some actions produce a follow-up action.
+            while true {
+                switch action {
+                case .respond(let response):
+                    try await self.write(response, to: outbound)
+                case .respondLines(let status, let lines):
+                    var buffer = ByteBuffer()
+                    status.write(into: &buffer)
+                    for line in lines {
+                        buffer.writeString(line)
+                        buffer.writeStaticString("\r\n")
+                    }
+                    buffer.writeStaticString(".\r\n")
+                    try await outbound.write(.bytes(buffer))
+                case .respondScanListing(let status, let kind):
+                    var buffer = ByteBuffer()
+                    status.write(into: &buffer)
+                    self.session.writeScanListing(kind, into: &buffer)
+                    try await outbound.write(.bytes(buffer))
+                case .saslContinuation:
+                    try await outbound.write(.bytes(ByteBuffer(staticString: "+ \r\n")))
+                case .login(let user, let password):
+                    action = await self.login(user: user, password: password, connection: connection)
+                    continue
+                case .sendMessage(let status, let index, let limit):
+                    try await self.sendMessage(index: index, status: status, bodyLineLimit: limit, outbound: outbound)
+                case .startTLS(let status):
+                    var buffer = ByteBuffer()
+                    status.write(into: &buffer)
+                    try await outbound.write(.startTLS(buffer))
+                    // Everything read before the switch came in plaintext after STLS: drop it (RFC 2595 §4,
+                    // security.md cases 1–3).
+                    var dropped = 0
+                    while let frame = try await iterator.next() {
+                        if case .tlsStarted = frame { break }
+                        dropped += 1
+                    }
+                    if dropped > 0 { self.logger.notice("dropped plaintext sent after STLS", metadata: ["lines": "\(dropped)"]) }
+                    self.session.tlsEstablished()
+                case .commit(let indices):
+                    action = await self.commit(deleting: indices)
+                    continue
+                case .respondAndClose(let response):
+                    try await self.write(response, to: outbound)
+                    return
+                }
+                break
+            }
+        }
+    }
+
+    private func write(_ response: StatusResponse, to outbound: NIOAsyncChannelOutboundWriter<POP3OutboundFrame>) async throws {
+        var buffer = ByteBuffer()
+        response.write(into: &buffer)
+        try await outbound.write(.bytes(buffer))
+    }
+
+    private mutating func login(user: String, password: String, connection: ConnectionChannel) async -> ServerSession.Action {
+        let record: UserRecord
+        do {
+            guard case .success(let found) = try await self.verifier.authenticate(user: user, password: password) else {
+                self.logger.notice("login failed", metadata: ["user": "\(user)"])
+                return self.session.loginFailed(.invalidCredentials)
+            }
+            record = found
+        } catch {
+            self.logger.error("credential check failed", metadata: ["user": "\(user)", "error": "\(error)"])
+            return self.session.loginFailed(.temporary)
+        }
+        let path: String
+        do {
+            path = try self.locator.path(for: record)
+        } catch {
+            self.logger.error("no maildir for user", metadata: ["user": "\(user)", "error": "\(error)"])
+            return self.session.loginFailed(.permanent)
+        }
+        do {
+            let maildrop = try await self.maildrops.openMaildrop(user: record.name, path: path)
+            self.maildrop = maildrop
+            self.logger[metadataKey: "user"] = "\(record.name)"
+            self.logger.info("logged in", metadata: ["messages": "\(maildrop.messages.count)"])
+            connection.channel.pipeline.fireUserInboundEventTriggered(SessionAuthenticatedEvent())
+            return self.session.loginSucceeded(
+                messages: maildrop.messages.map { MessageSummary(size: $0.size, uniqueID: $0.uniqueID) }
+            )
+        } catch MaildropError.inUse {
+            self.logger.notice("maildrop in use", metadata: ["user": "\(user)"])
+            return self.session.loginFailed(.maildropInUse)
+        } catch {
+            self.logger.error("cannot open maildrop", metadata: ["user": "\(user)", "error": "\(error)"])
+            return self.session.loginFailed(.temporary)
+        }
+    }
+
+    /// RETR/TOP: streams the message through the dot-stuffer with backpressure (each write waits while the
+    /// channel is not writable), so memory stays bounded for any message size.
+    private func sendMessage(
+        index: Int,
+        status: StatusResponse,
+        bodyLineLimit: UInt32?,
+        outbound: NIOAsyncChannelOutboundWriter<POP3OutboundFrame>
+    ) async throws {
+        guard let maildrop = self.maildrop else { preconditionFailure("message request outside TRANSACTION") }
+        let content: MessageContent
+        do {
+            content = try await maildrop.content(ofMessageAt: index, chunkSize: Self.chunkSize)
+        } catch {
+            self.logger.warning("message unavailable", metadata: ["index": "\(index)", "error": "\(error)"])
+            try await self.write(.err("Message is no longer available.", code: .sysTemp), to: outbound)
+            return
+        }
+        var stuffer = DotStuffer(bodyLineLimit: bodyLineLimit)
+        var out = ByteBuffer()
+        out.reserveCapacity(Self.chunkSize + Self.chunkSize / 8)
+        status.write(into: &out)
+        // A failure after "+OK" ends the connection without the terminator (the error propagates), so the
+        // client can never take a partial message for a whole one.
+        for try await chunk in content {
+            stuffer.encode(chunk, into: &out)
+            if out.readableBytes >= Self.chunkSize {
+                try await outbound.write(.bytes(out))
+                out = ByteBuffer()
+                out.reserveCapacity(Self.chunkSize + Self.chunkSize / 8)
+            }
+            if stuffer.isComplete { break }
+        }
+        stuffer.finish(into: &out)
+        try await outbound.write(.bytes(out))
+    }
+
+    private mutating func commit(deleting indices: [Int]) async -> ServerSession.Action {
+        guard let maildrop = self.maildrop else { return self.session.updateFinished(success: true) }
+        do {
+            try await maildrop.commit(deleting: Set(indices))
+            self.maildrop = nil
+            self.logger.info("logged out", metadata: ["deleted": "\(indices.count)"])
+            return self.session.updateFinished(success: true)
+        } catch {
+            self.logger.error("commit failed", metadata: ["error": "\(error)"])
+            await maildrop.release()
+            self.maildrop = nil
+            return self.session.updateFinished(success: false)
+        }
+    }
+}

@@ -1,0 +1,166 @@
+import Accounts
+import ArgumentParser
+import Foundation
+import Logging
+import MailStore
+import NIOCore
+import NIOPosix
+import POP3Server
+import ServiceLifecycle
+
+@main
+struct POP3D: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "pop3d",
+        abstract: "A POP3S server for Maildir.",
+        subcommands: [Dev.self, Serve.self, CheckConfig.self, User.self, Deliver.self]
+    )
+}
+
+struct ConfigOption: ParsableArguments {
+    @Option(name: .long, help: "The YAML configuration file.")
+    var config: String
+
+    func load() async throws -> ServerConfiguration {
+        try await ServerConfiguration.load(file: self.config)
+    }
+}
+
+/// Starts the server with a loaded configuration until SIGTERM/SIGINT.
+enum ServerRunner {
+    static func makeLogger(level: String) -> Logger {
+        var logger = Logger(label: "pop3d")
+        logger.logLevel = Logger.Level(rawValue: level) ?? .info
+        return logger
+    }
+
+    static func run(_ configuration: ServerConfiguration, onListening: @escaping @Sendable ([BoundListener]) -> Void = { _ in }) async throws {
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = Logger.Level(rawValue: configuration.logLevel) ?? .info
+            return handler
+        }
+        let logger = self.makeLogger(level: configuration.logLevel)
+        let tls = try configuration.tlsConfigured
+            ? TLSProvider(
+                certificatePath: configuration.certificatePath!,
+                privateKeyPath: configuration.privateKeyPath!,
+                strictSNI: configuration.strictSNI
+            ) : nil
+        let verifier = try PasswdFileVerifier(path: configuration.passwdFile, threadPool: .singleton, logger: logger)
+        let maildrops = MaildirProvider(threadPool: .singleton, logger: logger)
+        let server = POP3Server(
+            configuration: configuration,
+            tls: tls,
+            verifier: verifier,
+            maildrops: maildrops,
+            logger: logger,
+            onListening: onListening
+        )
+        let group = ServiceGroup(
+            configuration: .init(
+                services: [
+                    .init(service: server, successTerminationBehavior: .gracefullyShutdownGroup),
+                    .init(service: ReloadService(tls: tls, verifier: verifier, logger: logger)),
+                ],
+                gracefulShutdownSignals: [.sigterm, .sigint],
+                logger: logger
+            )
+        )
+        try await group.run()
+    }
+}
+
+struct Dev: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run a local server with a generated certificate and a demo account (zero configuration)."
+    )
+
+    @Option(help: "Data folder; created with a configuration, certificate and demo account if missing.")
+    var data = "./pop3d-dev"
+    @Option(help: "Address to listen on.")
+    var host = "127.0.0.1"
+    @Option(name: .customLong("pop3s-port"), help: "Implicit-TLS port.")
+    var pop3sPort = 9950
+    @Option(name: .customLong("pop3-port"), help: "Plaintext + STLS port.")
+    var pop3Port = 9110
+
+    func run() async throws {
+        let environment = try DevEnvironment.prepare(folder: self.data, host: self.host, pop3sPort: self.pop3sPort, pop3Port: self.pop3Port)
+        for line in environment.created { print("created \(line)") }
+        var configuration = try await ServerConfiguration.load(file: environment.configurationFile)
+        // Flags given on the command line win over the file.
+        configuration.pop3sListeners = [ListenAddress(host: self.host, port: self.pop3sPort)]
+        configuration.pop3Listeners = [ListenAddress(host: self.host, port: self.pop3Port)]
+        let ca = environment.certificateFile
+        let pw = environment.passwordFile
+        try await ServerRunner.run(configuration) { listeners in
+            let tlsPort = listeners.first { $0.kind == .pop3s }?.port ?? self.pop3sPort
+            let plainPort = listeners.first { $0.kind == .pop3 }?.port ?? self.pop3Port
+            let name = self.host == "127.0.0.1" || self.host == "::1" ? "localhost" : self.host
+            print(
+                """
+
+                pop3d dev is serving \(environment.folder)
+                  POP3S (implicit TLS): \(self.host):\(tlsPort)    POP3 + STLS: \(self.host):\(plainPort)
+                  user: \(DevEnvironment.demoUser)    password: in \(pw)    CA file: \(ca)
+
+                Try it:
+                  curl --cacert \(ca) --user \(DevEnvironment.demoUser) pop3s://\(name):\(tlsPort)/1     (asks for the password)
+                  openssl s_client -connect \(self.host):\(tlsPort) -CAfile \(ca) -alpn pop3 -quiet
+                  python3 -c 'import poplib,ssl; c=ssl.create_default_context(cafile="\(ca)"); p=poplib.POP3_SSL("\(name)",\(tlsPort),context=c); p.user("\(DevEnvironment.demoUser)"); p.pass_(open("\(pw)").read().strip()); print(p.stat()); p.quit()'
+                Thunderbird / Outlook: server \(name), port \(tlsPort), SSL/TLS, normal password, user \(DevEnvironment.demoUser);
+                  accept (or import as an authority) the self-signed certificate \(ca).
+                Stop with Ctrl-C.
+
+                """
+            )
+            fflush(stdout)
+        }
+    }
+}
+
+struct Serve: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Run the server (production entry point).")
+    @OptionGroup var options: ConfigOption
+
+    func run() async throws {
+        let configuration: ServerConfiguration
+        do {
+            configuration = try await self.options.load()
+        } catch {
+            throw ValidationError("configuration error: \(error)")
+        }
+        try await ServerRunner.run(configuration)
+    }
+}
+
+struct CheckConfig: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "check-config",
+        abstract: "Print the effective configuration (secrets redacted); exit non-zero naming the bad key on error."
+    )
+    @OptionGroup var options: ConfigOption
+
+    func run() async throws {
+        do {
+            let configuration = try await self.options.load()
+            if configuration.tlsConfigured {
+                _ = try TLSProvider(
+                    certificatePath: configuration.certificatePath!,
+                    privateKeyPath: configuration.privateKeyPath!,
+                    strictSNI: configuration.strictSNI
+                )
+            }
+            do {
+                _ = try PasswdFile.parse(String(contentsOfFile: configuration.passwdFile, encoding: .utf8), path: configuration.passwdFile)
+            } catch {
+                throw ConfigurationError(key: "passwd_file", "\(error)")
+            }
+            print(configuration.renderedYAML, terminator: "")
+        } catch {
+            FileHandle.standardError.write(Data("pop3d: configuration error: \(error)\n".utf8))
+            throw ExitCode(78)  // EX_CONFIG
+        }
+    }
+}

@@ -1,0 +1,103 @@
+import Accounts
+import ArgumentParser
+import Foundation
+import POP3Server
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+struct User: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Manage accounts in the passwd-file. Passwords are read from standard input, never from arguments.",
+        subcommands: [Add.self, Passwd.self, Del.self, List.self]
+    )
+
+    struct Add: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Add a user; the password is one line on stdin.")
+        @Argument var name: String
+        @OptionGroup var options: ConfigOption
+        @Option(help: "Password scheme: SHA512-CRYPT (default), BLF-CRYPT, CRYPT (yescrypt), SHA256-CRYPT, PLAIN.")
+        var scheme = "SHA512-CRYPT"
+
+        func run() async throws {
+            let configuration = try await self.options.load()
+            let password = try readPassword(prompt: "Password for \(self.name): ")
+            try PasswdFileEditor(path: configuration.passwdFile).add(user: self.name, password: password, scheme: try parseScheme(self.scheme))
+            print("added \(self.name)")
+        }
+    }
+
+    struct Passwd: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Change a user's password; the new password is one line on stdin.")
+        @Argument var name: String
+        @OptionGroup var options: ConfigOption
+        @Option(help: "Password scheme.")
+        var scheme = "SHA512-CRYPT"
+
+        func run() async throws {
+            let configuration = try await self.options.load()
+            let password = try readPassword(prompt: "New password for \(self.name): ")
+            try PasswdFileEditor(path: configuration.passwdFile).setPassword(user: self.name, password: password, scheme: try parseScheme(self.scheme))
+            print("changed password of \(self.name)")
+        }
+    }
+
+    struct Del: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Delete a user (the Maildir is left in place).")
+        @Argument var name: String
+        @OptionGroup var options: ConfigOption
+
+        func run() async throws {
+            let configuration = try await self.options.load()
+            try PasswdFileEditor(path: configuration.passwdFile).delete(user: self.name)
+            print("deleted \(self.name)")
+        }
+    }
+
+    struct List: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "List user names.")
+        @OptionGroup var options: ConfigOption
+
+        func run() async throws {
+            let configuration = try await self.options.load()
+            for name in try PasswdFileEditor(path: configuration.passwdFile).list() { print(name) }
+        }
+    }
+}
+
+func parseScheme(_ text: String) throws -> PasswordScheme {
+    guard let scheme = PasswordScheme(rawValue: text.uppercased()) else {
+        throw ValidationError("unknown scheme \(text); one of \(PasswordScheme.allCases.map(\.rawValue).joined(separator: ", "))")
+    }
+    return scheme
+}
+
+/// Reads one line from stdin; on a terminal it prompts on stderr and turns echo off.
+func readPassword(prompt: String) throws -> String {
+    let isTTY = isatty(STDIN_FILENO) == 1
+    var saved = termios()
+    if isTTY {
+        FileHandle.standardError.write(Data(prompt.utf8))
+        tcgetattr(STDIN_FILENO, &saved)
+        var silent = saved
+        silent.c_lflag &= ~tcflag_t(ECHO)
+        tcsetattr(STDIN_FILENO, TCSAFLUSH, &silent)
+    }
+    defer {
+        if isTTY {
+            tcsetattr(STDIN_FILENO, TCSAFLUSH, &saved)
+            FileHandle.standardError.write(Data("\n".utf8))
+        }
+    }
+    var bytes: [UInt8] = []
+    var byte: UInt8 = 0
+    while read(STDIN_FILENO, &byte, 1) == 1 {
+        bytes.append(byte)
+        if byte == UInt8(ascii: "\n") || bytes.count > 4096 { break }
+    }
+    guard let password = PasswordInput.firstLine(of: bytes), !password.isEmpty else {
+        throw ValidationError("no password on standard input")
+    }
+    return password
+}

@@ -1,0 +1,206 @@
+import NIOCore
+import Testing
+
+@testable import POP3Core
+
+extension ServerSession {
+    mutating func send(_ line: String) -> Action { self.receive(line: ByteBuffer(string: line)) }
+}
+
+func okText(_ action: ServerSession.Action) -> String? {
+    if case .respond(let r) = action, r.isOK { return r.text }
+    return nil
+}
+
+func errResponse(_ action: ServerSession.Action) -> StatusResponse? {
+    if case .respond(let r) = action, !r.isOK { return r }
+    return nil
+}
+
+@Suite struct ServerSessionTests {
+    static let messages = [MessageSummary(size: 120, uniqueID: "uid-a"), MessageSummary(size: 300, uniqueID: "uid-b")]
+
+    func loggedIn(tls: Bool = true) -> ServerSession {
+        var session = ServerSession(configuration: .init(), tlsActive: tls)
+        _ = session.send("USER alice")
+        #expect(session.send("PASS secret") == .login(user: "alice", password: "secret"))
+        _ = session.loginSucceeded(messages: Self.messages)
+        return session
+    }
+
+    @Test func userPassLogin() {
+        let session = self.loggedIn()
+        #expect(session.isAuthenticated)
+        #expect(session.user == "alice")
+    }
+
+    @Test func statListUidl() {
+        var session = self.loggedIn()
+        #expect(okText(session.send("STAT")) == "2 420")
+        #expect(okText(session.send("LIST 2")) == "2 300")
+        #expect(okText(session.send("UIDL 1")) == "1 uid-a")
+        #expect(errResponse(session.send("LIST 3"))?.text == "No such message.")
+        var buffer = ByteBuffer()
+        session.writeScanListing(.list, into: &buffer)
+        #expect(String(buffer: buffer) == "1 120\r\n2 300\r\n.\r\n")
+    }
+
+    @Test func deleteIsOnlyCommittedByQuit() {
+        var session = self.loggedIn()
+        #expect(okText(session.send("DELE 1")) != nil)
+        #expect(errResponse(session.send("DELE 1"))?.text == "Message is deleted.")
+        #expect(errResponse(session.send("RETR 1"))?.text == "Message is deleted.")
+        #expect(errResponse(session.send("LIST 1"))?.text == "Message is deleted.")
+        #expect(okText(session.send("STAT")) == "1 300")
+        var buffer = ByteBuffer()
+        session.writeScanListing(.uidl, into: &buffer)
+        #expect(String(buffer: buffer) == "2 uid-b\r\n.\r\n")
+        #expect(okText(session.send("RSET")) != nil)
+        #expect(okText(session.send("STAT")) == "2 420")
+        _ = session.send("DELE 2")
+        #expect(session.send("QUIT") == .commit(deleting: [1]))
+        guard case .respondAndClose(let r) = session.updateFinished(success: true) else { Issue.record("no close"); return }
+        #expect(r.isOK)
+    }
+
+    @Test func retrAndTop() {
+        var session = self.loggedIn()
+        #expect(session.send("RETR 2") == .sendMessage(.ok("300 octets"), index: 1, bodyLineLimit: nil))
+        #expect(session.send("TOP 1 5") == .sendMessage(.ok("Top of message follows."), index: 0, bodyLineLimit: 5))
+    }
+
+    @Test func quitBeforeLoginClosesWithoutUpdate() {
+        var session = ServerSession(configuration: .init(), tlsActive: true)
+        #expect(session.send("QUIT") == .respondAndClose(.ok("Logging out.")))
+    }
+
+    @Test func passWithoutUser() {
+        var session = ServerSession(configuration: .init(), tlsActive: true)
+        #expect(errResponse(session.send("PASS x"))?.text == "No user name given; send USER first.")
+    }
+
+    @Test func cleartextAuthRefusedWithoutTLS() {
+        var configuration = ServerSession.Configuration()
+        configuration.stlsAvailable = true
+        var session = ServerSession(configuration: configuration, tlsActive: false)
+        #expect(errResponse(session.send("USER alice"))?.code == .auth)
+        #expect(errResponse(session.send("AUTH PLAIN AGFsaWNlAHNlY3JldA=="))?.code == .auth)
+        let caps = session.capabilities.map(\.description)
+        #expect(caps.contains("STLS") && !caps.contains("USER") && !caps.contains("SASL PLAIN"))
+    }
+
+    @Test func capabilityListsPerState() {
+        var configuration = ServerSession.Configuration()
+        configuration.stlsAvailable = true
+        var session = ServerSession(configuration: configuration, tlsActive: false)
+        #expect(session.send("STLS") == .startTLS(.ok("Begin TLS negotiation now.")))
+        session.tlsEstablished()
+        let afterTLS = session.capabilities.map(\.description)
+        #expect(afterTLS.contains("USER") && afterTLS.contains("SASL PLAIN") && !afterTLS.contains("STLS"))
+        #expect(errResponse(session.send("STLS"))?.text == "TLS is already active.")
+        _ = session.send("USER a")
+        _ = session.send("PASS b")
+        _ = session.loginSucceeded(messages: [])
+        #expect(session.capabilities.map(\.description) == afterTLS)
+        for required in ["TOP", "UIDL", "RESP-CODES", "AUTH-RESP-CODE", "PIPELINING", "IMPLEMENTATION swift-pop3"] {
+            #expect(afterTLS.contains(required))
+        }
+    }
+
+    @Test func userBeforeSTLSIsForgotten() {
+        var configuration = ServerSession.Configuration()
+        configuration.stlsAvailable = true
+        configuration.allowCleartextAuthentication = true
+        var session = ServerSession(configuration: configuration, tlsActive: false)
+        #expect(okText(session.send("USER victim")) != nil)
+        _ = session.send("STLS")
+        session.tlsEstablished()
+        #expect(errResponse(session.send("PASS secret"))?.text == "No user name given; send USER first.")
+    }
+
+    @Test func saslPlain() {
+        var session = ServerSession(configuration: .init(), tlsActive: true)
+        #expect(session.send("AUTH PLAIN") == .saslContinuation)
+        #expect(session.expectsSASLResponse)
+        let response = SASLPlainCredentials(authenticationID: "alice", password: "pw").encodedResponse()
+        #expect(session.send(response) == .login(user: "alice", password: "pw"))
+        #expect(session.loginFailed(.invalidCredentials) == .respond(.err("Authentication failed.", code: .auth)))
+
+        #expect(session.send("AUTH PLAIN") == .saslContinuation)
+        #expect(session.send("*") == .respond(.err("Authentication cancelled.")))
+        #expect(session.send("AUTH PLAIN \(response)") == .login(user: "alice", password: "pw"))
+    }
+
+    @Test func saslBadBase64() {
+        var session = ServerSession(configuration: .init(), tlsActive: true)
+        _ = session.send("AUTH PLAIN")
+        #expect(errResponse(session.send("not base64!"))?.text == "Authentication failed: invalid base64 data.")
+        #expect(!session.expectsSASLResponse)
+    }
+
+    @Test func saslProxyAuthorisationRefused() {
+        var session = ServerSession(configuration: .init(), tlsActive: true)
+        let response = SASLPlainCredentials(authorizationID: "admin", authenticationID: "alice", password: "pw").encodedResponse()
+        #expect(session.send("AUTH PLAIN \(response)") == .respond(.err("Authentication failed.", code: .auth)))
+    }
+
+    @Test func bareAuthListsMechanisms() {
+        var session = ServerSession(configuration: .init(), tlsActive: true)
+        #expect(session.send("AUTH") == .respondLines(.ok("Supported mechanisms follow."), ["PLAIN"]))
+    }
+
+    @Test func loginFailuresMapToCodes() {
+        for (failure, code) in [(ServerSession.LoginFailure.maildropInUse, ResponseCode.inUse), (.temporary, .sysTemp), (.permanent, .sysPerm)] {
+            var session = ServerSession(configuration: .init(), tlsActive: true)
+            _ = session.send("USER a")
+            _ = session.send("PASS b")
+            #expect(errResponse(session.loginFailed(failure))?.code == code)
+            #expect(!session.isAuthenticated)
+        }
+    }
+
+    @Test func badCommandLimitBeforeLogin() {
+        var session = ServerSession(configuration: .init(), tlsActive: true)
+        #expect(errResponse(session.send("GET / HTTP/1.1")) != nil)
+        #expect(errResponse(session.send("Host: x")) != nil)
+        guard case .respondAndClose(let r) = session.send("Accept: */*") else {
+            Issue.record("third bad command must close")
+            return
+        }
+        #expect(r.text == "Too many invalid commands.")
+    }
+
+    @Test func badCommandLimitAfterLogin() {
+        var session = self.loggedIn()
+        for _ in 1..<POP3Defaults.maximumBadCommandsAfterLogin {
+            #expect(errResponse(session.send("XYZZY")) != nil)
+        }
+        if case .respondAndClose = session.send("XYZZY") {} else { Issue.record("limit not enforced") }
+    }
+
+    @Test func wrongStateCommands() {
+        var session = ServerSession(configuration: .init(), tlsActive: true)
+        #expect(errResponse(session.send("STAT"))?.text == "Command not valid before login.")
+        var loggedIn = self.loggedIn()
+        #expect(errResponse(loggedIn.send("USER bob"))?.text == "Command not valid in this state.")
+        #expect(errResponse(loggedIn.send("STLS")) != nil)
+    }
+
+    @Test func repliesNeverEchoInput() {
+        var session = ServerSession(configuration: .init(), tlsActive: true)
+        let marker = "<script>alert(1)</script>"
+        for line in ["\(marker)", "LIST \(marker)", "USER"] {
+            var s = session
+            let action = s.send(line)
+            if case .respond(let r) = action { #expect(!r.text.contains("script")) }
+            if case .respondAndClose(let r) = action { #expect(!r.text.contains("script")) }
+        }
+        _ = session.send("x")
+    }
+
+    @Test func overlongLinesCountAsBad() {
+        var session = ServerSession(configuration: .init(), tlsActive: true)
+        #expect(errResponse(session.receiveOverlongLine())?.text == "Line too long.")
+        #expect(session.badCommands == 1)
+    }
+}

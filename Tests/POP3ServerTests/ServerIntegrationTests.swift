@@ -1,0 +1,232 @@
+import Foundation
+import NIOCore
+import Testing
+
+@testable import POP3Server
+
+/// Integration tests against the real server on ephemeral loopback ports.
+@Suite(.serialized) struct ServerIntegrationTests {
+    static let message1 = "From: a@example\nSubject: one\n\nHello\n.starts with a dot\n..two dots\n"
+    static let message2 = "From: b@example\r\nSubject: two\r\n\r\nCRLF body\r\nline 2\r\nline 3\r\n"
+
+    /// The message as POP3 sends it, un-stuffed: CRLF lines.
+    static func wireLines(_ message: String) -> [String] {
+        message.replacingOccurrences(of: "\r\n", with: "\n").split(separator: "\n", omittingEmptySubsequences: false).dropLast().map(String.init)
+    }
+
+    @Test func fullSessionOverImplicitTLS() async throws {
+        let server = try await TestServer.start()
+        defer { Task { await server.stop() } }
+        try server.deliver("alice", Self.message1)
+        try server.deliver("alice", Self.message2)
+
+        let client = try await server.login("alice")
+        let size1 = Self.message1.utf8.count + Self.message1.filter { $0 == "\n" }.count
+        let size2 = Self.message2.utf8.count
+        #expect(try await client.command("STAT") == "+OK 2 \(size1 + size2)")
+        #expect(try await client.command("LIST").hasPrefix("+OK"))
+        #expect(try await client.readMultiline() == ["1 \(size1)", "2 \(size2)"])
+        #expect(try await client.command("UIDL").hasPrefix("+OK"))
+        let uidls = try await client.readMultiline()
+        #expect(uidls.count == 2)
+        #expect(uidls.allSatisfy { $0.split(separator: " ")[1].count == 16 }, "Dovecot's %08Xu%08Xv format")
+        #expect(try await client.command("RETR 1") == "+OK \(size1) octets")
+        #expect(try await client.readMultiline() == Self.wireLines(Self.message1))
+        #expect(try await client.command("TOP 2 1").hasPrefix("+OK"))
+        #expect(try await client.readMultiline() == ["From: b@example", "Subject: two", "", "CRLF body"])
+        #expect(try await client.command("DELE 1").hasPrefix("+OK"))
+        #expect(try await client.command("QUIT").hasPrefix("+OK"))
+        #expect(try await client.readUntilClosed() == [])
+
+        // Re-login right after QUIT: no [IN-USE], message 1 gone, UIDL of message 2 unchanged.
+        let again = try await server.login("alice")
+        #expect(try await again.command("STAT") == "+OK 1 \(size2)")
+        #expect(try await again.command("UIDL 1") == "+OK 1 \(uidls[1].split(separator: " ")[1])")
+        _ = try await again.command("QUIT")
+    }
+
+    @Test func droppedSessionDeletesNothing() async throws {
+        let server = try await TestServer.start()
+        defer { Task { await server.stop() } }
+        try server.deliver("bob", Self.message1)
+        let client = try await server.login("bob")
+        #expect(try await client.command("DELE 1").hasPrefix("+OK"))
+        await client.close()
+        // The lock is released when the server notices the close; retry briefly.
+        var stat = ""
+        for _ in 0..<50 {
+            if let again = try? await server.login("bob") {
+                stat = try await again.command("STAT")
+                _ = try await again.command("QUIT")
+                break
+            }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        #expect(stat.hasPrefix("+OK 1 "))
+    }
+
+    @Test func secondSessionGetsInUse() async throws {
+        let server = try await TestServer.start()
+        defer { Task { await server.stop() } }
+        let first = try await server.login("carol")
+        let second = try await server.connectTLS()
+        _ = try await second.command("USER carol")
+        #expect(try await second.command("PASS carol-pw") == "-ERR [IN-USE] Mailbox is locked by another session.")
+        _ = try await first.command("QUIT")
+        _ = try await first.readUntilClosed()
+        #expect(try await second.command("PASS carol-pw") == "-ERR No user name given; send USER first.")
+        _ = try await second.command("USER carol")
+        #expect(try await second.command("PASS carol-pw") == "+OK Logged in.")
+    }
+
+    @Test func wrongPasswordAndUnknownUserLookAlike() async throws {
+        let server = try await TestServer.start()
+        defer { Task { await server.stop() } }
+        let client = try await server.connectTLS()
+        #expect(try await client.command("USER nobody") == "+OK Send your password.")
+        let unknown = try await client.command("PASS x")
+        #expect(try await client.command("USER alice") == "+OK Send your password.")
+        let wrong = try await client.command("PASS x")
+        #expect(unknown == wrong)
+        #expect(wrong == "-ERR [AUTH] Authentication failed.")
+    }
+
+    @Test func saslPlainWithContinuationAndInitialResponse() async throws {
+        let server = try await TestServer.start()
+        defer { Task { await server.stop() } }
+        let client = try await server.connectTLS()
+        let plain = Data("\0alice\0alice-pw".utf8).base64EncodedString()
+        #expect(try await client.command("AUTH PLAIN") == "+ ")
+        #expect(try await client.command("*") == "-ERR Authentication cancelled.")
+        #expect(try await client.command("AUTH PLAIN") == "+ ")
+        #expect(try await client.command(plain) == "+OK Logged in.")
+        _ = try await client.command("QUIT")
+        let second = try await server.connectTLS()
+        #expect(try await second.command("AUTH PLAIN \(plain)") == "+OK Logged in.")
+        _ = try await second.command("QUIT")
+        let third = try await server.connectTLS()
+        #expect(try await third.command("AUTH") == "+OK Supported mechanisms follow.")
+        #expect(try await third.readMultiline() == ["PLAIN"])
+    }
+
+    @Test func stlsUpgradeAndCapabilities() async throws {
+        let server = try await TestServer.start()
+        defer { Task { await server.stop() } }
+        let client = try await TestClient.connect(port: server.pop3Port)
+        #expect(try await client.readLine()?.hasPrefix("+OK") == true)
+        #expect(try await client.command("CAPA").hasPrefix("+OK"))
+        let before = try await client.readMultiline()
+        #expect(before.contains("STLS") && !before.contains("USER") && !before.contains("SASL PLAIN"))
+        #expect(try await client.command("USER alice").hasPrefix("-ERR [AUTH]"))
+        #expect(try await client.command("STLS") == "+OK Begin TLS negotiation now.")
+        try await client.startTLS(trustRoot: server.certificate)
+        #expect(try await client.command("CAPA").hasPrefix("+OK"))
+        let after = try await client.readMultiline()
+        #expect(after.contains("USER") && after.contains("SASL PLAIN") && !after.contains("STLS"))
+        #expect(try await client.command("STLS") == "-ERR TLS is already active.")
+        _ = try await client.command("USER alice")
+        #expect(try await client.command("PASS alice-pw") == "+OK Logged in.")
+        _ = try await client.command("QUIT")
+    }
+
+    /// security.md cases 1–2: commands sent with STLS in one segment are never executed after the handshake.
+    @Test(arguments: ["STLS\r\nCAPA\r\n", "STLS\r\nUSER a\r\nPASS b\r\n", "STLS\r\nCAP", "STLS\nQUIT\n"])
+    func stlsInjectionIsDiscarded(payload: String) async throws {
+        let server = try await TestServer.start()
+        defer { Task { await server.stop() } }
+        let client = try await TestClient.connect(port: server.pop3Port)
+        _ = try await client.readLine()
+        try await client.send(payload)
+        #expect(try await client.readLine() == "+OK Begin TLS negotiation now.")
+        try await client.startTLS(trustRoot: server.certificate)
+        // The first line after the handshake must answer our own command, not an injected one.
+        #expect(try await client.command("USER alice") == "+OK Send your password.")
+        #expect(try await client.command("PASS alice-pw") == "+OK Logged in.")
+        _ = try await client.command("QUIT")
+    }
+
+    @Test func plaintextOnTheTLSPortGetsNoGreeting() async throws {
+        let server = try await TestServer.start()
+        defer { Task { await server.stop() } }
+        let client = try await TestClient.connect(port: server.pop3sPort)
+        try await client.send("CAPA\r\n")
+        let lines = try await client.readUntilClosed()
+        #expect(lines.allSatisfy { !$0.contains("+OK") })
+    }
+
+    @Test(arguments: [(["http/1.1"] as [String], "localhost" as String?), (["imap"], "localhost"), (["pop3"], "other.example")])
+    func strictALPNAndSNI(alpn: [String], serverName: String?) async throws {
+        let server = try await TestServer.start()
+        defer { Task { await server.stop() } }
+        await #expect(throws: (any Error).self) {
+            let client = try await TestClient.connect(port: server.pop3sPort, tls: server.certificate, serverName: serverName, alpn: alpn)
+            guard try await client.readLine() != nil else { throw TestClientError.unexpectedEOF }
+        }
+        // and the server still serves
+        _ = try await server.connectTLS()
+    }
+
+    @Test func pipelinedCommandsAreAnsweredInOrder() async throws {
+        let server = try await TestServer.start()
+        defer { Task { await server.stop() } }
+        for i in 1...5 { try server.deliver("alice", "Subject: \(i)\n\nbody \(i)\n") }
+        let client = try await server.connectTLS()
+        try await client.send("USER alice\r\nPASS alice-pw\r\nSTAT\r\nRETR 1\r\nRETR 2\r\nLIST 5\r\nNOOP\r\nQUIT\r\n")
+        #expect(try await client.readLine() == "+OK Send your password.")
+        #expect(try await client.readLine() == "+OK Logged in.")
+        #expect(try await client.readLine()?.hasPrefix("+OK 5 ") == true)
+        #expect(try await client.readLine()?.hasSuffix("octets") == true)
+        #expect(try await client.readMultiline() == ["Subject: 1", "", "body 1"])
+        #expect(try await client.readLine()?.hasSuffix("octets") == true)
+        #expect(try await client.readMultiline() == ["Subject: 2", "", "body 2"])
+        #expect(try await client.readLine()?.hasPrefix("+OK 5 ") == true)
+        #expect(try await client.readLine() == "+OK")
+        #expect(try await client.readLine()?.hasPrefix("+OK Logging out") == true)
+    }
+
+    @Test func deliveryDuringSessionDoesNotChangeItsListing() async throws {
+        let server = try await TestServer.start()
+        defer { Task { await server.stop() } }
+        try server.deliver("alice", "Subject: 1\n\n1\n")
+        let client = try await server.login("alice")
+        try server.deliver("alice", "Subject: 2\n\n2\n")
+        #expect(try await client.command("STAT").hasPrefix("+OK 1 "))
+        #expect(try await client.command("LIST 2") == "-ERR No such message.")
+        _ = try await client.command("QUIT")
+        let again = try await server.login("alice")
+        #expect(try await again.command("STAT").hasPrefix("+OK 2 "))
+    }
+
+    @Test func largeMessageStreamsIntact() async throws {
+        let server = try await TestServer.start()
+        defer { Task { await server.stop() } }
+        var body = "Subject: big\n\n"
+        let line = String(repeating: "0123456789", count: 7) + "\n"
+        for i in 0..<150_000 { body += (i % 1000 == 0 ? "." : "") + line }  // ~10 MB with dot lines
+        try server.deliver("alice", body)
+        let client = try await server.login("alice")
+        #expect(try await client.command("RETR 1").hasPrefix("+OK"))
+        let lines = try await client.readMultiline()
+        #expect(lines == Self.wireLines(body))
+    }
+
+    @Test func messageRemovedUnderneathASession() async throws {
+        let server = try await TestServer.start()
+        defer { Task { await server.stop() } }
+        try server.deliver("alice", "Subject: 1\n\n1\n")
+        try server.deliver("alice", "Subject: 2\n\n2\n")
+        let client = try await server.login("alice")
+        for sub in ["new", "cur"] {
+            for file in (try? FileManager.default.contentsOfDirectory(atPath: server.maildir("alice") + "/" + sub)) ?? [] where !file.hasPrefix(".") {
+                if let data = FileManager.default.contents(atPath: server.maildir("alice") + "/\(sub)/\(file)"), String(decoding: data, as: UTF8.self).contains("Subject: 1") {
+                    try FileManager.default.removeItem(atPath: server.maildir("alice") + "/\(sub)/\(file)")
+                }
+            }
+        }
+        #expect(try await client.command("RETR 1") == "-ERR [SYS/TEMP] Message is no longer available.")
+        #expect(try await client.command("RETR 2").hasPrefix("+OK"))
+        #expect(try await client.readMultiline() == ["Subject: 2", "", "2"])
+        #expect(try await client.command("DELE 1").hasPrefix("+OK"))
+        #expect(try await client.command("QUIT").hasPrefix("+OK"))
+    }
+}
