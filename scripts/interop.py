@@ -312,6 +312,46 @@ def check_config(dev):
     assert r.returncode != 0 and b"passwd_file" in r.stderr, r.stderr
 
 
+def vm_kib(pid, field):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(field)
+
+
+@test
+def one_gigabyte_message_with_bounded_memory(dev):
+    """deliver streams 1 GiB from stdin; RETR streams it back with backpressure; pop3d's peak RSS stays small."""
+    r = dev.pop3d("user", "add", "big", "--config", dev.config, stdin=b"big-pw\n")
+    assert r.returncode == 0, r.stderr
+    line = b"0123456789" * 7 + b"\n"
+    block = line * ((1 << 20) // len(line))
+    p = subprocess.Popen([ARGS.pop3d, "deliver", "big", "--config", dev.config], stdin=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    header = b"Subject: big\n\n"
+    p.stdin.write(header)
+    written, newlines = len(header), 2
+    while written < (1 << 30):
+        p.stdin.write(block)
+        written += len(block)
+        newlines += block.count(b"\n")
+    p.stdin.close()
+    assert p.wait(timeout=600) == 0, p.stderr.read()
+    c = dev.pop3s("big", "big-pw")
+    count, total = c.stat()
+    assert (count, total) == (1, written + newlines), (count, total, written + newlines)
+    c.quit()
+    baseline = vm_kib(dev.proc.pid, "VmRSS")
+    out = subprocess.run(["curl", "-sS", "--cacert", dev.ca, "--netrc-file", netrc(dev, "big", "big-pw"),
+                          "--max-time", "900", "-o", "/dev/null", "-w", "%{size_download}",
+                          f"pop3s://localhost:{dev.tls_port}/1"], capture_output=True, check=True).stdout
+    peak = vm_kib(dev.proc.pid, "VmHWM")
+    print(f"    1 GiB RETR: {int(out)} bytes; pop3d RSS {baseline // 1024} MiB before, peak {peak // 1024} MiB")
+    assert int(out) >= total, (out, total)
+    assert peak < 256 * 1024, f"peak RSS {peak // 1024} MiB: RETR is not streaming"
+
+
 def peer_fingerprint(dev):
     ctx = ssl.create_default_context()
     ctx.check_hostname = False

@@ -1,0 +1,95 @@
+import NIOCore
+import POP3Core
+
+/// How a client secures its connection.
+public enum ConnectionSecurity: Sendable, Equatable {
+    /// TLS from the first byte (RFC 8314), port 995. The default.
+    case implicitTLS
+    /// Plaintext, then STLS (RFC 2595), which is required: if the server does not offer or refuses it, the client
+    /// stops before sending any credential.
+    case startTLS
+    /// No TLS at all. Only with an explicit option; never a fallback.
+    case insecurePlaintext
+}
+
+/// What the client trusts.
+public enum TrustPolicy: Sendable, Equatable {
+    /// The system trust store, with host-name verification.
+    case system
+    /// Certificates from a PEM file as roots, with host-name verification.
+    case caFile(String)
+    /// A SHA-256 pin of the leaf certificate (DER) or of its public key (SPKI), hex; nothing else is checked.
+    case sha256Pin([UInt8])
+
+    /// Parses `sha256:HEX` (64 hex digits; colons allowed between bytes).
+    public static func pin(parsing text: String) -> TrustPolicy? {
+        guard text.lowercased().hasPrefix("sha256:") else { return nil }
+        let hex = text.dropFirst(7).filter { $0 != ":" }
+        guard hex.count == 64 else { return nil }
+        var bytes: [UInt8] = []
+        var index = hex.startIndex
+        while index < hex.endIndex {
+            let next = hex.index(index, offsetBy: 2)
+            guard let byte = UInt8(hex[index..<next], radix: 16) else { return nil }
+            bytes.append(byte)
+            index = next
+        }
+        return .sha256Pin(bytes)
+    }
+}
+
+public struct POP3ClientConfiguration: Sendable {
+    public var host: String
+    public var port: Int
+    public var security: ConnectionSecurity
+    public var trust: TrustPolicy
+    public var connectTimeout: TimeAmount = .seconds(30)
+    /// For the TLS handshake and for every reply line; a server that goes silent longer fails the connection.
+    public var replyTimeout: TimeAmount = .seconds(60)
+    /// Commands in flight at once when the server announces PIPELINING.
+    public var pipelineWindow = 16
+    public var maximumResponseLineLength = POP3Defaults.maximumResponseLineLength
+    /// Local address to bind to (tests play several client hosts on loopback).
+    public var localAddress: String?
+
+    public init(host: String, port: Int? = nil, security: ConnectionSecurity = .implicitTLS, trust: TrustPolicy = .system) {
+        self.host = host
+        self.port = port ?? (security == .implicitTLS ? 995 : 110)
+        self.security = security
+        self.trust = trust
+    }
+}
+
+/// Errors a POP3 client reports. Server-controlled text in them is sanitised.
+public enum POP3ClientError: Error, Sendable, Equatable, CustomStringConvertible {
+    case connectionFailed(String)
+    case tlsFailed(String)
+    case stlsNotOffered
+    case stlsRefused(String)
+    case stlsResponseInjection
+    case alpnMismatch(String)
+    case timeout
+    case connectionClosed
+    /// The server's reply was not a POP3 status line, was too long, or did not fit the command.
+    case protocolViolation(String)
+    case authenticationFailed(code: String?, text: String)
+    case commandFailed(command: String, code: String?, text: String)
+    case noUsableMechanism
+
+    public var description: String {
+        switch self {
+        case .connectionFailed(let why): "cannot connect: \(why)"
+        case .tlsFailed(let why): "TLS failed: \(why)"
+        case .stlsNotOffered: "server does not offer STLS; refusing to continue without TLS"
+        case .stlsRefused(let text): "server refused STLS (\(text)); refusing to continue without TLS"
+        case .stlsResponseInjection: "server sent data after its STLS reply before TLS (response injection); aborted"
+        case .alpnMismatch(let proto): "server selected ALPN protocol \"\(proto)\", not pop3; aborted"
+        case .timeout: "server did not answer in time"
+        case .connectionClosed: "connection closed by the server"
+        case .protocolViolation(let what): "protocol violation: \(what)"
+        case .authenticationFailed(let code, let text): "login failed\(code.map { " [\($0)]" } ?? ""): \(text)"
+        case .commandFailed(let command, let code, let text): "\(command) failed\(code.map { " [\($0)]" } ?? ""): \(text)"
+        case .noUsableMechanism: "server offers no usable login mechanism (SASL PLAIN or USER)"
+        }
+    }
+}

@@ -1,0 +1,424 @@
+import Crypto
+import NIOConcurrencyHelpers
+import Logging
+import NIOCore
+import NIOPosix
+import NIOSSL
+import POP3Core
+import POP3NIO
+
+/// What TLS negotiated, for `pop3 probe` and logs.
+public struct TLSSessionInfo: Sendable {
+    public var version: String
+    public var cipherSuite: UInt16?
+    public var alpn: String?
+    /// The peer's certificates as DER, leaf first (as presented).
+    public var peerCertificates: [[UInt8]]
+}
+
+/// One POP3 connection from the client side: connect, secure, discover, log in, and the transaction commands.
+///
+/// Not thread-safe: one task drives it. Every wait for the server has a deadline; every server line is bounded
+/// and parsed strictly; server text in errors is sanitised.
+public final class POP3Connection {
+    public let configuration: POP3ClientConfiguration
+    let channel: any Channel
+    private let reader: NIOLoopBound<ClientReader>
+    private let logger: Logger
+    public private(set) var greeting: ServerStatusLine
+    /// Capabilities from CAPA, learned after TLS (anything learned before TLS is discarded).
+    public private(set) var capabilities: [String] = []
+    public private(set) var tls: TLSSessionInfo?
+    private let observed: ObservedTLS
+
+    final class ObservedTLS: Sendable {
+        let box = NIOLockedValueBoxCompat<(alpn: String?, suite: UInt16?, chain: [[UInt8]])>((nil, nil, []))
+    }
+
+    public var supportsPipelining: Bool { self.capabilities.contains { $0.uppercased() == "PIPELINING" } }
+
+    // MARK: Connecting
+
+    public static func connect(_ configuration: POP3ClientConfiguration, logger: Logger = Logger(label: "pop3")) async throws -> POP3Connection {
+        let observed = ObservedTLS()
+        let reader = ClientReader()
+        var bootstrap = ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .connectTimeout(configuration.connectTimeout)
+            .channelOption(.autoRead, value: false)
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    if configuration.security == .implicitTLS {
+                        try channel.pipeline.syncOperations.addHandlers(try Self.makeTLSHandlers(configuration, observed: observed))
+                    }
+                    try channel.pipeline.syncOperations.addHandler(reader)
+                }
+            }
+        if let local = configuration.localAddress {
+            bootstrap = bootstrap.bind(to: try SocketAddress(ipAddress: local, port: 0))
+        }
+        let channel: any Channel
+        do {
+            channel = try await bootstrap.connect(host: configuration.host, port: configuration.port).get()
+        } catch {
+            throw POP3ClientError.connectionFailed("\(configuration.host):\(configuration.port): \(error)")
+        }
+        let connection = POP3Connection(configuration: configuration, channel: channel, reader: reader, observed: observed, logger: logger)
+        do {
+            try await connection.start()
+        } catch {
+            await connection.close()
+            throw error
+        }
+        return connection
+    }
+
+    private init(configuration: POP3ClientConfiguration, channel: any Channel, reader: ClientReader, observed: ObservedTLS, logger: Logger) {
+        self.configuration = configuration
+        self.channel = channel
+        self.reader = NIOLoopBound(reader, eventLoop: channel.eventLoop)
+        self.observed = observed
+        self.logger = logger
+        self.greeting = ServerStatusLine(kind: .ok, code: nil, text: "")
+    }
+
+    private func start() async throws {
+        if self.configuration.security == .implicitTLS {
+            self.greeting = try await self.readStatus(mapping: Self.tlsError)
+            try await self.recordTLS()
+        } else {
+            self.greeting = try await self.readStatus()
+        }
+        guard self.greeting.kind == .ok else {
+            throw POP3ClientError.protocolViolation("greeting is not +OK: \(self.greeting.text)")
+        }
+        if self.configuration.security == .startTLS {
+            // Capabilities seen before TLS are not trusted; only whether STLS is offered matters, and even then
+            // we try STLS anyway and fail if it is refused (no plaintext fallback).
+            let configuration = self.configuration
+            let observed = self.observed
+            try await self.channel.eventLoop.submit {
+                try self.channel.pipeline.syncOperations.addHandler(
+                    STLSClientGuard(maximumLineLength: configuration.maximumResponseLineLength) {
+                        AggregateHandler(try Self.makeTLSHandlers(configuration, observed: observed))
+                    },
+                    position: .first
+                )
+            }.get()
+            // The guard is in place before STLS leaves, so the reply cannot slip past it.
+            try await self.send("STLS")
+            let reply: ServerStatusLine
+            do {
+                reply = try await self.readStatus(mapping: Self.tlsError)
+            } catch STLSClientError.dataAfterSTLSReply {
+                throw POP3ClientError.stlsResponseInjection
+            }
+            guard reply.kind == .ok else { throw POP3ClientError.stlsRefused(reply.text) }
+            try await self.recordTLSAfterHandshake()
+        }
+        try await self.refreshCapabilities()
+    }
+
+    static func tlsError(_ error: any Error) -> any Error {
+        if error is POP3ClientError { return error }
+        if let stls = error as? STLSClientError, stls == .dataAfterSTLSReply { return POP3ClientError.stlsResponseInjection }
+        return POP3ClientError.tlsFailed("\(error)")
+    }
+
+    /// TLS handlers for this client: ServerHello sniffer (cipher suite), TLS with the trust policy, ALPN observer.
+    static func makeTLSHandlers(_ configuration: POP3ClientConfiguration, observed: ObservedTLS) throws -> [any ChannelHandler] {
+        var tls = TLSConfiguration.makeClientConfiguration()
+        tls.minimumTLSVersion = .tlsv12
+        tls.applicationProtocols = ["pop3"]
+        let isIP = (try? SocketAddress(ipAddress: configuration.host, port: 0)) != nil
+        let handler: NIOSSLClientHandler
+        switch configuration.trust {
+        case .system:
+            handler = try NIOSSLClientHandler(context: NIOSSLContext(configuration: tls), serverHostname: isIP ? nil : configuration.host)
+        case .caFile(let path):
+            tls.trustRoots = .file(path)
+            handler = try NIOSSLClientHandler(context: NIOSSLContext(configuration: tls), serverHostname: isIP ? nil : configuration.host)
+        case .sha256Pin(let pin):
+            tls.certificateVerification = .none
+            handler = try NIOSSLClientHandler(
+                context: NIOSSLContext(configuration: tls),
+                serverHostname: isIP ? nil : configuration.host,
+                customVerificationCallback: { certificates, promise in
+                    guard let leaf = certificates.first, let der = try? leaf.toDERBytes() else {
+                        promise.succeed(.failed)
+                        return
+                    }
+                    let spki = (try? leaf.extractPublicKey().toSPKIBytes()) ?? []
+                    let matches = Array(SHA256.hash(data: der)) == pin || (!spki.isEmpty && Array(SHA256.hash(data: spki)) == pin)
+                    promise.succeed(matches ? .certificateVerified : .failed)
+                }
+            )
+        }
+        return [
+            ServerHelloSniffer { suite in observed.box.withLockedValue { $0.suite = suite } },
+            handler,
+            TLSHandshakeObserver { result in observed.box.withLockedValue { $0.alpn = result.negotiatedProtocol } },
+        ]
+    }
+
+    /// After STLS: TLS is inserted; the handshake finishes before the next reply can be read.
+    private func recordTLSAfterHandshake() async throws {
+        try await self.recordTLS()
+    }
+
+    private func recordTLS() async throws {
+        let channel = self.channel
+        let (version, chain): (String, [[UInt8]]) = try await channel.eventLoop.submit {
+            let handler = try channel.pipeline.syncOperations.handler(type: NIOSSLClientHandler.self)
+            let version = handler.tlsVersion.map { "\($0)" } ?? "unknown"
+            let leaf = handler.peerCertificate.flatMap { try? $0.toDERBytes() }
+            return (version, leaf.map { [$0] } ?? [])
+        }.get()
+        let observed = self.observed.box.withLockedValue { $0 }
+        if let alpn = observed.alpn, alpn != "pop3" {
+            throw POP3ClientError.alpnMismatch(sanitize(Array(alpn.utf8)))
+        }
+        self.tls = TLSSessionInfo(version: version, cipherSuite: observed.suite, alpn: observed.alpn, peerCertificates: chain)
+    }
+
+    // MARK: Commands
+
+    public func refreshCapabilities() async throws {
+        try await self.send("CAPA")
+        let status = try await self.readStatus()
+        guard status.kind == .ok else {
+            self.capabilities = []
+            return
+        }
+        self.capabilities = try await self.readLines().map { sanitize(Array($0.utf8)) }
+    }
+
+    /// Logs in with SASL PLAIN when offered, else USER/PASS. Refuses on a connection without TLS unless the
+    /// configuration is explicitly insecure.
+    public func login(user: String, password: String) async throws {
+        let sasl = self.capabilities.first { $0.uppercased().hasPrefix("SASL ") }?.uppercased().split(separator: " ").dropFirst() ?? []
+        if sasl.contains("PLAIN") {
+            let response = SASLPlainCredentials(authenticationID: user, password: password).encodedResponse()
+            try await self.send("AUTH PLAIN \(response)", redacted: "AUTH PLAIN <redacted>")
+            let reply = try await self.readStatus()
+            guard reply.kind == .ok else {
+                if reply.kind == .continuation {
+                    try await self.send("*")
+                    _ = try? await self.readStatus()
+                }
+                throw POP3ClientError.authenticationFailed(code: reply.code, text: reply.text)
+            }
+            return
+        }
+        try await self.send("USER \(user)")
+        let userReply = try await self.readStatus()
+        guard userReply.kind == .ok else { throw POP3ClientError.authenticationFailed(code: userReply.code, text: userReply.text) }
+        try await self.send("PASS \(password)", redacted: "PASS <redacted>")
+        let passReply = try await self.readStatus()
+        guard passReply.kind == .ok else { throw POP3ClientError.authenticationFailed(code: passReply.code, text: passReply.text) }
+    }
+
+    public func stat() async throws -> (count: Int, size: Int) {
+        let reply = try await self.command("STAT")
+        let parts = reply.text.split(separator: " ")
+        guard parts.count >= 2, let count = Int(parts[0]), let size = Int(parts[1]), count >= 0, size >= 0 else {
+            throw POP3ClientError.protocolViolation("malformed STAT reply")
+        }
+        return (count, size)
+    }
+
+    /// LIST: message number → size.
+    public func list() async throws -> [Int: Int] {
+        _ = try await self.command("LIST")
+        var result: [Int: Int] = [:]
+        for line in try await self.readLines() {
+            let parts = line.split(separator: " ")
+            guard parts.count >= 2, let number = Int(parts[0]), number > 0, let size = Int(parts[1]), size >= 0 else {
+                throw POP3ClientError.protocolViolation("malformed LIST line")
+            }
+            result[number] = size
+        }
+        return result
+    }
+
+    /// UIDL: message number → unique-id (validated: 1–70 chars in 0x21–0x7E, unique).
+    public func uidl() async throws -> [(number: Int, uid: String)] {
+        _ = try await self.command("UIDL")
+        var result: [(Int, String)] = []
+        var seen = Set<String>()
+        for line in try await self.readLines() {
+            let parts = line.split(separator: " ", omittingEmptySubsequences: false)
+            guard parts.count == 2, let number = Int(parts[0]), number > 0, let uid = UniqueID(String(parts[1])) else {
+                throw POP3ClientError.protocolViolation("malformed UIDL line")
+            }
+            guard seen.insert(uid.value).inserted else { throw POP3ClientError.protocolViolation("duplicate UIDL") }
+            result.append((number, uid.value))
+        }
+        return result
+    }
+
+    /// RETR for each number, pipelined in a bounded window when the server announces PIPELINING. For each
+    /// message, `begin` is called, then `chunk` with unstuffed bytes (CRLF lines as sent), then `end` once the
+    /// terminator arrived. An error from the callbacks or the server aborts the connection.
+    public func retrieve(
+        _ numbers: [Int],
+        begin: (Int) async throws -> Void,
+        chunk: (Int, ByteBuffer) async throws -> Void,
+        end: (Int) async throws -> Void
+    ) async throws {
+        let window = self.supportsPipelining ? max(1, self.configuration.pipelineWindow) : 1
+        var sent = 0
+        for (position, number) in numbers.enumerated() {
+            while sent < numbers.count && sent < position + window {
+                try await self.send("RETR \(numbers[sent])")
+                sent += 1
+            }
+            let status = try await self.readStatus()
+            guard status.kind == .ok else {
+                throw POP3ClientError.commandFailed(command: "RETR \(number)", code: status.code, text: status.text)
+            }
+            try await begin(number)
+            var unstuffer = DotUnstuffer()
+            while true {
+                let (piece, done): (ByteBuffer, Bool) = try await self.withReader { buffer, eof in
+                    guard buffer.readableBytes > 0 || eof else { return nil }
+                    if buffer.readableBytes == 0 && eof { throw POP3ClientError.connectionClosed }
+                    var out = ByteBuffer()
+                    let done = unstuffer.decode(&buffer, into: &out)
+                    return (out, done)
+                }
+                if piece.readableBytes > 0 { try await chunk(number, piece) }
+                if done { break }
+            }
+            try await end(number)
+        }
+    }
+
+    /// DELE for each number (pipelined when allowed); every reply must be +OK.
+    public func delete(_ numbers: [Int]) async throws {
+        let window = self.supportsPipelining ? max(1, self.configuration.pipelineWindow) : 1
+        var sent = 0
+        for (position, number) in numbers.enumerated() {
+            while sent < numbers.count && sent < position + window {
+                try await self.send("DELE \(numbers[sent])")
+                sent += 1
+            }
+            let status = try await self.readStatus()
+            guard status.kind == .ok else {
+                throw POP3ClientError.commandFailed(command: "DELE \(number)", code: status.code, text: status.text)
+            }
+        }
+    }
+
+    /// QUIT: the server commits deletions (UPDATE state) and answers; only +OK means they are done.
+    public func quit() async throws {
+        let reply = try await self.command("QUIT")
+        _ = reply
+        await self.close()
+    }
+
+    public func close() async {
+        try? await self.channel.close()
+    }
+
+    // MARK: Wire
+
+    @discardableResult
+    func command(_ line: String) async throws -> ServerStatusLine {
+        try await self.send(line)
+        let status = try await self.readStatus()
+        guard status.kind == .ok else {
+            throw POP3ClientError.commandFailed(command: line.split(separator: " ").first.map(String.init) ?? line, code: status.code, text: status.text)
+        }
+        return status
+    }
+
+    func send(_ line: String, redacted: String? = nil) async throws {
+        self.logger.trace("C: \(redacted ?? line)")
+        var buffer = self.channel.allocator.buffer(capacity: line.utf8.count + 2)
+        buffer.writeString(line)
+        buffer.writeStaticString("\r\n")
+        do {
+            try await self.channel.writeAndFlush(buffer)
+        } catch {
+            throw POP3ClientError.connectionClosed
+        }
+    }
+
+    func withReader<T: Sendable>(_ body: @escaping (inout ByteBuffer, Bool) throws -> T?) async throws -> T {
+        let reader = self.reader
+        let timeout = self.configuration.replyTimeout
+        return try await self.channel.eventLoop.flatSubmit {
+            reader.value.process(timeout: timeout, body)
+        }.get()
+    }
+
+    /// Reads one line without its CRLF, bounded by the response-line limit.
+    func readLine() async throws -> [UInt8] {
+        let limit = self.configuration.maximumResponseLineLength
+        return try await self.withReader { buffer, eof in
+            let view = buffer.readableBytesView
+            guard let lf = view.firstIndex(of: UInt8(ascii: "\n")) else {
+                if view.count > limit { throw POP3ClientError.protocolViolation("server line longer than \(limit) octets") }
+                if eof { throw POP3ClientError.connectionClosed }
+                return nil
+            }
+            let length = lf - view.startIndex
+            guard length + 1 <= limit else { throw POP3ClientError.protocolViolation("server line longer than \(limit) octets") }
+            var line = buffer.readBytes(length: length)!
+            buffer.moveReaderIndex(forwardBy: 1)
+            if line.last == UInt8(ascii: "\r") { line.removeLast() }
+            return line
+        }
+    }
+
+    func readStatus(mapping: (any Error) -> any Error = { $0 }) async throws -> ServerStatusLine {
+        do {
+            let line = try await self.readLine()
+            do {
+                let status = try ServerStatusLine.parse(line, maximumLength: self.configuration.maximumResponseLineLength)
+                self.logger.trace("S: \(status.kind) \(status.text)")
+                return status
+            } catch {
+                throw POP3ClientError.protocolViolation("not a POP3 status line: \(sanitize(line.prefix(80)))")
+            }
+        } catch {
+            throw mapping(error)
+        }
+    }
+
+    /// Reads the lines of a multi-line reply up to ".", un-stuffed.
+    func readLines() async throws -> [String] {
+        var lines: [String] = []
+        while true {
+            let line = try await self.readLine()
+            if line == [UInt8(ascii: ".")] { return lines }
+            let content = line.first == UInt8(ascii: ".") ? Array(line.dropFirst()) : line
+            lines.append(String(decoding: content, as: UTF8.self))
+            if lines.count > 10_000_000 { throw POP3ClientError.protocolViolation("listing too long") }
+        }
+    }
+}
+
+/// Adds several handlers where one is expected (STLS guard inserts TLS as a unit).
+final class AggregateHandler: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = NIOAny
+    let handlers: [any ChannelHandler]
+    init(_ handlers: [any ChannelHandler]) { self.handlers = handlers }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        do {
+            try context.pipeline.syncOperations.addHandlers(self.handlers, position: .after(self))
+        } catch {
+            context.fireErrorCaught(error)
+        }
+        context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        context.fireChannelRead(data)
+    }
+}
+
+/// NIOLockedValueBox without importing NIOConcurrencyHelpers in every file.
+typealias NIOLockedValueBoxCompat = NIOLockedValueBox

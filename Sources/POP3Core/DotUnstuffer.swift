@@ -1,0 +1,142 @@
+import NIOCore
+
+/// Reads the body of a multi-line response from the wire: removes byte-stuffing and finds the terminator.
+///
+/// The body ends only at CRLF "." CRLF; a connection that ends before it is an error for the caller, never a
+/// short message. Lines keep their CRLF. Bytes after the terminator are left in the input (pipelining).
+/// Chunks may split anywhere.
+/// - SeeAlso: [RFC 1939 §3](https://www.rfc-editor.org/rfc/rfc1939#section-3)
+public struct DotUnstuffer: Sendable {
+    private enum LineState: Sendable {
+        /// At the start of a line.
+        case lineStart
+        /// Saw "." at the start of a line.
+        case dot
+        /// Saw "." CR at the start of a line.
+        case dotCR
+        /// Inside a line; `lastWasCR` tells whether the previous byte was CR.
+        case inLine(lastWasCR: Bool)
+    }
+
+    private var state: LineState = .lineStart
+    public private(set) var isComplete = false
+
+    public init() {}
+
+    /// Consumes bytes from `input`, appending message bytes to `out`. Returns true once the terminator has been
+    /// consumed; the rest of `input` is then untouched.
+    public mutating func decode(_ input: inout ByteBuffer, into out: inout ByteBuffer) -> Bool {
+        guard !self.isComplete else { return true }
+        while input.readableBytes > 0 {
+            switch self.state {
+            case .lineStart:
+                let byte = input.readableBytesView.first!
+                if byte == UInt8(ascii: ".") {
+                    input.moveReaderIndex(forwardBy: 1)
+                    self.state = .dot
+                } else {
+                    self.state = .inLine(lastWasCR: false)
+                }
+            case .dot:
+                let byte = input.readableBytesView.first!
+                if byte == UInt8(ascii: "\r") {
+                    input.moveReaderIndex(forwardBy: 1)
+                    self.state = .dotCR
+                } else {
+                    // A stuffed line: the leading dot is dropped, the rest is content.
+                    self.state = .inLine(lastWasCR: false)
+                }
+            case .dotCR:
+                let byte = input.readableBytesView.first!
+                if byte == UInt8(ascii: "\n") {
+                    input.moveReaderIndex(forwardBy: 1)
+                    self.isComplete = true
+                    return true
+                }
+                // ".\r" then something else: content "\r…" after the dropped dot.
+                out.writeInteger(UInt8(ascii: "\r"))
+                self.state = .inLine(lastWasCR: true)
+            case .inLine(let lastWasCR):
+                // Copy up to and including the next LF.
+                let view = input.readableBytesView
+                guard let lf = view.firstIndex(of: UInt8(ascii: "\n")) else {
+                    let count = view.count
+                    let endsWithCR = view.last == UInt8(ascii: "\r")
+                    var slice = input.readSlice(length: count)!
+                    out.writeBuffer(&slice)
+                    self.state = .inLine(lastWasCR: endsWithCR)
+                    return false
+                }
+                let length = lf - view.startIndex + 1
+                let crBefore = length >= 2 ? view[lf - 1] == UInt8(ascii: "\r") : lastWasCR
+                var slice = input.readSlice(length: length)!
+                out.writeBuffer(&slice)
+                // Only CRLF ends a line; a bare LF is content.
+                self.state = crBefore ? .lineStart : .inLine(lastWasCR: false)
+            }
+        }
+        return false
+    }
+}
+
+/// A server status line: `+OK`, `-ERR` or a SASL continuation `+`.
+/// - SeeAlso: [RFC 1939 §3](https://www.rfc-editor.org/rfc/rfc1939#section-3), [RFC 2449 §8](https://www.rfc-editor.org/rfc/rfc2449#section-8)
+public struct ServerStatusLine: Sendable, Equatable {
+    public enum Kind: Sendable, Equatable { case ok, err, continuation }
+    public var kind: Kind
+    /// The extended response code between brackets, e.g. `IN-USE` or `SYS/TEMP`, if present.
+    public var code: String?
+    /// The rest of the line, sanitised: control characters and non-ASCII bytes are replaced, so it is safe to print.
+    public var text: String
+
+    public init(kind: Kind, code: String?, text: String) {
+        self.kind = kind
+        self.code = code
+        self.text = text
+    }
+
+    public enum ParseError: Error, Sendable, Equatable {
+        case lineTooLong(maximum: Int)
+        case notAStatusLine
+    }
+
+    /// Parses one line (without CRLF).
+    public static func parse(_ line: some Collection<UInt8>, maximumLength: Int = POP3Defaults.maximumResponseLineLength) throws(ParseError) -> Self {
+        guard line.count + 2 <= maximumLength else { throw .lineTooLong(maximum: maximumLength) }
+        let bytes = Array(line)
+        let kind: Kind
+        var rest: ArraySlice<UInt8>
+        if bytes.starts(with: Array("+OK".utf8)) {
+            kind = .ok
+            rest = bytes[3...]
+        } else if bytes.starts(with: Array("-ERR".utf8)) {
+            kind = .err
+            rest = bytes[4...]
+        } else if bytes.first == UInt8(ascii: "+") && (bytes.count == 1 || bytes[1] == UInt8(ascii: " ")) {
+            kind = .continuation
+            rest = bytes[1...]
+        } else {
+            throw .notAStatusLine
+        }
+        if let first = rest.first {
+            // "+OKAY" is not "+OK".
+            guard first == UInt8(ascii: " ") else { throw .notAStatusLine }
+            rest = rest.dropFirst()
+        }
+        var code: String?
+        if kind != .continuation, rest.first == UInt8(ascii: "["), let close = rest.firstIndex(of: UInt8(ascii: "]")) {
+            let inner = rest[rest.index(after: rest.startIndex)..<close]
+            if !inner.isEmpty, inner.count <= 64, inner.allSatisfy({ $0 > 0x20 && $0 < 0x7F }) {
+                code = String(decoding: inner, as: UTF8.self)
+                rest = rest[rest.index(after: close)...]
+                if rest.first == UInt8(ascii: " ") { rest = rest.dropFirst() }
+            }
+        }
+        return Self(kind: kind, code: code, text: sanitize(rest))
+    }
+}
+
+/// Makes server-controlled bytes safe to print or log: printable ASCII stays, everything else becomes `?`.
+public func sanitize(_ bytes: some Collection<UInt8>) -> String {
+    String(decoding: bytes.map { $0 >= 0x20 && $0 < 0x7F ? $0 : UInt8(ascii: "?") }, as: UTF8.self)
+}
