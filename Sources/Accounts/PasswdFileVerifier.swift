@@ -1,0 +1,218 @@
+import Logging
+import NIOCore
+import NIOPosix
+import Synchronization
+
+/// A ``CredentialVerifier`` backed by a passwd-file on disk.
+///
+/// - Every call stats the file (cheap) and re-reads it when `st_ino`, `st_size` or `st_mtim` changed, so
+///   `pop3d user add` takes effect without a restart. If the changed file does not parse, the last good copy keeps
+///   being served and one error is logged per bad version of the file.
+/// - `crypt_r` runs on `threadPool`, never on the caller's thread (an event loop), and at most
+///   `maximumConcurrentHashes` hashes run at once, so a login flood queues here instead of occupying every thread
+///   of a shared pool. The pool must be started.
+/// - An unknown user, a locked account and a wrong password all cost one hash of the kind most users in the file
+///   have (by default a SHA512-CRYPT dummy), and all answer `.failure`.
+public final class PasswdFileVerifier: CredentialVerifier {
+    public let path: String
+    private let threadPool: NIOThreadPool
+    private let logger: Logger
+    private let limiter: ConcurrencyLimiter
+    private let current: Mutex<Snapshot>
+    /// Held for the whole of a reload, so concurrent callers read a changed file once; remembers the last failure
+    /// so a broken file is logged once, not on every login.
+    private let reloadState: Mutex<ReloadFailure?>
+
+    private struct Snapshot: Sendable {
+        var file: PasswdFile
+        var fingerprint: FileFingerprint
+        /// The field verified for unknown users and unusable hashes, to spend the same time as a real check.
+        var costReference: String
+    }
+
+    private struct ReloadFailure {
+        /// `nil` when the file could not even be stat'ed.
+        var fingerprint: FileFingerprint?
+        var error: PasswdFileError
+    }
+
+    /// A `$6$` (5000 rounds) hash of a random password nobody knows.
+    static let dummySHA512Crypt =
+        "{SHA512-CRYPT}$6$tymgAN65HV.zCtfH$"
+        + "gs3H5a9yeyUjVG7o7EvuMGFKiPEeAQEpvRJEgLAGIs0jywEXWGi632Yk/MeuIkuZhWRVQ1d6Cd8JQk8Cf2fT4/"
+
+    /// Reads and parses `path`; throws ``PasswdFileError`` if it is unreadable or malformed.
+    public init(
+        path: String,
+        threadPool: NIOThreadPool,
+        logger: Logger,
+        maximumConcurrentHashes: Int = System.coreCount
+    ) throws {
+        self.path = path
+        self.threadPool = threadPool
+        self.logger = logger
+        self.limiter = ConcurrencyLimiter(limit: max(1, maximumConcurrentHashes))
+        let (file, fingerprint) = try Self.load(path: path)
+        self.current = Mutex(Snapshot(file: file, fingerprint: fingerprint, costReference: Self.costReference(file)))
+        self.reloadState = Mutex(nil)
+        self.logLoaded(file)
+    }
+
+    /// Uses `NIOThreadPool.singleton`.
+    public convenience init(path: String, logger: Logger, maximumConcurrentHashes: Int = System.coreCount) throws {
+        try self.init(
+            path: path,
+            threadPool: .singleton,
+            logger: logger,
+            maximumConcurrentHashes: maximumConcurrentHashes
+        )
+    }
+
+    /// Re-reads the file if it changed since the last successful read. Returns whether a new version was loaded.
+    /// Throws (and logs, once per bad version) if the file cannot be read or parsed; the last good copy stays in use.
+    /// Call it on SIGHUP to report a broken file to the operator; logins call it implicitly.
+    @discardableResult
+    public func reloadIfChanged() throws -> Bool {
+        let seen: FileFingerprint?
+        do {
+            seen = FileFingerprint(try POSIXFile.status(path: self.path))
+        } catch {
+            seen = nil
+        }
+        if let seen, self.current.withLock({ $0.fingerprint == seen }) { return false }
+
+        return try self.reloadState.withLock { (failure: inout ReloadFailure?) throws(PasswdFileError) -> Bool in
+            // Someone else may have loaded this version while we waited for the lock.
+            if let seen, self.current.withLock({ $0.fingerprint == seen }) { return false }
+            if let failure, failure.fingerprint == seen { throw failure.error }
+            do throws(PasswdFileError) {
+                let (file, fingerprint) = try Self.load(path: self.path)
+                let snapshot = Snapshot(file: file, fingerprint: fingerprint, costReference: Self.costReference(file))
+                self.current.withLock { $0 = snapshot }
+                failure = nil
+                self.logLoaded(file)
+                return true
+            } catch {
+                failure = ReloadFailure(fingerprint: seen, error: error)
+                self.logger.error(
+                    "passwd-file changed but cannot be loaded; still serving the last good copy",
+                    metadata: ["path": "\(self.path)", "error": "\(error)"]
+                )
+                throw error
+            }
+        }
+    }
+
+    /// The records currently served (after reloading a changed file).
+    public func records() -> [UserRecord] {
+        self.refresh()
+        return self.current.withLock { $0.file.records }
+    }
+
+    public func authenticate(user: String, password: String) async throws -> AuthenticationResult {
+        try await self.limiter.withPermit {
+            try await self.threadPool.runIfActive { [self] in
+                self.authenticateNow(user: user, password: password)
+            }
+        }
+    }
+
+    public func lookup(user: String) async throws -> UserRecord? {
+        try await self.threadPool.runIfActive { [self] in
+            self.refresh()
+            return self.current.withLock { $0.file.record(named: user) }
+        }
+    }
+
+    // MARK: - Internals
+
+    /// Blocking: stats (maybe reads) the file and runs crypt_r. Only on the thread pool.
+    private func authenticateNow(user: String, password: String) -> AuthenticationResult {
+        self.refresh()
+        let (record, costReference) = self.current.withLock { ($0.file.record(named: user), $0.costReference) }
+        guard let record else {
+            _ = PasswordHash.check(password: password, against: costReference)
+            return .failure
+        }
+        switch PasswordHash.check(password: password, against: record.passwordField) {
+        case .match:
+            return .success(record)
+        case .mismatch:
+            return .failure
+        case .unusable:
+            _ = PasswordHash.check(password: password, against: costReference)
+            return .failure
+        }
+    }
+
+    private func refresh() {
+        do {
+            try self.reloadIfChanged()
+        } catch {
+            // Logged by reloadIfChanged; keep serving the last good copy.
+        }
+    }
+
+    private func logLoaded(_ file: PasswdFile) {
+        self.logger.info("passwd-file loaded", metadata: ["path": "\(self.path)", "users": "\(file.records.count)"])
+        for duplicate in file.duplicates {
+            self.logger.warning(
+                "passwd-file defines a user more than once; the first line wins",
+                metadata: [
+                    "path": "\(self.path)", "user": "\(String(reflecting: duplicate.name))",
+                    "line": "\(duplicate.line)",
+                ]
+            )
+        }
+    }
+
+    private static func load(path: String) throws(PasswdFileError) -> (PasswdFile, FileFingerprint) {
+        let contents: (bytes: [UInt8], fingerprint: FileFingerprint, st: stat)
+        do {
+            contents = try POSIXFile.readAll(path: path)
+        } catch {
+            throw .unreadable(path: path, reason: error.reason)
+        }
+        do {
+            return (try PasswdFile.parse(bytes: contents.bytes, path: path), contents.fingerprint)
+        } catch let error as PasswdFileError {
+            throw error
+        } catch {
+            throw .malformed(path: path, line: 0, reason: "\(error)")
+        }
+    }
+
+    /// The password field whose verification costs what most users' cost: a user's own field for the most common
+    /// crypt method and parameters in the file, or the SHA512-CRYPT dummy if that is the most common (or nothing is).
+    static func costReference(_ file: PasswdFile) -> String {
+        var counts: [String: (count: Int, field: String)] = [:]
+        for record in file.records {
+            guard let costClass = Self.costClass(record.passwordField) else { continue }
+            counts[costClass, default: (0, record.passwordField)].count += 1
+        }
+        // Most users; ties broken by the class name so the choice does not depend on dictionary order.
+        let best = counts.max { lhs, rhs in
+            lhs.value.count != rhs.value.count ? lhs.value.count < rhs.value.count : lhs.key > rhs.key
+        }
+        guard let best, best.key != "$6$" else { return Self.dummySHA512Crypt }
+        return best.value.field
+    }
+
+    /// The crypt method and cost parameters of a field ("$6$", "$6$rounds=10000$", "$2y$10$", "$y$j9T$"), or `nil`
+    /// for fields that do not go through crypt_r or can never match.
+    static func costClass(_ field: String) -> String? {
+        let (scheme, hash) = PasswordHash.splitScheme(field)
+        let cryptSchemes: [String?] = [nil, "CRYPT", "SHA512-CRYPT", "SHA256-CRYPT", "BLF-CRYPT", "MD5-CRYPT"]
+        guard cryptSchemes.contains(scheme) else { return nil }
+        let parts = hash.split(separator: "$", omittingEmptySubsequences: false)
+        guard parts.count >= 4, parts[0].isEmpty else { return nil }
+        switch parts[1] {
+        case "5", "6":
+            return parts[2].hasPrefix("rounds=") ? "$\(parts[1])$\(parts[2])$" : "$\(parts[1])$"
+        case "2a", "2b", "2y", "y", "gy", "7":
+            return "$\(parts[1])$\(parts[2])$"
+        default:
+            return "$\(parts[1])$"
+        }
+    }
+}
