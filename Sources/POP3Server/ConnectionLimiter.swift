@@ -19,9 +19,9 @@ public final class ConnectionLimiter: Sendable {
         switch address {
         case .v4(let v4)?:
             return v4.host
-        case .v6(var v6)?:
+        case .v6(let v6)?:
             // Keep the first 48 bits.
-            return withUnsafeBytes(of: &v6.address.sin6_addr) { raw in
+            return withUnsafeBytes(of: v6.address.sin6_addr) { raw in
                 let b = Array(raw.prefix(6))
                 return String(format6: b)
             }

@@ -102,8 +102,11 @@ public final class POP3Server: Service, Sendable {
         for channel in channels { channel.close(promise: nil) }
     }
 
+    /// An accepted connection with its pipeline in place but reading paused until a session task owns it:
+    /// the async wrapper is made there, so a connection accepted during shutdown is never a wrapper nobody
+    /// finishes (its timers close it).
     struct ConnectionSetup: Sendable {
-        let channel: ConnectionChannel
+        let channel: any Channel
         let admission: ConnectionLimiter.Decision
     }
 
@@ -112,8 +115,13 @@ public final class POP3Server: Service, Sendable {
         let tls = self.tls
         let lineLimit = max(limits.commandLineLength, limits.saslLineLength)
         let handshakeTimeout = TimeAmount.seconds(limits.handshakeTimeout.components.seconds)
-        let stlsFactory: OutboundFrameHandler.TLSHandlerFactory? =
-            (kind == .pop3 && tls != nil) ? { _ in try tls!.makeHandlers(handshakeTimeout: handshakeTimeout) } : nil
+        var stlsFactory: OutboundFrameHandler.TLSHandlerFactory? = nil
+        if kind == .pop3, let tls {
+            stlsFactory = { (_: any Channel) throws -> [any ChannelHandler] in
+                try tls.makeHandlers(handshakeTimeout: handshakeTimeout)
+            }
+        }
+        let factory = stlsFactory
         let limiter = self.limiter
         let openChannels = self.openChannels
         do {
@@ -121,8 +129,9 @@ public final class POP3Server: Service, Sendable {
                 .serverChannelOption(.backlog, value: 1024)
                 .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
                 .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
-                .bind(host: address.host, port: address.port) { channel in
-                    channel.eventLoop.makeCompletedFuture {
+                .childChannelOption(.autoRead, value: false)
+                .bind(host: address.host, port: address.port) { (channel: any Channel) -> EventLoopFuture<ConnectionSetup> in
+                    channel.eventLoop.makeCompletedFuture { () throws -> ConnectionSetup in
                         let admission = limiter.admit(channel.remoteAddress)
                         if case .admitted(let key) = admission {
                             let id = ObjectIdentifier(channel)
@@ -143,9 +152,8 @@ public final class POP3Server: Service, Sendable {
                             )
                         )
                         try sync.addHandler(ByteToMessageHandler(LineFrameDecoder(maximumLineLength: lineLimit)))
-                        try sync.addHandler(OutboundFrameHandler(maximumLineLength: lineLimit, makeTLSHandlers: stlsFactory))
-                        let asyncChannel = try ConnectionChannel(wrappingChannelSynchronously: channel)
-                        return ConnectionSetup(channel: asyncChannel, admission: admission)
+                        try sync.addHandler(OutboundFrameHandler(maximumLineLength: lineLimit, makeTLSHandlers: factory))
+                        return ConnectionSetup(channel: channel, admission: admission)
                     }
                 }
         } catch {
@@ -171,10 +179,23 @@ public final class POP3Server: Service, Sendable {
     private func serve(_ setup: ConnectionSetup, kind: ListenerKind) async {
         var logger = self.logger
         logger[metadataKey: "conn"] = "\(self.connectionCounter.next())"
-        logger[metadataKey: "peer"] = "\(setup.channel.channel.remoteAddress.map { "\($0)" } ?? "?")"
+        logger[metadataKey: "peer"] = "\(setup.channel.remoteAddress.map { "\($0)" } ?? "?")"
+        let connection: ConnectionChannel
+        do {
+            let raw = setup.channel
+            connection = try await raw.eventLoop.submit {
+                let wrapped = try ConnectionChannel(wrappingChannelSynchronously: raw)
+                raw.setOption(.autoRead, value: true).whenFailure { _ in raw.close(promise: nil) }
+                return wrapped
+            }.get()
+        } catch {
+            logger.debug("connection closed before its session started", metadata: ["error": "\(error)"])
+            setup.channel.close(promise: nil)
+            return
+        }
         guard case .admitted = setup.admission else {
             logger.warning("connection refused: limit reached", metadata: ["limit": "\(setup.admission)"])
-            try? await setup.channel.executeThenClose { _, outbound in
+            try? await connection.executeThenClose { _, outbound in
                 if kind == .pop3 {
                     var buffer = ByteBuffer()
                     StatusResponse.err("Too many connections, try again later.", code: .sysTemp).write(into: &buffer)
@@ -197,7 +218,7 @@ public final class POP3Server: Service, Sendable {
             locator: self.locator,
             logger: logger
         )
-        await driver.run(setup.channel)
+        await driver.run(connection)
     }
 }
 

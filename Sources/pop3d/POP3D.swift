@@ -115,7 +115,7 @@ struct Dev: AsyncParsableCommand {
 
                 """
             )
-            fflush(stdout)
+            fflush(nil)
         }
     }
 }

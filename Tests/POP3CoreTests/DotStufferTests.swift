@@ -117,8 +117,9 @@ func stuff(_ chunks: [[UInt8]], bodyLineLimit: UInt32? = nil) -> [UInt8] {
             var counter = POP3SizeCounter()
             counter.count(Array(sample.utf8))
             let stuffed = stuff([Array(sample.utf8)])
-            let dots = sample.split(separator: "\n", omittingEmptySubsequences: false).filter { $0.hasPrefix(".") }.count
-            let unterminated = !sample.hasSuffix("\n") ? 2 : 0
+            let bytes = Array(sample.utf8)
+            let dots = bytes.split(separator: 10, omittingEmptySubsequences: false).filter { $0.first == UInt8(ascii: ".") }.count
+            let unterminated = bytes.last != 10 ? 2 : 0
             #expect(counter.size == stuffed.count - 3 - dots - unterminated, "\(sample.debugDescription)")
         }
     }

@@ -41,6 +41,11 @@ final class TestClient: @unchecked Sendable {
         self.iterator = channel.inbound.makeAsyncIterator()
     }
 
+    deinit {
+        self.channel.outbound.finish()
+        self.channel.channel.close(promise: nil)
+    }
+
     /// Upgrades this connection with TLS after a `+OK` to STLS.
     func startTLS(trustRoot: String) async throws {
         try await self.channel.channel.pipeline.addHandler(try Self.tlsHandler(trustRoot: trustRoot, serverName: "localhost", alpn: ["pop3"]), position: .first)
