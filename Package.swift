@@ -6,6 +6,8 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .executable(name: "pop3d", targets: ["pop3d"]),
+        .executable(name: "pop3", targets: ["pop3"]),
+        .library(name: "POP3Client", targets: ["POP3Client"]),
         .library(name: "POP3Core", targets: ["POP3Core"]),
         .library(name: "POP3Server", targets: ["POP3Server"]),
     ],
@@ -92,6 +94,18 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Yams", package: "Yams"),
+            ]
+        ),
+        .executableTarget(
+            name: "pop3",
+            dependencies: [
+                "POP3Client", "POP3Core", "MailRetriever",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "X509", package: "swift-certificates"),
             ]
         ),
         .executableTarget(

@@ -5,7 +5,7 @@ import X509
 
 /// A self-signed end-entity certificate for local use: ECDSA P-256, valid for `localhost`, `127.0.0.1` and `::1`.
 ///
-/// The profile (CA:FALSE, subject and authority key identifiers, SAN, ≤ 365 days) is one that OpenSSL,
+/// The profile (CA:FALSE, no key usage, EKU serverAuth, subject and authority key identifiers, SAN, ≤ 365 days) is one that OpenSSL,
 /// GnuTLS, BoringSSL and sslyze all accept as their CA file (DESIGN, "Contracts and defaults").
 public enum DevCertificate {
     public static let lifetime: TimeInterval = 365 * 24 * 3600
@@ -26,7 +26,8 @@ public enum DevCertificate {
         sans.append(.ipAddress(ASN1OctetString(contentBytes: ArraySlice([UInt8](repeating: 0, count: 15) + [1]))))
         let extensions = try Certificate.Extensions {
             Critical(BasicConstraints.notCertificateAuthority)
-            Critical(KeyUsage(digitalSignature: true))
+            // No KeyUsage: BoringSSL's issuer check (X509_check_issued) refuses a self-issued trust anchor whose
+            // key usage lacks keyCertSign, and keyCertSign on a CA:FALSE certificate fails strict OpenSSL checks.
             try ExtendedKeyUsage([.serverAuth])
             identifier
             AuthorityKeyIdentifier(keyIdentifier: identifier.keyIdentifier)

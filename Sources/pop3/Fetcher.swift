@@ -1,0 +1,199 @@
+import Foundation
+import Logging
+import MailRetriever
+import NIOCore
+import POP3Client
+
+/// What one account's fetch did.
+struct FetchSummary: Sendable, Codable {
+    var account: String
+    var fetched = 0
+    var bytes = 0
+    var skipped = 0
+    var deleted = 0
+    var onServer = 0
+    var error: String?
+}
+
+/// Everything a fetch needs for one account, whether from the command line or the accounts file.
+struct FetchJob: Sendable {
+    var name: String
+    var url: POP3URL
+    var password: PasswordSource
+    var trust: TrustPolicy
+    var security: ConnectionSecurity
+    var destination: DestinationSpec
+    var retention: RetentionPolicy
+    var maximumSize: Int?
+
+    enum DestinationSpec: Sendable {
+        case maildir(String), mbox(String), mda(String)
+    }
+}
+
+/// Downloads one account. Never deletes a message on the server whose local copy is not durable: a UID is
+/// DELE'd only when the journal says it was delivered, and the journal says so only after the destination's
+/// commit returned (fsync of file and directory).
+struct Fetcher {
+    let job: FetchJob
+    let logger: Logger
+    let progress: Progress?
+
+    func run() async -> FetchSummary {
+        var summary = FetchSummary(account: self.job.name)
+        do {
+            try await self.fetch(&summary)
+        } catch {
+            summary.error = "\(error)"
+        }
+        return summary
+    }
+
+    private func fetch(_ summary: inout FetchSummary) async throws {
+        let key = AccountKey(user: self.job.url.user, host: self.job.url.host, port: self.job.url.port)
+        let stateDirectory = try StatePaths.directory()
+        let lock = try AccountLock.acquire(key, stateDirectory: stateDirectory)
+        defer { lock.release() }
+        let journal = try UIDLJournal.open(key, stateDirectory: stateDirectory)
+        let destination: any MessageDestination
+        switch self.job.destination {
+        case .maildir(let path): destination = MaildirDestination(path: path, accountKey: key)
+        case .mbox(let path): destination = MboxDestination(path: path, accountKey: key)
+        case .mda(let command): destination = MDADestination(command: command)
+        }
+        try destination.recover(journal: journal)
+        let password = try self.job.password.readPassword()
+
+        var configuration = POP3ClientConfiguration(
+            host: self.job.url.host,
+            port: self.job.url.port,
+            security: self.job.security,
+            trust: self.job.trust
+        )
+        configuration.localAddress = ProcessInfo.processInfo.environment["POP3_BIND_ADDRESS"]
+        let connection = try await POP3Connection.connect(configuration, logger: self.logger)
+        do {
+            try await connection.login(user: self.job.url.user, password: password)
+            let uidl = try await connection.uidl()
+            let sizes = try await connection.list()
+            summary.onServer = uidl.count
+            let now = currentTime()
+            try journal.noteSeen(uidl.map(\.uid), now: now)
+
+            var uidOf: [Int: String] = [:]
+            var toFetch: [Int] = []
+            var totalBytes = 0
+            for (number, uid) in uidl {
+                uidOf[number] = uid
+                if journal.entry(for: uid)?.delivered == true || destination.isStored(uid: uid) {
+                    if journal.entry(for: uid)?.delivered != true { try journal.markDelivered(uid) }
+                    continue
+                }
+                let size = sizes[number] ?? 0
+                if let maximum = self.job.maximumSize, size > maximum {
+                    summary.skipped += 1
+                    FileHandle.standardError.write(Data("pop3: \(self.job.name): skipping message \(number) (\(size) octets > --max-size \(maximum))\n".utf8))
+                    continue
+                }
+                toFetch.append(number)
+                totalBytes += size
+            }
+            self.progress?.start(account: self.job.name, messages: toFetch.count, bytes: totalBytes)
+
+            var sink: (any MessageSink)?
+            do {
+                try await connection.retrieve(
+                    toFetch,
+                    begin: { number in sink = try destination.begin(uid: uidOf[number]!) },
+                    chunk: { _, chunk in
+                        try sink!.write(chunk)
+                        summary.bytes += chunk.readableBytes
+                        self.progress?.advance(bytes: chunk.readableBytes)
+                    },
+                    end: { number in
+                        try sink!.commit()
+                        sink = nil
+                        try journal.markDelivered(uidOf[number]!)
+                        summary.fetched += 1
+                        self.progress?.messageDone()
+                    }
+                )
+            } catch {
+                sink?.abort()
+                throw error
+            }
+            self.progress?.finish()
+
+            // Deletions: only delivered messages, and only as the retention policy says.
+            let deletable = uidl.filter { _, uid in
+                guard let entry = journal.entry(for: uid), entry.delivered else { return false }
+                return shouldDelete(entry: entry, now: now, policy: self.job.retention)
+            }
+            try await connection.delete(deletable.map(\.number))
+            try await connection.quit()
+            summary.deleted = deletable.count
+            // QUIT answered +OK: the server committed. Forget what is no longer there.
+            let remaining = Set(uidl.map(\.uid)).subtracting(deletable.map(\.uid))
+            try journal.forget(keepingOnly: remaining)
+            try journal.compact()
+        } catch {
+            await connection.close()
+            throw error
+        }
+    }
+}
+
+/// A progress line on a terminal (messages and bytes), nothing otherwise.
+final class Progress: @unchecked Sendable {
+    // @unchecked: updated from one fetch task at a time per instance; output goes through a lock.
+    private let lock = NSLock()
+    private var account = ""
+    private var messages = 0
+    private var done = 0
+    private var bytes = 0
+    private var received = 0
+    private var lastDraw = Date.distantPast
+
+    static func forTerminal() -> Progress? { isatty(STDERR_FILENO) == 1 ? Progress() : nil }
+
+    func start(account: String, messages: Int, bytes: Int) {
+        self.lock.withLock {
+            self.account = account
+            self.messages = messages
+            self.bytes = bytes
+            self.done = 0
+            self.received = 0
+        }
+        self.draw(force: true)
+    }
+
+    func advance(bytes: Int) {
+        self.lock.withLock { self.received += bytes }
+        self.draw(force: false)
+    }
+
+    func messageDone() {
+        self.lock.withLock { self.done += 1 }
+        self.draw(force: false)
+    }
+
+    func finish() {
+        self.draw(force: true)
+        FileHandle.standardError.write(Data("\n".utf8))
+    }
+
+    private func draw(force: Bool) {
+        self.lock.withLock {
+            let now = Date()
+            guard force || now.timeIntervalSince(self.lastDraw) > 0.1 else { return }
+            self.lastDraw = now
+            let fraction = self.bytes > 0 ? min(1, Double(self.received) / Double(self.bytes)) : 1
+            let width = 24
+            let filled = Int(fraction * Double(width))
+            let bar = String(repeating: "#", count: filled) + String(repeating: "-", count: width - filled)
+            let line = String(format: "\r%@ [%@] %d/%d messages, %.1f/%.1f MB", self.account, bar, self.done, self.messages,
+                              Double(self.received) / 1e6, Double(self.bytes) / 1e6)
+            FileHandle.standardError.write(Data(line.utf8))
+        }
+    }
+}

@@ -1,0 +1,260 @@
+import ArgumentParser
+import Crypto
+import Foundation
+import Logging
+import MailRetriever
+import NIOSSL
+import POP3Client
+import POP3Core
+import X509
+
+@main
+struct POP3Command: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "pop3",
+        abstract: "Download mail over POP3S into a Maildir, an mbox or a delivery command, without ever losing a message.",
+        subcommands: [Fetch.self, Probe.self]
+    )
+}
+
+struct TLSOptions: ParsableArguments {
+    @Option(name: .customLong("ca-file"), help: "Trust the certificates in this PEM file (instead of the system store).")
+    var caFile: String?
+    @Option(help: "Trust only a certificate or public key with this SHA-256 pin: sha256:HEX.")
+    var pin: String?
+    @Flag(help: "Use STLS on a pop3:// URL (required once chosen; never falls back to plaintext).")
+    var starttls = false
+    @Flag(name: .customLong("insecure-plaintext"), help: "Allow a pop3:// connection without TLS (passwords in the clear).")
+    var insecurePlaintext = false
+
+    func trust() throws -> TrustPolicy {
+        if self.caFile != nil && self.pin != nil { throw ValidationError("--ca-file and --pin exclude each other") }
+        if let pin = self.pin {
+            guard let policy = TrustPolicy.pin(parsing: pin) else { throw ValidationError("--pin wants sha256: and 64 hex digits") }
+            return policy
+        }
+        return self.caFile.map { .caFile($0) } ?? .system
+    }
+
+    func security(for url: POP3URL) throws -> ConnectionSecurity {
+        try securityFor(scheme: url.scheme.rawValue, starttls: self.starttls, insecurePlaintext: self.insecurePlaintext)
+    }
+}
+
+/// `pop3s://` is implicit TLS; `pop3://` needs --starttls or --insecure-plaintext (DESIGN, client contracts).
+func securityFor(scheme: String, starttls: Bool, insecurePlaintext: Bool) throws -> ConnectionSecurity {
+    switch scheme {
+    case "pop3s":
+        if starttls { throw ValidationError("--starttls goes with pop3:// URLs, not pop3s://") }
+        if insecurePlaintext { throw ValidationError("--insecure-plaintext goes with pop3:// URLs") }
+        return .implicitTLS
+    case "pop3":
+        if starttls && insecurePlaintext { throw ValidationError("--starttls and --insecure-plaintext exclude each other") }
+        if starttls { return .startTLS }
+        if insecurePlaintext { return .insecurePlaintext }
+        throw ValidationError("pop3:// needs --starttls (or, knowingly, --insecure-plaintext)")
+    default:
+        throw ValidationError("URL scheme must be pop3s:// or pop3://")
+    }
+}
+
+struct Fetch: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Download new messages from one server (URL form) or from accounts in the accounts file.",
+        discussion: """
+            pop3 fetch [options] --password-file FILE (--maildir DIR | --mbox FILE | --mda COMMAND) pop3s://USER@HOST[:PORT]
+            pop3 fetch [--config FILE] [ACCOUNT...]
+
+            Messages are deleted on the server after a durable local copy exists, unless --keep or --keep-days.
+            Exit status: 0 when every selected account was fetched, 1 when one or more failed (one line each on stderr).
+            """
+    )
+
+    @Argument(help: "pop3s://USER@HOST[:PORT] (then the options below), or account names from the accounts file.")
+    var targets: [String] = []
+    @Option(help: "Accounts file (default ~/.config/pop3/accounts.yaml).")
+    var config: String?
+    @Flag(help: "Leave messages on the server.")
+    var keep = false
+    @Option(name: .customLong("keep-days"), help: "Leave messages on the server for N days after first seeing them, then delete.")
+    var keepDays: Int?
+    @Option(name: .customLong("max-size"), help: "Skip messages larger than this many octets (a warning, not an error).")
+    var maxSize: Int?
+    @OptionGroup var tls: TLSOptions
+    @Option(name: .customLong("password-file"), help: "File whose first line is the password (mode 0600).")
+    var passwordFile: String?
+    @Option(help: "Deliver into this Maildir.")
+    var maildir: String?
+    @Option(help: "Deliver into this mbox file (mboxrd).")
+    var mbox: String?
+    @Option(help: "Deliver by running this command (via sh -c) with the message on stdin; exit 0 = delivered.")
+    var mda: String?
+    @Flag(help: "Print a JSON summary on stdout.")
+    var json = false
+    @Flag(help: "Log the protocol exchange (passwords redacted) to stderr.")
+    var verbose = false
+
+    func validate() throws {
+        if let days = self.keepDays, days < 0 { throw ValidationError("--keep-days must be 0 or more") }
+        if let size = self.maxSize, size < 0 { throw ValidationError("--max-size must be 0 or more") }
+    }
+
+    func run() async throws {
+        var configuredLogger = Logger(label: "pop3")
+        configuredLogger.logLevel = self.verbose ? .trace : .warning
+        let logger = configuredLogger
+        let jobs = try self.jobs()
+        let progress = self.json ? nil : Progress.forTerminal()
+        let summaries = await withTaskGroup(of: FetchSummary.self) { group in
+            for job in jobs {
+                group.addTask { await Fetcher(job: job, logger: logger, progress: jobs.count == 1 ? progress : nil).run() }
+            }
+            var all: [FetchSummary] = []
+            for await summary in group { all.append(summary) }
+            return all.sorted { $0.account < $1.account }
+        }
+        for summary in summaries where summary.error != nil {
+            FileHandle.standardError.write(Data("pop3: \(summary.account): \(summary.error!)\n".utf8))
+        }
+        if self.json {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+            print(String(decoding: try encoder.encode(["accounts": summaries]), as: UTF8.self))
+        } else if !summaries.contains(where: { $0.error != nil }) && isatty(STDERR_FILENO) == 1 {
+            for s in summaries {
+                FileHandle.standardError.write(Data("pop3: \(s.account): \(s.fetched) fetched, \(s.deleted) deleted, \(s.skipped) skipped\n".utf8))
+            }
+        }
+        if summaries.contains(where: { $0.error != nil }) { throw ExitCode(1) }
+    }
+
+    func jobs() throws -> [FetchJob] {
+        let retention = RetentionPolicy(keep: self.keep, keepDays: self.keepDays)
+        if let first = self.targets.first, first.contains("://") {
+            guard self.targets.count == 1 else { throw ValidationError("one URL at a time") }
+            let url = try POP3URL.parse(first)
+            guard let passwordFile = self.passwordFile else { throw ValidationError("--password-file FILE is required with a URL") }
+            let destinations = [self.maildir.map { FetchJob.DestinationSpec.maildir($0) }, self.mbox.map { .mbox($0) }, self.mda.map { .mda($0) }].compactMap { $0 }
+            guard destinations.count == 1 else { throw ValidationError("give exactly one of --maildir, --mbox, --mda") }
+            return [
+                FetchJob(
+                    name: "\(url.user)@\(url.host)",
+                    url: url,
+                    password: .file(passwordFile),
+                    trust: try self.tls.trust(),
+                    security: try self.tls.security(for: url),
+                    destination: destinations[0],
+                    retention: retention,
+                    maximumSize: self.maxSize
+                )
+            ]
+        }
+        let path = self.config ?? (StatePaths.homeDirectory() + "/.config/pop3/accounts.yaml")
+        let accounts = try AccountsFile.load(path: path)
+        let selected = self.targets.isEmpty ? accounts : try self.targets.map { name in
+            guard let account = accounts.first(where: { $0.name == name }) else { throw ValidationError("no account \"\(name)\" in \(path)") }
+            return account
+        }
+        guard !selected.isEmpty else { throw ValidationError("no accounts in \(path)") }
+        return try selected.map { account in
+            let trust: TrustPolicy
+            switch account.trust {
+            case .system: trust = .system
+            case .caFile(let file): trust = .caFile(file)
+            case .pin(let text):
+                guard let pin = TrustPolicy.pin(parsing: text) else { throw ValidationError("\(account.name): pin wants sha256:HEX") }
+                trust = pin
+            }
+            let destination: FetchJob.DestinationSpec
+            switch account.destination {
+            case .maildir(let p): destination = .maildir(p)
+            case .mbox(let p): destination = .mbox(p)
+            case .mda(let c): destination = .mda(c)
+            }
+            return FetchJob(
+                name: account.name,
+                url: account.url,
+                password: account.passwordSource,
+                trust: trust,
+                security: try securityFor(scheme: account.url.scheme.rawValue, starttls: account.starttls, insecurePlaintext: account.insecurePlaintext),
+                destination: destination,
+                retention: (self.keep || self.keepDays != nil) ? retention : RetentionPolicy(keep: account.keep, keepDays: account.keepDays),
+                maximumSize: self.maxSize ?? account.maxSize
+            )
+        }
+    }
+}
+
+struct Probe: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Show what a POP3 server offers: greeting, capabilities, TLS, certificate chain with SHA-256 fingerprints, login mechanisms."
+    )
+
+    @Argument(help: "pop3s://HOST[:PORT] or pop3://HOST[:PORT] with --starttls.")
+    var url: String
+    @OptionGroup var tls: TLSOptions
+
+    func run() async throws {
+        // A probe needs no user: accept pop3s://HOST[:PORT] (a placeholder user is never sent).
+        let target = try POP3URL.parse(self.url.contains("@") ? self.url : self.url.replacingOccurrences(of: "://", with: "://probe@"))
+        let security = try self.tls.security(for: target)
+        var configuration = POP3ClientConfiguration(host: target.host, port: target.port, security: security, trust: try self.tls.trust())
+        configuration.replyTimeout = .seconds(30)
+        print("server: \(target.host):\(target.port) (\(security == .implicitTLS ? "implicit TLS" : security == .startTLS ? "STLS" : "plaintext"))")
+        var failure: (any Error)?
+        do {
+            let connection = try await POP3Connection.connect(configuration)
+            print("greeting: \(connection.greeting.text)")
+            if let info = connection.tls {
+                print("tls: \(info.version), cipher \(info.cipherSuite.map(cipherName) ?? "unknown"), ALPN \(info.alpn ?? "none")")
+                print("certificate: verified")
+            }
+            print("capabilities:")
+            for capability in connection.capabilities { print("  \(capability)") }
+            let mechanisms = connection.capabilities.first { $0.uppercased().hasPrefix("SASL ") }.map { String($0.dropFirst(5)) } ?? ""
+            let user = connection.capabilities.contains { $0.uppercased() == "USER" }
+            print("login: " + ([mechanisms.isEmpty ? nil : "SASL \(mechanisms)", user ? "USER/PASS" : nil].compactMap { $0 }.joined(separator: ", ").nonEmpty ?? "none offered"))
+            try? await connection.quit()
+        } catch {
+            failure = error
+            print("error: \(error)")
+        }
+        if security != .insecurePlaintext {
+            do {
+                let chain = try await POP3Connection.inspectCertificates(configuration)
+                print("certificate chain (as presented):")
+                for (index, der) in chain.enumerated() { describe(der, index: index) }
+            } catch {
+                print("certificate chain: unavailable (\(error))")
+            }
+        }
+        if failure != nil { throw ExitCode(1) }
+    }
+
+    func describe(_ der: [UInt8], index: Int) {
+        let fingerprint = SHA256.hash(data: der).map { String(format: "%02x", $0) }.joined()
+        print("  [\(index)] sha256:\(fingerprint)  (certificate, for --pin)")
+        if let spki = try? NIOSSLCertificate(bytes: der, format: .der).extractPublicKey().toSPKIBytes() {
+            print("      public key sha256:\(SHA256.hash(data: spki).map { String(format: "%02x", $0) }.joined())  (for --pin)")
+        }
+        if let certificate = try? X509.Certificate(derEncoded: der) {
+            print("      subject: \(sanitize(Array(String(describing: certificate.subject).utf8)))")
+            print("      issuer:  \(sanitize(Array(String(describing: certificate.issuer).utf8)))")
+            print("      valid:   \(certificate.notValidBefore) to \(certificate.notValidAfter)")
+        }
+    }
+}
+
+func cipherName(_ code: UInt16) -> String {
+    let names: [UInt16: String] = [
+        0x1301: "TLS_AES_128_GCM_SHA256", 0x1302: "TLS_AES_256_GCM_SHA384", 0x1303: "TLS_CHACHA20_POLY1305_SHA256",
+        0xC02B: "ECDHE-ECDSA-AES128-GCM-SHA256", 0xC02C: "ECDHE-ECDSA-AES256-GCM-SHA384",
+        0xC02F: "ECDHE-RSA-AES128-GCM-SHA256", 0xC030: "ECDHE-RSA-AES256-GCM-SHA384",
+        0xCCA8: "ECDHE-RSA-CHACHA20-POLY1305", 0xCCA9: "ECDHE-ECDSA-CHACHA20-POLY1305",
+    ]
+    return names[code] ?? String(format: "0x%04X", code)
+}
+
+extension String {
+    var nonEmpty: String? { self.isEmpty ? nil : self }
+}

@@ -1,0 +1,422 @@
+#!/usr/bin/env python3
+"""The scripted malicious server (research/security.md §2) against the real `pop3 fetch` binary.
+
+Each scenario runs a fake POP3 server on loopback that misbehaves in one way, runs `pop3 fetch` against it,
+and checks what the client did: it must fail (or cope), never send a credential where TLS is required but
+missing, never DELE a message it did not store, and never store a partial message.
+Prints 'N passed, N failed' at the end.
+
+Usage: scripts/client_security.py --pop3 PATH
+"""
+import argparse
+import datetime
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import threading
+import traceback
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+ARGS = None
+WORK = None
+
+
+# ---------------------------------------------------------------- certificates
+
+def write_pem(path, data):
+    with open(path, "wb") as f:
+        f.write(data)
+    return path
+
+
+def make_certs(folder):
+    """A CA, leaves for localhost (good), other.example (wrong host), an expired one, and a self-signed one."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+
+    def name(cn):
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (x509.CertificateBuilder().subject_name(name("test CA")).issuer_name(name("test CA"))
+          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=30))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
+                                       key_encipherment=False, data_encipherment=False, key_agreement=False,
+                                       encipher_only=False, decipher_only=False), critical=True)
+          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+          .sign(ca_key, hashes.SHA256()))
+    write_pem(os.path.join(folder, "ca.pem"), ca.public_bytes(serialization.Encoding.PEM))
+
+    def leaf(label, dns, start, end, issuer=None, issuer_key=None):
+        key = ec.generate_private_key(ec.SECP256R1())
+        issuer_name = issuer.subject if issuer else name(dns)
+        builder = (x509.CertificateBuilder().subject_name(name(dns)).issuer_name(issuer_name)
+                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(start).not_valid_after(end)
+                   .add_extension(x509.SubjectAlternativeName([x509.DNSName(dns)]), critical=False)
+                   .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True))
+        if issuer:
+            builder = builder.add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()), critical=False)
+        cert = builder.sign(issuer_key or key, hashes.SHA256())
+        cert_path = write_pem(os.path.join(folder, f"{label}.pem"), cert.public_bytes(serialization.Encoding.PEM))
+        key_path = write_pem(os.path.join(folder, f"{label}.key"), key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+        return cert_path, key_path
+
+    return {
+        "good": leaf("good", "localhost", now - datetime.timedelta(days=1), now + datetime.timedelta(days=30), ca, ca_key),
+        "wrong_host": leaf("wrong", "other.example", now - datetime.timedelta(days=1), now + datetime.timedelta(days=30), ca, ca_key),
+        "expired": leaf("expired", "localhost", now - datetime.timedelta(days=30), now - datetime.timedelta(days=1), ca, ca_key),
+        "self_signed": leaf("self", "localhost", now - datetime.timedelta(days=1), now + datetime.timedelta(days=30)),
+    }
+
+
+# ---------------------------------------------------------------- fake server
+
+MESSAGES = [b"Subject: one\r\n\r\nfirst\r\n", b"Subject: two\r\n\r\n..dot line\r\nsecond\r\n"]
+
+
+class Conn:
+    def __init__(self, sock, log):
+        self.sock = sock
+        self.buf = b""
+        self.log = log
+
+    def send(self, data):
+        self.sock.sendall(data)
+
+    def line(self):
+        while b"\n" not in self.buf:
+            data = self.sock.recv(65536)
+            if not data:
+                return None
+            self.buf += data
+        line, self.buf = self.buf.split(b"\n", 1)
+        line = line.rstrip(b"\r")
+        self.log.append(line)
+        return line
+
+    def tls(self, ctx):
+        self.sock = ctx.wrap_socket(self.sock, server_side=True)
+
+
+def server_ctx(cert, key, **kw):
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    if kw.get("max_tls10"):
+        ctx.minimum_version = ssl.TLSVersion.TLSv1
+        ctx.maximum_version = ssl.TLSVersion.TLSv1
+        ctx.set_ciphers("ALL:@SECLEVEL=0")
+    return ctx
+
+
+def transaction(c, uidl=None, retr=None, quit_reply=b"+OK bye\r\n", dele_ok=True):
+    """A normal TRANSACTION state with MESSAGES, with optional overrides."""
+    uidl = uidl or [b"1 uid-one", b"2 uid-two"]
+    while True:
+        line = c.line()
+        if line is None:
+            return
+        cmd = line.split(b" ")[0].upper()
+        if cmd == b"CAPA":
+            c.send(b"+OK\r\nUIDL\r\nPIPELINING\r\nUSER\r\nSASL PLAIN\r\n.\r\n")
+        elif cmd == b"STAT":
+            c.send(b"+OK %d %d\r\n" % (len(MESSAGES), sum(map(len, MESSAGES))))
+        elif cmd == b"LIST":
+            c.send(b"+OK\r\n" + b"".join(b"%d %d\r\n" % (i + 1, len(m)) for i, m in enumerate(MESSAGES)) + b".\r\n")
+        elif cmd == b"UIDL":
+            c.send(b"+OK\r\n" + b"".join(u + b"\r\n" for u in uidl) + b".\r\n")
+        elif cmd == b"RETR":
+            n = int(line.split()[1])
+            if retr:
+                if retr(c, n) == "close":
+                    c.sock.close()
+                    return
+            else:
+                body = MESSAGES[n - 1].replace(b"\r\n.", b"\r\n..")
+                c.send(b"+OK\r\n" + body + b".\r\n")
+        elif cmd == b"DELE":
+            c.send(b"+OK\r\n" if dele_ok else b"-ERR no\r\n")
+        elif cmd == b"QUIT":
+            c.send(quit_reply)
+            return
+        elif cmd == b"NOOP":
+            c.send(b"+OK\r\n")
+        else:
+            c.send(b"-ERR unknown\r\n")
+
+
+def login(c, sasl_reply=b"+OK logged in\r\n"):
+    """Answers CAPA and one login (AUTH PLAIN or USER/PASS)."""
+    while True:
+        line = c.line()
+        if line is None:
+            return False
+        cmd = line.split(b" ")[0].upper()
+        if cmd == b"CAPA":
+            c.send(b"+OK\r\nUIDL\r\nPIPELINING\r\nUSER\r\nSASL PLAIN\r\n.\r\n")
+        elif cmd == b"AUTH":
+            c.send(sasl_reply)
+            return sasl_reply.startswith(b"+OK")
+        elif cmd == b"USER":
+            c.send(b"+OK\r\n")
+        elif cmd == b"PASS":
+            c.send(b"+OK\r\n")
+            return True
+        else:
+            c.send(b"-ERR\r\n")
+
+
+class Scenario:
+    """One fake server; `behave(conn)` scripts it. Runs in a thread for one connection."""
+
+    def __init__(self, name, behave, tls=None, starttls=False, expect_exit=1, credentials_allowed=False,
+                 dele_allowed=False, stored=0, extra_args=(), check=None, timeout=None):
+        self.name, self.behave, self.tls, self.starttls = name, behave, tls, starttls
+        self.expect_exit, self.credentials_allowed, self.dele_allowed = expect_exit, credentials_allowed, dele_allowed
+        self.stored, self.extra_args, self.check, self.timeout = stored, extra_args, check, timeout
+
+
+def run_scenario(s, certs):
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    port = listener.getsockname()[1]
+    log = []
+    errors = []
+
+    def serve():
+        try:
+            listener.settimeout(60)
+            sock, _ = listener.accept()
+            sock.settimeout(60)
+            c = Conn(sock, log)
+            if s.tls:
+                c.tls(s.tls)
+            s.behave(c)
+        except (OSError, ssl.SSLError):
+            pass
+        except Exception as e:  # a bug in the fake server itself
+            errors.append(e)
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    folder = tempfile.mkdtemp(dir=WORK)
+    maildir = os.path.join(folder, "Maildir")
+    pw = os.path.join(folder, "pw")
+    with open(pw, "w") as f:
+        f.write("s3cret-password\n")
+    os.chmod(pw, 0o600)
+    scheme = "pop3" if s.starttls else "pop3s"
+    args = [ARGS.pop3, "fetch", "--password-file", pw, "--maildir", maildir, "--ca-file", os.path.join(WORK, "certs", "ca.pem")]
+    if s.starttls:
+        args.append("--starttls")
+    if s.timeout:
+        args += ["--timeout", str(s.timeout)]
+    args += list(s.extra_args) + [f"{scheme}://alice@localhost:{port}"]
+    env = dict(os.environ, XDG_STATE_HOME=os.path.join(folder, "state"))
+    r = subprocess.run(args, capture_output=True, timeout=120, env=env)
+    t.join(10)
+    listener.close()
+    problems = []
+    if errors:
+        problems.append(f"fake server error: {errors[0]!r}")
+    if r.returncode != s.expect_exit:
+        problems.append(f"exit {r.returncode}, expected {s.expect_exit}")
+    sent = b"\n".join(log)
+    if not s.credentials_allowed and (b"s3cret" in sent or any(l.upper().startswith((b"USER", b"PASS", b"AUTH", b"APOP")) for l in log)):
+        problems.append("credentials were sent")
+    if not s.dele_allowed and any(l.upper().startswith(b"DELE") for l in log):
+        problems.append("DELE was sent")
+    files = []
+    for sub in ("new", "cur"):
+        d = os.path.join(maildir, sub)
+        files += os.listdir(d) if os.path.isdir(d) else []
+    if len(files) != s.stored:
+        problems.append(f"{len(files)} messages stored, expected {s.stored}")
+    if b"\x1b" in r.stderr or b"\x1b" in r.stdout:
+        problems.append("unsanitised escape sequence printed")
+    if s.check:
+        problems += s.check(r, log, maildir)
+    return problems, r
+
+
+def scenarios(certs):
+    good = server_ctx(*certs["good"])
+
+    def greet(c):
+        c.send(b"+OK fake ready\r\n")
+
+    def stls_missing(c):
+        greet(c)
+        while (line := c.line()) is not None:
+            if line.upper() == b"CAPA":
+                c.send(b"+OK\r\nUSER\r\nSASL PLAIN LOGIN\r\n.\r\n")
+            elif line.upper() == b"STLS":
+                c.send(b"-ERR not supported\r\n")
+            else:
+                c.send(b"-ERR\r\n")
+
+    def stls_injection(c):
+        greet(c)
+        if c.line() is not None:
+            c.send(b"+OK Begin fake TLS negotiation now.\r\n+OK\r\nPLAIN\r\nLOGIN\r\n.\r\n")
+            c.tls(good)
+            login(c)
+            transaction(c)
+
+    def stls_garbage(c):
+        greet(c)
+        if c.line() is not None:
+            c.send(b"+OK go\r\n")
+            c.send(b"this is not TLS at all\r\n" * 4)
+
+    def stls_then_silence(c):
+        greet(c)
+        if c.line() is not None:
+            c.send(b"+OK go\r\n")
+            c.sock.recv(65536)
+            threading.Event().wait(8)
+
+    def bad_greeting(c):
+        c.send(b"+Do you even care?\r\n")
+        while c.line() is not None:
+            c.send(b"+Okay, do your thing.\r\n")
+
+    def unsolicited(c):
+        c.send(b"+OK 2 messages\r\n1 120\r\n2 200\r\n.\r\n")
+        login(c)
+        transaction(c)
+
+    def long_greeting(c):
+        c.send(b"+OK " + b"x" * (512 * 1024) + b"\r\n")
+        c.line()
+
+    def silent(c):
+        threading.Event().wait(8)
+
+    def normal(c):
+        greet(c)
+        if login(c):
+            transaction(c)
+
+    def sasl_err(c):
+        greet(c)
+        login(c, sasl_reply=b"-ERR [AUTH] no such mechanism \x1b[31mred\r\n")
+        transaction(c)
+
+    def uidl_too_long(c):
+        greet(c)
+        if login(c):
+            transaction(c, uidl=[b"1 " + b"u" * 71, b"2 uid-two"])
+
+    def uidl_duplicate(c):
+        greet(c)
+        if login(c):
+            transaction(c, uidl=[b"1 same", b"2 same"])
+
+    def uidl_space(c):
+        greet(c)
+        if login(c):
+            transaction(c, uidl=[b"1 has space", b"2 ok"])
+
+    def truncated(c):
+        greet(c)
+        if login(c):
+            def retr(conn, n):
+                conn.send(b"+OK\r\nSubject: cut\r\n\r\nhalf a mess")
+                return "close"
+            transaction(c, retr=retr)
+
+    def bare_lf_terminator(c):
+        greet(c)
+        if login(c):
+            def retr(conn, n):
+                conn.send(b"+OK\r\nSubject: lf\r\n\r\nbody\n.\nnot the end\r\n")
+                return "close"
+            transaction(c, retr=retr)
+
+    def quit_err(c):
+        greet(c)
+        if login(c):
+            transaction(c, quit_reply=b"-ERR [SYS/TEMP] could not delete\r\n")
+
+    def journal_intact(r, log, maildir):
+        return [] if b"QUIT" in b"\n".join(log) else ["QUIT not sent"]
+
+    expired = server_ctx(*certs["expired"])
+    wrong = server_ctx(*certs["wrong_host"])
+    selfsigned = server_ctx(*certs["self_signed"])
+    tls10 = server_ctx(*certs["good"], max_tls10=True)
+
+    return [
+        Scenario("71 STLS missing and refused → abort, no credentials", stls_missing, starttls=True),
+        Scenario("74 malformed greeting → abort before login", bad_greeting, tls=good),
+        Scenario("74 malformed greeting on STLS path", bad_greeting, starttls=True),
+        Scenario("80 injected reply after STLS +OK → abort", stls_injection, starttls=True),
+        Scenario("81 garbage instead of TLS after STLS → abort", stls_garbage, starttls=True),
+        Scenario("106 silent after STLS +OK → deadline", stls_then_silence, starttls=True, timeout=3),
+        Scenario("83 unsolicited multi-line data → abort", unsolicited, tls=good),
+        Scenario("84 self-signed certificate → abort", normal, tls=selfsigned),
+        Scenario("84 wrong host name → abort", normal, tls=wrong),
+        Scenario("84 expired certificate → abort", normal, tls=expired),
+        Scenario("88 TLS 1.0 only → refuse", normal, tls=tls10),
+        Scenario("92 512 KiB greeting → abort", long_greeting, tls=good),
+        Scenario("106 silent server → deadline", silent, tls=good, timeout=3),
+        Scenario("94 SASL -ERR → abort, escapes sanitised", sasl_err, tls=good, credentials_allowed=True),
+        Scenario("91 UIDL of 71 octets → abort, no DELE", uidl_too_long, tls=good, credentials_allowed=True),
+        Scenario("91 duplicate UIDL → abort, no DELE", uidl_duplicate, tls=good, credentials_allowed=True),
+        Scenario("91 UIDL with a space → abort, no DELE", uidl_space, tls=good, credentials_allowed=True),
+        Scenario("90 connection ends mid-RETR → nothing stored, no DELE", truncated, tls=good, credentials_allowed=True),
+        Scenario("96 bare-LF dot is not a terminator", bare_lf_terminator, tls=good, credentials_allowed=True),
+        Scenario("97 QUIT -ERR → error, messages stored, DELE only after storing", quit_err, tls=good,
+                 credentials_allowed=True, dele_allowed=True, stored=2, check=journal_intact),
+        Scenario("control: a well-behaved server is fetched", normal, tls=good, expect_exit=0,
+                 credentials_allowed=True, dele_allowed=True, stored=2),
+        Scenario("control: STLS server is fetched", lambda c: (greet(c), c.line(), c.send(b"+OK\r\n"), c.tls(good),
+                                                             login(c) and transaction(c)),
+                 starttls=True, expect_exit=0, credentials_allowed=True, dele_allowed=True, stored=2),
+    ]
+
+
+def main():
+    global ARGS, WORK
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--pop3", required=True)
+    ARGS = parser.parse_args()
+    WORK = tempfile.mkdtemp(prefix="pop3-client-security-")
+    os.makedirs(os.path.join(WORK, "certs"))
+    certs = make_certs(os.path.join(WORK, "certs"))
+    passed = failed = 0
+    for s in scenarios(certs):
+        try:
+            problems, r = run_scenario(s, certs)
+        except Exception:
+            problems, r = [traceback.format_exc()], None
+        if problems:
+            failed += 1
+            print(f"FAIL {s.name}: {'; '.join(problems)}")
+            if r is not None:
+                print("    stderr: " + r.stderr.decode(errors="replace").strip()[:500])
+        else:
+            passed += 1
+            why = r.stderr.decode(errors="replace").strip().splitlines()
+            print(f"PASS {s.name}" + (f"  [{why[-1][:110]}]" if why and s.expect_exit else ""))
+    if failed == 0:
+        shutil.rmtree(WORK, ignore_errors=True)
+    print(f"client-security: {passed} passed, {failed} failed")
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
