@@ -1,0 +1,164 @@
+import Logging
+import NIOCore
+import NIOPosix
+import Synchronization
+
+/// Maildrops stored as Maildirs, compatible with Dovecot: its `dovecot-uidlist` is the index (UIDs, sizes, POP3
+/// UIDLs), so a Maildir Dovecot served keeps its UIDLs here and the other way round.
+///
+/// Opening a maildrop takes the in-process lock table entry and the `pop3d.lock` dotlock, lists `new/` and `cur/`
+/// once, reads `dovecot-uidlist` once, and looks each file up by base name; message files are opened only to measure
+/// ones never indexed before. All file-system work runs on `threadPool`.
+public final class MaildirProvider: MaildropProvider {
+    let threadPool: NIOThreadPool
+    let logger: Logger
+    private let messageFileReads = Atomic<Int>(0)
+
+    public init(threadPool: NIOThreadPool, logger: Logger) {
+        self.threadPool = threadPool
+        self.logger = logger
+        _ = ProcessIdentity.startTime
+    }
+
+    /// How many message files this provider has read to learn their size (indexing work). Once a maildrop is
+    /// indexed, opening and listing it again leaves this unchanged.
+    public var messageFilesReadForIndexing: Int {
+        self.messageFileReads.load(ordering: .relaxed)
+    }
+
+    public func openMaildrop(user: String, path: String) async throws -> any Maildrop {
+        let key = MaildropLockTable.key(for: path)
+        guard MaildropLockTable.shared.tryAcquire(key) else { throw MaildropError.inUse }
+        var logger = self.logger
+        logger[metadataKey: "user"] = "\(user)"
+        let store = MaildirStore(path: key, logger: logger) {
+            self.messageFileReads.add(1, ordering: .relaxed)
+        }
+        do {
+            let (lock, entries) = try await self.threadPool.runIfActive {
+                let lock = try store.acquireMaildropLock()
+                do {
+                    return (lock, try store.index())
+                } catch {
+                    try? lock.release()
+                    throw error
+                }
+            }
+            return MaildirMaildrop(store: store, lock: lock, lockKey: key, entries: entries, threadPool: self.threadPool)
+        } catch {
+            MaildropLockTable.shared.release(key)
+            throw Self.clientError(error, logger: logger, operation: "open maildrop")
+        }
+    }
+
+    /// Maps any failure to a `MaildropError` a client may see, logging the details (paths) once.
+    static func clientError(_ error: any Error, logger: Logger, operation: String) -> MaildropError {
+        if let error = error as? MaildropError {
+            if error != .inUse { logger.warning("\(operation) failed", metadata: ["error": "\(error.logDescription)"]) }
+            return error
+        }
+        logger.error("\(operation) failed", metadata: ["error": "\(error)"])
+        return .temporary("maildrop temporarily unavailable")
+    }
+}
+
+/// An open, locked Maildir maildrop.
+final class MaildirMaildrop: Maildrop {
+    let messages: [MaildropMessage]
+    private let entries: [MaildirEntry]
+    private let store: MaildirStore
+    private let lockKey: String
+    private let threadPool: NIOThreadPool
+    private let state: Mutex<State>
+
+    private struct State {
+        /// nil once released.
+        var lock: LockFile?
+        /// Current names of messages found renamed since the snapshot.
+        var relocated: [Int: String] = [:]
+    }
+
+    init(store: MaildirStore, lock: LockFile, lockKey: String, entries: [MaildirEntry], threadPool: NIOThreadPool) {
+        self.store = store
+        self.lockKey = lockKey
+        self.entries = entries
+        self.messages = entries.map { MaildropMessage(uniqueID: $0.uniqueID, size: $0.size) }
+        self.threadPool = threadPool
+        self.state = Mutex(State(lock: lock))
+    }
+
+    func content(ofMessageAt index: Int, chunkSize: Int) async throws -> MessageContent {
+        guard self.entries.indices.contains(index) else { throw MaildropError.permanent("no such message") }
+        let entry = self.entries[index]
+        let known = self.state.withLock { $0.relocated[index] } ?? entry.relativePath
+        let store = self.store
+        let opened: (fd: Int32, relativePath: String)
+        do {
+            opened = try await self.threadPool.runIfActive { () throws -> (fd: Int32, relativePath: String) in
+                if let fd = try FileSystem.openIfExists(store.path + "/" + known, O_RDONLY) { return (fd, known) }
+                // Flags changed (":2,S") or moved new→cur since the snapshot: look for the base name.
+                guard let current = try store.locate(baseName: entry.baseName),
+                    let fd = try FileSystem.openIfExists(store.path + "/" + current, O_RDONLY)
+                else { throw MaildropError.messageGone }
+                return (fd, current)
+            }
+        } catch {
+            throw MaildirProvider.clientError(error, logger: store.logger, operation: "open message")
+        }
+        if opened.relativePath != known {
+            self.state.withLock { $0.relocated[index] = opened.relativePath }
+        }
+        return MessageContent(
+            fileDescriptor: opened.fd,
+            path: store.path + "/" + opened.relativePath,
+            chunkSize: chunkSize,
+            threadPool: self.threadPool,
+            logger: store.logger
+        )
+    }
+
+    func commit(deleting indices: Set<Int>) async throws {
+        let (held, relocated) = self.state.withLock { ($0.lock != nil, $0.relocated) }
+        guard held else { return }
+        let doomed = indices.sorted().filter { self.entries.indices.contains($0) }.map { index in
+            var entry = self.entries[index]
+            if let current = relocated[index] { entry.relativePath = current }
+            return entry
+        }
+        let store = self.store
+        do {
+            try await self.threadPool.runIfActive { try store.delete(doomed) }
+        } catch {
+            await self.release()
+            throw MaildirProvider.clientError(error, logger: store.logger, operation: "commit")
+        }
+        store.logger.debug("committed deletions", metadata: ["count": "\(doomed.count)"])
+        await self.release()
+    }
+
+    func release() async {
+        guard let lock = self.state.withLock({ state -> LockFile? in
+            defer { state.lock = nil }
+            return state.lock
+        }) else { return }
+        let logger = self.store.logger
+        do {
+            try await self.threadPool.runIfActive { try lock.release() }
+        } catch {
+            // Pool gone (shutdown): do it here rather than leave the lock behind.
+            do { try lock.release() } catch {
+                logger.error("cannot remove maildrop lock", metadata: ["error": "\(error)"])
+            }
+        }
+        MaildropLockTable.shared.release(self.lockKey)
+    }
+
+    deinit {
+        // A session that never released (a bug): do not leave the maildrop locked until restart.
+        if let lock = self.state.withLock({ $0.lock }) {
+            self.store.logger.warning("maildrop dropped without release; releasing")
+            try? lock.release()
+            MaildropLockTable.shared.release(self.lockKey)
+        }
+    }
+}

@@ -1,0 +1,82 @@
+import NIOCore
+
+/// One message of a maildrop snapshot, as POP3 presents it.
+public struct MaildropMessage: Sendable, Equatable {
+    /// The POP3 unique-id (UIDL): 1–70 characters in 0x21…0x7E.
+    ///
+    /// - SeeAlso: [RFC 1939 §7 (UIDL)](https://www.rfc-editor.org/rfc/rfc1939#page-12)
+    public let uniqueID: String
+    /// Octets as sent over POP3: the stored file with every bare LF counted as CRLF (CRLF stays, a lone CR stays);
+    /// no dot-stuffing, no terminator. This is Dovecot's "virtual size" (`W=`).
+    ///
+    /// - SeeAlso: [RFC 1939 §5 (STAT, LIST)](https://www.rfc-editor.org/rfc/rfc1939#page-6)
+    public let size: Int
+
+    public init(uniqueID: String, size: Int) {
+        self.uniqueID = uniqueID
+        self.size = size
+    }
+}
+
+/// Why a maildrop operation failed. The associated texts are safe to show a client (no paths, no user names);
+/// details go to the log where the error is raised.
+public enum MaildropError: Error, Sendable, Equatable, CustomStringConvertible {
+    /// Another session (in this process or another one) holds the maildrop lock: `-ERR [IN-USE]` (RFC 2449 §8.1.2).
+    case inUse
+    /// The message file vanished after the snapshot was taken.
+    case messageGone
+    /// Worth retrying later: `-ERR [SYS/TEMP]` (RFC 3206).
+    case temporary(String)
+    /// Retrying will not help: `-ERR [SYS/PERM]` (RFC 3206).
+    case permanent(String)
+
+    public var description: String {
+        switch self {
+        case .inUse: return "maildrop in use"
+        case .messageGone: return "message no longer available"
+        case .temporary(let text): return text
+        case .permanent(let text): return text
+        }
+    }
+
+    /// For logs: the failure class and text.
+    public var logDescription: String {
+        switch self {
+        case .inUse: return "in-use: maildrop locked by another session"
+        case .messageGone: return "message-gone: message file vanished"
+        case .temporary(let text): return "temporary: \(text)"
+        case .permanent(let text): return "permanent: \(text)"
+        }
+    }
+}
+
+/// Opens maildrops. One implementation per storage back end (Maildir, in-memory, later PostgreSQL).
+public protocol MaildropProvider: Sendable {
+    /// Opens and exclusively locks the maildrop of `user` stored at `path` (a Maildir directory). A missing Maildir
+    /// is an empty maildrop (it is created: `new/ cur/ tmp/`, mode 0700).
+    ///
+    /// Throws `MaildropError.inUse` when another session (this process or another process) holds it.
+    ///
+    /// - SeeAlso: [RFC 1939 §8](https://www.rfc-editor.org/rfc/rfc1939#section-8) (exclusive-access lock)
+    func openMaildrop(user: String, path: String) async throws -> any Maildrop
+}
+
+/// An open, locked maildrop: the TRANSACTION state's view of the store.
+public protocol Maildrop: AnyObject, Sendable {
+    /// Snapshot taken at open; mail delivered later does not appear in it.
+    var messages: [MaildropMessage] { get }
+
+    /// Raw bytes of the message as stored (LF or CRLF endings), in chunks of at most `chunkSize` bytes, read lazily
+    /// (the next chunk is read only when the consumer asks), so any message size costs bounded memory.
+    /// Throws `MaildropError.messageGone` if the message vanished.
+    func content(ofMessageAt index: Int, chunkSize: Int) async throws -> MessageContent
+
+    /// UPDATE state: durably deletes the given messages, updates the index, then releases the lock. A message
+    /// already gone is not an error.
+    ///
+    /// - SeeAlso: [RFC 1939 §6](https://www.rfc-editor.org/rfc/rfc1939#section-6)
+    func commit(deleting indices: Set<Int>) async throws
+
+    /// Releases the lock without deleting anything. Idempotent; a no-op after `commit`.
+    func release() async
+}
