@@ -1,0 +1,333 @@
+import Foundation
+import Yams
+
+/// One account of the accounts file, validated.
+public struct AccountConfiguration: Sendable, Equatable {
+    /// What the client trusts for the server's certificate.
+    public enum Trust: Sendable, Equatable {
+        case system
+        case caFile(String)
+        /// `sha256:HEX` as written in the file (validated: 64 hex digits, colons allowed).
+        case pin(String)
+    }
+
+    public enum Destination: Sendable, Equatable {
+        case maildir(String)
+        case mbox(String)
+        /// A shell command run through `/bin/sh -c`.
+        case mda(String)
+    }
+
+    public var name: String
+    public var url: POP3URL
+    public var passwordSource: PasswordSource
+    public var trust: Trust
+    public var starttls: Bool
+    public var insecurePlaintext: Bool
+    public var destination: Destination
+    public var keep: Bool
+    public var keepDays: Int?
+    /// Messages larger than this (octets, as LIST reports) are skipped.
+    public var maxSize: Int?
+
+    public init(
+        name: String,
+        url: POP3URL,
+        passwordSource: PasswordSource = .prompt,
+        trust: Trust = .system,
+        starttls: Bool = false,
+        insecurePlaintext: Bool = false,
+        destination: Destination,
+        keep: Bool = false,
+        keepDays: Int? = nil,
+        maxSize: Int? = nil
+    ) {
+        self.name = name
+        self.url = url
+        self.passwordSource = passwordSource
+        self.trust = trust
+        self.starttls = starttls
+        self.insecurePlaintext = insecurePlaintext
+        self.destination = destination
+        self.keep = keep
+        self.keepDays = keepDays
+        self.maxSize = maxSize
+    }
+
+    public var accountKey: AccountKey { url.accountKey }
+
+    /// keep + keep_days: keep_days wins.
+    public var retention: RetentionPolicy { RetentionPolicy(keep: keep, keepDays: keepDays) }
+}
+
+/// An error in the accounts file, naming the account and the key.
+public struct AccountsFileError: Error, Sendable, Equatable, CustomStringConvertible {
+    public var path: String
+    public var account: String?
+    public var key: String?
+    public var reason: String
+
+    public init(path: String, account: String? = nil, key: String? = nil, reason: String) {
+        self.path = path
+        self.account = account
+        self.key = key
+        self.reason = reason
+    }
+
+    public var description: String {
+        var text = path
+        if let account { text += ": account '\(account)'" }
+        if let key { text += (account == nil ? ": " : ", ") + "key '\(key)'" }
+        return text + ": " + reason
+    }
+}
+
+/// The accounts file (YAML), by default `$XDG_CONFIG_HOME/pop3/accounts.yaml` (`~/.config/pop3/accounts.yaml`):
+///
+/// ```yaml
+/// accounts:
+///   work:                                            # account name
+///     url: pop3s://alice%40corp@mail.example.com     # pop3s:// or pop3:// (then starttls or insecure_plaintext)
+///     password_file: ~/.config/pop3/work.pass        # mode 0600 or stricter, owned by you
+///     # password_command: "pass show mail/work"      # or: first line of its stdout; neither: prompt on the tty
+///     # ca_file: /path/ca.pem                        # or pin: "sha256:HEX"; neither: the system trust store
+///     maildir: ~/Mail/work                           # exactly one of maildir / mbox / mda
+///     keep: false                                    # leave messages on the server
+///     keep_days: 30                                  # delete N days after first seen (wins over keep)
+///     max_size: 10485760                             # skip larger messages
+/// ```
+///
+/// Unknown keys are errors (a typo must not silently change behaviour). A leading `~` is expanded in paths.
+public enum AccountsFile {
+    static let keys: Set<String> = [
+        "url", "password_file", "password_command", "ca_file", "pin", "starttls", "insecure_plaintext",
+        "maildir", "mbox", "mda", "keep", "keep_days", "max_size",
+    ]
+
+    public static func defaultPath(environment: [String: String] = ProcessInfo.processInfo.environment) -> String {
+        if let config = environment["XDG_CONFIG_HOME"], config.hasPrefix("/") {
+            return FileIO.join(config, "pop3/accounts.yaml")
+        }
+        return FileIO.join(StatePaths.homeDirectory(environment: environment), ".config/pop3/accounts.yaml")
+    }
+
+    /// All accounts, in file order.
+    public static func load(
+        path: String,
+        environment: [String: String] = ProcessInfo.processInfo.environment
+    ) throws -> [AccountConfiguration] {
+        let bytes: [UInt8]?
+        do {
+            bytes = try FileIO.readFile(path, limit: 1 << 20)
+        } catch {
+            throw AccountsFileError(path: path, reason: "cannot read: \(error)")
+        }
+        guard let bytes else { throw AccountsFileError(path: path, reason: "no such file") }
+        guard let text = String(validating: bytes, as: UTF8.self) else {
+            throw AccountsFileError(path: path, reason: "not UTF-8")
+        }
+        return try parse(yaml: text, path: path, environment: environment)
+    }
+
+    /// Parses accounts-file text; `path` is used in errors only.
+    public static func parse(
+        yaml text: String,
+        path: String,
+        environment: [String: String] = ProcessInfo.processInfo.environment
+    ) throws -> [AccountConfiguration] {
+        let root: Node?
+        do {
+            root = try Yams.compose(yaml: text)
+        } catch {
+            throw AccountsFileError(path: path, reason: "YAML syntax: \(error)")
+        }
+        guard let root, case .mapping(let top) = root else {
+            throw AccountsFileError(path: path, reason: "expected a mapping with the key 'accounts'")
+        }
+        for (key, _) in top where key.string != "accounts" {
+            throw AccountsFileError(path: path, key: key.string ?? "?", reason: "unknown key (expected 'accounts')")
+        }
+        guard let accountsNode = top["accounts"], case .mapping(let accounts) = accountsNode else {
+            throw AccountsFileError(path: path, key: "accounts", reason: "expected a mapping of account names")
+        }
+        guard !accounts.isEmpty else { throw AccountsFileError(path: path, key: "accounts", reason: "no accounts") }
+        var result: [AccountConfiguration] = []
+        var names = Set<String>()
+        for (nameNode, body) in accounts {
+            guard case .scalar(let scalar) = nameNode, !scalar.string.isEmpty else {
+                throw AccountsFileError(path: path, key: "accounts", reason: "account names must be strings")
+            }
+            let name = scalar.string
+            guard names.insert(name).inserted else {
+                throw AccountsFileError(path: path, account: name, reason: "defined twice")
+            }
+            var reader = AccountReader(path: path, account: name, environment: environment)
+            result.append(try reader.read(body))
+        }
+        return result
+    }
+}
+
+private struct AccountReader {
+    let path: String
+    let account: String
+    let environment: [String: String]
+    var values: [String: Node] = [:]
+
+    init(path: String, account: String, environment: [String: String]) {
+        self.path = path
+        self.account = account
+        self.environment = environment
+    }
+
+    func error(_ key: String?, _ reason: String) -> AccountsFileError {
+        AccountsFileError(path: path, account: account, key: key, reason: reason)
+    }
+
+    mutating func read(_ body: Node) throws -> AccountConfiguration {
+        guard case .mapping(let mapping) = body else { throw error(nil, "expected a mapping of settings") }
+        for (keyNode, value) in mapping {
+            guard case .scalar(let scalar) = keyNode else { throw error(nil, "setting names must be strings") }
+            let key = scalar.string
+            guard AccountsFile.keys.contains(key) else {
+                if key == "password" {
+                    throw error(key, "passwords are not stored in this file; use password_file or password_command")
+                }
+                throw error(key, "unknown key")
+            }
+            guard values[key] == nil else { throw error(key, "given twice") }
+            values[key] = value
+        }
+
+        guard let urlText = try string("url") else { throw error("url", "required") }
+        let url: POP3URL
+        do {
+            url = try POP3URL.parse(urlText)
+        } catch let parseError as POP3URL.ParseError {
+            throw error("url", parseError.reason)
+        }
+
+        let starttls = try bool("starttls") ?? false
+        let insecurePlaintext = try bool("insecure_plaintext") ?? false
+        switch url.scheme {
+        case .pop3s:
+            if starttls { throw error("starttls", "applies to pop3:// URLs only; pop3s:// is TLS from the start") }
+            if insecurePlaintext { throw error("insecure_plaintext", "applies to pop3:// URLs only") }
+        case .pop3:
+            if starttls && insecurePlaintext {
+                throw error("insecure_plaintext", "contradicts starttls: true")
+            }
+            if !starttls && !insecurePlaintext {
+                throw error("url", "pop3:// needs starttls: true (or, knowingly, insecure_plaintext: true)")
+            }
+        }
+
+        let passwordSource: PasswordSource
+        switch (try string("password_file"), try string("password_command")) {
+        case (.some, .some):
+            throw error("password_command", "give either password_file or password_command, not both")
+        case (.some(let file), nil):
+            let expanded = StatePaths.expandTilde(file, environment: environment)
+            do {
+                try PasswordSource.checkFilePermissions(expanded)
+            } catch let passwordError as PasswordError {
+                throw error("password_file", passwordError.description)
+            }
+            passwordSource = .file(expanded)
+        case (nil, .some(let command)):
+            guard !command.trimmingSpaces.isEmpty else { throw error("password_command", "empty command") }
+            passwordSource = .command(command)
+        case (nil, nil):
+            passwordSource = .prompt
+        }
+
+        let trust: AccountConfiguration.Trust
+        switch (try string("ca_file"), try string("pin")) {
+        case (.some, .some):
+            throw error("pin", "give either ca_file or pin, not both")
+        case (.some(let file), nil):
+            let expanded = StatePaths.expandTilde(file, environment: environment)
+            guard (try? FileIO.status(expanded)) != nil else { throw error("ca_file", "\(expanded) does not exist") }
+            trust = .caFile(expanded)
+        case (nil, .some(let pin)):
+            guard Self.isValidPin(pin) else {
+                throw error("pin", "expected sha256: followed by 64 hex digits (colons allowed)")
+            }
+            trust = .pin(pin)
+        case (nil, nil):
+            trust = .system
+        }
+
+        var destinations: [AccountConfiguration.Destination] = []
+        if let maildir = try string("maildir") {
+            destinations.append(.maildir(StatePaths.expandTilde(maildir, environment: environment)))
+        }
+        if let mbox = try string("mbox") {
+            destinations.append(.mbox(StatePaths.expandTilde(mbox, environment: environment)))
+        }
+        if let mda = try string("mda") {
+            guard !mda.trimmingSpaces.isEmpty else { throw error("mda", "empty command") }
+            destinations.append(.mda(mda))
+        }
+        guard destinations.count == 1 else {
+            throw error(
+                "maildir",
+                destinations.isEmpty
+                    ? "one of maildir, mbox or mda is required"
+                    : "give exactly one of maildir, mbox or mda")
+        }
+
+        let keepDays = try int("keep_days")
+        if let keepDays, keepDays < 0 { throw error("keep_days", "must be 0 or more") }
+        let maxSize = try int("max_size")
+        if let maxSize, maxSize <= 0 { throw error("max_size", "must be a positive number of octets") }
+
+        return AccountConfiguration(
+            name: account,
+            url: url,
+            passwordSource: passwordSource,
+            trust: trust,
+            starttls: starttls,
+            insecurePlaintext: insecurePlaintext,
+            destination: destinations[0],
+            keep: try bool("keep") ?? false,
+            keepDays: keepDays,
+            maxSize: maxSize
+        )
+    }
+
+    private func scalar(_ key: String) throws -> Node.Scalar? {
+        guard let node = values[key] else { return nil }
+        guard case .scalar(let scalar) = node else { throw error(key, "expected a single value") }
+        return scalar
+    }
+
+    func string(_ key: String) throws -> String? {
+        guard let scalar = try scalar(key) else { return nil }
+        let isNull = scalar.style == .plain && ["~", "null", "Null", "NULL"].contains(scalar.string)
+        guard !scalar.string.isEmpty, !isNull else { throw error(key, "empty value") }
+        return scalar.string
+    }
+
+    func bool(_ key: String) throws -> Bool? {
+        guard let scalar = try scalar(key) else { return nil }
+        switch scalar.string.lowercased() {
+        case "true", "yes", "on": return true
+        case "false", "no", "off": return false
+        default: throw error(key, "expected true or false")
+        }
+    }
+
+    func int(_ key: String) throws -> Int? {
+        guard let scalar = try scalar(key) else { return nil }
+        let text = scalar.string.replacingOccurrences(of: "_", with: "")
+        guard let value = Int(text) else { throw error(key, "expected a whole number") }
+        return value
+    }
+
+    static func isValidPin(_ pin: String) -> Bool {
+        guard pin.lowercased().hasPrefix("sha256:") else { return false }
+        let hex = pin.dropFirst(7).filter { $0 != ":" }
+        return hex.count == 64 && hex.allSatisfy(\.isHexDigit)
+    }
+}

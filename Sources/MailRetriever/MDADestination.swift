@@ -1,0 +1,94 @@
+import NIOCore
+
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Musl)
+    import Musl
+#elseif canImport(Darwin)
+    import Darwin
+#endif
+
+/// Delivery through a command (`procmail -d alice`, `maildrop`, `dovecot-lda`…), run as `/bin/sh -c COMMAND` with the
+/// message (LF endings) on its standard input. Exit status 0 means delivered.
+///
+/// At-least-once, not exactly-once: the command is a black box, so a crash after it succeeded but before the journal
+/// recorded the delivery makes the next run deliver the message again.
+public final class MDADestination: MessageDestination {
+    public let command: String
+    private var spoolDirectory: String?
+
+    public init(command: String) {
+        self.command = command
+    }
+
+    /// Spool files go to the journal's state directory. They are unlinked as soon as they are open, so a crash
+    /// leaves nothing behind.
+    public func recover(journal: UIDLJournal) throws {
+        spoolDirectory = journal.stateDirectory
+    }
+
+    public func begin(uid: String) throws -> any MessageSink {
+        guard let spoolDirectory else { throw MailRetrieverError.notRecovered }
+        // Unlinked as soon as it is open: a crash leaves nothing behind.
+        var attempt = 0
+        while true {
+            let path = FileIO.join(spoolDirectory, ".mda-spool.\(getpid()).\(UInt64.random(in: 0...UInt64.max))")
+            do {
+                let fd = try FileIO.open(path, O_RDWR | O_CREAT | O_EXCL, mode: 0o600)
+                _ = unlink(path)
+                return Sink(command: command, fd: fd, path: path)
+            } catch let error as FileSystemError where error.errno == EEXIST && attempt < 100 {
+                attempt += 1
+            }
+        }
+    }
+
+    private final class Sink: MessageSink {
+        private let command: String
+        private var fd: Int32
+        private let path: String
+        private let writer: BufferedFileWriter
+        private var converter = CRLFToLF()
+
+        init(command: String, fd: Int32, path: String) {
+            self.command = command
+            self.fd = fd
+            self.path = path
+            self.writer = BufferedFileWriter(fd: fd, path: path)
+        }
+
+        deinit {
+            abort()
+        }
+
+        func write(_ chunk: ByteBuffer) throws {
+            guard fd >= 0 else { throw MailRetrieverError.sinkClosed }
+            try writer.append(contentsOf: CRLFToLF.convert(chunk, with: &converter))
+        }
+
+        func commit() throws {
+            guard fd >= 0 else { throw MailRetrieverError.sinkClosed }
+            defer { abort() }
+            var tail: [UInt8] = []
+            converter.finish(into: &tail)
+            try writer.append(contentsOf: tail)
+            try writer.flush()
+            guard lseek(fd, 0, SEEK_SET) == 0 else { throw FileSystemError("lseek", path: path, errno: errno) }
+            let result = try Subprocess.runShell(command, standardInput: fd, capture: .standardError)
+            guard result.succeeded else {
+                throw MailRetrieverError.mdaFailed(
+                    command: command,
+                    exitStatus: result.exitStatus,
+                    signal: result.signal,
+                    stderr: result.firstLine
+                )
+            }
+        }
+
+        func abort() {
+            guard fd >= 0 else { return }
+            FileIO.close(fd)
+            fd = -1
+        }
+    }
+}

@@ -1,0 +1,195 @@
+import Crypto
+import NIOCore
+
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Musl)
+    import Musl
+#elseif canImport(Darwin)
+    import Darwin
+#endif
+
+/// Delivery into a Maildir, exactly once per account and UIDL, also across kill -9.
+///
+/// Each message is written to `tmp/`, fsync'ed, linked (or, where links are unsupported, renamed without clobbering)
+/// into `new/`, and `new/` is fsync'ed before `commit()` returns. The file name carries a digest of (account, UID):
+/// `<unixtime>.P<hex16>.<hostname>,S=<size>`, hex16 being the first 8 bytes of SHA-256(stem + "\0" + uid).
+/// `recover(journal:)` scans `new/` and `cur/` once for such names, so a message stored just before a crash (before
+/// the journal recorded it) is recognised rather than stored twice — also after the user's reader moved it to `cur/`.
+///
+/// - SeeAlso: [Maildir](https://cr.yp.to/proto/maildir.html)
+public final class MaildirDestination: MessageDestination {
+    public let path: String
+    public let accountKey: AccountKey
+    public let hostname: String
+    private var storedDigests: Set<String> = []
+    private var recovered = false
+    /// Marks this account's files in `tmp/` so that recovery removes only ours.
+    private let accountTag: String
+
+    public init(path: String, accountKey: AccountKey, hostname: String = MaildirDestination.localHostName()) {
+        self.path = path
+        self.accountKey = accountKey
+        // Maildir convention: "/" and ":" in the host part are written as octal escapes.
+        var safe = ""
+        for character in hostname {
+            switch character {
+            case "/": safe += "\\057"
+            case ":": safe += "\\072"
+            case ",": safe += "\\054"
+            default: safe.append(character)
+            }
+        }
+        self.hostname = safe
+        self.accountTag = hexString(SHA256.hash(data: Array("account\0\(accountKey.fileStem)".utf8)).prefix(8))
+    }
+
+    /// gethostname(3), used in file names.
+    public static func localHostName() -> String { FileIO.hostName() }
+
+    /// The 16 hex digits that identify (account, UID) in a file name.
+    public func digest(of uid: String) -> String {
+        hexString(SHA256.hash(data: Array((accountKey.fileStem + "\0" + uid).utf8)).prefix(8))
+    }
+
+    public func isStored(uid: String) -> Bool {
+        storedDigests.contains(digest(of: uid))
+    }
+
+    /// Creates the Maildir if missing, removes our stale `tmp/` files, learns which messages are stored, and marks
+    /// those the journal knows but had not recorded as delivered.
+    public func recover(journal: UIDLJournal) throws {
+        for sub in ["", "/new", "/cur", "/tmp"] {
+            try FileIO.makeDirectories(path + sub, mode: 0o700)
+        }
+        let tmp = FileIO.join(path, "tmp")
+        for name in try FileIO.listDirectory(tmp) where name.contains("A\(accountTag).") {
+            _ = unlink(FileIO.join(tmp, name))
+        }
+        storedDigests = []
+        for sub in ["new", "cur"] {
+            for name in try FileIO.listDirectory(FileIO.join(path, sub)) {
+                if let digest = Self.embeddedDigest(in: name) { storedDigests.insert(digest) }
+            }
+        }
+        for entry in journal.allEntries where !entry.delivered && storedDigests.contains(digest(of: entry.uid)) {
+            try journal.markDelivered(entry.uid)
+        }
+        recovered = true
+    }
+
+    public func begin(uid: String) throws -> any MessageSink {
+        guard recovered else { throw MailRetrieverError.notRecovered }
+        guard !isStored(uid: uid) else { throw MailRetrieverError.alreadyStored(uid: uid) }
+        let digest = digest(of: uid)
+        let timestamp = Int64(time(nil))
+        let tmpPath = FileIO.join(path, "tmp/\(timestamp).P\(digest)A\(accountTag).\(hostname)")
+        let fd = try FileIO.open(tmpPath, O_WRONLY | O_CREAT | O_TRUNC, mode: 0o600)
+        return Sink(destination: self, digest: digest, time: timestamp, tmpPath: tmpPath, fd: fd)
+    }
+
+    /// `.P<16 lowercase hex>.` in a name, as written by this type.
+    static func embeddedDigest(in name: String) -> String? {
+        let bytes = Array(name.utf8)
+        var index = 0
+        while index + 19 <= bytes.count {
+            if bytes[index] == UInt8(ascii: "."), bytes[index + 1] == UInt8(ascii: "P"),
+                bytes[index + 18] == UInt8(ascii: "."),
+                bytes[(index + 2)..<(index + 18)].allSatisfy({
+                    ($0 >= 0x30 && $0 <= 0x39) || ($0 >= 0x61 && $0 <= 0x66)
+                })
+            {
+                return String(decoding: bytes[(index + 2)..<(index + 18)], as: UTF8.self)
+            }
+            index += 1
+        }
+        return nil
+    }
+
+    fileprivate func didStore(digest: String) {
+        storedDigests.insert(digest)
+    }
+
+    private final class Sink: MessageSink {
+        private let destination: MaildirDestination
+        private let digest: String
+        private let time: Int64
+        private let tmpPath: String
+        private var fd: Int32
+        private let writer: BufferedFileWriter
+        private var converter = CRLFToLF()
+        private var closed = false
+
+        init(destination: MaildirDestination, digest: String, time: Int64, tmpPath: String, fd: Int32) {
+            self.destination = destination
+            self.digest = digest
+            self.time = time
+            self.tmpPath = tmpPath
+            self.fd = fd
+            self.writer = BufferedFileWriter(fd: fd, path: tmpPath)
+        }
+
+        deinit {
+            abort()
+        }
+
+        func write(_ chunk: ByteBuffer) throws {
+            guard !closed else { throw MailRetrieverError.sinkClosed }
+            try writer.append(contentsOf: CRLFToLF.convert(chunk, with: &converter))
+        }
+
+        func commit() throws {
+            guard !closed else { throw MailRetrieverError.sinkClosed }
+            do {
+                var tail: [UInt8] = []
+                converter.finish(into: &tail)
+                try writer.append(contentsOf: tail)
+                try writer.flush()
+                try FileIO.sync(fd, path: tmpPath)
+                FileIO.close(fd)
+                fd = -1
+                try publish(size: writer.bytesWritten)
+            } catch {
+                abort()
+                throw error
+            }
+            closed = true
+            destination.didStore(digest: digest)
+        }
+
+        /// Moves the file from `tmp/` into `new/` without ever replacing an existing file, then makes `new/` durable.
+        private func publish(size: UInt64) throws {
+            let newDirectory = FileIO.join(destination.path, "new")
+            let name = "\(time).P\(digest).\(destination.hostname),S=\(size)"
+            let newPath = FileIO.join(newDirectory, name)
+            if link(tmpPath, newPath) != 0 {
+                let code = errno
+                switch code {
+                case EEXIST:
+                    // Same account, UID and second: this very message is already there.
+                    break
+                case EPERM, ENOTSUP, EOPNOTSUPP, EXDEV, EMLINK, ENOSYS:
+                    // File systems without hard links: rename, which must not clobber.
+                    guard try FileIO.status(newPath) == nil else { break }
+                    guard rename(tmpPath, newPath) == 0 else {
+                        throw FileSystemError("rename", path: newPath, errno: errno)
+                    }
+                default:
+                    throw FileSystemError("link", path: newPath, errno: code)
+                }
+            }
+            try FileIO.syncDirectory(newDirectory)
+            _ = unlink(tmpPath)  // a leftover is removed by the next recover()
+        }
+
+        func abort() {
+            guard !closed else { return }
+            closed = true
+            if fd >= 0 {
+                FileIO.close(fd)
+                fd = -1
+            }
+            _ = unlink(tmpPath)
+        }
+    }
+}

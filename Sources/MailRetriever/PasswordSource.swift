@@ -1,0 +1,134 @@
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Musl)
+    import Musl
+#elseif canImport(Darwin)
+    import Darwin
+#endif
+
+/// Where an account's password comes from. Never the command line.
+public enum PasswordSource: Sendable, Equatable {
+    /// The first line of a file that only its owner (the current user) can read: mode 0600 or stricter.
+    case file(String)
+    /// The first line of the standard output of `/bin/sh -c COMMAND` (e.g. `pass show mail/work`); a non-zero exit
+    /// status is an error.
+    case command(String)
+    /// Asked on `/dev/tty` with echo off.
+    case prompt
+
+    /// Reads the password. Trailing CR/LF are stripped; an empty password is an error.
+    public func readPassword(prompt promptText: String = "Password: ") throws -> String {
+        let password: String
+        switch self {
+        case .file(let path):
+            password = try Self.readFile(path)
+        case .command(let command):
+            let result = try Subprocess.runShell(command, standardInput: nil, capture: .standardOutput)
+            guard result.succeeded else {
+                if let signal = result.signal {
+                    throw PasswordError.commandFailed(command: command, status: 128 + signal)
+                }
+                throw PasswordError.commandFailed(command: command, status: result.exitStatus ?? -1)
+            }
+            password = Self.firstLine(result.output)
+        case .prompt:
+            password = try Self.readFromTerminal(promptText)
+        }
+        guard !password.isEmpty else { throw PasswordError.empty(source: self.description) }
+        return password
+    }
+
+    /// Refuses files that are not regular, not owned by the current user, or readable/writable by group or others.
+    public static func checkFilePermissions(_ path: String) throws {
+        guard let st = try FileIO.status(path) else { throw PasswordError.fileMissing(path: path) }
+        guard (st.st_mode & S_IFMT) == S_IFREG else { throw PasswordError.notRegularFile(path: path) }
+        guard st.st_uid == getuid() else { throw PasswordError.wrongOwner(path: path) }
+        guard st.st_mode & 0o077 == 0 else {
+            throw PasswordError.tooOpen(path: path, mode: UInt32(st.st_mode & 0o777))
+        }
+    }
+
+    static func readFile(_ path: String) throws -> String {
+        try checkFilePermissions(path)
+        guard let bytes = try FileIO.readFile(path, limit: 65536) else { throw PasswordError.fileMissing(path: path) }
+        return firstLine(bytes)
+    }
+
+    static func firstLine(_ bytes: [UInt8]) -> String {
+        var line = bytes.prefix { $0 != UInt8(ascii: "\n") }
+        while line.last == UInt8(ascii: "\r") { line = line.dropLast() }
+        return String(decoding: line, as: UTF8.self)
+    }
+
+    static func readFromTerminal(_ promptText: String) throws -> String {
+        let tty: Int32
+        do {
+            tty = try FileIO.open("/dev/tty", O_RDWR | O_NOCTTY)
+        } catch {
+            throw PasswordError.noTerminal
+        }
+        defer { FileIO.close(tty) }
+        var saved = termios()
+        guard tcgetattr(tty, &saved) == 0 else { throw PasswordError.noTerminal }
+        var silent = saved
+        silent.c_lflag &= ~tcflag_t(ECHO)
+        silent.c_lflag |= tcflag_t(ECHONL)
+        try? FileIO.writeAll(tty, Array(promptText.utf8), path: "/dev/tty")
+        guard tcsetattr(tty, TCSAFLUSH, &silent) == 0 else { throw PasswordError.noTerminal }
+        defer { _ = tcsetattr(tty, TCSAFLUSH, &saved) }
+        var line: [UInt8] = []
+        var byte: UInt8 = 0
+        while line.count < 4096 {
+            let n = try withUnsafeMutableBytes(of: &byte) { try FileIO.read(tty, into: $0, path: "/dev/tty") }
+            if n == 0 || byte == UInt8(ascii: "\n") { break }
+            line.append(byte)
+        }
+        return firstLine(line)
+    }
+}
+
+extension PasswordSource: CustomStringConvertible {
+    public var description: String {
+        switch self {
+        case .file(let path): return "password file \(path)"
+        case .command(let command): return "password command '\(command)'"
+        case .prompt: return "password prompt"
+        }
+    }
+}
+
+public enum PasswordError: Error, Sendable, Equatable, CustomStringConvertible {
+    case fileMissing(path: String)
+    case notRegularFile(path: String)
+    case wrongOwner(path: String)
+    case tooOpen(path: String, mode: UInt32)
+    case commandFailed(command: String, status: Int32)
+    case noTerminal
+    case empty(source: String)
+
+    public var description: String {
+        switch self {
+        case .fileMissing(let path):
+            return "password file \(path) does not exist"
+        case .notRegularFile(let path):
+            return "password file \(path) is not a regular file"
+        case .wrongOwner(let path):
+            return "password file \(path) is not owned by the current user"
+        case .tooOpen(let path, let mode):
+            return "password file \(path) has mode \(String(mode, radix: 8, uppercase: false).leftPadded(4)); "
+                + "it must not be accessible to group or others (chmod 600)"
+        case .commandFailed(let command, let status):
+            return "password command '\(command)' exited with status \(status)"
+        case .noTerminal:
+            return "no terminal to ask for the password; set password_file or password_command"
+        case .empty(let source):
+            return "empty password from the \(source)"
+        }
+    }
+}
+
+extension String {
+    func leftPadded(_ width: Int) -> String {
+        count >= width ? self : String(repeating: "0", count: width - count) + self
+    }
+}
