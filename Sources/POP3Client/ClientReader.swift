@@ -8,19 +8,22 @@ final class ClientReader: ChannelInboundHandler, RemovableChannelHandler {
     static let highWatermark = 1 << 20
 
     private(set) var buffer = ByteBuffer()
-    private var failure: (any Error)?
+    private(set) var failure: (any Error)?
     private var eof = false
     private var waiter: (promise: EventLoopPromise<Void>, timeout: Scheduled<Void>)?
     private var readPending = false
     private var context: ChannelHandlerContext?
+    private var eventLoop: (any EventLoop)?
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
+        self.eventLoop = context.eventLoop
         self.readIfNeeded()
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
         self.context = nil
+        self.eof = true
     }
 
     func channelActive(context: ChannelHandlerContext) {
@@ -31,12 +34,16 @@ final class ClientReader: ChannelInboundHandler, RemovableChannelHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         var incoming = Self.unwrapInboundIn(data)
         self.buffer.writeBuffer(&incoming)
+        // Wake on data, not only on read-complete: a TLS handler may swallow read-complete events.
+        self.readPending = false
+        self.wake()
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
         self.readPending = false
         self.wake()
         self.readIfNeeded()
+        context.fireChannelReadComplete()
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
@@ -69,7 +76,7 @@ final class ClientReader: ChannelInboundHandler, RemovableChannelHandler {
     /// Runs `body` on the buffered bytes; when it returns nil, waits (up to `timeout`) for more bytes and retries.
     /// Must be called on the event loop.
     func process<T>(timeout: TimeAmount, _ body: @escaping (inout ByteBuffer, _ eof: Bool) throws -> T?) -> EventLoopFuture<T> {
-        let loop = self.context!.eventLoop
+        let loop = self.eventLoop!
         do {
             if let value = try body(&self.buffer, self.eof && self.failure == nil) {
                 self.buffer.discardReadBytes()

@@ -23,7 +23,7 @@ public struct TLSSessionInfo: Sendable {
 public final class POP3Connection {
     public let configuration: POP3ClientConfiguration
     let channel: any Channel
-    private let reader: NIOLoopBound<ClientReader>
+    private let reader: LoopConfined<ClientReader>
     private let logger: Logger
     public private(set) var greeting: ServerStatusLine
     /// Capabilities from CAPA, learned after TLS (anything learned before TLS is discarded).
@@ -76,7 +76,7 @@ public final class POP3Connection {
     private init(configuration: POP3ClientConfiguration, channel: any Channel, reader: ClientReader, observed: ObservedTLS, logger: Logger) {
         self.configuration = configuration
         self.channel = channel
-        self.reader = NIOLoopBound(reader, eventLoop: channel.eventLoop)
+        self.reader = LoopConfined(reader, eventLoop: channel.eventLoop)
         self.observed = observed
         self.logger = logger
         self.greeting = ServerStatusLine(kind: .ok, code: nil, text: "")
@@ -122,7 +122,21 @@ public final class POP3Connection {
     static func tlsError(_ error: any Error) -> any Error {
         if error is POP3ClientError { return error }
         if let stls = error as? STLSClientError, stls == .dataAfterSTLSReply { return POP3ClientError.stlsResponseInjection }
-        return POP3ClientError.tlsFailed("\(error)")
+        return POP3ClientError.tlsFailed(Self.explain(error))
+    }
+
+    /// A TLS failure in words a user can act on (BoringSSL's own text is kept in brackets for the expert).
+    static func explain(_ error: any Error) -> String {
+        let text = "\(error)"
+        if error is HandshakeTimeoutError { return "TLS handshake timed out" }
+        if text.contains("CERTIFICATE_VERIFY_FAILED") {
+            return "certificate not trusted: unknown or self-signed issuer, or expired (use --ca-file or --pin; `pop3 probe` shows the chain)"
+        }
+        if text.contains("failedToValidateHostname") { return "certificate is not valid for this host name" }
+        if text.contains("UNSUPPORTED_PROTOCOL") || text.contains("WRONG_VERSION") || text.contains("TLSV1_ALERT_PROTOCOL_VERSION") {
+            return "no common TLS version (TLS 1.2 or later is required) [\(text.prefix(160))]"
+        }
+        return String(text.prefix(240))
     }
 
     /// TLS handlers for this client: ServerHello sniffer (cipher suite), TLS with the trust policy, ALPN observer.
@@ -157,6 +171,7 @@ public final class POP3Connection {
         return [
             ServerHelloSniffer { suite in observed.box.withLockedValue { $0.suite = suite } },
             handler,
+            HandshakeDeadlineHandler(timeout: configuration.replyTimeout),
             TLSHandshakeObserver { result in observed.box.withLockedValue { $0.alpn = result.negotiatedProtocol } },
         ]
     }
@@ -341,6 +356,12 @@ public final class POP3Connection {
         do {
             try await self.channel.writeAndFlush(buffer)
         } catch {
+            // Prefer the reason the reader saw (handshake timeout, TLS alert) over a bare "closed".
+            let reader = self.reader
+            let seen = try? await self.channel.eventLoop.submit { reader.value.failure }.get()
+            if let seen {
+                throw Self.tlsError(seen)
+            }
             throw POP3ClientError.connectionClosed
         }
     }
@@ -422,3 +443,84 @@ final class AggregateHandler: ChannelInboundHandler, RemovableChannelHandler {
 
 /// NIOLockedValueBox without importing NIOConcurrencyHelpers in every file.
 typealias NIOLockedValueBoxCompat = NIOLockedValueBox
+
+extension POP3Connection {
+    /// Connects with certificate verification off only to record the chain the server presents, then closes
+    /// without sending a single POP3 command (no credential can leak). For `pop3 probe`, so that a user whose
+    /// verification fails can still see the fingerprints to pin.
+    public static func inspectCertificates(_ configuration: POP3ClientConfiguration) async throws -> [[UInt8]] {
+        let captured = NIOLockedValueBox<[[UInt8]]>([])
+        var tls = TLSConfiguration.makeClientConfiguration()
+        tls.certificateVerification = .none
+        tls.applicationProtocols = ["pop3"]
+        let context = try NIOSSLContext(configuration: tls)
+        let isIP = (try? SocketAddress(ipAddress: configuration.host, port: 0)) != nil
+        let makeHandler: @Sendable () throws -> NIOSSLClientHandler = {
+            try NIOSSLClientHandler(
+                context: context,
+                serverHostname: isIP ? nil : configuration.host,
+                customVerificationCallback: { certificates, promise in
+                    captured.withLockedValue { $0 = certificates.compactMap { try? $0.toDERBytes() } }
+                    promise.succeed(.certificateVerified)
+                }
+            )
+        }
+        let reader = ClientReader()
+        let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .connectTimeout(configuration.connectTimeout)
+            .channelOption(.autoRead, value: false)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    if configuration.security == .implicitTLS {
+                        try channel.pipeline.syncOperations.addHandler(try makeHandler())
+                    }
+                    try channel.pipeline.syncOperations.addHandler(reader)
+                }
+            }
+            .connect(host: configuration.host, port: configuration.port).get()
+        let bound = LoopConfined(reader, eventLoop: channel.eventLoop)
+        func line() async throws -> [UInt8] {
+            try await channel.eventLoop.flatSubmit {
+                bound.value.process(timeout: configuration.replyTimeout) { buffer, _ in
+                    guard let lf = buffer.readableBytesView.firstIndex(of: UInt8(ascii: "\n")) else {
+                        if buffer.readableBytes > configuration.maximumResponseLineLength { throw POP3ClientError.protocolViolation("line too long") }
+                        return nil
+                    }
+                    let bytes = buffer.readBytes(length: lf - buffer.readerIndex + 1)!
+                    return bytes
+                }
+            }.get()
+        }
+        defer { channel.close(promise: nil) }
+        _ = try await line()  // greeting (after the handshake for implicit TLS)
+        if configuration.security == .startTLS {
+            try await channel.eventLoop.submit {
+                try channel.pipeline.syncOperations.addHandler(STLSClientGuard { try makeHandler() }, position: .first)
+            }.get()
+            try await channel.writeAndFlush(ByteBuffer(string: "STLS\r\n"))
+            let reply = try await line()
+            guard reply.starts(with: "+OK".utf8) else { throw POP3ClientError.stlsRefused(sanitize(reply)) }
+            // Wait for the handshake: the chain is captured during it.
+            try await channel.writeAndFlush(ByteBuffer(string: "NOOP\r\n"))
+            _ = try await line()
+        }
+        return captured.withLockedValue { $0 }
+    }
+}
+
+/// Like `NIOLoopBound`, but may be created off the loop: the value is only touched on `eventLoop` (checked).
+struct LoopConfined<Value>: @unchecked Sendable {
+    // @unchecked: every access goes through `value`, which asserts it runs on the owning event loop.
+    private let _value: Value
+    let eventLoop: any EventLoop
+
+    init(_ value: Value, eventLoop: any EventLoop) {
+        self._value = value
+        self.eventLoop = eventLoop
+    }
+
+    var value: Value {
+        self.eventLoop.preconditionInEventLoop()
+        return self._value
+    }
+}

@@ -161,7 +161,12 @@ public final class ClientHelloGuard: ChannelInboundHandler, RemovableChannelHand
     }
 }
 
-/// Closes the connection if the TLS handshake has not completed in time (security.md case 23).
+/// The TLS handshake did not finish before its deadline.
+public struct HandshakeTimeoutError: Error, Sendable, CustomStringConvertible {
+    public var description: String { "TLS handshake timed out" }
+}
+
+/// Closes the connection if the TLS handshake has not completed in time (security.md cases 23 and 106).
 public final class HandshakeDeadlineHandler: ChannelInboundHandler, RemovableChannelHandler {
     public typealias InboundIn = NIOAny
 
@@ -173,6 +178,7 @@ public final class HandshakeDeadlineHandler: ChannelInboundHandler, RemovableCha
     public func handlerAdded(context: ChannelHandlerContext) {
         let loopBound = NIOLoopBound(context, eventLoop: context.eventLoop)
         self.scheduled = context.eventLoop.scheduleTask(in: self.timeout) {
+            loopBound.value.fireErrorCaught(HandshakeTimeoutError())
             loopBound.value.close(promise: nil)
         }
     }

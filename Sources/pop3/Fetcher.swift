@@ -25,6 +25,8 @@ struct FetchJob: Sendable {
     var destination: DestinationSpec
     var retention: RetentionPolicy
     var maximumSize: Int?
+    /// Seconds for connect, handshake and each reply.
+    var timeout: Int
 
     enum DestinationSpec: Sendable {
         case maildir(String), mbox(String), mda(String)
@@ -71,6 +73,8 @@ struct Fetcher {
             trust: self.job.trust
         )
         configuration.localAddress = ProcessInfo.processInfo.environment["POP3_BIND_ADDRESS"]
+        configuration.connectTimeout = .seconds(Int64(self.job.timeout))
+        configuration.replyTimeout = .seconds(Int64(self.job.timeout))
         let connection = try await POP3Connection.connect(configuration, logger: self.logger)
         do {
             try await connection.login(user: self.job.url.user, password: password)

@@ -89,6 +89,8 @@ struct Fetch: AsyncParsableCommand {
     var mbox: String?
     @Option(help: "Deliver by running this command (via sh -c) with the message on stdin; exit 0 = delivered.")
     var mda: String?
+    @Option(help: "Seconds to wait for a connection, the TLS handshake or any reply before giving up.")
+    var timeout = 60
     @Flag(help: "Print a JSON summary on stdout.")
     var json = false
     @Flag(help: "Log the protocol exchange (passwords redacted) to stderr.")
@@ -97,6 +99,7 @@ struct Fetch: AsyncParsableCommand {
     func validate() throws {
         if let days = self.keepDays, days < 0 { throw ValidationError("--keep-days must be 0 or more") }
         if let size = self.maxSize, size < 0 { throw ValidationError("--max-size must be 0 or more") }
+        if self.timeout < 1 { throw ValidationError("--timeout must be at least 1 second") }
     }
 
     func run() async throws {
@@ -145,7 +148,8 @@ struct Fetch: AsyncParsableCommand {
                     security: try self.tls.security(for: url),
                     destination: destinations[0],
                     retention: retention,
-                    maximumSize: self.maxSize
+                    maximumSize: self.maxSize,
+                    timeout: self.timeout
                 )
             ]
         }
@@ -179,7 +183,8 @@ struct Fetch: AsyncParsableCommand {
                 security: try securityFor(scheme: account.url.scheme.rawValue, starttls: account.starttls, insecurePlaintext: account.insecurePlaintext),
                 destination: destination,
                 retention: (self.keep || self.keepDays != nil) ? retention : RetentionPolicy(keep: account.keep, keepDays: account.keepDays),
-                maximumSize: self.maxSize ?? account.maxSize
+                maximumSize: self.maxSize ?? account.maxSize,
+                timeout: self.timeout
             )
         }
     }

@@ -310,11 +310,13 @@ struct MaildirProviderTests {
         await maildrop.release()
     }
 
-    @Test func manyMessagesOpenQuicklyOnceIndexed() async throws {
+    /// Once indexed, opening reads no message file (sizes come from names and dovecot-uidlist). Speed itself is
+    /// measured in benchmarks, not asserted here.
+    @Test func manyMessagesReopenWithoutReadingMessageFiles() async throws {
         let fixture = try MaildirFixture()
         defer { fixture.cleanUp() }
         try fixture.createLayout()
-        let count = 20_000
+        let count = 5_000
         for number in 0..<count {
             let name = "new/\(1_700_000_000 + number).M\(number)P1.host,S=2,W=3"
             FileManager.default.createFile(atPath: fixture.path + "/" + name, contents: Data("x\n".utf8))
@@ -323,14 +325,10 @@ struct MaildirProviderTests {
         let first = try await provider.openMaildrop(user: "u", path: fixture.path)
         #expect(first.messages.count == count)
         await first.release()
-        let clock = ContinuousClock()
-        let start = clock.now
         let second = try await provider.openMaildrop(user: "u", path: fixture.path)
-        let elapsed = clock.now - start
         #expect(second.messages.count == count)
         #expect(second.messages.last?.uniqueID == String(format: "%08X", count) + second.messages[0].uniqueID.suffix(8))
         #expect(provider.messageFilesReadForIndexing == 0)
-        #expect(elapsed < .seconds(1), "reopening \(count) messages took \(elapsed)")
         await second.release()
     }
 }
