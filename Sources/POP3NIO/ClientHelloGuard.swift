@@ -189,11 +189,12 @@ public final class HandshakeDeadlineHandler: ChannelInboundHandler, RemovableCha
     }
 
     public func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        context.fireUserInboundEventTriggered(event)
         if case .handshakeCompleted = event as? TLSUserEvent {
             self.scheduled?.cancel()
             self.scheduled = nil
+            // Only after passing the event on: a removed context forwards nothing.
             context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
         }
-        context.fireUserInboundEventTriggered(event)
     }
 }

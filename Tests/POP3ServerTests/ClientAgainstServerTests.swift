@@ -1,0 +1,116 @@
+import Crypto
+import Foundation
+import NIOCore
+import NIOSSL
+import POP3Client
+import Testing
+
+/// The POP3Client library against our own server (the retriever binary is tested against Dovecot and
+/// malicious servers by scripts/client_interop.py and scripts/client_security.py).
+@Suite(.serialized) struct ClientAgainstServerTests {
+    func configuration(_ server: TestServer, security: ConnectionSecurity = .implicitTLS, trust: TrustPolicy? = nil) -> POP3ClientConfiguration {
+        var configuration = POP3ClientConfiguration(
+            host: "localhost",
+            port: security == .implicitTLS ? server.pop3sPort : server.pop3Port,
+            security: security,
+            trust: trust ?? .caFile(server.certificate)
+        )
+        configuration.replyTimeout = .seconds(20)
+        return configuration
+    }
+
+    @Test func implicitTLSLoginListRetrieveDelete() async throws {
+        let server = try await TestServer.start()
+        defer { Task { await server.stop() } }
+        let bodies = (1...20).map { "Subject: \($0)\n\n.line \($0)\nbody\n" }
+        for body in bodies { try server.deliver("alice", body) }
+
+        let connection = try await POP3Connection.connect(self.configuration(server))
+        #expect(connection.tls?.alpn == "pop3")
+        #expect(connection.tls?.cipherSuite != nil)
+        #expect(connection.supportsPipelining)
+        try await connection.login(user: "alice", password: "alice-pw")
+        let (count, _) = try await connection.stat()
+        #expect(count == 20)
+        let uidl = try await connection.uidl()
+        #expect(uidl.count == 20)
+        let sizes = try await connection.list()
+        var received: [Int: [UInt8]] = [:]
+        var ended: [Int] = []
+        try await connection.retrieve(
+            Array(1...20),
+            begin: { received[$0] = [] },
+            chunk: { number, chunk in received[number]! += Array(chunk.readableBytesView) },
+            end: { ended.append($0) }
+        )
+        #expect(ended == Array(1...20))
+        for number in 1...20 {
+            let expected = Array(bodies[number - 1].replacingOccurrences(of: "\n", with: "\r\n").utf8)
+            #expect(received[number] == expected)
+            #expect(sizes[number] == expected.count)
+        }
+        try await connection.delete([1, 2])
+        try await connection.quit()
+
+        let again = try await POP3Connection.connect(self.configuration(server))
+        try await again.login(user: "alice", password: "alice-pw")
+        #expect(try await again.stat().count == 18)
+        try await again.quit()
+    }
+
+    @Test func startTLSAndCapabilitiesAfterTLS() async throws {
+        let server = try await TestServer.start()
+        defer { Task { await server.stop() } }
+        let connection = try await POP3Connection.connect(self.configuration(server, security: .startTLS))
+        #expect(connection.capabilities.contains("USER"))
+        #expect(!connection.capabilities.contains("STLS"), "capabilities are those after TLS")
+        #expect(connection.tls != nil)
+        try await connection.login(user: "bob", password: "bob pw with spaces")
+        try await connection.quit()
+    }
+
+    @Test func wrongPasswordIsAnAuthenticationError() async throws {
+        let server = try await TestServer.start()
+        defer { Task { await server.stop() } }
+        let connection = try await POP3Connection.connect(self.configuration(server))
+        await #expect(throws: POP3ClientError.authenticationFailed(code: "AUTH", text: "Authentication failed.")) {
+            try await connection.login(user: "alice", password: "wrong")
+        }
+        await connection.close()
+    }
+
+    @Test func certificatePins() async throws {
+        let server = try await TestServer.start()
+        defer { Task { await server.stop() } }
+        let pem = try String(contentsOfFile: server.certificate, encoding: .utf8)
+        let certificate = try NIOSSLCertificate(bytes: Array(pem.utf8), format: .pem)
+        let der = try certificate.toDERBytes()
+        let spki = try certificate.extractPublicKey().toSPKIBytes()
+        for pinned in [der, spki] {
+            let pin = TrustPolicy.sha256Pin(Array(SHA256.hash(data: pinned)))
+            let connection = try await POP3Connection.connect(self.configuration(server, trust: pin))
+            try await connection.quit()
+        }
+        let wrong = TrustPolicy.sha256Pin([UInt8](repeating: 0xAB, count: 32))
+        await #expect(throws: POP3ClientError.self) {
+            _ = try await POP3Connection.connect(self.configuration(server, trust: wrong))
+        }
+    }
+
+    @Test func systemTrustRefusesASelfSignedServer() async throws {
+        let server = try await TestServer.start()
+        defer { Task { await server.stop() } }
+        await #expect(throws: POP3ClientError.self) {
+            _ = try await POP3Connection.connect(self.configuration(server, trust: .system))
+        }
+    }
+
+    @Test func pinParsing() {
+        let hex = String(repeating: "ab", count: 32)
+        #expect(TrustPolicy.pin(parsing: "sha256:\(hex)") == .sha256Pin([UInt8](repeating: 0xAB, count: 32)))
+        #expect(TrustPolicy.pin(parsing: "sha256:" + (0..<32).map { _ in "AB" }.joined(separator: ":")) != nil)
+        #expect(TrustPolicy.pin(parsing: "sha1:\(hex)") == nil)
+        #expect(TrustPolicy.pin(parsing: "sha256:abc") == nil)
+        #expect(TrustPolicy.pin(parsing: "sha256:" + String(repeating: "zz", count: 32)) == nil)
+    }
+}
