@@ -210,6 +210,26 @@ import Testing
         #expect(lines == Self.wireLines(body))
     }
 
+    @Test func ipv6Listener() async throws {
+        let server = try await TestServer.start { configuration in
+            configuration.pop3sListeners = [ListenAddress(parsing: "[::1]:0")!]
+        }
+        defer { Task { await server.stop() } }
+        let client = try await TestClient.connect(host: "::1", port: server.pop3sPort, tls: server.certificate)
+        #expect(try await client.readLine()?.hasPrefix("+OK") == true)
+        #expect(try await client.command("USER alice") == "+OK Send your password.")
+        #expect(try await client.command("PASS alice-pw") == "+OK Logged in.")
+    }
+
+    @Test func listenAddressParsing() {
+        #expect(ListenAddress(parsing: "127.0.0.1:995") == ListenAddress(host: "127.0.0.1", port: 995))
+        #expect(ListenAddress(parsing: "[::1]:995") == ListenAddress(host: "::1", port: 995))
+        #expect(ListenAddress(parsing: "::1:995") == nil)
+        #expect(ListenAddress(parsing: "host:99999") == nil)
+        #expect(ListenAddress(parsing: "host") == nil)
+        #expect(ListenAddress(host: "::1", port: 110).description == "[::1]:110")
+    }
+
     @Test func messageRemovedUnderneathASession() async throws {
         let server = try await TestServer.start()
         defer { Task { await server.stop() } }

@@ -10,9 +10,15 @@ final class TestClient: @unchecked Sendable {
     private var iterator: NIOAsyncChannelInboundStream<ByteBuffer>.AsyncIterator
     private var buffer = ByteBuffer()
 
-    static func connect(port: Int, tls trustRoot: String? = nil, serverName: String? = "localhost", alpn: [String] = ["pop3"]) async throws -> TestClient {
+    static func connect(
+        host: String = "127.0.0.1",
+        port: Int,
+        tls trustRoot: String? = nil,
+        serverName: String? = "localhost",
+        alpn: [String] = ["pop3"]
+    ) async throws -> TestClient {
         let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-            .connect(host: "127.0.0.1", port: port) { channel in
+            .connect(host: host, port: port) { channel in
                 channel.eventLoop.makeCompletedFuture {
                     if let trustRoot {
                         try channel.pipeline.syncOperations.addHandler(try Self.tlsHandler(trustRoot: trustRoot, serverName: serverName, alpn: alpn))

@@ -1,0 +1,82 @@
+import Foundation
+import Testing
+
+@testable import POP3Server
+
+@Suite struct ServerConfigurationTests {
+    func load(_ yaml: String, environment: [String: String] = [:]) async throws -> ServerConfiguration {
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("pop3d-config-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: folder) }
+        try yaml.write(toFile: folder + "/pop3d.yaml", atomically: true, encoding: .utf8)
+        var configuration = try await ServerConfiguration.load(file: folder + "/pop3d.yaml", environment: environment)
+        // Paths are resolved against the file's folder; strip it for comparison.
+        configuration.passwdFile = configuration.passwdFile.replacingOccurrences(of: folder + "/", with: "")
+        configuration.maildirTemplate = configuration.maildirTemplate.replacingOccurrences(of: folder + "/", with: "")
+        return configuration
+    }
+
+    static let minimal = """
+        listen:
+          pop3s: "127.0.0.1:995"
+          pop3: ["127.0.0.1:110", "[::1]:110"]
+        tls:
+          certificate: tls/cert.pem
+          key: tls/key.pem
+        passwd_file: users
+        maildir: "mail/%u"
+        """
+
+    @Test func contractKeys() async throws {
+        let c = try await self.load(Self.minimal)
+        #expect(c.pop3sListeners == [ListenAddress(host: "127.0.0.1", port: 995)])
+        #expect(c.pop3Listeners == [ListenAddress(host: "127.0.0.1", port: 110), ListenAddress(host: "::1", port: 110)])
+        #expect(c.passwdFile == "users")
+        #expect(c.maildirTemplate == "mail/%u")
+        #expect(c.certificatePath?.hasSuffix("/tls/cert.pem") == true)
+        #expect(c.limits == ServerLimits())
+        #expect(!c.allowCleartextAuthentication)
+    }
+
+    @Test func environmentOverrides() async throws {
+        let c = try await self.load(Self.minimal, environment: ["POP3D_MAILDIR": "/var/mail/%u", "POP3D_LIMITS_IDLE_TIMEOUT": "900", "OTHER": "x"])
+        #expect(c.maildirTemplate == "/var/mail/%u")
+        #expect(c.limits.idleTimeout == .seconds(900))
+    }
+
+    @Test(arguments: [
+        ("limits:\n  idle_timeout: 60\n", "limits.idle_timeout"),
+        ("limits:\n  bad_commands_before_login: lots\n", "limits.bad_commands_before_login"),
+        ("auth:\n  allow_cleartext: maybe\n", "auth.allow_cleartext"),
+        ("log:\n  level: loud\n", "log.level"),
+    ])
+    func badValuesNameTheirKey(extra: String, key: String) async throws {
+        await #expect {
+            _ = try await self.load(Self.minimal + "\n" + extra)
+        } throws: { error in
+            (error as? ConfigurationError)?.key == key
+        }
+    }
+
+    @Test func missingRequiredKeys() async throws {
+        await #expect { _ = try await self.load("listen:\n  pop3s: \"127.0.0.1:995\"\nmaildir: m\n") } throws: {
+            ($0 as? ConfigurationError)?.key == "passwd_file"
+        }
+        await #expect { _ = try await self.load("passwd_file: u\nmaildir: m\n") } throws: {
+            ($0 as? ConfigurationError)?.key == "listen"
+        }
+        await #expect { _ = try await self.load("listen:\n  pop3s: \"127.0.0.1:995\"\npasswd_file: u\nmaildir: m\n") } throws: {
+            ($0 as? ConfigurationError)?.key == "tls.certificate"
+        }
+    }
+
+    @Test func maildirLocator() throws {
+        let locator = MaildirLocator(template: "/srv/mail/%d/%n/Maildir")
+        #expect(try locator.path(user: "alice@example.org", home: nil) == "/srv/mail/example.org/alice/Maildir")
+        #expect(try MaildirLocator(template: "~/Maildir").path(user: "bob", home: "/home/bob") == "/home/bob/Maildir")
+        #expect(throws: MaildirLocator.LocateError.noHome) { try MaildirLocator(template: "~/Maildir").path(user: "bob", home: nil) }
+        for unsafe in ["../etc", "a/b", ".hidden", "x\u{1}y", ""] {
+            #expect(throws: MaildirLocator.LocateError.unsafeUserName) { try locator.path(user: unsafe, home: nil) }
+        }
+    }
+}
