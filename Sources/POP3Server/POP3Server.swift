@@ -35,6 +35,7 @@ public final class POP3Server: Service, Sendable {
     let group: any EventLoopGroup
     let logger: Logger
     let limiter: ConnectionLimiter
+    let penalty: AuthPenalty
     private let onListening: @Sendable ([BoundListener]) -> Void
     private let openChannels = NIOLockedValueBox<[ObjectIdentifier: any Channel]>([:])
     private let connectionCounter = ManagedAtomicCounter()
@@ -59,6 +60,7 @@ public final class POP3Server: Service, Sendable {
             maximumConnections: configuration.limits.connections,
             maximumPerAddress: configuration.limits.connectionsPerAddress
         )
+        self.penalty = AuthPenalty(trustedNetworks: configuration.trustedNetworks)
         self.onListening = onListening
     }
 
@@ -216,6 +218,8 @@ public final class POP3Server: Service, Sendable {
             verifier: self.verifier,
             maildrops: self.maildrops,
             locator: self.locator,
+            penalty: self.penalty,
+            peer: connection.channel.remoteAddress,
             logger: logger
         )
         await driver.run(connection)

@@ -62,6 +62,8 @@ public struct ServerConfiguration: Sendable, Equatable {
     /// `%u` user, `%n` local part, `%d` domain; `~/` = home from the passwd-file; relative to the config folder.
     public var maildirTemplate: String
     public var allowCleartextAuthentication = false
+    /// Client networks exempt from the authentication penalty (loopback is not trusted by default).
+    public var trustedNetworks: [CIDRNetwork] = []
     public var limits = ServerLimits()
     public var logLevel = "info"
 
@@ -180,6 +182,13 @@ extension ServerConfiguration {
         }
         result.strictSNI = try bool("tls.strict_sni", default: true)
         result.allowCleartextAuthentication = try bool("auth.allow_cleartext", default: false)
+        let networks: [String] = config.stringArray(forKey: "trusted_networks") ?? config.string(forKey: "trusted_networks").map { [$0] } ?? []
+        result.trustedNetworks = try networks.map { text in
+            guard let network = CIDRNetwork(parsing: text) else {
+                throw ConfigurationError(key: "trusted_networks", "expected an address or CIDR network, got \"\(text)\"")
+            }
+            return network
+        }
         if !result.pop3Listeners.isEmpty && !result.tlsConfigured && !result.allowCleartextAuthentication {
             throw ConfigurationError(
                 key: "listen.pop3",
@@ -225,6 +234,7 @@ extension ServerConfiguration {
             maildir: "\(self.maildirTemplate)"
             auth:
               allow_cleartext: \(self.allowCleartextAuthentication)
+            trusted_networks: [\(self.trustedNetworks.map { "\"\($0)\"" }.joined(separator: ", "))]
             limits:
               command_line_length: \(self.limits.commandLineLength)
               sasl_line_length: \(self.limits.saslLineLength)

@@ -15,6 +15,8 @@ struct SessionDriver {
     let verifier: any CredentialVerifier
     let maildrops: any MaildropProvider
     let locator: MaildirLocator
+    let penalty: AuthPenalty
+    let peer: SocketAddress?
     var logger: Logger
     private var maildrop: (any Maildrop)?
 
@@ -23,12 +25,16 @@ struct SessionDriver {
         verifier: any CredentialVerifier,
         maildrops: any MaildropProvider,
         locator: MaildirLocator,
+        penalty: AuthPenalty,
+        peer: SocketAddress?,
         logger: Logger
     ) {
         self.session = session
         self.verifier = verifier
         self.maildrops = maildrops
         self.locator = locator
+        self.penalty = penalty
+        self.peer = peer
         self.logger = logger
     }
 
@@ -119,9 +125,16 @@ struct SessionDriver {
     }
 
     private mutating func login(user: String, password: String, connection: ConnectionChannel) async -> ServerSession.Action {
+        // The penalty is waited out before the check, so the time of a reply says nothing about the password.
+        let wait = self.penalty.admit(self.peer)
+        if wait > .zero {
+            self.logger.notice("auth penalty", metadata: ["delay": "\(wait)", "failures": "\(self.penalty.failures(for: self.peer))"])
+            try? await Task.sleep(for: wait)
+        }
         let record: UserRecord
         do {
             guard case .success(let found) = try await self.verifier.authenticate(user: user, password: password) else {
+                self.penalty.recordFailure(self.peer, user: user, password: password)
                 self.logger.notice("login failed", metadata: ["user": "\(user)"])
                 return self.session.loginFailed(.invalidCredentials)
             }

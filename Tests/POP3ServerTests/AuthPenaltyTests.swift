@@ -1,0 +1,112 @@
+import Crypto
+import Foundation
+import NIOCore
+import Testing
+
+@testable import POP3Server
+
+@Suite struct AuthPenaltyTableTests {
+    let t0 = ContinuousClock.now
+    func credential(_ s: String) -> SHA256Digest { SHA256.hash(data: Array(s.utf8)) }
+
+    @Test func delaysGrowTwoFourEightFifteen() {
+        var table = AuthPenaltyTable()
+        var now = self.t0
+        #expect(table.admit("a", now: now) == .zero)
+        var observed: [Duration] = []
+        for attempt in 1...6 {
+            table.recordFailure("a", credential: self.credential("pw\(attempt)"), now: now)
+            now = now + .seconds(100)  // far apart, so slots do not pile up
+            observed.append(table.admit("a", now: now))
+        }
+        #expect(observed == [.seconds(2), .seconds(4), .seconds(8), .seconds(15), .seconds(15), .seconds(15)])
+    }
+
+    @Test func sameWrongPasswordDoesNotEscalate() {
+        var table = AuthPenaltyTable()
+        for i in 0..<5 { table.recordFailure("a", credential: self.credential("same"), now: self.t0 + .seconds(i * 100)) }
+        #expect(table.failures(for: "a") == 1)
+        #expect(table.admit("a", now: self.t0 + .seconds(1000)) == .seconds(2))
+    }
+
+    @Test func parallelAttemptsAreSpacedNotBypassed() {
+        var table = AuthPenaltyTable()
+        table.recordFailure("a", credential: self.credential("x"), now: self.t0)
+        table.recordFailure("a", credential: self.credential("y"), now: self.t0)
+        // Five connections try at the same instant: each waits one more penalty than the one before.
+        let waits = (0..<5).map { _ in table.admit("a", now: self.t0) }
+        #expect(waits == [.seconds(4), .seconds(8), .seconds(12), .seconds(16), .seconds(20)])
+    }
+
+    @Test func addressesAreIndependentAndForgottenAfterAnHour() {
+        var table = AuthPenaltyTable()
+        table.recordFailure("a", credential: self.credential("x"), now: self.t0)
+        #expect(table.admit("b", now: self.t0) == .zero)
+        #expect(table.admit("a", now: self.t0 + .seconds(3601)) == .zero)
+        #expect(table.failures(for: "a") == 0)
+    }
+
+    @Test func tableIsBounded() {
+        var table = AuthPenaltyTable(maximumEntries: 100)
+        for i in 0..<1_000 { table.recordFailure("k\(i)", credential: self.credential("x"), now: self.t0 + .milliseconds(i)) }
+        #expect(table.count <= 100)
+        #expect(table.failures(for: "k999") == 1, "the newest entries stay")
+    }
+
+    @Test func cidrMatching() throws {
+        let v4 = try #require(CIDRNetwork(parsing: "10.1.0.0/16"))
+        #expect(v4.contains(try SocketAddress(ipAddress: "10.1.200.3", port: 1)))
+        #expect(!v4.contains(try SocketAddress(ipAddress: "10.2.0.1", port: 1)))
+        #expect(v4.contains(try SocketAddress(ipAddress: "::ffff:10.1.0.9", port: 1)))
+        let v6 = try #require(CIDRNetwork(parsing: "2001:db8::/32"))
+        #expect(v6.contains(try SocketAddress(ipAddress: "2001:db8:1::1", port: 1)))
+        #expect(!v6.contains(try SocketAddress(ipAddress: "2001:db9::1", port: 1)))
+        #expect(CIDRNetwork(parsing: "127.0.0.1")?.contains(try SocketAddress(ipAddress: "127.0.0.1", port: 1)) == true)
+        #expect(CIDRNetwork(parsing: "10.0.0.0/33") == nil)
+        #expect(CIDRNetwork(parsing: "example.com/8") == nil)
+    }
+
+    @Test func ipv6PenaltyKeyIsThe48Prefix() throws {
+        let a = ConnectionLimiter.key(for: try SocketAddress(ipAddress: "2001:db8:aaaa:1::1", port: 1))
+        let b = ConnectionLimiter.key(for: try SocketAddress(ipAddress: "2001:db8:aaaa:ffff::2", port: 1))
+        let c = ConnectionLimiter.key(for: try SocketAddress(ipAddress: "2001:db8:aaab::1", port: 1))
+        #expect(a == b)
+        #expect(a != c)
+    }
+}
+
+/// End to end with generous bounds (the machines are shared and noisy).
+@Suite(.serialized) struct AuthPenaltyIntegrationTests {
+    func attempt(_ server: TestServer, password: String) async throws -> (reply: String, seconds: Double) {
+        let client = try await server.connectTLS()
+        _ = try await client.command("USER alice")
+        let start = ContinuousClock.now
+        let reply = try await client.command("PASS \(password)")
+        let elapsed = ContinuousClock.now - start
+        await client.close()
+        return (reply, Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18)
+    }
+
+    @Test func failuresSlowDownTheNextAttemptWhateverItsOutcome() async throws {
+        let server = try await TestServer.start()
+        defer { Task { await server.stop() } }
+        let first = try await self.attempt(server, password: "wrong-1")
+        #expect(first.reply == "-ERR [AUTH] Authentication failed.")
+        #expect(first.seconds < 1.5, "no penalty before the first failure")
+        let second = try await self.attempt(server, password: "wrong-2")
+        #expect(second.seconds >= 1.8, "2 s after one failure, got \(second.seconds)")
+        // The right password now also waits (4 s): the delay does not reveal the outcome.
+        let right = try await self.attempt(server, password: "alice-pw")
+        #expect(right.reply == "+OK Logged in.")
+        #expect(right.seconds >= 3.5, "4 s after two failures, got \(right.seconds)")
+    }
+
+    @Test func trustedNetworksAreExempt() async throws {
+        let server = try await TestServer.start { $0.trustedNetworks = [CIDRNetwork(parsing: "127.0.0.0/8")!] }
+        defer { Task { await server.stop() } }
+        for i in 0..<3 {
+            let result = try await self.attempt(server, password: "wrong-\(i)")
+            #expect(result.seconds < 1.5)
+        }
+    }
+}
