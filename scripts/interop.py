@@ -408,6 +408,67 @@ def sighup_reloads_certificate_without_dropping_sessions(dev):
     dev.ca = os.path.join(tls_dir, "cert.pem")
 
 
+def run_as_root_checks():
+    """pop3d serve started as root drops to the configured user after binding; deliver as root writes as that user."""
+    if os.geteuid() != 0:
+        print("SKIP privilege_drop (needs root; CI runs it)")
+        return
+    import pwd
+    try:
+        entry = pwd.getpwnam("pop3test")
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "pop3test"], check=True)
+        entry = pwd.getpwnam("pop3test")
+    base = tempfile.mkdtemp(prefix="pop3d-root-")
+    os.chmod(base, 0o755)
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-keyout", f"{base}/key.pem", "-out", f"{base}/cert.pem", "-days", "30", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost"], check=True, capture_output=True)
+    with open(f"{base}/users", "w") as f:
+        f.write("alice:{PLAIN}alice-pw\n")
+    os.makedirs(f"{base}/mail")
+    for path in (f"{base}/users", f"{base}/key.pem", f"{base}/cert.pem", f"{base}/mail"):
+        os.chown(path, entry.pw_uid, entry.pw_gid)
+    port = free_port()
+    config = f"{base}/pop3d.yaml"
+    with open(config, "w") as f:
+        f.write(f'listen:\n  pop3s: "127.0.0.1:{port}"\ntls:\n  certificate: cert.pem\n  key: key.pem\n'
+                f'passwd_file: users\nmaildir: "mail/%u"\nuser: pop3test\n')
+    r = subprocess.run([ARGS.pop3d, "deliver", "alice", "--config", config], input=b"Subject: root\n\nhi\n", capture_output=True)
+    assert r.returncode == 0, r.stderr
+    new = f"{base}/mail/alice/new"
+    owners = {os.stat(os.path.join(new, n)).st_uid for n in os.listdir(new)}
+    assert owners == {entry.pw_uid}, f"delivered files owned by {owners}, not pop3test"
+    proc = subprocess.Popen([ARGS.pop3d, "serve", "--config", config], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_port(port)
+        # The port is bound (and connectable) a moment before the drop: poll.
+        for _ in range(100):
+            with open(f"/proc/{proc.pid}/status") as f:
+                ids = [l for l in f if l.startswith(("Uid:", "Gid:"))]
+            if ids and ids[0].split()[1] != "0":
+                break
+            time.sleep(0.05)
+        assert all(set(l.split()[1:]) == {str(entry.pw_uid if l.startswith("Uid") else entry.pw_gid)} for l in ids), ids
+        c = poplib.POP3_SSL("localhost", port, context=ssl.create_default_context(cafile=f"{base}/cert.pem"), timeout=30)
+        c.user("alice")
+        c.pass_("alice-pw")
+        assert c.stat()[0] == 1
+        assert b"hi" in b"".join(c.retr(1)[1])
+        c.quit()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    # Without user: and without a shared uid in the passwd-file, serve refuses to run as root.
+    with open(config, "w") as f:
+        f.write(f'listen:\n  pop3s: "127.0.0.1:{free_port()}"\ntls:\n  certificate: cert.pem\n  key: key.pem\n'
+                f'passwd_file: users\nmaildir: "mail/%u"\n')
+    r = subprocess.run([ARGS.pop3d, "serve", "--config", config], capture_output=True, timeout=60)
+    assert r.returncode != 0 and b"user:" in r.stderr, (r.returncode, r.stderr[-400:])
+    shutil.rmtree(base, ignore_errors=True)
+    print("PASS privilege_drop")
+
+
 def sigterm_is_graceful(dev):
     """SIGTERM: no new connections, a session in progress finishes (its QUIT commits), then exit 0."""
     before = len(dev.maildir_files())
@@ -457,6 +518,14 @@ def main():
             traceback.print_exc()
     finally:
         dev.stop()
+    try:
+        run_as_root_checks()
+        if os.geteuid() == 0:
+            passed += 1
+    except Exception:
+        failed += 1
+        print("FAIL privilege_drop", flush=True)
+        traceback.print_exc()
     if failed:
         with open(os.path.join(dev.dir, "pop3d.log")) as f:
             sys.stdout.write(f.read()[-4000:])

@@ -34,6 +34,27 @@ enum MaildirName {
     }
 
     /// Sort key for assigning UIDs to new files: the delivery time at the start of the name, then the name.
+    /// Delivery order of a unique name `<secs>.M<usecs>P<pid>Q<n>.<host>`: seconds, then microseconds, then the
+    /// delivery counter (numerically: "M99" comes before "M100"), then the name.
+    static func deliveryOrder(_ a: String, _ b: String) -> Bool {
+        let (ka, kb) = (Self.orderKey(a[...]), Self.orderKey(b[...]))
+        if ka.seconds != kb.seconds { return ka.seconds < kb.seconds }
+        if ka.micros != kb.micros { return ka.micros < kb.micros }
+        if ka.counter != kb.counter { return ka.counter < kb.counter }
+        return a < b
+    }
+
+    static func orderKey(_ name: Substring) -> (seconds: UInt64, micros: UInt64, counter: UInt64) {
+        let seconds = Self.deliveryTime(name)
+        guard let dot = name.firstIndex(of: ".") else { return (seconds, 0, 0) }
+        let unique = name[name.index(after: dot)...].prefix { $0 != "." }
+        func number(after marker: Character) -> UInt64 {
+            guard let at = unique.firstIndex(of: marker) else { return 0 }
+            return Self.deliveryTime(unique[unique.index(after: at)...])
+        }
+        return (seconds, number(after: "M"), number(after: "Q"))
+    }
+
     static func deliveryTime(_ name: Substring) -> UInt64 {
         var value: UInt64 = 0
         for byte in name.utf8 {

@@ -312,10 +312,7 @@ struct MaildirStore: Sendable {
             }
             entries.append(self.entry(file, list.records[index], size: size!, uidValidity: list.uidValidity))
         }
-        newFiles.sort {
-            let (a, b) = (MaildirName.deliveryTime($0.baseName[...]), MaildirName.deliveryTime($1.baseName[...]))
-            return a != b ? a < b : $0.baseName < $1.baseName
-        }
+        newFiles.sort { MaildirName.deliveryOrder($0.baseName, $1.baseName) }
         var added = 0
         for file in newFiles {
             var record = DovecotUIDList.Record(uid: list.nextUID, extensions: [], baseName: file.baseName)

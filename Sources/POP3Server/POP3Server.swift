@@ -37,6 +37,7 @@ public final class POP3Server: Service, Sendable {
     let limiter: ConnectionLimiter
     let penalty: AuthPenalty
     private let onListening: @Sendable ([BoundListener]) -> Void
+    private let prebound: [PreboundListener]?
     private let openChannels = NIOLockedValueBox<[ObjectIdentifier: any Channel]>([:])
     private let connectionCounter = ManagedAtomicCounter()
 
@@ -47,8 +48,10 @@ public final class POP3Server: Service, Sendable {
         maildrops: any MaildropProvider,
         group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
         logger: Logger,
+        prebound: [PreboundListener]? = nil,
         onListening: @escaping @Sendable ([BoundListener]) -> Void = { _ in }
     ) {
+        self.prebound = prebound
         self.configuration = configuration
         self.tls = tls
         self.verifier = verifier
@@ -68,11 +71,17 @@ public final class POP3Server: Service, Sendable {
     /// the grace period before closing them.
     public func run() async throws {
         var listeners: [(ListenerKind, NIOAsyncChannel<ConnectionSetup, Never>)] = []
-        for address in self.configuration.pop3sListeners {
-            listeners.append((.pop3s, try await self.bind(address, kind: .pop3s)))
-        }
-        for address in self.configuration.pop3Listeners {
-            listeners.append((.pop3, try await self.bind(address, kind: .pop3)))
+        if let prebound = self.prebound {
+            for listener in prebound {
+                listeners.append((listener.kind, try await self.bind(.socket(listener.descriptor, listener.address), kind: listener.kind)))
+            }
+        } else {
+            for address in self.configuration.pop3sListeners {
+                listeners.append((.pop3s, try await self.bind(.address(address), kind: .pop3s)))
+            }
+            for address in self.configuration.pop3Listeners {
+                listeners.append((.pop3, try await self.bind(.address(address), kind: .pop3)))
+            }
         }
         let bound = listeners.compactMap { kind, channel in channel.channel.localAddress.map { BoundListener(kind: kind, address: $0) } }
         for listener in bound {
@@ -112,7 +121,18 @@ public final class POP3Server: Service, Sendable {
         let admission: ConnectionLimiter.Decision
     }
 
-    private func bind(_ address: ListenAddress, kind: ListenerKind) async throws -> NIOAsyncChannel<ConnectionSetup, Never> {
+    enum BindTarget {
+        case address(ListenAddress)
+        case socket(CInt, ListenAddress)
+        var address: ListenAddress {
+            switch self {
+            case .address(let a), .socket(_, let a): a
+            }
+        }
+    }
+
+    private func bind(_ target: BindTarget, kind: ListenerKind) async throws -> NIOAsyncChannel<ConnectionSetup, Never> {
+        let address = target.address
         let limits = self.configuration.limits
         let tls = self.tls
         let lineLimit = max(limits.commandLineLength, limits.saslLineLength)
@@ -127,37 +147,43 @@ public final class POP3Server: Service, Sendable {
         let limiter = self.limiter
         let openChannels = self.openChannels
         do {
-            return try await ServerBootstrap(group: self.group)
+            let bootstrap = ServerBootstrap(group: self.group)
                 .serverChannelOption(.backlog, value: 1024)
                 .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-                .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+                .childChannelOption(.tcpOption(.tcp_nodelay), value: 1)
                 .childChannelOption(.autoRead, value: false)
-                .bind(host: address.host, port: address.port) { (channel: any Channel) -> EventLoopFuture<ConnectionSetup> in
-                    channel.eventLoop.makeCompletedFuture { () throws -> ConnectionSetup in
-                        let admission = limiter.admit(channel.remoteAddress)
-                        if case .admitted(let key) = admission {
-                            let id = ObjectIdentifier(channel)
-                            openChannels.withLockedValue { $0[id] = channel }
-                            channel.closeFuture.whenComplete { _ in
-                                limiter.release(key: key)
-                                openChannels.withLockedValue { $0[id] = nil }
-                            }
+            let initializer: @Sendable (any Channel) -> EventLoopFuture<ConnectionSetup> = { (channel: any Channel) -> EventLoopFuture<ConnectionSetup> in
+                channel.eventLoop.makeCompletedFuture { () throws -> ConnectionSetup in
+                    let admission = limiter.admit(channel.remoteAddress)
+                    if case .admitted(let key) = admission {
+                        let id = ObjectIdentifier(channel)
+                        openChannels.withLockedValue { $0[id] = channel }
+                        channel.closeFuture.whenComplete { _ in
+                            limiter.release(key: key)
+                            openChannels.withLockedValue { $0[id] = nil }
                         }
-                        let sync = channel.pipeline.syncOperations
-                        if kind == .pop3s, let tls {
-                            try sync.addHandlers(try tls.makeHandlers(handshakeTimeout: handshakeTimeout))
-                        }
-                        try sync.addHandler(
-                            SessionTimeoutHandler(
-                                preAuthenticationTimeout: .seconds(limits.preAuthenticationTimeout.components.seconds),
-                                idleTimeout: .seconds(limits.idleTimeout.components.seconds)
-                            )
-                        )
-                        try sync.addHandler(ByteToMessageHandler(LineFrameDecoder(maximumLineLength: lineLimit)))
-                        try sync.addHandler(OutboundFrameHandler(maximumLineLength: lineLimit, makeTLSHandlers: factory))
-                        return ConnectionSetup(channel: channel, admission: admission)
                     }
+                    let sync = channel.pipeline.syncOperations
+                    if kind == .pop3s, let tls {
+                        try sync.addHandlers(try tls.makeHandlers(handshakeTimeout: handshakeTimeout))
+                    }
+                    try sync.addHandler(
+                        SessionTimeoutHandler(
+                            preAuthenticationTimeout: .seconds(limits.preAuthenticationTimeout.components.seconds),
+                            idleTimeout: .seconds(limits.idleTimeout.components.seconds)
+                        )
+                    )
+                    try sync.addHandler(ByteToMessageHandler(LineFrameDecoder(maximumLineLength: lineLimit)))
+                    try sync.addHandler(OutboundFrameHandler(maximumLineLength: lineLimit, makeTLSHandlers: factory))
+                    return ConnectionSetup(channel: channel, admission: admission)
                 }
+            }
+            switch target {
+            case .address(let address):
+                return try await bootstrap.bind(host: address.host, port: address.port, childChannelInitializer: initializer)
+            case .socket(let descriptor, _):
+                return try await bootstrap.bind(descriptor, childChannelInitializer: initializer)
+            }
         } catch {
             throw ConfigurationError(key: "listen.\(kind.rawValue)", "cannot listen on \(address): \(error)")
         }

@@ -66,6 +66,9 @@ public struct ServerConfiguration: Sendable, Equatable {
     public var trustedNetworks: [CIDRNetwork] = []
     public var limits = ServerLimits()
     public var logLevel = "info"
+    /// Started as root, run as this user (and group) after binding; see `PrivilegeDrop`.
+    public var user: String?
+    public var group: String?
 
     public init(passwdFile: String, maildirTemplate: String) {
         self.passwdFile = passwdFile
@@ -213,6 +216,8 @@ extension ServerConfiguration {
             throw ConfigurationError(key: "log.level", "expected trace, debug, info, notice, warning, error or critical")
         }
         result.logLevel = level
+        result.user = config.string(forKey: "user")
+        result.group = config.string(forKey: "group")
         return result
     }
 
@@ -248,6 +253,8 @@ extension ServerConfiguration {
               shutdown_grace: \(self.limits.shutdownGracePeriod.components.seconds)
             log:
               level: \(self.logLevel)
+            user: \(self.user ?? "null")
+            group: \(self.group ?? "null")
 
             """
     }

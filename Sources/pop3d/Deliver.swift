@@ -8,7 +8,7 @@ import POP3Server
 ///
 /// Exit status follows sysexits(3): 0 once the message is durable (tmp, fsync, rename, directory fsync),
 /// 67 (EX_NOUSER) for an unknown user, 75 (EX_TEMPFAIL) for anything the MTA should retry.
-struct Deliver: AsyncParsableCommand {
+struct Deliver: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Deliver one message from standard input into a user's Maildir.")
 
     @Argument var name: String
@@ -20,7 +20,7 @@ struct Deliver: AsyncParsableCommand {
     static let exitTemporaryFailure: Int32 = 75
     static let exitCannotCreate: Int32 = 73
 
-    func run() async throws {
+    func run() throws {
         func fail(_ message: String, _ code: Int32) -> ExitCode {
             FileHandle.standardError.write(Data("pop3d deliver: \(message)\n".utf8))
             return ExitCode(code)
@@ -28,7 +28,8 @@ struct Deliver: AsyncParsableCommand {
         let configuration: ServerConfiguration
         let passwd: PasswdFile
         do {
-            configuration = try await self.options.load()
+            let options = self.options
+            configuration = try runBlocking { try await options.load() }
             passwd = try PasswdFile.parse(String(contentsOfFile: configuration.passwdFile, encoding: .utf8), path: configuration.passwdFile)
         } catch {
             throw fail("configuration: \(error)", Self.exitTemporaryFailure)
@@ -41,6 +42,25 @@ struct Deliver: AsyncParsableCommand {
             path = try MaildirLocator(template: configuration.maildirTemplate).path(for: record)
         } catch {
             throw fail("no maildir for \(self.name): \(error)", Self.exitTemporaryFailure)
+        }
+        // As root (an MTA's local delivery), write as the mail owner: the account's uid/gid when the passwd-file
+        // gives them, else the server's `user`/shared uid, so that the unprivileged server can read the files.
+        if geteuid() == 0 {
+            do {
+                let identity: PrivilegeDrop.Identity?
+                if let uid = record.uid, let gid = record.gid, uid != 0 {
+                    identity = PrivilegeDrop.Identity(uid: uid_t(uid), gid: gid_t(gid))
+                } else if let configured = try? PrivilegeDrop.target(user: configuration.user, group: configuration.group, records: passwd.records) {
+                    identity = configured
+                } else {
+                    // Neither: write as the owner of the Maildir (or of its nearest existing folder), so a root-run
+                    // development set-up keeps working and a vmail-owned tree stays vmail-owned.
+                    identity = PrivilegeDrop.owner(ofNearestExisting: path)
+                }
+                if let identity, identity.uid != 0 { try PrivilegeDrop.drop(to: identity) }
+            } catch {
+                throw fail("cannot drop root privileges: \(error)", Self.exitTemporaryFailure)
+            }
         }
         do {
             let file = try MaildirDelivery.deliver(readingFrom: STDIN_FILENO, toMaildir: path, maximumSize: self.maximumSize)

@@ -3,13 +3,14 @@ import ArgumentParser
 import Foundation
 import Logging
 import MailStore
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import POP3Server
 import ServiceLifecycle
 
 @main
-struct POP3D: AsyncParsableCommand {
+struct POP3D: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "pop3d",
         abstract: "A POP3S server for Maildir.",
@@ -26,6 +27,24 @@ struct ConfigOption: ParsableArguments {
     }
 }
 
+/// Runs async work from a synchronous command and waits for it. The commands are synchronous so that the main
+/// thread stays an ordinary thread: `setuid` from it then applies to every thread of the process.
+func runBlocking<T: Sendable>(_ body: @escaping @Sendable () async throws -> T) throws -> T {
+    let result = NIOLockedValueBox<Result<T, any Error>?>(nil)
+    let done = DispatchSemaphore(value: 0)
+    Task {
+        do {
+            let value = try await body()
+            result.withLockedValue { $0 = .success(value) }
+        } catch {
+            result.withLockedValue { $0 = .failure(error) }
+        }
+        done.signal()
+    }
+    done.wait()
+    return try result.withLockedValue { $0! }.get()
+}
+
 /// Starts the server with a loaded configuration until SIGTERM/SIGINT.
 enum ServerRunner {
     static func makeLogger(level: String) -> Logger {
@@ -34,13 +53,20 @@ enum ServerRunner {
         return logger
     }
 
-    static func run(_ configuration: ServerConfiguration, onListening: @escaping @Sendable ([BoundListener]) -> Void = { _ in }) async throws {
+    /// Binds the ports, reads certificates and the passwd-file, drops root (on this, the main thread, before any
+    /// connection is accepted), then serves until SIGTERM/SIGINT.
+    static func run(
+        _ configuration: ServerConfiguration,
+        dropPrivileges: Bool = true,
+        onListening: @escaping @Sendable ([BoundListener]) -> Void = { _ in }
+    ) throws {
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)
             handler.logLevel = Logger.Level(rawValue: configuration.logLevel) ?? .info
             return handler
         }
         let logger = self.makeLogger(level: configuration.logLevel)
+        let prebound = try ListenSocket.bindAll(configuration)
         let tls = try configuration.tlsConfigured
             ? TLSProvider(
                 certificatePath: configuration.certificatePath!,
@@ -48,6 +74,23 @@ enum ServerRunner {
                 strictSNI: configuration.strictSNI
             ) : nil
         let verifier = try PasswdFileVerifier(path: configuration.passwdFile, threadPool: .singleton, logger: logger)
+        if dropPrivileges, let identity = try PrivilegeDrop.target(user: configuration.user, group: configuration.group, records: verifier.records()) {
+            try PrivilegeDrop.drop(to: identity)
+            logger.notice("running as \(identity) after binding")
+        }
+        try runBlocking {
+            try await self.serve(configuration, tls: tls, verifier: verifier, prebound: prebound, logger: logger, onListening: onListening)
+        }
+    }
+
+    static func serve(
+        _ configuration: ServerConfiguration,
+        tls: TLSProvider?,
+        verifier: PasswdFileVerifier,
+        prebound: [PreboundListener],
+        logger: Logger,
+        onListening: @escaping @Sendable ([BoundListener]) -> Void
+    ) async throws {
         let maildrops = MaildirProvider(threadPool: .singleton, logger: logger)
         let server = POP3Server(
             configuration: configuration,
@@ -55,6 +98,7 @@ enum ServerRunner {
             verifier: verifier,
             maildrops: maildrops,
             logger: logger,
+            prebound: prebound,
             onListening: onListening
         )
         let group = ServiceGroup(
@@ -71,7 +115,7 @@ enum ServerRunner {
     }
 }
 
-struct Dev: AsyncParsableCommand {
+struct Dev: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Run a local server with a generated certificate and a demo account (zero configuration)."
     )
@@ -85,29 +129,33 @@ struct Dev: AsyncParsableCommand {
     @Option(name: .customLong("pop3-port"), help: "Plaintext + STLS port.")
     var pop3Port = 9110
 
-    func run() async throws {
+    func run() throws {
         let environment = try DevEnvironment.prepare(folder: self.data, host: self.host, pop3sPort: self.pop3sPort, pop3Port: self.pop3Port)
         for line in environment.created { print("created \(line)") }
-        var configuration = try await ServerConfiguration.load(file: environment.configurationFile)
+        var configuration = try runBlocking { try await ServerConfiguration.load(file: environment.configurationFile) }
         // Flags given on the command line win over the file.
         configuration.pop3sListeners = [ListenAddress(host: self.host, port: self.pop3sPort)]
         configuration.pop3Listeners = [ListenAddress(host: self.host, port: self.pop3Port)]
         let ca = environment.certificateFile
         let pw = environment.passwordFile
-        try await ServerRunner.run(configuration) { listeners in
-            let tlsPort = listeners.first { $0.kind == .pop3s }?.port ?? self.pop3sPort
-            let plainPort = listeners.first { $0.kind == .pop3 }?.port ?? self.pop3Port
-            let name = self.host == "127.0.0.1" || self.host == "::1" ? "localhost" : self.host
+        if geteuid() == 0 {
+            FileHandle.standardError.write(Data("pop3d dev: running as root (development only; `pop3d serve` drops privileges)\n".utf8))
+        }
+        let host = self.host, pop3sPort = self.pop3sPort, pop3Port = self.pop3Port
+        try ServerRunner.run(configuration, dropPrivileges: false) { listeners in
+            let tlsPort = listeners.first { $0.kind == .pop3s }?.port ?? pop3sPort
+            let plainPort = listeners.first { $0.kind == .pop3 }?.port ?? pop3Port
+            let name = host == "127.0.0.1" || host == "::1" ? "localhost" : host
             print(
                 """
 
                 pop3d dev is serving \(environment.folder)
-                  POP3S (implicit TLS): \(self.host):\(tlsPort)    POP3 + STLS: \(self.host):\(plainPort)
+                  POP3S (implicit TLS): \(host):\(tlsPort)    POP3 + STLS: \(host):\(plainPort)
                   user: \(DevEnvironment.demoUser)    password: in \(pw)    CA file: \(ca)
 
                 Try it:
                   curl --cacert \(ca) --user \(DevEnvironment.demoUser) pop3s://\(name):\(tlsPort)/1     (asks for the password)
-                  openssl s_client -connect \(self.host):\(tlsPort) -CAfile \(ca) -alpn pop3 -quiet
+                  openssl s_client -connect \(host):\(tlsPort) -CAfile \(ca) -alpn pop3 -quiet
                   python3 -c 'import poplib,ssl; c=ssl.create_default_context(cafile="\(ca)"); p=poplib.POP3_SSL("\(name)",\(tlsPort),context=c); p.user("\(DevEnvironment.demoUser)"); p.pass_(open("\(pw)").read().strip()); print(p.stat()); p.quit()'
                 Thunderbird / Outlook: server \(name), port \(tlsPort), SSL/TLS, normal password, user \(DevEnvironment.demoUser);
                   accept (or import as an authority) the self-signed certificate \(ca).
@@ -120,31 +168,41 @@ struct Dev: AsyncParsableCommand {
     }
 }
 
-struct Serve: AsyncParsableCommand {
+struct Serve: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Run the server (production entry point).")
     @OptionGroup var options: ConfigOption
 
-    func run() async throws {
+    func run() throws {
+        let options = self.options
         let configuration: ServerConfiguration
         do {
-            configuration = try await self.options.load()
+            configuration = try runBlocking { try await options.load() }
         } catch {
             throw ValidationError("configuration error: \(error)")
         }
-        try await ServerRunner.run(configuration)
+        do {
+            try ServerRunner.run(configuration)
+        } catch let error as PrivilegeDrop.Failure {
+            FileHandle.standardError.write(Data("pop3d: \(error)\n".utf8))
+            throw ExitCode(78)
+        } catch let error as ConfigurationError {
+            FileHandle.standardError.write(Data("pop3d: configuration error: \(error)\n".utf8))
+            throw ExitCode(78)
+        }
     }
 }
 
-struct CheckConfig: AsyncParsableCommand {
+struct CheckConfig: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "check-config",
         abstract: "Print the effective configuration (secrets redacted); exit non-zero naming the bad key on error."
     )
     @OptionGroup var options: ConfigOption
 
-    func run() async throws {
+    func run() throws {
+        let options = self.options
         do {
-            let configuration = try await self.options.load()
+            let configuration = try runBlocking { try await options.load() }
             if configuration.tlsConfigured {
                 _ = try TLSProvider(
                     certificatePath: configuration.certificatePath!,

@@ -7,60 +7,64 @@ import POP3Server
 import Glibc
 #endif
 
-struct User: AsyncParsableCommand {
+struct User: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Manage accounts in the passwd-file. Passwords are read from standard input, never from arguments.",
         subcommands: [Add.self, Passwd.self, Del.self, List.self]
     )
 
-    struct Add: AsyncParsableCommand {
+    struct Add: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Add a user; the password is one line on stdin.")
         @Argument var name: String
         @OptionGroup var options: ConfigOption
         @Option(help: "Password scheme: SHA512-CRYPT (default), BLF-CRYPT, CRYPT (yescrypt), SHA256-CRYPT, PLAIN.")
         var scheme = "SHA512-CRYPT"
 
-        func run() async throws {
-            let configuration = try await self.options.load()
+        func run() throws {
+            let options = self.options
+            let configuration = try runBlocking { try await options.load() }
             let password = try readPassword(prompt: "Password for \(self.name): ")
             try PasswdFileEditor(path: configuration.passwdFile).add(user: self.name, password: password, scheme: try parseScheme(self.scheme))
             print("added \(self.name)")
         }
     }
 
-    struct Passwd: AsyncParsableCommand {
+    struct Passwd: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Change a user's password; the new password is one line on stdin.")
         @Argument var name: String
         @OptionGroup var options: ConfigOption
         @Option(help: "Password scheme.")
         var scheme = "SHA512-CRYPT"
 
-        func run() async throws {
-            let configuration = try await self.options.load()
+        func run() throws {
+            let options = self.options
+            let configuration = try runBlocking { try await options.load() }
             let password = try readPassword(prompt: "New password for \(self.name): ")
             try PasswdFileEditor(path: configuration.passwdFile).setPassword(user: self.name, password: password, scheme: try parseScheme(self.scheme))
             print("changed password of \(self.name)")
         }
     }
 
-    struct Del: AsyncParsableCommand {
+    struct Del: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Delete a user (the Maildir is left in place).")
         @Argument var name: String
         @OptionGroup var options: ConfigOption
 
-        func run() async throws {
-            let configuration = try await self.options.load()
+        func run() throws {
+            let options = self.options
+            let configuration = try runBlocking { try await options.load() }
             try PasswdFileEditor(path: configuration.passwdFile).delete(user: self.name)
             print("deleted \(self.name)")
         }
     }
 
-    struct List: AsyncParsableCommand {
+    struct List: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "List user names.")
         @OptionGroup var options: ConfigOption
 
-        func run() async throws {
-            let configuration = try await self.options.load()
+        func run() throws {
+            let options = self.options
+            let configuration = try runBlocking { try await options.load() }
             for name in try PasswdFileEditor(path: configuration.passwdFile).list() { print(name) }
         }
     }
