@@ -17,8 +17,10 @@ public final class ConnectionLimiter: Sendable {
     /// The key an address counts under: the IPv4 address, or the IPv6 /48 prefix.
     public static func key(for address: SocketAddress?) -> String {
         switch address {
-        case .v4(let v4)?:
-            return v4.host
+        case .v4?:
+            // `ipAddress`, not `host`: an address built from text (a PROXY header) has an empty host.
+            return address?.ipAddress ?? "?"
+
         case .v6(let v6)?:
             // Keep the first 48 bits.
             return withUnsafeBytes(of: v6.address.sin6_addr) { raw in
@@ -30,12 +32,13 @@ public final class ConnectionLimiter: Sendable {
         }
     }
 
-    public func admit(_ address: SocketAddress?) -> Decision {
-        let key = Self.key(for: address)
+    /// - Parameter perAddress: false for a trusted proxy, whose connections carry many clients.
+    public func admit(_ address: SocketAddress?, perAddress: Bool = true) -> Decision {
+        let key = perAddress ? Self.key(for: address) : "proxy"
         return self.state.withLockedValue { state in
             guard state.total < self.maximumConnections else { return .tooManyConnections }
             let current = state.perAddress[key, default: 0]
-            guard current < self.maximumPerAddress else { return .tooManyFromAddress }
+            guard !perAddress || current < self.maximumPerAddress else { return .tooManyFromAddress }
             state.total += 1
             state.perAddress[key] = current + 1
             return .admitted(key: key)

@@ -119,6 +119,8 @@ public final class POP3Server: Service, Sendable {
     struct ConnectionSetup: Sendable {
         let channel: any Channel
         let admission: ConnectionLimiter.Decision
+        /// The client's address: the peer's, or the one a trusted proxy's PROXY v2 header names.
+        let clientAddress: NIOLockedValueBox<SocketAddress?>
     }
 
     enum BindTarget {
@@ -146,6 +148,8 @@ public final class POP3Server: Service, Sendable {
         let factory = stlsFactory
         let limiter = self.limiter
         let openChannels = self.openChannels
+        let proxyNetworks = self.configuration.proxyNetworks
+        let logger = self.logger
         do {
             let bootstrap = ServerBootstrap(group: self.group)
                 .serverChannelOption(.backlog, value: 1024)
@@ -154,7 +158,9 @@ public final class POP3Server: Service, Sendable {
                 .childChannelOption(.autoRead, value: false)
             let initializer: @Sendable (any Channel) -> EventLoopFuture<ConnectionSetup> = { (channel: any Channel) -> EventLoopFuture<ConnectionSetup> in
                 channel.eventLoop.makeCompletedFuture { () throws -> ConnectionSetup in
-                    let admission = limiter.admit(channel.remoteAddress)
+                    let fromProxy = proxyNetworks.contains { $0.contains(channel.remoteAddress) }
+                    let admission = limiter.admit(channel.remoteAddress, perAddress: !fromProxy)
+                    let clientAddress = NIOLockedValueBox<SocketAddress?>(fromProxy ? nil : channel.remoteAddress)
                     if case .admitted(let key) = admission {
                         let id = ObjectIdentifier(channel)
                         openChannels.withLockedValue { $0[id] = channel }
@@ -164,6 +170,15 @@ public final class POP3Server: Service, Sendable {
                         }
                     }
                     let sync = channel.pipeline.syncOperations
+                    if fromProxy {
+                        let peer = channel.remoteAddress
+                        try sync.addHandler(
+                            ProxyProtocolHandler { header in
+                                clientAddress.withLockedValue { $0 = header.source ?? peer }
+                                logger.debug("PROXY v2", metadata: ["proxy": "\(peer.map { "\($0)" } ?? "?")", "client": "\(header.source.map { "\($0)" } ?? "local")"])
+                            }
+                        )
+                    }
                     if kind == .pop3s, let tls {
                         try sync.addHandlers(try tls.makeHandlers(handshakeTimeout: handshakeTimeout))
                     }
@@ -175,7 +190,7 @@ public final class POP3Server: Service, Sendable {
                     )
                     try sync.addHandler(ByteToMessageHandler(LineFrameDecoder(maximumLineLength: lineLimit)))
                     try sync.addHandler(OutboundFrameHandler(maximumLineLength: lineLimit, makeTLSHandlers: factory))
-                    return ConnectionSetup(channel: channel, admission: admission)
+                    return ConnectionSetup(channel: channel, admission: admission, clientAddress: clientAddress)
                 }
             }
             switch target {
@@ -245,7 +260,7 @@ public final class POP3Server: Service, Sendable {
             maildrops: self.maildrops,
             locator: self.locator,
             penalty: self.penalty,
-            peer: connection.channel.remoteAddress,
+            clientAddress: setup.clientAddress,
             logger: logger
         )
         await driver.run(connection)

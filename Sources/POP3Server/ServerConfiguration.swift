@@ -64,6 +64,9 @@ public struct ServerConfiguration: Sendable, Equatable {
     public var allowCleartextAuthentication = false
     /// Client networks exempt from the authentication penalty (loopback is not trusted by default).
     public var trustedNetworks: [CIDRNetwork] = []
+    /// Proxies (e.g. HAProxy with `send-proxy-v2`) whose connections must start with a PROXY v2 header that
+    /// names the real client; nobody else can claim an address.
+    public var proxyNetworks: [CIDRNetwork] = []
     public var limits = ServerLimits()
     public var logLevel = "info"
     /// Started as root, run as this user (and group) after binding; see `PrivilegeDrop`.
@@ -185,13 +188,17 @@ extension ServerConfiguration {
         }
         result.strictSNI = try bool("tls.strict_sni", default: true)
         result.allowCleartextAuthentication = try bool("auth.allow_cleartext", default: false)
-        let networks: [String] = config.stringArray(forKey: "trusted_networks") ?? config.string(forKey: "trusted_networks").map { [$0] } ?? []
-        result.trustedNetworks = try networks.map { text in
-            guard let network = CIDRNetwork(parsing: text) else {
-                throw ConfigurationError(key: "trusted_networks", "expected an address or CIDR network, got \"\(text)\"")
+        func networks(_ key: String) throws -> [CIDRNetwork] {
+            let texts: [String] = config.stringArray(forKey: ConfigKey(key)) ?? config.string(forKey: ConfigKey(key)).map { [$0] } ?? []
+            return try texts.map { text in
+                guard let network = CIDRNetwork(parsing: text) else {
+                    throw ConfigurationError(key: key, "expected an address or CIDR network, got \"\(text)\"")
+                }
+                return network
             }
-            return network
         }
+        result.trustedNetworks = try networks("trusted_networks")
+        result.proxyNetworks = try networks("proxy.trusted_networks")
         if !result.pop3Listeners.isEmpty && !result.tlsConfigured && !result.allowCleartextAuthentication {
             throw ConfigurationError(
                 key: "listen.pop3",
@@ -240,6 +247,8 @@ extension ServerConfiguration {
             auth:
               allow_cleartext: \(self.allowCleartextAuthentication)
             trusted_networks: [\(self.trustedNetworks.map { "\"\($0)\"" }.joined(separator: ", "))]
+            proxy:
+              trusted_networks: [\(self.proxyNetworks.map { "\"\($0)\"" }.joined(separator: ", "))]
             limits:
               command_line_length: \(self.limits.commandLineLength)
               sasl_line_length: \(self.limits.saslLineLength)

@@ -1,5 +1,6 @@
 import Accounts
 import Logging
+import NIOConcurrencyHelpers
 import MailStore
 import NIOCore
 import POP3Core
@@ -16,7 +17,7 @@ struct SessionDriver {
     let maildrops: any MaildropProvider
     let locator: MaildirLocator
     let penalty: AuthPenalty
-    let peer: SocketAddress?
+    let clientAddress: NIOLockedValueBox<SocketAddress?>
     var logger: Logger
     private var maildrop: (any Maildrop)?
 
@@ -26,7 +27,7 @@ struct SessionDriver {
         maildrops: any MaildropProvider,
         locator: MaildirLocator,
         penalty: AuthPenalty,
-        peer: SocketAddress?,
+        clientAddress: NIOLockedValueBox<SocketAddress?>,
         logger: Logger
     ) {
         self.session = session
@@ -34,7 +35,7 @@ struct SessionDriver {
         self.maildrops = maildrops
         self.locator = locator
         self.penalty = penalty
-        self.peer = peer
+        self.clientAddress = clientAddress
         self.logger = logger
     }
 
@@ -125,16 +126,19 @@ struct SessionDriver {
     }
 
     private mutating func login(user: String, password: String, connection: ConnectionChannel) async -> ServerSession.Action {
+        // The real client (behind a trusted proxy: the one its PROXY header named).
+        let peer = self.clientAddress.withLockedValue { $0 }
+        self.logger[metadataKey: "client"] = "\(peer.map { "\($0)" } ?? "?")"
         // The penalty is waited out before the check, so the time of a reply says nothing about the password.
-        let wait = self.penalty.admit(self.peer)
+        let wait = self.penalty.admit(peer)
         if wait > .zero {
-            self.logger.notice("auth penalty", metadata: ["delay": "\(wait)", "failures": "\(self.penalty.failures(for: self.peer))"])
+            self.logger.notice("auth penalty", metadata: ["delay": "\(wait)", "failures": "\(self.penalty.failures(for: peer))"])
             try? await Task.sleep(for: wait)
         }
         let record: UserRecord
         do {
             guard case .success(let found) = try await self.verifier.authenticate(user: user, password: password) else {
-                self.penalty.recordFailure(self.peer, user: user, password: password)
+                self.penalty.recordFailure(peer, user: user, password: password)
                 self.logger.notice("login failed", metadata: ["user": "\(user)"])
                 return self.session.loginFailed(.invalidCredentials)
             }

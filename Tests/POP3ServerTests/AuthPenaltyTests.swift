@@ -110,3 +110,58 @@ import Testing
         }
     }
 }
+
+/// PROXY v2 from a trusted proxy: the penalty and logs use the client the header names.
+@Suite(.serialized) struct ProxyProtocolIntegrationTests {
+    static func header(client: [UInt8]) -> [UInt8] {
+        let signature: [UInt8] = [0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A]
+        return signature + [0x21, 0x11, 0, 12] + client + [127, 0, 0, 1, 0xC3, 0x50, 0x03, 0xE3]
+    }
+
+    func proxiedAttempt(_ server: TestServer, client: [UInt8], password: String) async throws -> (String, Double) {
+        let connection = try await TestClient.connect(port: server.pop3sPort)
+        try await connection.channel.outbound.write(ByteBuffer(bytes: Self.header(client: client)))
+        try await connection.startTLS(trustRoot: server.certificate)
+        guard try await connection.readLine()?.hasPrefix("+OK") == true else { throw TestClientError.unexpectedEOF }
+        _ = try await connection.command("USER alice")
+        let start = ContinuousClock.now
+        let reply = try await connection.command("PASS \(password)")
+        let elapsed = ContinuousClock.now - start
+        await connection.close()
+        return (reply, Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18)
+    }
+
+    @Test func penaltyFollowsTheProxiedClient() async throws {
+        let server = try await TestServer.start { $0.proxyNetworks = [CIDRNetwork(parsing: "127.0.0.0/8")!] }
+        defer { Task { await server.stop() } }
+        let attacker: [UInt8] = [203, 0, 113, 66]
+        let bystander: [UInt8] = [198, 51, 100, 7]
+        _ = try await self.proxiedAttempt(server, client: attacker, password: "wrong-1")
+        let again = try await self.proxiedAttempt(server, client: attacker, password: "wrong-2")
+        #expect(again.1 >= 1.8, "the proxied attacker is penalised: \(again.1) s")
+        let other = try await self.proxiedAttempt(server, client: bystander, password: "alice-pw")
+        #expect(other.0 == "+OK Logged in.")
+        #expect(other.1 < 1.5, "another client behind the same proxy is not: \(other.1) s")
+    }
+
+    @Test func aTrustedProxyMustSendAHeader() async throws {
+        let server = try await TestServer.start { $0.proxyNetworks = [CIDRNetwork(parsing: "127.0.0.0/8")!] }
+        defer { Task { await server.stop() } }
+        let client = try await TestClient.connect(port: server.pop3Port)
+        try await client.send("CAPA\r\n")
+        let lines = try await client.readUntilClosed()
+        #expect(!lines.contains { $0.hasPrefix("+OK") && $0.contains("Capability") })
+    }
+
+    @Test func untrustedPeersCannotClaimAnAddress() async throws {
+        let server = try await TestServer.start()  // no proxy networks
+        defer { Task { await server.stop() } }
+        let client = try await TestClient.connect(port: server.pop3Port)
+        _ = try await client.readLine()
+        // The header is just bytes to a POP3 session: no line of it is taken as an address.
+        try await client.channel.outbound.write(ByteBuffer(bytes: Self.header(client: [203, 0, 113, 66])))
+        var replies: [String] = []
+        while let line = try await client.readLine() { replies.append(line) }
+        #expect(replies.allSatisfy { $0.hasPrefix("-ERR") || $0.hasPrefix("+OK Logging out") })
+    }
+}
