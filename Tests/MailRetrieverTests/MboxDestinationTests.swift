@@ -178,12 +178,29 @@ import Testing
         try deliver(["A: 1\r\n\r\none\r\n"], uid: "1", to: mbox, journal: journal)
         #expect(!FileManager.default.fileExists(atPath: lockPath))
 
-        try writeFile(lockPath, "99999\n")  // fresh: held by someone alive
+        try writeFile(lockPath, "\(getpid())\n")  // fresh: held by someone alive
         mbox.dotlockTimeout = 1
         let sink = try mbox.begin(uid: "2")
         try sink.write(buffer("A: 2\r\n\r\ntwo\r\n"))
         #expect(throws: MailRetrieverError.mboxLockTimeout(path: dir.file("inbox.mbox"))) { try sink.commit() }
         #expect(journal.pending == nil)
         #expect(FileManager.default.fileExists(atPath: lockPath))  // not ours to remove
+    }
+
+    @Test func freshDotlockOfADeadProcessIsBrokenAtOnce() throws {
+        // What a run killed with SIGKILL leaves behind: the next run must not wait `staleDotlockAge` for it.
+        let (dir, journal, mbox) = try setUp()
+        let lockPath = dir.file("inbox.mbox.lock")
+        try writeFile(lockPath, "2147483646\n")  // no such process
+        mbox.dotlockTimeout = 1
+        try deliver(["A: 1\r\n\r\none\r\n"], uid: "1", to: mbox, journal: journal)
+        #expect(journal.entry(for: "1")?.delivered == true)
+        #expect(!FileManager.default.fileExists(atPath: lockPath))
+
+        try writeFile(lockPath, "not a pid\n")  // foreign format, fresh: waited for
+        let sink = try mbox.begin(uid: "2")
+        try sink.write(buffer("A: 2\r\n\r\ntwo\r\n"))
+        #expect(throws: MailRetrieverError.mboxLockTimeout(path: dir.file("inbox.mbox"))) { try sink.commit() }
+        #expect(FileManager.default.fileExists(atPath: lockPath))
     }
 }
