@@ -96,6 +96,14 @@ let package = Package(
                 .product(name: "Yams", package: "Yams"),
             ]
         ),
+        .target(
+            name: "POP3FuzzTargets",
+            dependencies: ["POP3Core", .product(name: "NIOCore", package: "swift-nio")]
+        ),
+        .executableTarget(
+            name: "POP3Fuzzer",
+            dependencies: ["POP3FuzzTargets"]
+        ),
         .executableTarget(
             name: "pop3",
             dependencies: [
@@ -120,7 +128,7 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
-        .testTarget(name: "POP3CoreTests", dependencies: ["POP3Core", .product(name: "NIOCore", package: "swift-nio")]),
+        .testTarget(name: "POP3CoreTests", dependencies: ["POP3Core", "POP3FuzzTargets", .product(name: "NIOCore", package: "swift-nio")]),
         .testTarget(name: "POP3NIOTests", dependencies: [
             "POP3NIO", "POP3Core",
             .product(name: "NIOCore", package: "swift-nio"),

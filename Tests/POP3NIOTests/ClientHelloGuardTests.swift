@@ -3,6 +3,7 @@ import NIOEmbedded
 import Testing
 
 @testable import POP3NIO
+import POP3Core
 
 /// Builds a minimal TLS 1.2 ClientHello record with optional SNI and ALPN extensions.
 func makeClientHello(serverName: String?, alpn: [String]?) -> ByteBuffer {
@@ -62,7 +63,7 @@ func makeClientHello(serverName: String?, alpn: [String]?) -> ByteBuffer {
     func decides(serverName: String?, alpn: [String]?, expected: ClientHelloGuard.Alert?) throws {
         let channel = EmbeddedChannel(handler: ClientHelloGuard(acceptsServerName: { $0.lowercased() == "localhost" }))
         let hello = makeClientHello(serverName: serverName, alpn: alpn)
-        #expect(ClientHelloGuard.parse(hello) == .clientHello(ClientHelloSummary(serverName: serverName, applicationProtocols: alpn)))
+        #expect(ClientHelloParser.parse(hello) == .clientHello(ClientHelloSummary(serverName: serverName, applicationProtocols: alpn)))
         // Feed it byte by byte: the guard must wait for the whole ClientHello.
         for byte in hello.readableBytesView {
             try channel.writeInbound(ByteBuffer(bytes: [byte]))
@@ -92,13 +93,13 @@ func makeClientHello(serverName: String?, alpn: [String]?) -> ByteBuffer {
         let hello = makeClientHello(serverName: "localhost", alpn: ["pop3"])
         for length in 0..<hello.readableBytes {
             let prefix = hello.getSlice(at: 0, length: length)!
-            #expect(ClientHelloGuard.parse(prefix) == .needMoreData || length < 5)
+            #expect(ClientHelloParser.parse(prefix) == .needMoreData || length < 5)
         }
         var generator = SystemRandomNumberGenerator()
         for _ in 0..<2_000 {
             var bytes = Array(hello.readableBytesView)
             for _ in 0..<4 { bytes[Int.random(in: 5..<bytes.count, using: &generator)] = UInt8.random(in: 0...255, using: &generator) }
-            _ = ClientHelloGuard.parse(ByteBuffer(bytes: bytes))
+            _ = ClientHelloParser.parse(ByteBuffer(bytes: bytes))
         }
     }
 }

@@ -3,6 +3,7 @@ import NIOEmbedded
 import Testing
 
 @testable import POP3NIO
+import POP3Core
 
 func proxyHeader(command: UInt8 = 0x21, family: UInt8 = 0x11, addresses: [UInt8]) -> [UInt8] {
     ProxyHeaderV2.signature + [command, family, UInt8(addresses.count >> 8), UInt8(addresses.count & 0xFF)] + addresses

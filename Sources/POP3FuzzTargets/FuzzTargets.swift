@@ -1,0 +1,118 @@
+import NIOCore
+import POP3Core
+
+/// The code paths fed with arbitrary bytes by `POP3Fuzzer` (libFuzzer) and replayed by the regression tests.
+///
+/// Each target must never crash, hang or allocate without bound for any input; where two implementations
+/// must agree (stuffer and unstuffer), a disagreement is a crash on purpose.
+public enum FuzzTarget: String, CaseIterable, Sendable {
+    /// Command lines, one per LF, through the parser and the server state machine.
+    case command
+    /// Server status lines and multi-line bodies, as the client reads them.
+    case response
+    /// SASL PLAIN responses and base64.
+    case sasl
+    /// Byte-unstuffing over arbitrary chunkings, and the stuff → unstuff round trip.
+    case dotstuffing
+    /// TLS ClientHello parsing (strict ALPN/SNI) and PROXY v2 headers.
+    case handshake
+
+    public func run(_ data: [UInt8]) {
+        switch self {
+        case .command: Self.command(data)
+        case .response: Self.response(data)
+        case .sasl: Self.sasl(data)
+        case .dotstuffing: Self.dotstuffing(data)
+        case .handshake: Self.handshake(data)
+        }
+    }
+
+    static func command(_ data: [UInt8]) {
+        var configuration = ServerSession.Configuration()
+        configuration.stlsAvailable = data.first.map { $0 & 1 == 1 } ?? false
+        var session = ServerSession(configuration: configuration, tlsActive: data.first.map { $0 & 2 == 2 } ?? true)
+        for line in data.split(separator: 10, omittingEmptySubsequences: false).prefix(200) {
+            let action = session.receive(line: ByteBuffer(bytes: line))
+            switch action {
+            case .login(let user, _):
+                // Alternate outcomes so that TRANSACTION commands get exercised too.
+                _ = line.count % 2 == 0
+                    ? session.loginSucceeded(messages: [MessageSummary(size: 10, uniqueID: "a\(user.count)"), MessageSummary(size: 20, uniqueID: "b")])
+                    : session.loginFailed(.invalidCredentials)
+            case .startTLS:
+                session.tlsEstablished()
+            case .commit:
+                _ = session.updateFinished(success: true)
+                return
+            case .respondAndClose:
+                return
+            case .respondScanListing(_, let kind):
+                var buffer = ByteBuffer()
+                session.writeScanListing(kind, into: &buffer)
+            default:
+                break
+            }
+        }
+    }
+
+    static func response(_ data: [UInt8]) {
+        var buffer = ByteBuffer(bytes: data)
+        if let lf = data.firstIndex(of: 10) {
+            _ = try? ServerStatusLine.parse(data[..<lf])
+            buffer.moveReaderIndex(forwardBy: lf + 1)
+        }
+        var unstuffer = DotUnstuffer()
+        var out = ByteBuffer()
+        _ = unstuffer.decode(&buffer, into: &out)
+        _ = sanitize(data.prefix(600))
+        _ = UniqueID(String(decoding: data.prefix(80), as: UTF8.self))
+    }
+
+    static func sasl(_ data: [UInt8]) {
+        let text = String(decoding: data, as: UTF8.self)
+        _ = try? SASLPlainCredentials.decode(response: text)
+        if let decoded = Base64.decode(text) {
+            precondition(Base64.encode(decoded) == text, "base64 decoding accepted a non-canonical form")
+        }
+        precondition(Base64.decode(Base64.encode(data)) == data, "base64 round trip")
+    }
+
+    static func dotstuffing(_ data: [UInt8]) {
+        guard let first = data.first else { return }
+        let body = Array(data.dropFirst())
+        // Stuff in chunks of a size picked by the first byte, then unstuff in other chunks: must give back the
+        // CRLF-normalised body.
+        let chunk = Int(first % 17) + 1
+        var stuffer = DotStuffer()
+        var wire = ByteBuffer()
+        var index = 0
+        while index < body.count {
+            let end = min(index + chunk, body.count)
+            stuffer.encode(ByteBuffer(bytes: body[index..<end]), into: &wire)
+            index = end
+        }
+        stuffer.finish(into: &wire)
+        var counter = POP3SizeCounter()
+        counter.count(body)
+        var unstuffer = DotUnstuffer()
+        var out = ByteBuffer()
+        let other = Int(first / 17) + 1
+        var done = false
+        while wire.readableBytes > 0 && !done {
+            var piece = wire.readSlice(length: min(other, wire.readableBytes))!
+            done = unstuffer.decode(&piece, into: &out)
+            precondition(!done || (piece.readableBytes == 0 && wire.readableBytes == 0), "terminator found early")
+        }
+        precondition(done, "terminator not found")
+        let unterminated = !body.isEmpty && body.last != 10 ? 2 : 0
+        precondition(out.readableBytes == counter.size + unterminated, "size mismatch: \(out.readableBytes) vs \(counter.size)")
+    }
+
+    static func handshake(_ data: [UInt8]) {
+        _ = ClientHelloParser.parse(ByteBuffer(bytes: data))
+        var buffer = ByteBuffer(bytes: data)
+        _ = try? ProxyHeaderV2.parse(&buffer)
+        var withSignature = ByteBuffer(bytes: ProxyHeaderV2.signature + data)
+        _ = try? ProxyHeaderV2.parse(&withSignature)
+    }
+}
