@@ -97,6 +97,9 @@ public final class TLSProvider: Sendable {
     /// Whether an SNI name is one we hold a certificate for (exact or one-label wildcard match).
     public func accepts(serverName: String) -> Bool {
         guard self.strictSNI else { return true }
+        // An SNI must be a host name (RFC 6066 §3), but some clients send the address they connect to: treat an
+        // IP literal like no SNI at all.
+        if (try? SocketAddress(ipAddress: serverName, port: 0)) != nil { return true }
         let names = self.serverNames
         guard !names.isEmpty else { return true }
         return Self.matches(serverName.lowercased(), names: names)

@@ -154,6 +154,22 @@ import Testing
         #expect(lines.allSatisfy { !$0.contains("+OK") })
     }
 
+    /// (End to end with openssl s_client -servername 127.0.0.1 in scripts/tls_proof.py; NIOSSL clients refuse to send it.)
+    @Test func sniDecisions() async throws {
+        let server = try await TestServer.start()
+        defer { Task { await server.stop() } }
+        let tls = try TLSProvider(certificatePath: server.certificate, privateKeyPath: server.folder + "/tls/key.pem")
+        #expect(tls.accepts(serverName: "localhost"))
+        #expect(tls.accepts(serverName: "LocalHost"))
+        #expect(tls.accepts(serverName: "127.0.0.1"), "an IP literal counts as no SNI")
+        #expect(tls.accepts(serverName: "::1"))
+        #expect(!tls.accepts(serverName: "other.example"))
+        #expect(TLSProvider.matches("mail.example.com", names: ["*.example.com"]))
+        #expect(!TLSProvider.matches("a.mail.example.com", names: ["*.example.com"]))
+        let lax = try TLSProvider(certificatePath: server.certificate, privateKeyPath: server.folder + "/tls/key.pem", strictSNI: false)
+        #expect(lax.accepts(serverName: "other.example"))
+    }
+
     @Test(arguments: [(["http/1.1"] as [String], "localhost" as String?), (["imap"], "localhost"), (["pop3"], "other.example")])
     func strictALPNAndSNI(alpn: [String], serverName: String?) async throws {
         let server = try await TestServer.start()
