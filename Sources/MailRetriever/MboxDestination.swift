@@ -56,6 +56,7 @@ public final class MboxDestination: MessageDestination {
 
     public func recover(journal: UIDLJournal) throws {
         self.journal = journal
+        MboxLock.removeOrphanedDotlockFiles(mbox: path)
         guard let spoolPath else { return }
         defer { _ = unlink(spoolPath) }
         guard let pending = journal.pending else { return }
@@ -397,21 +398,12 @@ final class MboxLock {
     {
         let deadline = Int64(time(nil)) + timeout
         var delay: UInt32 = 10_000
+        let content = Array("\(getpid())\n".utf8)
         while true {
-            do {
-                let fd = try FileIO.open(lockPath, O_WRONLY | O_CREAT | O_EXCL, mode: 0o644)
-                try? FileIO.writeAll(fd, Array("\(getpid())\n".utf8), path: lockPath)
-                FileIO.close(fd)
-                return lockPath
-            } catch let error as FileSystemError {
-                switch error.errno {
-                case EEXIST:
-                    break
-                case EACCES, EPERM, EROFS:
-                    return nil
-                default:
-                    throw error
-                }
+            switch try createDotlock(lockPath, content: content) {
+            case .acquired: return lockPath
+            case .unwritable: return nil
+            case .held: break
             }
             let now = Int64(time(nil))
             if let st = try FileIO.status(lockPath), now - modificationTime(st) >= staleAge || holderIsGone(lockPath) {
@@ -426,6 +418,66 @@ final class MboxLock {
             if now >= deadline { throw MailRetrieverError.mboxLockTimeout(path: mbox) }
             usleep(delay)
             delay = min(delay * 2, 500_000)
+        }
+    }
+
+    private enum DotlockAttempt { case acquired, held, unwritable }
+
+    /// Creates the dotlock with our PID already in it: written to a unique file beside it, then hard-linked to the
+    /// lock name (as liblockfile does), so that a kill at any moment never leaves an empty lock that nobody can prove
+    /// stale. Where hard links are unsupported: `O_CREAT|O_EXCL`, then the write.
+    private static func createDotlock(_ lockPath: String, content: [UInt8]) throws -> DotlockAttempt {
+        let tmpPath = "\(lockPath).\(getpid()).\(String(UInt64.random(in: 0...UInt64.max), radix: 16))"
+        let fd: Int32
+        do {
+            fd = try FileIO.open(tmpPath, O_WRONLY | O_CREAT | O_EXCL, mode: 0o644)
+        } catch let error as FileSystemError {
+            switch error.errno {
+            case EACCES, EPERM, EROFS: return .unwritable
+            default: throw error
+            }
+        }
+        defer { _ = unlink(tmpPath) }
+        do {
+            try FileIO.writeAll(fd, content, path: tmpPath)
+        } catch {
+            FileIO.close(fd)
+            throw error
+        }
+        FileIO.close(fd)
+        if link(tmpPath, lockPath) == 0 { return .acquired }
+        let code = errno
+        switch code {
+        case EEXIST:
+            return .held
+        case EPERM, ENOTSUP, EOPNOTSUPP, EMLINK, ENOSYS:
+            do {
+                let lockFD = try FileIO.open(lockPath, O_WRONLY | O_CREAT | O_EXCL, mode: 0o644)
+                try? FileIO.writeAll(lockFD, content, path: lockPath)
+                FileIO.close(lockFD)
+                return .acquired
+            } catch let error as FileSystemError where error.errno == EEXIST {
+                return .held
+            }
+        default:
+            // NFS may report a failed link that succeeded: the link count tells.
+            if let st = try FileIO.status(tmpPath), st.st_nlink == 2 { return .acquired }
+            throw FileSystemError("link", path: lockPath, errno: code)
+        }
+    }
+
+    /// Removes `<mbox>.lock.<pid>.<hex>` files of processes that are gone (killed between creating one and linking
+    /// it to the dotlock). Called once per run.
+    static func removeOrphanedDotlockFiles(mbox: String) {
+        let directory = FileIO.directoryName(mbox)
+        let prefix = String(mbox.split(separator: "/", omittingEmptySubsequences: false).last ?? "") + ".lock."
+        guard let names = try? FileIO.listDirectory(directory) else { return }
+        for name in names where name.hasPrefix(prefix) {
+            let parts = name.dropFirst(prefix.count).split(separator: ".", omittingEmptySubsequences: false)
+            guard parts.count == 2, let pid = Int32(parts[0]), pid > 0, !parts[1].isEmpty,
+                parts[1].allSatisfy({ $0.isHexDigit }), kill(pid, 0) != 0, errno == ESRCH
+            else { continue }
+            _ = unlink(FileIO.join(directory, name))
         }
     }
 

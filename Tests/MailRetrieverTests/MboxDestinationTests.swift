@@ -197,6 +197,17 @@ import Testing
         #expect(journal.entry(for: "1")?.delivered == true)
         #expect(!FileManager.default.fileExists(atPath: lockPath))
 
+        // Orphans of a process killed between writing its PID and linking the dotlock go; a live one's stay.
+        let orphan = dir.file("inbox.mbox.lock.2147483646.1f")
+        let live = dir.file("inbox.mbox.lock.\(getpid()).2e")
+        try writeFile(orphan, "2147483646\n")
+        try writeFile(live, "\(getpid())\n")
+        try MboxDestination(path: dir.file("inbox.mbox"), accountKey: testKey).recover(journal: journal)
+        #expect(!FileManager.default.fileExists(atPath: orphan))
+        #expect(FileManager.default.fileExists(atPath: live))
+        try FileManager.default.removeItem(atPath: live)
+        #expect(try FileManager.default.contentsOfDirectory(atPath: dir.path).filter { $0.contains(".lock") }.isEmpty)
+
         try writeFile(lockPath, "not a pid\n")  // foreign format, fresh: waited for
         let sink = try mbox.begin(uid: "2")
         try sink.write(buffer("A: 2\r\n\r\ntwo\r\n"))
