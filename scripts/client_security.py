@@ -346,6 +346,27 @@ def scenarios(certs):
                 return "close"
             transaction(c, retr=retr)
 
+    def slow_drip(c):
+        greet(c)
+        if login(c):
+            def retr(conn, n):
+                conn.send(b"+OK\r\n")
+                for byte in b"Subject: drip\r\n\r\n" + b"x" * 200:
+                    conn.send(bytes([byte]))
+                    threading.Event().wait(0.2)
+                return "close"
+            transaction(c, retr=retr)
+
+    def endless(c):
+        greet(c)
+        if login(c):
+            def retr(conn, n):
+                conn.send(b"+OK\r\nSubject: endless\r\n\r\n")
+                for _ in range(20000):  # ~20 MB at most, for a message LIST said was tiny
+                    conn.send(b"y" * 1023 + b"\n")
+                return "close"
+            transaction(c, retr=retr)
+
     def quit_err(c):
         greet(c)
         if login(c):
@@ -379,6 +400,10 @@ def scenarios(certs):
         Scenario("91 UIDL with a space → abort, no DELE", uidl_space, tls=good, credentials_allowed=True),
         Scenario("90 connection ends mid-RETR → nothing stored, no DELE", truncated, tls=good, credentials_allowed=True),
         Scenario("96 bare-LF dot is not a terminator", bare_lf_terminator, tls=good, credentials_allowed=True),
+        Scenario("107 slow-drip body → per-message deadline, nothing stored", slow_drip, tls=good, credentials_allowed=True,
+                 timeout=3),
+        Scenario("93/107 endless body for a tiny LIST size → abort, nothing stored", endless, tls=good,
+                 credentials_allowed=True),
         Scenario("97 QUIT -ERR → error, messages stored, DELE only after storing", quit_err, tls=good,
                  credentials_allowed=True, dele_allowed=True, stored=2, check=journal_intact),
         Scenario("control: a well-behaved server is fetched", normal, tls=good, expect_exit=0,

@@ -105,11 +105,16 @@ struct Fetcher {
             self.progress?.start(account: self.job.name, messages: toFetch.count, bytes: totalBytes)
 
             var sink: (any MessageSink)?
+            var bound = MessageBound(announced: 0, timeout: self.job.timeout)
             do {
                 try await connection.retrieve(
                     toFetch,
-                    begin: { number in sink = try destination.begin(uid: uidOf[number]!) },
-                    chunk: { _, chunk in
+                    begin: { number in
+                        sink = try destination.begin(uid: uidOf[number]!)
+                        bound = MessageBound(announced: sizes[number] ?? 0, timeout: self.job.timeout)
+                    },
+                    chunk: { number, chunk in
+                        try bound.receive(chunk.readableBytes, message: number)
                         try sink!.write(chunk)
                         summary.bytes += chunk.readableBytes
                         self.progress?.advance(bytes: chunk.readableBytes)
@@ -143,6 +148,35 @@ struct Fetcher {
         } catch {
             await connection.close()
             throw error
+        }
+    }
+}
+
+/// Bounds one message's download by what LIST announced, against a lying or endless body and a slow drip
+/// (security.md cases 93 and 107): at most the announced size plus a margin, and a deadline that allows at
+/// least 4 KB/s on top of the reply timeout. Exceeding either aborts the fetch; nothing of that message is stored
+/// or deleted.
+struct MessageBound {
+    static let minimumRate = 4_096
+    let announced: Int
+    let limit: Int
+    let deadline: ContinuousClock.Instant
+    private(set) var received = 0
+
+    init(announced: Int, timeout: Int) {
+        self.announced = announced
+        // Some servers announce LF-counted sizes and send CRLF: allow a quarter more, plus 64 KiB.
+        self.limit = announced + announced / 4 + 64 * 1024
+        self.deadline = .now + .seconds(timeout + announced / Self.minimumRate)
+    }
+
+    mutating func receive(_ count: Int, message: Int) throws {
+        self.received += count
+        guard self.received <= self.limit else {
+            throw POP3ClientError.protocolViolation("message \(message) is longer than the \(self.announced) octets LIST announced")
+        }
+        guard ContinuousClock.now <= self.deadline else {
+            throw POP3ClientError.protocolViolation("message \(message) arrives too slowly (\(self.received) of \(self.announced) octets)")
         }
     }
 }
