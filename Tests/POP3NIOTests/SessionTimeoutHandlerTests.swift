@@ -16,6 +16,7 @@ import Testing
 
     @Test func preAuthenticationDeadlineIsAbsolute() throws {
         let channel = try self.makeChannel()
+        defer { _ = try? channel.finish(acceptAlreadyClosed: true) }
         for _ in 0..<5 {
             channel.embeddedEventLoop.advanceTime(by: .seconds(11))
             try channel.writeInbound(ByteBuffer(string: "NOOP"))  // activity does not extend it
@@ -27,6 +28,7 @@ import Testing
 
     @Test func idleTimerAfterLoginResetsOnActivity() throws {
         let channel = try self.makeChannel()
+        defer { _ = try? channel.finish(acceptAlreadyClosed: true) }
         channel.pipeline.fireUserInboundEventTriggered(SessionAuthenticatedEvent())
         channel.embeddedEventLoop.advanceTime(by: .seconds(500))
         try channel.writeInbound(ByteBuffer(string: "STAT"))
@@ -41,6 +43,7 @@ import Testing
 
     @Test func loginCancelsThePreAuthDeadline() throws {
         let channel = try self.makeChannel()
+        defer { _ = try? channel.finish(acceptAlreadyClosed: true) }
         channel.embeddedEventLoop.advanceTime(by: .seconds(30))
         channel.pipeline.fireUserInboundEventTriggered(SessionAuthenticatedEvent())
         channel.embeddedEventLoop.advanceTime(by: .seconds(120))
