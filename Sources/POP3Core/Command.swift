@@ -115,7 +115,10 @@ public struct CommandParser: Sendable {
         switch keyword {
         case "USER":
             let name = rest.trimmingSpaces()
-            guard !name.isEmpty else { throw .syntax }
+            // No control characters in a user name: they could forge log lines (security.md 34).
+            guard !name.isEmpty, !name.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7F }) else {
+                throw .syntax
+            }
             return .user(String(name))
         case "PASS":
             guard !rest.isEmpty else { throw .syntax }

@@ -140,3 +140,17 @@ public struct ServerStatusLine: Sendable, Equatable {
 public func sanitize(_ bytes: some Collection<UInt8>) -> String {
     String(decoding: bytes.map { $0 >= 0x20 && $0 < 0x7F ? $0 : UInt8(ascii: "?") }, as: UTF8.self)
 }
+
+/// Escapes client- or server-controlled text for a log line: control characters (C0, DEL, C1) become `\u{XX}`,
+/// so a value can never start a new line or drive a terminal; printable Unicode stays readable.
+public func logEscaped(_ text: some StringProtocol, maximumLength: Int = 256) -> String {
+    var out = ""
+    for scalar in text.unicodeScalars.prefix(maximumLength) {
+        if scalar.value < 0x20 || (0x7F...0x9F).contains(scalar.value) || scalar == "\\" {
+            out += scalar == "\\" ? "\\\\" : "\\u{\(String(scalar.value, radix: 16))}"
+        } else {
+            out.unicodeScalars.append(scalar)
+        }
+    }
+    return text.unicodeScalars.count > maximumLength ? out + "…" : out
+}

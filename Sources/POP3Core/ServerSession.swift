@@ -195,7 +195,9 @@ public struct ServerSession: Sendable {
         guard case .loggingIn = self.state else { preconditionFailure("loginFailed outside login") }
         self.state = .authorization(pendingUser: nil)
         switch failure {
-        case .invalidCredentials: return .respond(Self.authenticationFailed)
+        case .invalidCredentials:
+            // A failed login counts as a bad command: one connection cannot guess without end (security.md 30).
+            return self.badCommand(Self.authenticationFailed, closing: Self.authenticationFailed)
         case .maildropInUse: return .respond(.err("Mailbox is locked by another session.", code: .inUse))
         case .temporary: return .respond(.err("Temporary server failure, try again later.", code: .sysTemp))
         case .permanent: return .respond(.err("Mailbox is not available.", code: .sysPerm))
@@ -365,14 +367,15 @@ public struct ServerSession: Sendable {
         }
     }
 
-    private mutating func badCommand(_ response: StatusResponse) -> Action {
+    /// Counts a bad command; past the limit for the state, answers with `closing` and ends the connection.
+    private mutating func badCommand(_ response: StatusResponse, closing: StatusResponse = .err("Too many invalid commands.")) -> Action {
         self.badCommands += 1
         let limit =
             self.isAuthenticated
             ? self.configuration.maximumBadCommandsAfterLogin : self.configuration.maximumBadCommandsBeforeLogin
         if self.badCommands >= limit {
             self.state = .closed
-            return .respondAndClose(.err("Too many invalid commands."))
+            return .respondAndClose(closing)
         }
         return .respond(response)
     }

@@ -139,35 +139,35 @@ struct SessionDriver {
         do {
             guard case .success(let found) = try await self.verifier.authenticate(user: user, password: password) else {
                 self.penalty.recordFailure(peer, user: user, password: password)
-                self.logger.notice("login failed", metadata: ["user": "\(user)"])
+                self.logger.notice("login failed", metadata: ["user": "\(logEscaped(user))"])
                 return self.session.loginFailed(.invalidCredentials)
             }
             record = found
         } catch {
-            self.logger.error("credential check failed", metadata: ["user": "\(user)", "error": "\(error)"])
+            self.logger.error("credential check failed", metadata: ["user": "\(logEscaped(user))", "error": "\(error)"])
             return self.session.loginFailed(.temporary)
         }
         let path: String
         do {
             path = try self.locator.path(for: record)
         } catch {
-            self.logger.error("no maildir for user", metadata: ["user": "\(user)", "error": "\(error)"])
+            self.logger.error("no maildir for user", metadata: ["user": "\(logEscaped(user))", "error": "\(error)"])
             return self.session.loginFailed(.permanent)
         }
         do {
             let maildrop = try await self.maildrops.openMaildrop(user: record.name, path: path)
             self.maildrop = maildrop
-            self.logger[metadataKey: "user"] = "\(record.name)"
+            self.logger[metadataKey: "user"] = "\(logEscaped(record.name))"
             self.logger.info("logged in", metadata: ["messages": "\(maildrop.messages.count)"])
             connection.channel.pipeline.fireUserInboundEventTriggered(SessionAuthenticatedEvent())
             return self.session.loginSucceeded(
                 messages: maildrop.messages.map { MessageSummary(size: $0.size, uniqueID: $0.uniqueID) }
             )
         } catch MaildropError.inUse {
-            self.logger.notice("maildrop in use", metadata: ["user": "\(user)"])
+            self.logger.notice("maildrop in use", metadata: ["user": "\(logEscaped(user))"])
             return self.session.loginFailed(.maildropInUse)
         } catch {
-            self.logger.error("cannot open maildrop", metadata: ["user": "\(user)", "error": "\(error)"])
+            self.logger.error("cannot open maildrop", metadata: ["user": "\(logEscaped(user))", "error": "\(error)"])
             return self.session.loginFailed(.temporary)
         }
     }

@@ -204,3 +204,33 @@ func errResponse(_ action: ServerSession.Action) -> StatusResponse? {
         #expect(session.badCommands == 1)
     }
 }
+
+@Suite struct LoginLimitTests {
+    @Test func failedLoginsCountTowardTheLimit() {
+        var session = ServerSession(configuration: .init(), tlsActive: true)
+        for attempt in 1...3 {
+            _ = session.send("USER alice")
+            #expect(session.send("PASS guess\(attempt)") == .login(user: "alice", password: "guess\(attempt)"))
+            let action = session.loginFailed(.invalidCredentials)
+            if attempt < 3 {
+                #expect(action == .respond(.err("Authentication failed.", code: .auth)))
+            } else {
+                #expect(action == .respondAndClose(.err("Authentication failed.", code: .auth)), "the third failure closes")
+            }
+        }
+    }
+
+    @Test func controlCharactersInUserNamesAreRefused() {
+        #expect(throws: CommandParseError.syntax) { try CommandParser().parse(Array("USER a\rb".utf8)) }
+        #expect(throws: CommandParseError.syntax) { try CommandParser().parse(Array("USER a\u{1B}[2Jb".utf8)) }
+    }
+
+    @Test func logEscaping() {
+        #expect(logEscaped("alice") == "alice")
+        #expect(logEscaped("Grüße") == "Grüße")
+        #expect(logEscaped("a\nINFO forged") == "a\\u{a}INFO forged")
+        #expect(logEscaped("\u{1B}[31m") == "\\u{1b}[31m")
+        #expect(logEscaped("back\\slash") == "back\\\\slash")
+        #expect(logEscaped(String(repeating: "x", count: 300)).count == 257)
+    }
+}
