@@ -78,12 +78,14 @@ public enum MaildirDelivery {
             }
             FileSystem.close(fd)
             let name = "\(unique),S=\(counter.octets),W=\(counter.pop3Size)"
-            do {
-                try FileSystem.rename(tempPath, maildir + "/new/" + name)
-            } catch {
+            // link(2), not rename(2): a name that exists already (another host, a clock step) is never replaced
+            // (maildir(5); security.md 58). tmp/ is then cleared.
+            guard link(tempPath, maildir + "/new/" + name) == 0 else {
+                let code = errno
                 _ = try? FileSystem.unlink(tempPath)
-                throw error
+                throw FileSystem.fail("link", maildir + "/new/" + name, code)
             }
+            _ = try? FileSystem.unlink(tempPath)
             try FileSystem.syncDirectory(maildir + "/new")
             return name
         } catch let error as MaildropError {
