@@ -97,14 +97,16 @@ struct MaildirStore: Sendable {
         throw MaildropError.inUse
     }
 
-    /// Why a `pop3d.lock` is stale, or nil when its holder may be alive.
-    static func staleReason(_ bytes: [UInt8], status: stat) -> String? {
+    /// Why a `pop3d.lock` ("PID HOST") or a `dovecot-uidlist.lock` ("PID:HOST") is stale, or nil when its holder
+    /// may be alive: a holder on this host whose process is gone is stale at once (a kill -9 during a commit must
+    /// not block the next login for minutes).
+    static func staleReason(_ bytes: [UInt8], status: stat, separator: Character = " ") -> String? {
         let age = WallClock.now() - WallClock.modificationTime(status)
         let text = String(decoding: bytes, as: UTF8.self)
         guard text.hasSuffix("\n") else {
             return age > Self.unparsableMaildropLockStaleNanoseconds ? "unparsable and old" : nil
         }
-        let fields = text.dropLast().split(separator: " ", maxSplits: 1)
+        let fields = text.dropLast().split(separator: separator, maxSplits: 1)
         guard fields.count == 2, let pid = pid_t(fields[0]) else {
             return age > Self.unparsableMaildropLockStaleNanoseconds ? "unparsable and old" : nil
         }
@@ -131,8 +133,9 @@ struct MaildirStore: Sendable {
             switch try LockFile.tryCreate(lockPath, contents: contents) {
             case .acquired(let lock):
                 return lock
-            case .held(_, let status):
-                if WallClock.now() - WallClock.modificationTime(status) > Self.uidListLockStaleNanoseconds {
+            case .held(let bytes, let status):
+                let old = WallClock.now() - WallClock.modificationTime(status) > Self.uidListLockStaleNanoseconds
+                if old || Self.staleReason(bytes, status: status, separator: ":") != nil {
                     if try LockFile.breakStale(lockPath, inspected: status) {
                         self.logger.warning("removed stale dovecot-uidlist lock", metadata: ["path": "\(lockPath)"])
                     }

@@ -24,3 +24,25 @@ import Testing
         #expect(["b", "a", "10.x", "9.y"].sorted(by: MaildirName.deliveryOrder) == ["a", "b", "9.y", "10.x"])
     }
 }
+
+import Foundation
+
+@Suite struct UIDListLockRecoveryTests {
+    /// kill -9 during a commit leaves dovecot-uidlist.lock behind: a holder on this host whose process is gone
+    /// must not block the next indexing (before: 10 s wait and -ERR [SYS/TEMP] for two minutes).
+    @Test func lockOfADeadProcessIsBrokenAtOnce() async throws {
+        let fixture = try MaildirFixture()
+        defer { fixture.cleanUp() }
+        try fixture.createLayout()
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/bin/true")
+        try process.run()
+        process.waitUntilExit()
+        try fixture.write("dovecot-uidlist.lock", "\(process.processIdentifier):\(hostName())\n")
+        _ = try MaildirDelivery.deliver(Array("Subject: new\n\nx\n".utf8), toMaildir: fixture.path)
+        let maildrop = try await MaildirFixture.provider().openMaildrop(user: "u", path: fixture.path)
+        #expect(maildrop.messages.count == 1)
+        #expect(!FileManager.default.fileExists(atPath: fixture.path + "/dovecot-uidlist.lock"), "the stale lock is gone")
+        await maildrop.release()
+    }
+}

@@ -1,0 +1,815 @@
+#!/usr/bin/env python3
+"""Fault tests for pop3d (issue 4, "Load and faults"): kill -9 of pop3d during RETR and during QUIT's commit,
+kill -9 of `pop3d deliver` reading a slow stdin, disk full during delivery (a 2 MiB tmpfs), a message file removed
+underneath a session.
+
+Each check ends by restarting pop3d on the same data folder and verifying a login, STAT and UIDL: nothing delivered
+is lost, nothing is deleted that was not committed, the server starts cleanly.
+
+Starts `pop3d dev` on free loopback ports in a temporary folder (kills only the processes it started, by PID),
+prints PASS/FAIL per check and ends with 'faults: N passed, N failed'; exit status 1 on failure.
+Needs: python3 (stdlib only), root for `mount -t tmpfs` (the disk-full check fails, saying why, without it).
+
+Usage: scripts/faults.py --pop3d PATH [--keep] [--seed N]
+"""
+import argparse
+import base64
+import hashlib
+import os
+import random
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+
+ARGS = None
+RESULTS = []  # (name, ok, detail)
+EX_TEMPFAIL = 75
+
+
+def record(name, ok, detail=""):
+    RESULTS.append((name, ok, detail))
+    print(f"{'PASS' if ok else 'FAIL'}: {name}" + (f" — {detail}" if detail else ""), flush=True)
+
+
+def run_check(name, fn, *args):
+    """fn(*args) -> detail string; AssertionError or any exception is a FAIL."""
+    started = time.monotonic()
+    try:
+        detail = fn(*args) or ""
+        record(name, True, f"{detail} ({time.monotonic() - started:.1f} s)")
+    except AssertionError as e:
+        record(name, False, str(e))
+    except Exception as e:  # noqa: BLE001 - a crash in a check is a failed check
+        record(name, False, f"{type(e).__name__}: {e}")
+        traceback.print_exc()
+
+
+# ---------------------------------------------------------------- messages and Maildir files
+
+def make_message(tag, index, body_bytes=0):
+    """An LF-ended message with a unique Message-ID; the body holds about body_bytes of base64 lines."""
+    msgid = f"<{tag}-{index}@faults.test>"
+    head = (f"From: faults@example.test\nTo: user@example.test\nSubject: {tag} {index}\n"
+            f"Message-ID: {msgid}\n\n").encode()
+    if body_bytes <= 0:
+        body = f"message {index} of {tag}\n.leading dot line\n".encode()
+    else:
+        rng = random.Random(f"{tag}-{index}")
+        raw = rng.randbytes(body_bytes * 3 // 4)
+        b64 = base64.encodebytes(raw)  # 76-char lines ending in LF
+        body = b64.replace(b"\nA", b"\n.A")  # some lines start with a dot (byte-stuffing on the wire)
+    return msgid, head + body
+
+
+def pop3_size(data):
+    """Octets as served: every line ending CRLF."""
+    return len(data) + data.count(b"\n") - data.count(b"\r\n")
+
+
+def normalize(data):
+    return data.replace(b"\r\n", b"\n")
+
+
+def sha(data):
+    return hashlib.sha256(data).hexdigest()
+
+
+SEED_COUNTER = [0]
+
+
+def seed_maildir(maildir, messages):
+    """Writes messages into maildir/new the way an MDA does (tmp/, then rename), names with ,S= and ,W=."""
+    for sub in ("tmp", "new", "cur"):
+        os.makedirs(os.path.join(maildir, sub), exist_ok=True)
+    now = int(time.time())
+    for _, data in messages:
+        SEED_COUNTER[0] += 1
+        base = f"{now}.M{SEED_COUNTER[0]}P{os.getpid()}Q{SEED_COUNTER[0]}.faults"
+        tmp = os.path.join(maildir, "tmp", base)
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.rename(tmp, os.path.join(maildir, "new", f"{base},S={len(data)},W={pop3_size(data)}"))
+
+
+def maildir_files(maildir):
+    """[(relative path, bytes)] of new/ and cur/."""
+    out = []
+    for sub in ("new", "cur"):
+        d = os.path.join(maildir, sub)
+        if not os.path.isdir(d):
+            continue
+        for name in sorted(os.listdir(d)):
+            with open(os.path.join(d, name), "rb") as f:
+                out.append((f"{sub}/{name}", f.read()))
+    return out
+
+
+def listdir(path):
+    return sorted(os.listdir(path)) if os.path.isdir(path) else []
+
+
+# ---------------------------------------------------------------- server
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`pop3d dev` on one data folder; restartable on the same folder and ports."""
+
+    def __init__(self, root):
+        self.root = root
+        self.data = os.path.join(root, "data")
+        self.config = os.path.join(self.data, "pop3d.yaml")
+        self.tls_port = free_port()
+        self.plain_port = free_port()
+        self.proc = None
+        self.starts = 0
+        self.log_path = None
+        self.password = None
+        self.ctx = None
+
+    def start(self, seconds=60):
+        self.starts += 1
+        self.log_path = os.path.join(self.root, f"pop3d-{self.starts}.log")
+        log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(
+            [ARGS.pop3d, "dev", "--data", self.data, "--pop3s-port", str(self.tls_port),
+             "--pop3-port", str(self.plain_port)],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        log.close()
+        deadline = time.monotonic() + seconds
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"pop3d exited with {self.proc.returncode}: {self.log_tail()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.tls_port), timeout=1):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("pop3d is not listening after 60 s")
+                time.sleep(0.05)
+        if self.ctx is None:
+            with open(os.path.join(self.data, "demo-password")) as f:
+                self.password = f.read().strip()
+            self.ctx = ssl.create_default_context(cafile=os.path.join(self.data, "tls", "cert.pem"))
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill9(self):
+        if self.alive():
+            os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+    def stop(self):
+        """SIGTERM; SIGKILL after 40 s. Returns the exit status."""
+        if not self.alive():
+            return self.proc.returncode if self.proc else None
+        os.kill(self.proc.pid, signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+            return "SIGKILL after 40 s"
+
+    def restart(self, kill=False):
+        if kill:
+            self.kill9()
+        else:
+            self.stop()
+        self.start()
+
+    def log_tail(self, lines=8):
+        try:
+            with open(self.log_path, errors="replace") as f:
+                return " | ".join(f.read().strip().splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def log_lines(self, *needles):
+        out = []
+        for n in range(1, self.starts + 1):
+            try:
+                with open(os.path.join(self.root, f"pop3d-{n}.log"), errors="replace") as f:
+                    out += [line.rstrip() for line in f if any(k in line for k in needles)]
+            except OSError:
+                pass
+        return out
+
+    def maildir(self, user):
+        return os.path.join(self.data, "mail", user)
+
+    def add_user(self, name, password):
+        r = subprocess.run([ARGS.pop3d, "user", "add", name, "--config", self.config],
+                           input=password + "\n", capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, f"user add {name}: exit {r.returncode}: {r.stderr.strip()}"
+
+    def deliver(self, user, data, config=None, timeout=120):
+        r = subprocess.run([ARGS.pop3d, "deliver", user, "--config", config or self.config],
+                           input=data, capture_output=True, timeout=timeout)
+        return r.returncode, r.stderr.decode(errors="replace").strip()
+
+
+# ---------------------------------------------------------------- a raw POP3S client
+
+class POP3Error(Exception):
+    pass
+
+
+class Client:
+    """POP3 over implicit TLS on a raw socket, with pipelining."""
+
+    def __init__(self, server, timeout=60):
+        raw = socket.create_connection(("127.0.0.1", server.tls_port), timeout=timeout)
+        self.sock = server.ctx.wrap_socket(raw, server_hostname="localhost")
+        self.file = self.sock.makefile("rb")
+        greeting = self.line()
+        if not greeting.startswith(b"+OK"):
+            raise POP3Error(f"greeting {greeting!r}")
+
+    def line(self):
+        data = self.file.readline(4096)
+        if not data:
+            raise POP3Error("connection closed")
+        if not data.endswith(b"\r\n"):
+            raise POP3Error(f"line without CRLF {data[:80]!r}")
+        return data[:-2]
+
+    def send(self, *commands):
+        self.sock.sendall(b"".join(c.encode() + b"\r\n" for c in commands))
+
+    def cmd(self, command):
+        self.send(command)
+        return self.line()
+
+    def ok(self, command):
+        resp = self.cmd(command)
+        if not resp.startswith(b"+OK"):
+            raise POP3Error(f"{command.split()[0]}: {resp!r}")
+        return resp
+
+    def multiline(self):
+        """Body of a multi-line response, dot-unstuffed, lines joined with CRLF."""
+        parts = []
+        while True:
+            data = self.file.readline()
+            if not data:
+                raise POP3Error("connection closed in a multi-line response")
+            if data == b".\r\n":
+                return b"".join(parts)
+            if data.startswith(b"."):
+                data = data[1:]
+            parts.append(data)
+
+    def login(self, user, password):
+        self.ok(f"USER {user}")
+        resp = self.cmd(f"PASS {password}")
+        if not resp.startswith(b"+OK"):
+            raise POP3Error(f"PASS for {user}: {resp!r}")
+
+    def stat(self):
+        parts = self.ok("STAT").split()
+        return int(parts[1]), int(parts[2])
+
+    def uidl(self):
+        self.ok("UIDL")
+        out = {}
+        for line in self.multiline().split(b"\r\n"):
+            if line:
+                n, uid = line.split()
+                out[int(n)] = uid.decode()
+        return out
+
+    def list(self):
+        self.ok("LIST")
+        out = {}
+        for line in self.multiline().split(b"\r\n"):
+            if line:
+                n, size = line.split()
+                out[int(n)] = int(size)
+        return out
+
+    def retr(self, n):
+        self.ok(f"RETR {n}")
+        return self.multiline()
+
+    def message_ids(self, numbers):
+        """{n: Message-ID} via pipelined TOP n 0."""
+        out = {}
+        numbers = list(numbers)
+        for start in range(0, len(numbers), 200):
+            batch = numbers[start:start + 200]
+            self.send(*[f"TOP {n} 0" for n in batch])
+            for n in batch:
+                resp = self.line()
+                if not resp.startswith(b"+OK"):
+                    raise POP3Error(f"TOP {n} 0: {resp!r}")
+                head = self.multiline()
+                ids = [h.split(b":", 1)[1].strip().decode() for h in head.split(b"\r\n")
+                       if h.lower().startswith(b"message-id:")]
+                out[n] = ids[0] if ids else None
+        return out
+
+    def dele_many(self, numbers):
+        numbers = list(numbers)
+        for start in range(0, len(numbers), 200):
+            batch = numbers[start:start + 200]
+            self.send(*[f"DELE {n}" for n in batch])
+            for n in batch:
+                resp = self.line()
+                if not resp.startswith(b"+OK"):
+                    raise POP3Error(f"DELE {n}: {resp!r}")
+
+    def quit(self):
+        resp = self.cmd("QUIT")
+        self.close()
+        return resp
+
+    def close(self):
+        try:
+            self.file.close()
+            self.sock.close()
+        except OSError:
+            pass
+
+
+def login(server, user, password, deadline=10.0):
+    """A session, timed from connect to +OK after PASS."""
+    started = time.monotonic()
+    c = Client(server)
+    c.login(user, password)
+    elapsed = time.monotonic() - started
+    assert elapsed < deadline, f"login of {user} took {elapsed:.2f} s"
+    return c, elapsed
+
+
+def verify_maildrop(server, user, password, expect_uidl=None, expect_count=None):
+    """Login, STAT, UIDL, LIST; STAT must equal the sum of the files on disk (count and served octets).
+    Returns (uidl map, login seconds)."""
+    c, elapsed = login(server, user, password)
+    try:
+        count, octets = c.stat()
+        uidl = c.uidl()
+        sizes = c.list()
+        files = maildir_files(server.maildir(user))
+        disk_count, disk_octets = len(files), sum(pop3_size(data) for _, data in files)
+        assert (count, octets) == (disk_count, disk_octets), \
+            f"{user}: STAT {count} {octets} but the Maildir holds {disk_count} files, {disk_octets} octets as served"
+        assert len(uidl) == count and len(sizes) == count, f"{user}: STAT {count}, UIDL {len(uidl)}, LIST {len(sizes)}"
+        assert sum(sizes.values()) == octets, f"{user}: LIST sums to {sum(sizes.values())}, STAT says {octets}"
+        assert len(set(uidl.values())) == len(uidl), f"{user}: duplicate UIDLs"
+        if expect_count is not None:
+            assert count == expect_count, f"{user}: STAT {count} messages, expected {expect_count}"
+        if expect_uidl is not None:
+            assert sorted(uidl.values()) == sorted(expect_uidl), \
+                f"{user}: UIDLs changed: lost {sorted(set(expect_uidl) - set(uidl.values()))[:5]}, " \
+                f"new {sorted(set(uidl.values()) - set(expect_uidl))[:5]}"
+        resp = c.quit()
+        assert resp.startswith(b"+OK"), f"{user}: QUIT {resp!r}"
+    finally:
+        c.close()
+    return uidl, elapsed
+
+
+def restart_and_verify(server, user, password, expect_uidl=None, expect_count=None, kill=False):
+    """The server starts cleanly on the same data folder: a login, STAT and UIDL as expected, demo still works."""
+    server.restart(kill=kill)
+    uidl, elapsed = verify_maildrop(server, user, password, expect_uidl, expect_count)
+    demo, _ = login(server, "demo", server.password)
+    demo.stat()
+    demo.quit()
+    return f"restart: login {elapsed * 1000:.0f} ms, STAT/UIDL {len(uidl)} messages consistent"
+
+
+def stale_lock_note(server, user):
+    lock = os.path.join(server.maildir(user), "pop3d.lock")
+    return "stale pop3d.lock left" if os.path.exists(lock) else "no pop3d.lock left"
+
+
+# ---------------------------------------------------------------- 1. kill -9 during RETR
+
+def check_kill_during_retr(server):
+    user, password = "bigretr", "big-retr-password"
+    server.add_user(user, password)
+    msgid, big = make_message("big", 1, 30 * 1024 * 1024)
+    small = [make_message("bigsmall", i) for i in range(3)]
+    for _, data in small[:1] + [(msgid, big)] + small[1:]:
+        rc, err = server.deliver(user, data)
+        assert rc == 0, f"deliver: exit {rc}: {err}"
+    big_file = [name for name in listdir(os.path.join(server.maildir(user), "new"))
+                if os.path.getsize(os.path.join(server.maildir(user), "new", name)) == len(big)]
+    assert len(big_file) == 1, f"the 30 MiB message is not in new/ once: {big_file}"
+
+    c, _ = login(server, user, password)
+    before_uidl = c.uidl()
+    before_list = c.list()
+    big_n = [n for n, size in before_list.items() if size == pop3_size(big)]
+    assert big_n == [2], f"LIST does not show the big message as 2: {before_list}"
+    # A slow raw TLS reader: small reads with pauses, then kill -9 mid-stream.
+    c.send("RETR 2")
+    received = 0
+    started = time.monotonic()
+    while received < 2 * 1024 * 1024 and time.monotonic() - started < 20:
+        chunk = c.sock.recv(8192)
+        assert chunk, "connection closed during RETR before the kill"
+        received += len(chunk)
+        time.sleep(0.002)
+    lock_held = os.path.exists(os.path.join(server.maildir(user), "pop3d.lock"))
+    server.kill9()
+    c.close()
+    assert lock_held, "no pop3d.lock while a session held the maildrop"
+    note = stale_lock_note(server, user)
+
+    server.start()
+    c, elapsed = login(server, user, password, deadline=2.0)  # the stale lock must not cost a timeout
+    after_uidl = c.uidl()
+    after_list = c.list()
+    assert after_uidl == before_uidl, f"UIDLs changed across kill -9: {before_uidl} → {after_uidl}"
+    assert after_list == before_list, f"sizes changed across kill -9: {before_list} → {after_list}"
+    served = c.retr(2)
+    assert len(served) == pop3_size(big), f"RETR after restart: {len(served)} octets, expected {pop3_size(big)}"
+    assert sha(normalize(served)) == sha(big), "RETR after restart: content differs from what was delivered"
+    resp = c.quit()
+    assert resp.startswith(b"+OK"), f"QUIT {resp!r}"
+    with open(os.path.join(server.maildir(user), "new", big_file[0]), "rb") as f:
+        assert sha(f.read()) == sha(big), "the message file on disk changed"
+    recovered = server.log_lines("removed stale maildrop lock")
+    detail = (f"killed after {received / 1048576:.1f} MiB of {len(big) / 1048576:.0f} MiB read slowly; {note}; "
+              f"login after restart {elapsed * 1000:.0f} ms ({len(recovered)} stale-lock recovery logged); "
+              f"30 MiB intact (sha256, size {len(big)}), UIDLs unchanged; ")
+    return detail + restart_and_verify(server, user, password, expect_uidl=list(before_uidl.values()))
+
+
+# ---------------------------------------------------------------- 2. kill -9 during QUIT's commit
+
+def check_kill_during_commit(server, rounds, size):
+    user, password = "bulk", "bulk-password"
+    server.add_user(user, password)
+    maildir = server.maildir(user)
+    rng = random.Random(ARGS.seed)
+    next_index = [0]
+    known_uidl = {}  # Message-ID -> UIDL, first seen
+    contents = {}  # Message-ID -> bytes
+
+    def top_up(count):
+        batch = []
+        for _ in range(count):
+            msgid, data = make_message("bulk", next_index[0])
+            next_index[0] += 1
+            contents[msgid] = data
+            batch.append((msgid, data))
+        seed_maildir(maildir, batch)
+
+    def listing(c):
+        uidl = c.uidl()
+        ids = c.message_ids(sorted(uidl))
+        by_id = {}
+        for n, uid in uidl.items():
+            mid = ids[n]
+            assert mid is not None and mid not in by_id, f"message {n}: Message-ID {mid!r} missing or duplicated"
+            by_id[mid] = uid
+            first = known_uidl.setdefault(mid, uid)
+            assert first == uid, f"{mid}: UIDL changed from {first} to {uid}"
+        return uidl, ids, by_id
+
+    top_up(size)
+    committed_rounds, partial = 0, []
+    login_times = []
+    outcome = []
+
+    def diagnose(error):
+        """Evidence for a failed login: lock files left in the Maildir and whether their holders live."""
+        locks = []
+        for name in listdir(maildir):
+            if name.endswith(".lock"):
+                path = os.path.join(maildir, name)
+                with open(path, "rb") as f:
+                    text = f.read(100).decode(errors="replace").strip()
+                pid = text.replace(":", " ").split()[0] if text else ""
+                alive = pid.isdigit() and os.path.exists(f"/proc/{pid}")
+                locks.append(f"{name} ({text!r}, age {time.time() - os.path.getmtime(path):.0f} s, "
+                             f"holder {'alive' if alive else 'gone'})")
+        logs = [line.split(" pop3d: ", 1)[-1] for line in server.log_lines("error", "warning")][-3:]
+        return (f"{error}; after {'; '.join(outcome[-1:]) or 'the first kill'}: locks left {locks or 'none'}; "
+                f"log: {' | '.join(logs)}")
+
+    for r in range(rounds):
+        present = len(maildir_files(maildir))
+        if present < size:
+            top_up(size - present)
+        try:
+            c, elapsed = login(server, user, password, deadline=5.0)
+        except (POP3Error, AssertionError) as e:
+            raise AssertionError(f"round {r}: login with {size - present} newly delivered messages failed: "
+                                 + diagnose(e)) from None
+        login_times.append(elapsed)
+        uidl, ids, before = listing(c)
+        assert len(uidl) == size, f"round {r}: {len(uidl)} messages listed, expected {size}"
+        doomed_n = [n for n in sorted(uidl) if n % 2 == 0]
+        doomed = {ids[n] for n in doomed_n}
+        kept = set(before) - doomed
+        c.dele_many(doomed_n)
+        # 0-50 ms as a rule; every fifth round later (50-400 ms) so that the "+OK means committed" side is exercised
+        # too (a debug build's commit of 750 deletions often takes longer than 50 ms).
+        delay = rng.uniform(0.05, 0.4) if r % 5 == 4 else rng.uniform(0, 0.05)
+        c.send("QUIT")
+        time.sleep(delay)
+        server.kill9()
+        c.sock.settimeout(5)
+        try:
+            reply = c.line()
+        except (POP3Error, OSError):
+            reply = b""
+        c.close()
+        got_ok = reply.startswith(b"+OK")
+
+        server.start()
+        c, elapsed = login(server, user, password, deadline=5.0)
+        login_times.append(elapsed)
+        outcome.append(f"round {r}: kill {delay * 1000:.0f} ms after QUIT, {'+OK' if got_ok else 'no +OK'}")
+        count, octets = c.stat()
+        _, _, after = listing(c)
+        c.quit()
+        files = maildir_files(maildir)
+        disk_octets = sum(pop3_size(data) for _, data in files)
+        assert (count, octets) == (len(files), disk_octets), \
+            f"round {r}: STAT {count} {octets}, Maildir {len(files)} files {disk_octets} octets"
+        lost = kept - set(after)
+        assert not lost, f"round {r}: {len(lost)} messages that were not DELE'd are gone, e.g. {sorted(lost)[:3]}"
+        extra = set(after) - set(before)
+        assert not extra, f"round {r}: unexpected messages {sorted(extra)[:3]}"
+        for _, data in files:
+            mid = [h for h in data.split(b"\n") if h.startswith(b"Message-ID:")][0].split(b":", 1)[1].strip().decode()
+            assert contents[mid] == data, f"round {r}: {mid} changed on disk"
+        still = doomed & set(after)
+        if got_ok:
+            committed_rounds += 1
+            assert not still, f"round {r}: +OK to QUIT but {len(still)} DELE'd messages are still there"
+        else:
+            partial.append(f"{len(doomed) - len(still)}/{len(doomed)}")
+    leftovers = [n for n in listdir(maildir) if n.endswith(".lock")]
+    detail = (f"{rounds} rounds of {size} messages, DELE {size // 2}, kill -9 0–50 ms (every 5th: 50–400 ms) after QUIT: "
+              f"{committed_rounds} got +OK (all DELE'd gone), {rounds - committed_rounds} killed before +OK "
+              f"(deleted so far: {', '.join(partial) or '-'}); nothing un-DELE'd lost, UIDLs stable, STAT = files; "
+              f"logins max {max(login_times) * 1000:.0f} ms; lock files left: {leftovers or 'none'}; ")
+    return detail + restart_and_verify(server, user, password, expect_uidl=list(known_uidl[m] for m in after))
+
+
+# ---------------------------------------------------------------- 3. kill -9 of `pop3d deliver` on a slow stdin
+
+def check_kill_deliver(server, iterations):
+    user, password = "dlv", "deliver-password"
+    server.add_user(user, password)
+    maildir = server.maildir(user)
+    rng = random.Random(ARGS.seed + 1)
+    _, message = make_message("deliver", 1, 2 * 1024 * 1024)
+    chunk, pause = 64 * 1024, 0.02
+    feed_time = len(message) / chunk * pause
+    outcomes = {"killed": 0, "killed, file stored": 0, "exited 0 first": 0}
+    kill_points = []
+
+    def feed(proc):
+        try:
+            for start in range(0, len(message), chunk):
+                proc.stdin.write(message[start:start + chunk])
+                proc.stdin.flush()
+                time.sleep(pause)
+            proc.stdin.close()
+        except (BrokenPipeError, OSError, ValueError):
+            pass
+
+    for i in range(iterations):
+        before = set(listdir(os.path.join(maildir, "new")))
+        proc = subprocess.Popen([ARGS.pop3d, "deliver", user, "--config", server.config],
+                                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        writer = threading.Thread(target=feed, args=(proc,), daemon=True)
+        started = time.monotonic()
+        writer.start()
+        if i % 4 == 3:
+            writer.join(timeout=60)  # right after the end of input: during the copy's tail, fsync or rename
+            time.sleep(rng.uniform(0, 0.005))
+        else:
+            time.sleep(rng.uniform(0.02, feed_time))
+        kill_points.append(time.monotonic() - started)
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)  # our child, not yet reaped: the PID cannot have been reused
+        rc = proc.wait(timeout=30)
+        writer.join(timeout=30)
+        after = set(listdir(os.path.join(maildir, "new")))
+        added = after - before
+        # Exit 0 means it finished before the signal landed: then the message must be in new/, complete.
+        # Killed (-9): at most one file, and only a complete one (killed after the rename, before exiting).
+        if rc == 0:
+            outcomes["exited 0 first"] += 1
+            assert len(added) == 1, f"iteration {i}: exit 0 but {len(added)} new files"
+        else:
+            assert rc == -signal.SIGKILL, f"iteration {i}: deliver exited {rc} (not killed, not 0)"
+            assert len(added) <= 1, f"iteration {i}: {len(added)} new files from one deliver"
+            outcomes["killed, file stored" if added else "killed"] += 1
+        for name in after:
+            with open(os.path.join(maildir, "new", name), "rb") as f:
+                data = f.read()
+            assert data == message, f"iteration {i}: new/{name} holds {len(data)} of {len(message)} octets (partial)"
+    tmp_left = len(listdir(os.path.join(maildir, "tmp")))
+    rc, err = server.deliver(user, message)
+    assert rc == 0, f"a later deliver of the same message: exit {rc}: {err}"
+    files = listdir(os.path.join(maildir, "new"))
+    for name in files:
+        with open(os.path.join(maildir, "new", name), "rb") as f:
+            assert f.read() == message, f"new/{name} is not a complete copy"
+    c, _ = login(server, user, password)
+    count, _ = c.stat()
+    sizes = c.list()
+    assert count == len(files), f"STAT {count}, new/ holds {len(files)}"
+    assert set(sizes.values()) == {pop3_size(message)}, f"LIST sizes {set(sizes.values())}"
+    served = c.retr(count)
+    assert normalize(served) == message, "RETR of the re-delivered message differs"
+    c.quit()
+    detail = (f"{iterations} deliveries of 2 MiB from a slow pipe, kill -9 at {min(kill_points):.2f}–"
+              f"{max(kill_points):.2f} s: {outcomes}; every file in new/ complete ({len(files)} incl. the re-delivery); "
+              f"partial files left in tmp/: {tmp_left} (Maildir readers ignore tmp/); re-delivery exit 0 and served; ")
+    return detail + restart_and_verify(server, user, password, expect_count=len(files))
+
+
+# ---------------------------------------------------------------- 4. disk full during delivery
+
+def check_disk_full(server):
+    user, password = "full", "full-password"
+    server.add_user(user, password)
+    maildir = server.maildir(user)
+    os.makedirs(maildir, exist_ok=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs", maildir],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, (f"cannot mount a tmpfs (needs root or CAP_SYS_ADMIN): exit {r.returncode}: "
+                               f"{r.stderr.strip()} — the disk-full check did not run")
+    try:
+        filler = os.path.join(maildir, "filler")
+        with open(filler, "wb") as f:
+            f.write(b"\0" * 512 * 1024)
+        messages = [make_message("full", i, 200 * 1024) for i in range(30)]
+        delivered, failure = [], None
+        for msgid, data in messages:
+            rc, err = server.deliver(user, data)
+            if rc != 0:
+                failure = (msgid, data, rc, err)
+                break
+            delivered.append((msgid, data))
+        assert failure is not None, f"{len(delivered)} deliveries of 200 KiB into a 2 MiB tmpfs all succeeded"
+        msgid, data, rc, err = failure
+        assert rc == EX_TEMPFAIL, f"the deliver that hit ENOSPC exited {rc}, expected {EX_TEMPFAIL}: {err}"
+        files = maildir_files(maildir)
+        assert len(files) == len(delivered), f"{len(delivered)} deliveries succeeded, new/ holds {len(files)} files"
+        stored = sorted(data for _, data in files)
+        assert stored == sorted(d for _, d in delivered), "new/ holds a partial or changed message"
+        tmp_left = listdir(os.path.join(maildir, "tmp"))
+        assert not tmp_left, f"the failed deliver left {tmp_left} in tmp/"
+        df = os.statvfs(maildir)
+        free_kib = df.f_bavail * df.f_frsize // 1024
+
+        # Served by pop3d while the file system is still nearly full.
+        c, _ = login(server, user, password)
+        count, _ = c.stat()
+        assert count == len(delivered), f"STAT {count}, delivered {len(delivered)}"
+        ids = c.message_ids(range(1, count + 1))
+        for n in range(1, count + 1):
+            served = normalize(c.retr(n))
+            assert served == dict(delivered)[ids[n]], f"RETR {n} differs from what was delivered"
+        resp = c.quit()
+        assert resp.startswith(b"+OK"), f"QUIT {resp!r}"
+
+        os.unlink(filler)
+        rc2, err2 = server.deliver(user, data)
+        assert rc2 == 0, f"deliver after freeing space: exit {rc2}: {err2}"
+        delivered.append((msgid, data))
+        assert sorted(d for _, d in maildir_files(maildir)) == sorted(d for _, d in delivered), \
+            "after freeing space: new/ does not hold exactly the delivered messages"
+        detail = (f"{len(delivered) - 1} × 200 KiB delivered, the next exited {rc} (…{err.splitlines()[-1][-60:]}); "
+                  f"no partial file in new/, tmp/ empty, {free_kib} KiB free after it; all {count} served intact; "
+                  f"after freeing 512 KiB the same message delivered (exit 0); ")
+        return detail + restart_and_verify(server, user, password, expect_count=len(delivered))
+    finally:
+        r = subprocess.run(["umount", maildir], capture_output=True, text=True, timeout=30)
+        if r.returncode != 0:
+            subprocess.run(["umount", "-l", maildir], capture_output=True, timeout=30)
+
+
+# ---------------------------------------------------------------- 5. message file removed underneath a session
+
+def check_file_removed(server):
+    user, password = "gone", "gone-password"
+    server.add_user(user, password)
+    messages = [make_message("gone", i, 4096) for i in range(6)]
+    for _, data in messages:
+        rc, err = server.deliver(user, data)
+        assert rc == 0, f"deliver: exit {rc}: {err}"
+    maildir = server.maildir(user)
+    by_id = dict(messages)
+
+    def file_of(msgid):
+        for rel, data in maildir_files(maildir):
+            if msgid.encode() in data.split(b"\n\n", 1)[0]:
+                return os.path.join(maildir, rel)
+        return None
+
+    c, _ = login(server, user, password)
+    uidl = c.uidl()
+    ids = c.message_ids(sorted(uidl))
+    os.unlink(file_of(ids[3]))
+    retr_gone = c.cmd("RETR 3")
+    assert retr_gone.startswith(b"-ERR"), f"RETR of a removed message: {retr_gone!r}"
+    for n in (1, 2, 4):
+        assert normalize(c.retr(n)) == by_id[ids[n]], f"RETR {n} after the failed RETR differs"
+    # Another file removed and DELE'd without a RETR (an admin or second agent removed it): the commit copes.
+    os.unlink(file_of(ids[6]))
+    c.ok("DELE 5")
+    c.ok("DELE 6")
+    c.ok("NOOP")
+    resp = c.quit()
+    assert resp.startswith(b"+OK"), f"QUIT after a vanished message: {resp!r}"
+    remaining = [uidl[n] for n in (1, 2, 4)]
+    c, _ = login(server, user, password)
+    after = c.uidl()
+    after_ids = c.message_ids(sorted(after))
+    for n in after:
+        assert normalize(c.retr(n)) == by_id[after_ids[n]], f"RETR {n} in the next session differs"
+    c.quit()
+    assert sorted(after.values()) == sorted(remaining), f"next session: UIDLs {after} expected {remaining}"
+    gone_logs = server.log_lines("message-gone", "vanished")
+    detail = (f"RETR of the removed message: {retr_gone.decode(errors='replace')[:60]!r}, session continued; "
+              f"RETR 1/2/4 intact, DELE 5 + DELE of a vanished 6, QUIT +OK; next session 3 messages, UIDLs kept; "
+              f"{len(gone_logs)} log line(s) about it; ")
+    return detail + restart_and_verify(server, user, password, expect_uidl=remaining)
+
+
+# ---------------------------------------------------------------- main
+
+def main():
+    global ARGS
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pop3d", required=True)
+    parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    parser.add_argument("--seed", type=int, default=int(time.time()))
+    parser.add_argument("--commit-rounds", type=int, default=10)
+    parser.add_argument("--commit-size", type=int, default=1500)
+    parser.add_argument("--deliver-kills", type=int, default=15)
+    ARGS = parser.parse_args()
+    ARGS.pop3d = os.path.abspath(ARGS.pop3d)
+    print(f"faults: seed {ARGS.seed}", flush=True)
+    root = tempfile.mkdtemp(prefix="pop3d-faults-")
+    # A private copy: other builds in the same checkout may replace the binary while this runs (restarts, `deliver`
+    # and gdb must all see the same executable).
+    shutil.copy2(ARGS.pop3d, os.path.join(root, "pop3d"))
+    ARGS.pop3d = os.path.join(root, "pop3d")
+    server = Server(root)
+    started = time.monotonic()
+    try:
+        server.start()
+        run_check("1. kill -9 of pop3d during a slow RETR of 30 MiB: stale lock recovered, message intact",
+                  check_kill_during_retr, server)
+        run_check(f"2. kill -9 of pop3d during QUIT's commit ({ARGS.commit_rounds} rounds): "
+                  "nothing un-DELE'd lost, UIDLs stable, +OK means committed",
+                  check_kill_during_commit, server, ARGS.commit_rounds, ARGS.commit_size)
+        run_check(f"3. kill -9 of `pop3d deliver` on a slow stdin ({ARGS.deliver_kills} times): "
+                  "never a partial file in new/, never exit 0",
+                  check_kill_deliver, server, ARGS.deliver_kills)
+        run_check("4. disk full during delivery (2 MiB tmpfs): exit 75, no partial file, earlier mail served",
+                  check_disk_full, server)
+        run_check("5. message file removed underneath a session: RETR -ERR, session goes on, QUIT commits",
+                  check_file_removed, server)
+    except Exception as e:  # noqa: BLE001 - the server itself did not start
+        record("pop3d starts", False, f"{type(e).__name__}: {e}")
+    finally:
+        status = server.stop() if server.proc else None
+        fatal = server.log_lines("critical", "Fatal error", "fatalError")
+        if fatal:
+            record("no fatal or critical log lines", False, " | ".join(fatal[:5]))
+        if status not in (0, None):
+            record("pop3d stops cleanly on SIGTERM at the end", False, f"exit status {status}: {server.log_tail()}")
+        if ARGS.keep or any(not ok for _, ok, _ in RESULTS):
+            print(f"faults: logs and data kept in {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+    passed = sum(1 for _, ok, _ in RESULTS if ok)
+    failed = len(RESULTS) - passed
+    print(f"faults: total {time.monotonic() - started:.0f} s")
+    print(f"faults: {passed} passed, {failed} failed")
+    return 1 if failed or not RESULTS else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
