@@ -226,6 +226,49 @@ import Testing
         #expect(lines == Self.wireLines(body))
     }
 
+    /// security.md 66/67: per-address and total connection caps.
+    @Test func connectionLimits() async throws {
+        let server = try await TestServer.start { configuration in
+            configuration.limits.connectionsPerAddress = 2
+            configuration.limits.connections = 3
+            configuration.pop3Listeners = [ListenAddress(host: "127.0.0.1", port: 0)]
+        }
+        defer { Task { await server.stop() } }
+        var open: [TestClient] = []
+        for _ in 0..<2 {
+            let client = try await TestClient.connect(port: server.pop3Port)
+            #expect(try await client.readLine()?.hasPrefix("+OK") == true)
+            open.append(client)
+        }
+        let third = try await TestClient.connect(port: server.pop3Port)
+        #expect(try await third.readUntilClosed() == ["-ERR [SYS/TEMP] Too many connections, try again later."])
+        // Freeing a slot lets the next one in.
+        _ = try await open[0].command("QUIT")
+        _ = try await open[0].readUntilClosed()
+        var admitted = false
+        for _ in 0..<50 where !admitted {
+            let next = try await TestClient.connect(port: server.pop3Port)
+            admitted = try await next.readLine()?.hasPrefix("+OK swift-pop3") == true
+            if !admitted { try await Task.sleep(for: .milliseconds(50)) } else { open.append(next) }
+        }
+        #expect(admitted)
+    }
+
+    /// security.md 10: garbage instead of a ClientHello after `+OK` to STLS closes the connection without any
+    /// plaintext reply, and the server goes on serving.
+    @Test func garbageAfterSTLSClosesWithoutReply() async throws {
+        let server = try await TestServer.start()
+        defer { Task { await server.stop() } }
+        let client = try await TestClient.connect(port: server.pop3Port)
+        _ = try await client.readLine()
+        #expect(try await client.command("STLS") == "+OK Begin TLS negotiation now.")
+        try await client.send("GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        let after = try await client.readUntilClosed()
+        #expect(after.allSatisfy { !$0.contains("OK") && !$0.contains("ERR") }, "no plaintext POP3 reply: \(after)")
+        let fresh = try await server.connectTLS()
+        #expect(try await fresh.command("NOOP").hasPrefix("-ERR"), "still serving")
+    }
+
     @Test func ipv6Listener() async throws {
         let server = try await TestServer.start { configuration in
             configuration.pop3sListeners = [ListenAddress(parsing: "[::1]:0")!]
