@@ -226,12 +226,12 @@ import Testing
         #expect(lines == Self.wireLines(body))
     }
 
-    /// security.md 66/67: per-address and total connection caps.
-    @Test func connectionLimits() async throws {
+    /// security.md 66/67: the per-address cap (2 of 100 total) and the total cap (2, with 100 per address).
+    @Test(arguments: [(2, 100), (100, 2)])
+    func connectionLimits(perAddress: Int, total: Int) async throws {
         let server = try await TestServer.start { configuration in
-            configuration.limits.connectionsPerAddress = 2
-            configuration.limits.connections = 3
-            configuration.pop3Listeners = [ListenAddress(host: "127.0.0.1", port: 0)]
+            configuration.limits.connectionsPerAddress = perAddress
+            configuration.limits.connections = total
         }
         defer { Task { await server.stop() } }
         var open: [TestClient] = []
