@@ -270,10 +270,28 @@ struct MaildirStore: Sendable {
         if list.mailboxGUID.isEmpty { list.mailboxGUID = DovecotUIDList.generateGUID() }
         let (entries, added) = try self.update(files, in: &list)
         try self.writeUIDList(list)
+        self.sweepTemporaryFiles()
         if added > 0 {
             self.logger.debug("indexed new messages", metadata: ["count": "\(added)", "path": "\(self.path)"])
         }
         return entries
+    }
+
+    /// Files left in tmp/ by deliveries that died are removed after 36 hours, as maildir(5) and Dovecot do. Runs when
+    /// the index is rewritten (new mail arrived), so a quiet maildrop costs nothing.
+    static let temporaryFileLifetimeNanoseconds: Int64 = 36 * 3600 * 1_000_000_000
+
+    func sweepTemporaryFiles(now: Int64 = WallClock.now()) {
+        guard let names = try? FileSystem.listDirectory(self.file("tmp")) else { return }
+        for name in names {
+            let path = self.file("tmp/" + name)
+            guard let st = (try? FileSystem.status(path)) ?? nil,
+                now - WallClock.modificationTime(st) > Self.temporaryFileLifetimeNanoseconds
+            else { continue }
+            if (try? FileSystem.unlink(path)) == true {
+                self.logger.notice("removed an abandoned file from tmp/", metadata: ["path": "\(path)"])
+            }
+        }
     }
 
     /// Read-only resolution: nil when the uidlist needs an update (a file without record or size, or an old format).

@@ -46,3 +46,22 @@ import Foundation
         await maildrop.release()
     }
 }
+
+@Suite struct TemporaryFileSweepTests {
+    /// security.md 57: files abandoned in tmp/ by a killed delivery are removed after 36 hours, fresh ones stay.
+    @Test func oldTemporaryFilesAreRemovedWhenNewMailIsIndexed() async throws {
+        let fixture = try MaildirFixture()
+        defer { fixture.cleanUp() }
+        try fixture.createLayout()
+        try fixture.write("tmp/old.partial", "half a mess")
+        try fixture.write("tmp/fresh.partial", "being written")
+        var times = [timespec(tv_sec: Int(Date().timeIntervalSince1970) - 40 * 3600, tv_nsec: 0), timespec()]
+        times[1] = times[0]
+        #expect(utimensat(AT_FDCWD, fixture.path + "/tmp/old.partial", &times, 0) == 0)
+        _ = try MaildirDelivery.deliver(Array("Subject: new\n\nx\n".utf8), toMaildir: fixture.path)
+        let maildrop = try await MaildirFixture.provider().openMaildrop(user: "u", path: fixture.path)
+        await maildrop.release()
+        #expect(!FileManager.default.fileExists(atPath: fixture.path + "/tmp/old.partial"))
+        #expect(FileManager.default.fileExists(atPath: fixture.path + "/tmp/fresh.partial"))
+    }
+}
