@@ -34,11 +34,7 @@ import Foundation
         let fixture = try MaildirFixture()
         defer { fixture.cleanUp() }
         try fixture.createLayout()
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/bin/true")
-        try process.run()
-        process.waitUntilExit()
-        try fixture.write("dovecot-uidlist.lock", "\(process.processIdentifier):\(hostName())\n")
+        try fixture.write("dovecot-uidlist.lock", "\(try deadProcessIdentifier()):\(hostName())\n")
         _ = try MaildirDelivery.deliver(Array("Subject: new\n\nx\n".utf8), toMaildir: fixture.path)
         let maildrop = try await MaildirFixture.provider().openMaildrop(user: "u", path: fixture.path)
         #expect(maildrop.messages.count == 1)

@@ -182,11 +182,7 @@ struct MaildirProviderTests {
         let fixture = try MaildirFixture()
         defer { fixture.cleanUp() }
         try fixture.createLayout()
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/bin/true")
-        try process.run()
-        process.waitUntilExit()
-        try fixture.write("pop3d.lock", "\(process.processIdentifier) \(hostName())\n")
+        try fixture.write("pop3d.lock", "\(try deadProcessIdentifier()) \(hostName())\n")
         let maildrop = try await MaildirFixture.provider().openMaildrop(user: "u", path: fixture.path)
         #expect(try fixture.read("pop3d.lock") == "\(getpid()) \(hostName())\n")
         await maildrop.release()
