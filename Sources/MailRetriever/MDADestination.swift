@@ -15,10 +15,14 @@ import NIOCore
 /// recorded the delivery makes the next run deliver the message again.
 public final class MDADestination: MessageDestination {
     public let command: String
+    /// A command still running after this long is killed (with everything it started) and the delivery fails:
+    /// a hung MDA must not hang the fetch (security.md 99). No DELE follows; the next run retries.
+    public let timeoutSeconds: Int
     private var spoolDirectory: String?
 
-    public init(command: String) {
+    public init(command: String, timeoutSeconds: Int = 300) {
         self.command = command
+        self.timeoutSeconds = timeoutSeconds
     }
 
     /// Spool files go to the journal's state directory. They are unlinked as soon as they are open, so a crash
@@ -36,7 +40,7 @@ public final class MDADestination: MessageDestination {
             do {
                 let fd = try FileIO.open(path, O_RDWR | O_CREAT | O_EXCL, mode: 0o600)
                 _ = unlink(path)
-                return Sink(command: command, fd: fd, path: path)
+                return Sink(command: command, timeoutSeconds: timeoutSeconds, fd: fd, path: path)
             } catch let error as FileSystemError where error.errno == EEXIST && attempt < 100 {
                 attempt += 1
             }
@@ -45,13 +49,15 @@ public final class MDADestination: MessageDestination {
 
     private final class Sink: MessageSink {
         private let command: String
+        private let timeoutSeconds: Int
         private var fd: Int32
         private let path: String
         private let writer: BufferedFileWriter
         private var converter = CRLFToLF()
 
-        init(command: String, fd: Int32, path: String) {
+        init(command: String, timeoutSeconds: Int, fd: Int32, path: String) {
             self.command = command
+            self.timeoutSeconds = timeoutSeconds
             self.fd = fd
             self.path = path
             self.writer = BufferedFileWriter(fd: fd, path: path)
@@ -74,13 +80,13 @@ public final class MDADestination: MessageDestination {
             try writer.append(contentsOf: tail)
             try writer.flush()
             guard lseek(fd, 0, SEEK_SET) == 0 else { throw FileSystemError("lseek", path: path, errno: errno) }
-            let result = try Subprocess.runShell(command, standardInput: fd, capture: .standardError)
-            guard result.succeeded else {
+            let result = try Subprocess.runShell(command, standardInput: fd, capture: .standardError, timeoutSeconds: timeoutSeconds)
+            guard result.succeeded, !result.timedOut else {
                 throw MailRetrieverError.mdaFailed(
                     command: command,
                     exitStatus: result.exitStatus,
                     signal: result.signal,
-                    stderr: result.firstLine
+                    stderr: result.timedOut ? "killed after \(timeoutSeconds) s without finishing" : result.firstLine
                 )
             }
         }

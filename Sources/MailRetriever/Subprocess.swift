@@ -22,6 +22,8 @@ enum Subprocess {
         var signal: Int32?
         /// The first `limit` bytes of the captured stream.
         var output: [UInt8]
+        /// The command ran past its deadline and was killed (with its process group).
+        var timedOut = false
 
         var succeeded: Bool { exitStatus == 0 }
 
@@ -36,9 +38,14 @@ enum Subprocess {
 
     /// - Parameters:
     ///   - standardInput: a descriptor to become the child's stdin (its offset is shared), or nil to inherit ours.
-    static func runShell(_ command: String, standardInput: Int32?, capture: Capture, limit: Int = 65536) throws
-        -> Result
-    {
+    ///   - timeoutSeconds: kill the command and everything it started (its process group) after this long.
+    static func runShell(
+        _ command: String,
+        standardInput: Int32?,
+        capture: Capture,
+        limit: Int = 65536,
+        timeoutSeconds: Int? = nil
+    ) throws -> Result {
         // A socket pair rather than a pipe: SOCK_CLOEXEC sets close-on-exec atomically (pipe2 is not imported), so
         // children that other threads spawn meanwhile never inherit the write end and hold our EOF back.
         var pipeFDs: [Int32] = [-1, -1]
@@ -93,7 +100,9 @@ enum Subprocess {
         sigemptyset(&mask)
         posix_spawnattr_setsigdefault(&attributes, &defaults)
         posix_spawnattr_setsigmask(&attributes, &mask)
-        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK))
+        // Its own process group, so that a deadline can stop the shell and whatever it started.
+        posix_spawnattr_setpgroup(&attributes, 0)
+        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETPGROUP))
 
         let arguments: [UnsafeMutablePointer<CChar>?] = ["/bin/sh", "-c", command].map { (text: String) in strdup(text)
         }
@@ -110,10 +119,25 @@ enum Subprocess {
         FileIO.close(writeEnd)
         writeEnd = -1
 
-        // Drain the pipe to EOF (so the child never blocks on it), keeping the first `limit` bytes.
+        // Drain the pipe to EOF (so the child never blocks on it), keeping the first `limit` bytes. Past the deadline
+        // the process group is killed; its end of the pipe then closes.
         var output: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 4096)
+        let deadline = timeoutSeconds.map { ContinuousClock.now + .seconds($0) }
+        var timedOut = false
         while true {
+            if let deadline, !timedOut {
+                let left = deadline - ContinuousClock.now
+                let milliseconds = max(0, Int32(clamping: left.components.seconds * 1000 + left.components.attoseconds / 1_000_000_000_000_000))
+                var descriptor = pollfd(fd: readEnd, events: Int16(POLLIN), revents: 0)
+                let ready = poll(&descriptor, 1, milliseconds)
+                if ready == 0 {
+                    timedOut = true
+                    _ = kill(-pid, SIGKILL)
+                    continue
+                }
+                if ready < 0 && errno == EINTR { continue }
+            }
             let n = (try? chunk.withUnsafeMutableBytes { try FileIO.read(readEnd, into: $0, path: command) }) ?? 0
             if n == 0 { break }
             if output.count < limit { output.append(contentsOf: chunk[0..<min(n, limit - output.count)]) }
@@ -124,8 +148,8 @@ enum Subprocess {
         }
         let terminatingSignal = status & 0x7F
         if terminatingSignal == 0 {
-            return Result(exitStatus: (status >> 8) & 0xFF, signal: nil, output: output)
+            return Result(exitStatus: (status >> 8) & 0xFF, signal: nil, output: output, timedOut: timedOut)
         }
-        return Result(exitStatus: nil, signal: terminatingSignal, output: output)
+        return Result(exitStatus: nil, signal: terminatingSignal, output: output, timedOut: timedOut)
     }
 }

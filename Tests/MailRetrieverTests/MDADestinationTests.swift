@@ -38,6 +38,26 @@ import Testing
         #expect(error.description.contains("exited with status 3: no such user"))
     }
 
+    /// security.md 99: a hung MDA (and the child it started) is killed at the deadline; the delivery fails.
+    @Test func hungCommandIsKilledAtItsDeadline() throws {
+        let dir = try TemporaryDirectory()
+        let journal = try UIDLJournal.open(testKey, stateDirectory: dir.path)
+        let mda = MDADestination(command: "cat >/dev/null; sleep 300 & wait", timeoutSeconds: 1)
+        try mda.recover(journal: journal)
+        let sink = try mda.begin(uid: "1")
+        try sink.write(buffer("Subject: x\r\n\r\n"))
+        let start = ContinuousClock.now
+        let error = try #require(throws: MailRetrieverError.self) { try sink.commit() }
+        #expect(ContinuousClock.now - start < .seconds(60), "killed, not waited for")
+        guard case .mdaFailed(_, _, let signal, let stderr) = error else {
+            Issue.record("unexpected \(error)")
+            return
+        }
+        #expect(signal == SIGKILL)
+        #expect(stderr.contains("killed after 1 s"))
+        #expect(journal.entry(for: "1")?.delivered != true)
+    }
+
     @Test func plainExitThree() throws {
         let (state, _, mda) = try setUp("exit 3")
         defer { withExtendedLifetime(state) {} }
