@@ -32,7 +32,7 @@ public final class POP3Connection {
     private let observed: ObservedTLS
 
     final class ObservedTLS: Sendable {
-        let box = NIOLockedValueBoxCompat<(alpn: String?, suite: UInt16?, chain: [[UInt8]])>((nil, nil, []))
+        let box = NIOLockedValueBox<(alpn: String?, suite: UInt16?)>((nil, nil))
     }
 
     public var supportsPipelining: Bool { self.capabilities.contains { $0.uppercased() == "PIPELINING" } }
@@ -114,7 +114,7 @@ public final class POP3Connection {
                 throw POP3ClientError.stlsResponseInjection
             }
             guard reply.kind == .ok else { throw POP3ClientError.stlsRefused(reply.text) }
-            try await self.recordTLSAfterHandshake()
+            try await self.recordTLS()
         }
         try await self.refreshCapabilities()
     }
@@ -176,11 +176,6 @@ public final class POP3Connection {
             HandshakeDeadlineHandler(timeout: configuration.replyTimeout),
             TLSHandshakeObserver { result in observed.box.withLockedValue { $0.alpn = result.negotiatedProtocol } },
         ]
-    }
-
-    /// After STLS: TLS is inserted; the handshake finishes before the next reply can be read.
-    private func recordTLSAfterHandshake() async throws {
-        try await self.recordTLS()
     }
 
     private func recordTLS() async throws {
@@ -442,9 +437,6 @@ final class AggregateHandler: ChannelInboundHandler, RemovableChannelHandler {
         context.fireChannelRead(data)
     }
 }
-
-/// NIOLockedValueBox without importing NIOConcurrencyHelpers in every file.
-typealias NIOLockedValueBoxCompat = NIOLockedValueBox
 
 extension POP3Connection {
     /// Connects with certificate verification off only to record the chain the server presents, then closes

@@ -75,7 +75,6 @@ public final class TLSHandshakeObserver: ChannelDuplexHandler, RemovableChannelH
 
     public struct Result: Sendable, Equatable {
         public var negotiatedProtocol: String?
-        public var cipherSuite: UInt16?
         public var completed = false
     }
 
@@ -93,10 +92,6 @@ public final class TLSHandshakeObserver: ChannelDuplexHandler, RemovableChannelH
             self.onComplete(self.result)
         }
         context.fireUserInboundEventTriggered(event)
-    }
-
-    public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        context.fireChannelRead(data)
     }
 
     /// Feeds raw server bytes (placed before the TLS handler) to find the ServerHello's cipher suite.
@@ -124,7 +119,7 @@ public final class ServerHelloSniffer: ChannelInboundHandler, RemovableChannelHa
     }
 
     public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        var bytes = Self.unwrapInboundIn(data)
+        let bytes = Self.unwrapInboundIn(data)
         if self.seen.readableBytes < 256 {
             var copy = bytes
             self.seen.writeBuffer(&copy)
@@ -136,7 +131,6 @@ public final class ServerHelloSniffer: ChannelInboundHandler, RemovableChannelHa
                 return
             }
         }
-        _ = bytes.readableBytes
         context.fireChannelRead(Self.wrapInboundOut(bytes))
     }
 }
