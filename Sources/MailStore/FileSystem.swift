@@ -196,6 +196,14 @@ struct WallClock {
         return Int64(ts.tv_sec) * 1_000_000_000 + Int64(ts.tv_nsec)
     }
 
+    static func changeTime(_ st: stat) -> Int64 {
+        #if canImport(Darwin)
+        return Int64(st.st_ctimespec.tv_sec) * 1_000_000_000 + Int64(st.st_ctimespec.tv_nsec)
+        #else
+        return Int64(st.st_ctim.tv_sec) * 1_000_000_000 + Int64(st.st_ctim.tv_nsec)
+        #endif
+    }
+
     static func modificationTime(_ st: stat) -> Int64 {
         #if canImport(Darwin)
         return Int64(st.st_mtimespec.tv_sec) * 1_000_000_000 + Int64(st.st_mtimespec.tv_nsec)

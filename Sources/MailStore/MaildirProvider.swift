@@ -14,11 +14,28 @@ public final class MaildirProvider: MaildropProvider {
     let logger: Logger
     private let messageFileReads = Atomic<Int>(0)
 
-    public init(threadPool: NIOThreadPool, logger: Logger) {
+    /// Recent indexes, so that an unchanged maildrop is opened without listing it (see `MaildirIndexCache`).
+    let indexCache: MaildirIndexCache?
+
+    /// - Parameter indexCacheCapacity: messages (plus one per Maildir) whose index is kept in memory between
+    ///   sessions; 0 turns the cache off.
+    public convenience init(
+        threadPool: NIOThreadPool,
+        logger: Logger,
+        indexCacheCapacity: Int = MaildirProvider.defaultIndexCacheCapacity
+    ) {
+        let cache = indexCacheCapacity > 0 ? MaildirIndexCache(capacity: indexCacheCapacity) : nil
+        self.init(threadPool: threadPool, logger: logger, indexCache: cache)
+    }
+
+    init(threadPool: NIOThreadPool, logger: Logger, indexCache: MaildirIndexCache?) {
         self.threadPool = threadPool
         self.logger = logger
+        self.indexCache = indexCache
         _ = ProcessIdentity.startTime
     }
+
+    public static let defaultIndexCacheCapacity = MaildirIndexCache.defaultCapacity
 
     /// How many message files this provider has read to learn their size (indexing work). Once a maildrop is
     /// indexed, opening and listing it again leaves this unchanged.
@@ -31,7 +48,7 @@ public final class MaildirProvider: MaildropProvider {
         guard MaildropLockTable.shared.tryAcquire(key) else { throw MaildropError.inUse }
         var logger = self.logger
         logger[metadataKey: "user"] = "\(user)"
-        let store = MaildirStore(path: key, logger: logger) {
+        let store = MaildirStore(path: key, logger: logger, cache: self.indexCache) {
             self.messageFileReads.add(1, ordering: .relaxed)
         }
         do {

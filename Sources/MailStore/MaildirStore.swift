@@ -46,9 +46,18 @@ struct MaildirStore: Sendable {
     /// Called each time a message file is read to learn its size (indexing cost; tests count it).
     let onMessageFileRead: @Sendable () -> Void
 
-    init(path: String, logger: Logger, onMessageFileRead: @escaping @Sendable () -> Void = {}) {
+    /// The provider's cache of recent indexes; nil: always read the Maildir.
+    let cache: MaildirIndexCache?
+
+    init(
+        path: String,
+        logger: Logger,
+        cache: MaildirIndexCache? = nil,
+        onMessageFileRead: @escaping @Sendable () -> Void = {}
+    ) {
         self.path = path
         self.logger = logger
+        self.cache = cache
         self.onMessageFileRead = onMessageFileRead
     }
 
@@ -228,6 +237,15 @@ struct MaildirStore: Sendable {
         return files
     }
 
+    /// The stamps of `new/`, `cur/` and `dovecot-uidlist`, taken before they are read.
+    func stamps() throws(FileSystemError) -> MaildirStamps {
+        MaildirStamps(
+            new: try FileSystem.status(self.file("new")).map(FileStamp.init),
+            cur: try FileSystem.status(self.file("cur")).map(FileStamp.init),
+            uidList: try FileSystem.status(self.file(DovecotUIDList.fileName)).map(FileStamp.init)
+        )
+    }
+
     /// Finds the current name of a message whose flags changed or which moved new→cur since the snapshot.
     func locate(baseName: String) throws(FileSystemError) -> String? {
         for sub in ["cur", "new"] {
@@ -257,11 +275,19 @@ struct MaildirStore: Sendable {
 
     // MARK: Indexing
 
-    /// Lists the maildrop: one scan, one uidlist read, a dictionary lookup per file. Only when files are new to the
-    /// uidlist or have no known size does it take the uidlist lock, measure those files and rewrite the uidlist.
+    /// Lists the maildrop: from the cache when `new/`, `cur/` and the uidlist are unchanged since it was last indexed;
+    /// else one scan, one uidlist read, a dictionary lookup per file. Only when files are new to the uidlist or have
+    /// no known size does it take the uidlist lock, measure those files and rewrite the uidlist.
     func index() throws -> [MaildirEntry] {
+        let observedAt = self.cache?.now() ?? 0
+        var stamps = MaildirStamps()
+        if let cache = self.cache {
+            stamps = try self.stamps()
+            if let entries = cache.lookup(self.path, stamps: stamps) { return entries }
+        }
         let files = try self.scan()
         if let list = try self.readUIDList(), let entries = try self.resolve(files, in: list) {
+            self.cache?.store(self.path, stamps: stamps, entries: entries, observedAt: observedAt)
             return entries
         }
         let lock = try self.acquireUIDListLock()
@@ -270,6 +296,11 @@ struct MaildirStore: Sendable {
         if list.mailboxGUID.isEmpty { list.mailboxGUID = DovecotUIDList.generateGUID() }
         let (entries, added) = try self.update(files, in: &list)
         try self.writeUIDList(list)
+        if let cache = self.cache {
+            // Taken under the uidlist lock after our own write: no other writer can have touched it since.
+            stamps.uidList = try FileSystem.status(self.file(DovecotUIDList.fileName)).map(FileStamp.init)
+            cache.store(self.path, stamps: stamps, entries: entries, observedAt: observedAt, trustedUIDList: true)
+        }
         self.sweepTemporaryFiles()
         if added > 0 {
             self.logger.debug("indexed new messages", metadata: ["count": "\(added)", "path": "\(self.path)"])
@@ -333,9 +364,9 @@ struct MaildirStore: Sendable {
             }
             entries.append(self.entry(file, list.records[index], size: size!, uidValidity: list.uidValidity))
         }
-        newFiles.sort { MaildirName.deliveryOrder($0.baseName, $1.baseName) }
+        let ordered = newFiles.map { (key: MaildirName.DeliveryKey($0.baseName), file: $0) }.sorted { $0.key < $1.key }
         var added = 0
-        for file in newFiles {
+        for (_, file) in ordered {
             var record = DovecotUIDList.Record(uid: list.nextUID, extensions: [], baseName: file.baseName)
             let size: Int
             if let fromName = MaildirName.sizeField(0x57, in: file.baseName[...]) {
@@ -427,6 +458,7 @@ struct MaildirStore: Sendable {
     /// from dovecot-uidlist, keeping its next UID.
     func delete(_ entries: [MaildirEntry]) throws {
         guard !entries.isEmpty else { return }
+        self.cache?.invalidate(self.path)
         var listing: [String: String]?
         for entry in entries {
             if try FileSystem.unlink(self.file(entry.relativePath)) { continue }

@@ -1,5 +1,6 @@
 import Configuration
 import Foundation
+import MailStore
 import POP3Core
 import SystemPackage
 
@@ -46,6 +47,9 @@ public struct ServerLimits: Sendable, Equatable {
     public var connections = POP3Defaults.maximumConnections
     /// How long SIGTERM waits for sessions to finish before closing them.
     public var shutdownGracePeriod: Duration = .seconds(30)
+    /// Messages (plus one per Maildir) whose Maildir index stays in memory between sessions, so that an unchanged
+    /// maildrop opens without being listed; 0 turns the cache off.
+    public var indexCacheMessages = MaildirProvider.defaultIndexCacheCapacity
 
     public init() {}
 }
@@ -217,6 +221,7 @@ extension ServerConfiguration {
         limits.connectionsPerAddress = try int("limits.connections_per_address", 1...1_000_000, default: limits.connectionsPerAddress)
         limits.connections = try int("limits.connections", 1...10_000_000, default: limits.connections)
         limits.shutdownGracePeriod = try seconds("limits.shutdown_grace", 0...3_600, default: limits.shutdownGracePeriod)
+        limits.indexCacheMessages = try int("limits.index_cache_messages", 0...100_000_000, default: limits.indexCacheMessages)
         result.limits = limits
         let level = config.string(forKey: "log.level") ?? "info"
         guard ["trace", "debug", "info", "notice", "warning", "error", "critical"].contains(level) else {
@@ -260,6 +265,7 @@ extension ServerConfiguration {
               connections_per_address: \(self.limits.connectionsPerAddress)
               connections: \(self.limits.connections)
               shutdown_grace: \(self.limits.shutdownGracePeriod.components.seconds)
+              index_cache_messages: \(self.limits.indexCacheMessages)
             log:
               level: \(self.logLevel)
             user: \(self.user ?? "null")

@@ -91,7 +91,11 @@ enum ServerRunner {
         logger: Logger,
         onListening: @escaping @Sendable ([BoundListener]) -> Void
     ) async throws {
-        let maildrops = MaildirProvider(threadPool: .singleton, logger: logger)
+        let maildrops = MaildirProvider(
+            threadPool: .singleton,
+            logger: logger,
+            indexCacheCapacity: configuration.limits.indexCacheMessages
+        )
         let server = POP3Server(
             configuration: configuration,
             tls: tls,
