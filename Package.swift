@@ -10,6 +10,7 @@ let package = Package(
         .library(name: "POP3Client", targets: ["POP3Client"]),
         .library(name: "POP3Core", targets: ["POP3Core"]),
         .library(name: "POP3Server", targets: ["POP3Server"]),
+        .library(name: "MailStore", targets: ["MailStore"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.3"),
