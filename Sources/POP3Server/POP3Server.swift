@@ -90,7 +90,7 @@ public final class POP3Server: Service, Sendable {
         self.onListening(bound)
 
         let serverChannels = listeners.map { $0.1.channel }
-        try await withGracefulShutdownHandler {
+        await withGracefulShutdownHandler {
             await withDiscardingTaskGroup { group in
                 for (kind, listener) in listeners {
                     group.addTask { await self.acceptLoop(listener, kind: kind) }
@@ -209,7 +209,9 @@ public final class POP3Server: Service, Sendable {
             try await listener.executeThenClose { inbound in
                 try await withThrowingDiscardingTaskGroup { group in
                     for try await setup in inbound {
-                        group.addTask { await self.serve(setup, kind: kind) }
+                        group.addTask(executorPreference: EventLoopTaskExecutor(setup.channel.eventLoop)) {
+                            await self.serve(setup, kind: kind)
+                        }
                     }
                 }
             }
