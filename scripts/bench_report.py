@@ -1,28 +1,57 @@
 #!/usr/bin/env python3
-"""bench_report.py - medians of the popbench RESULT lines collected by scripts/bench, one table.
+"""bench_report.py - medians of the results collected by scripts/bench, one table.
 
-Input lines (results.txt): "server=dovecot step=sessions.C32 rc=0 mode=sessions C=32 rate=... ..."
+Input lines (results.txt), one per run: "server=dovecot step=sessions.C32 rc=0 mode=sessions C=32 rate=... ..."
+(popbench's RESULT fields), and for the client rows "server=pop3 step=fetch.u64 rc=0 wall_s=... cpu_s=...
+files=2000"; "server" names the program (dovecot, pop3d, pop3, mpop, fetchmail, getmail). rc other than 0
+marks a failed run (rc=short: the client exited 0 but delivered fewer messages; rc=skipped: not run).
 Usage: bench_report.py RESULTS [--md BENCHMARKS.md --machine FILE --command CMD --elapsed S --notes FILE]
 """
-import argparse, statistics, sys
+import argparse, statistics
 
+KB_TO_MB = 1024 / 1e6  # popbench and /usr/bin/time report kB (1024 octets); MB and GB here are 10^6 / 10^9 octets
+
+
+def row(label, step, key, unit, better, target="-", test=None, anchor=("Dovecot", "dovecot"), ours="pop3d",
+        anchor_step=None, scale=1.0, strict=False, kind="ratio"):
+    """test(ratio) for kind "ratio" (ours / anchor), test(value) for kind "value" (no anchor); strict: a failed
+    run of ours makes the row not met."""
+    return dict(label=label, step=step, key=key, unit=unit, better=better, target=target, test=test, anchor=anchor,
+                ours=ours, anchor_step=anchor_step or step, scale=scale, strict=strict, kind=kind)
+
+
+FETCH = "pop3 fetch: 2,000 × 50 KB from Dovecot into a Maildir, keep on server, every message fsynced"
 ROWS = [
-    # label, step, key, unit, better, target text, target test on ratio (pop3d / Dovecot)
-    ("TLS sessions/s, 32 concurrent (connect, handshake, USER/PASS, STAT, QUIT)", "sessions.C32", "rate", "/s",
-     "higher", "≥ 3×", lambda r: r >= 3.0),
-    ("server CPU per session, 32 concurrent (info)", "sessions.C32", "server_us_per_session", "µs",
-     "lower", "-", None),
-    ("same, 1 client: latency p50", "sessions.C1", "p50_ms", "ms", "lower", "≤ 0.5×", lambda r: r <= 0.5),
-    ("same, 1 client: sessions/s (info)", "sessions.C1", "rate", "/s", "higher", "-", None),
-    ("RETR throughput, 2,000 × 50 KB, pipelined 16", "retr.u64.p16", "MBps", "MB/s", "higher", "≥ 1.5×",
-     lambda r: r >= 1.5),
-    ("RETR throughput, one 20 MB message", "retr.u66", "MBps", "MB/s", "higher", "≥ 1.5×", lambda r: r >= 1.5),
-    ("memory per idle authenticated TLS connection, 1,000 conns (PSS)", "idle", "pss_kb_per_conn", "kB",
-     "lower", "≤ 0.1×", lambda r: r <= 0.1),
-    ("same, RSS sum per connection (info)", "idle", "rss_kb_per_conn", "kB", "lower", "-", None),
-    ("login + UIDL + LIST, big mailbox, first access after restart (cold)", "uidl.cold", "total_s", "s", "lower",
-     "≤ 0.25×", lambda r: r <= 0.25),
-    ("same, warm", "uidl.warm", "total_s", "s", "lower", "≤ 0.5×", lambda r: r <= 0.5),
+    row("TLS sessions/s, 32 concurrent (connect, handshake, USER/PASS, STAT, QUIT)", "sessions.C32", "rate", "/s",
+        "higher", "≥ 3×", lambda r: r >= 3.0),
+    row("server CPU per session, 32 concurrent (info)", "sessions.C32", "server_us_per_session", "µs", "lower"),
+    row("same, 1 client: latency p50", "sessions.C1", "p50_ms", "ms", "lower", "≤ 0.5×", lambda r: r <= 0.5),
+    row("same, 1 client: sessions/s (info)", "sessions.C1", "rate", "/s", "higher"),
+    row("RETR throughput, 2,000 × 50 KB, pipelined 16", "retr.u64.p16", "MBps", "MB/s", "higher", "≥ 1.5×",
+        lambda r: r >= 1.5),
+    row("RETR throughput, one 20 MB message", "retr.u66", "MBps", "MB/s", "higher", "≥ 1.5×", lambda r: r >= 1.5),
+    row("memory per idle authenticated TLS connection, 1,000 conns (PSS)", "idle", "pss_kb_per_conn", "kB",
+        "lower", "≤ 0.1×", lambda r: r <= 0.1),
+    row("same, RSS sum per connection (info)", "idle", "rss_kb_per_conn", "kB", "lower"),
+    row("login + UIDL + LIST, big mailbox, first access after restart (cold)", "uidl.cold", "total_s", "s", "lower",
+        "≤ 0.25×", lambda r: r <= 0.25),
+    row("same, warm", "uidl.warm", "total_s", "s", "lower", "≤ 0.5×", lambda r: r <= 0.5),
+    row("pop3d: 10,000 idle authenticated TLS connections, pop3d's total RSS while holding them", "idle10k",
+        "rss_total_kb", "MB", "lower", "held, < 1 GB", None, anchor=None, scale=KB_TO_MB, strict=True, kind="idle10k"),
+    row(FETCH + ": wall time vs mpop", "fetch.u64", "wall_s", "s", "lower", "< 1× (faster)", lambda r: r < 1.0,
+        anchor=("mpop", "mpop"), ours="pop3", strict=True),
+    row("same vs fetchmail (MDA safecat)", "fetch.u64", "wall_s", "s", "lower", "≤ 0.5×", lambda r: r <= 0.5,
+        anchor=("fetchmail + safecat", "fetchmail"), ours="pop3", strict=True),
+    row("same vs getmail6", "fetch.u64", "wall_s", "s", "lower", "≤ 0.5×", lambda r: r <= 0.5,
+        anchor=("getmail6", "getmail"), ours="pop3", strict=True),
+    row("same, client CPU user+sys vs mpop (info)", "fetch.u64", "cpu_s", "s", "lower", anchor=("mpop", "mpop"),
+        ours="pop3"),
+    row("same, client CPU user+sys vs fetchmail + safecat (info)", "fetch.u64", "cpu_s", "s", "lower",
+        anchor=("fetchmail + safecat", "fetchmail"), ours="pop3"),
+    row("same, client CPU user+sys vs getmail6 (info)", "fetch.u64", "cpu_s", "s", "lower",
+        anchor=("getmail6", "getmail"), ours="pop3"),
+    row("pop3 fetch: peak memory (max RSS) fetching one 1 GiB message", "fetch.big", "maxrss_kb", "MB", "lower",
+        "< 64 MB", lambda v: v < 64.0, anchor=None, ours="pop3", scale=KB_TO_MB, strict=True, kind="value"),
 ]
 
 
@@ -48,28 +77,64 @@ def fmt(v):
     return f"{v:.3f}"
 
 
-def cell(runs, key):
-    vals = [float(r[key]) for r in runs if key in r]
-    if not vals:
-        return None, "n/a"
-    m = statistics.median(vals)
+def cell(runs, key, scale=1.0):
+    """(median, text, failed runs)"""
+    if runs and all(r.get("rc") == "skipped" for r in runs):
+        return None, "skipped (see notes)", 0
+    vals = [float(r[key]) * scale for r in runs if key in r and r.get("rc") != "skipped"]
     errs = sum(int(r.get("errors", r.get("failed", "0")) or 0) for r in runs)
     bad = sum(1 for r in runs if r.get("rc", "0") != "0")
+    if not vals:
+        return None, "n/a" + (f" (failed runs {bad})" if bad else ""), bad
+    m = statistics.median(vals)
     s = f"{fmt(m)} [{fmt(min(vals))}..{fmt(max(vals))}] n={len(vals)}"
     if errs or bad:
         s += f" (errors {errs}, failed runs {bad})"
-    return m, s
+    return m, s, bad
+
+
+def idle10k_cell(runs, spec):
+    """held = every requested connection opened, none failed, all alive at the end; total RSS (and PSS) in MB."""
+    m, s, bad = cell(runs, spec["key"], spec["scale"])
+    if m is None:
+        return None, s, False
+    held = all(r.get("rc") == "0" and r.get("failed") == "0" and "open" in r
+               and r.get("open") == r.get("requested", r.get("open")) and r.get("alive_at_end") == r.get("open")
+               for r in runs)
+    pss = [float(r["pss_total_kb"]) * KB_TO_MB for r in runs if "pss_total_kb" in r]
+    last = runs[-1]
+    s = (f"{'held' if held else '**not held**'}: open {last.get('open', '?')}/{last.get('requested', '?')}, "
+         f"failed {last.get('failed', '?')}, alive at end {last.get('alive_at_end', '?')} "
+         f"(opened in {last.get('open_s', '?')} s); RSS {s}"
+         + (f"; PSS {fmt(statistics.median(pss))}" if pss else ""))
+    return m, s, held
 
 
 def table(data):
-    out = ["| measure | Dovecot | pop3d | ratio pop3d/Dovecot | target | met |", "|---|---|---|---|---|---|"]
-    for label, step, key, unit, better, ttext, test in ROWS:
-        dm, ds = cell(data.get(("dovecot", step), []), key)
-        pm, ps = cell(data.get(("pop3d", step), []), key)
-        ratio = pm / dm if dm and pm is not None and dm != 0 else None
-        met = "-" if test is None or ratio is None else ("yes" if test(ratio) else "**no**")
-        out.append(f"| {label} ({unit}, {better} is better) | {ds} | {ps} | "
-                   f"{'n/a' if ratio is None else f'{ratio:.2f}×'} | {ttext} | {met} |")
+    out = ["| measure | anchor | anchor's figure | ours (pop3d or pop3 fetch) | ratio ours/anchor | target | met |",
+           "|---|---|---|---|---|---|---|"]
+    for spec in ROWS:
+        step, key, test = spec["step"], spec["key"], spec["test"]
+        ours_runs = data.get((spec["ours"], step), [])
+        ratio = None
+        aname, ds = "—", "—"
+        if spec["kind"] == "idle10k":
+            pm, ps, held = idle10k_cell(ours_runs, spec)
+            met = "-" if pm is None else ("yes" if held and pm < 1000.0 else "**no**")
+        else:
+            pm, ps, bad = cell(ours_runs, key, spec["scale"])
+            if spec["anchor"]:
+                aname = spec["anchor"][0]
+                dm, ds, _ = cell(data.get((spec["anchor"][1], spec["anchor_step"]), []), key, spec["scale"])
+                ratio = pm / dm if dm and pm is not None and dm != 0 else None
+            if spec["kind"] == "value":
+                met = "-" if test is None or pm is None else ("yes" if test(pm) else "**no**")
+            else:
+                met = "-" if test is None or ratio is None else ("yes" if test(ratio) else "**no**")
+            if spec["strict"] and bad and met == "yes":
+                met = "**no** (failed runs)"
+        out.append(f"| {spec['label']} ({spec['unit']}, {spec['better']} is better) | {aname} | {ds} | {ps} | "
+                   f"{'n/a' if ratio is None else f'{ratio:.2f}×'} | {spec['target']} | {met} |")
     return "\n".join(out)
 
 
@@ -89,7 +154,7 @@ def main():
         return
     machine = open(a.machine).read().strip() if a.machine else ""
     notes = open(a.notes).read().strip() if a.notes else ""
-    md = f"""# Benchmarks: pop3d vs Dovecot (POP3S, loopback, same run)
+    md = f"""# Benchmarks: pop3d vs Dovecot, pop3 fetch vs mpop, fetchmail and getmail6 (POP3S, loopback, same run)
 
 Generated by `scripts/bench` on {a.date}. Command:
 
@@ -109,7 +174,9 @@ Medians of the runs (n per cell) with [min..max]. Load generator: `../shared/ben
 the same workloads, users, `{{SHA512-CRYPT}}` hashes (5000 rounds, one salt per user, the same strings in
 both passwd files), the same ECDSA P-256 certificate and byte-identical Maildirs (one copy per server,
 so neither sees the other's index). Dovecot in high-performance login mode
-(`service pop3-login {{ service_count = 0 }}`); ratio = pop3d / Dovecot.
+(`service pop3-login {{ service_count = 0 }}`). Ratio = ours / anchor: pop3d / Dovecot for the server rows,
+`pop3 fetch` / the other client for the client rows (all clients fetch from the same Dovecot in the same run);
+rows without an anchor are checked against an absolute target.
 
 {t}
 
