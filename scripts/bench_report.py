@@ -5,7 +5,8 @@ Input lines (results.txt), one per run: "server=dovecot step=sessions.C32 rc=0 m
 (popbench's RESULT fields), and for the client rows "server=pop3 step=fetch.u64 rc=0 wall_s=... cpu_s=...
 files=2000"; "server" names the program (dovecot, pop3d, pop3, mpop, fetchmail, getmail). rc other than 0
 marks a failed run (rc=short: the client exited 0 but delivered fewer messages; rc=skipped: not run).
-Usage: bench_report.py RESULTS [--md BENCHMARKS.md --machine FILE --command CMD --elapsed S --notes FILE]
+Usage: bench_report.py RESULTS [--md BENCHMARKS.md --machine FILE --command CMD --elapsed S --notes FILE
+                                --steps sessions,retr,...]
 """
 import argparse, statistics
 
@@ -110,11 +111,21 @@ def idle10k_cell(runs, spec):
     return m, s, held
 
 
-def table(data):
+BENCH_STEP = {"sessions.C32": "sessions", "sessions.C1": "sessions", "retr.u64.p16": "retr", "retr.u66": "retr",
+              "uidl.cold": "uidl", "uidl.warm": "uidl", "idle": "idle", "idle10k": "idle10k", "fetch.u64": "clients",
+              "fetch.big": "bigmsg"}
+
+
+def table(data, steps=None):
+    """steps: the scripts/bench steps that ran (None: all); rows of the others say 'not run'."""
     out = ["| measure | anchor | anchor's figure | ours (pop3d or pop3 fetch) | ratio ours/anchor | target | met |",
            "|---|---|---|---|---|---|---|"]
     for spec in ROWS:
         step, key, test = spec["step"], spec["key"], spec["test"]
+        if steps is not None and BENCH_STEP.get(step) not in steps:
+            out.append(f"| {spec['label']} ({spec['unit']}, {spec['better']} is better) | "
+                       f"{spec['anchor'][0] if spec['anchor'] else '—'} | not run | not run | n/a | {spec['target']} | - |")
+            continue
         ours_runs = data.get((spec["ours"], step), [])
         ratio = None
         aname, ds = "—", "—"
@@ -147,8 +158,9 @@ def main():
     ap.add_argument("--elapsed", default="")
     ap.add_argument("--notes")
     ap.add_argument("--date", default="")
+    ap.add_argument("--steps", help="comma list of the scripts/bench steps that ran")
     a = ap.parse_args()
-    t = table(parse(a.results))
+    t = table(parse(a.results), set(x for x in a.steps.split(",") if x) if a.steps else None)
     print(t)
     if not a.md:
         return
