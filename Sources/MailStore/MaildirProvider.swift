@@ -109,15 +109,27 @@ final class MaildirMaildrop: Maildrop {
         let entry = self.entries[index]
         let known = self.state.withLock { $0.relocated[index] } ?? entry.relativePath
         let store = self.store
-        let opened: (fd: Int32, relativePath: String)
+        let opened: (reader: FileChunkReader, first: ByteBuffer?, relativePath: String)
         do {
-            opened = try await self.threadPool.runIfActive { () throws -> (fd: Int32, relativePath: String) in
-                if let fd = try FileSystem.openIfExists(store.path + "/" + known, O_RDONLY) { return (fd, known) }
-                // Flags changed (":2,S") or moved new→cur since the snapshot: look for the base name.
-                guard let current = try store.locate(baseName: entry.baseName),
-                    let fd = try FileSystem.openIfExists(store.path + "/" + current, O_RDONLY)
-                else { throw MaildropError.messageGone }
-                return (fd, current)
+            // Open and read the first chunk in one trip to the pool.
+            opened = try await self.threadPool.runIfActive {
+                () throws -> (reader: FileChunkReader, first: ByteBuffer?, relativePath: String) in
+                var relativePath = known
+                var descriptor = try FileSystem.openIfExists(store.path + "/" + known, O_RDONLY)
+                if descriptor == nil {
+                    // Flags changed (":2,S") or moved new→cur since the snapshot: look for the base name.
+                    guard let current = try store.locate(baseName: entry.baseName) else { throw MaildropError.messageGone }
+                    relativePath = current
+                    descriptor = try FileSystem.openIfExists(store.path + "/" + current, O_RDONLY)
+                }
+                guard let fd = descriptor else { throw MaildropError.messageGone }
+                let reader = FileChunkReader(
+                    fd: fd,
+                    path: store.path + "/" + relativePath,
+                    chunkSize: max(chunkSize, 1),
+                    logger: store.logger
+                )
+                return (reader, try reader.readChunk(), relativePath)
             }
         } catch {
             throw MaildirProvider.clientError(error, logger: store.logger, operation: "open message")
@@ -125,13 +137,7 @@ final class MaildirMaildrop: Maildrop {
         if opened.relativePath != known {
             self.state.withLock { $0.relocated[index] = opened.relativePath }
         }
-        return MessageContent(
-            fileDescriptor: opened.fd,
-            path: store.path + "/" + opened.relativePath,
-            chunkSize: chunkSize,
-            threadPool: self.threadPool,
-            logger: store.logger
-        )
+        return MessageContent(reader: opened.reader, first: opened.first, threadPool: self.threadPool)
     }
 
     func commit(deleting indices: Set<Int>) async throws {

@@ -23,11 +23,14 @@ public struct MessageContent: AsyncSequence, Sendable {
         self.nextChunk = { cursor.next() }
     }
 
-    /// A content stream over an open file descriptor, read on `threadPool`; takes ownership of `fd`.
-    init(fileDescriptor fd: Int32, path: String, chunkSize: Int, threadPool: NIOThreadPool, logger: Logger) {
-        let reader = FileChunkReader(fd: fd, path: path, chunkSize: Swift.max(chunkSize, 1), logger: logger)
+    /// A content stream over a message file, read on `threadPool`, whose first chunk was read when it was opened
+    /// (`first`, nil for an empty file). A message that fits in one chunk thus costs one thread-pool hop in all.
+    init(reader: FileChunkReader, first: ByteBuffer?, threadPool: NIOThreadPool) {
+        let pending = Mutex<ByteBuffer?>(first)
         self.nextChunk = {
-            try await threadPool.runIfActive { try reader.readChunk() }
+            if let chunk = pending.withLock({ $0.take() }) { return chunk }
+            if reader.isFinished { return nil }
+            return try await threadPool.runIfActive { try reader.readChunk() }
         }
     }
 
@@ -60,7 +63,9 @@ public struct MessageContent: AsyncSequence, Sendable {
 }
 
 /// Owns a message file descriptor: reads it chunk by chunk (blocking: call on the thread pool), closes it at end of
-/// file, on a read error, or when the last reference (content or iterator) goes away.
+/// file, on a read error, or when the last reference (content or iterator) goes away. Each chunk is filled to
+/// `chunkSize` unless the file ends first; the end is seen in the same call (a short read is followed by the read
+/// that returns 0), so that no extra hop to the pool is needed to learn it.
 final class FileChunkReader: Sendable {
     private let fd: Mutex<Int32>
     private let path: String
@@ -74,18 +79,17 @@ final class FileChunkReader: Sendable {
         self.logger = logger
     }
 
+    /// Whether the end of the file was reached (or reading failed): no more chunks.
+    var isFinished: Bool { self.fd.withLock { $0 < 0 } }
+
     func readChunk() throws -> ByteBuffer? {
         let outcome = self.fd.withLock { fd -> Result<ByteBuffer?, FileSystemError> in
             guard fd >= 0 else { return .success(nil) }
             let result = Self.read(fd, chunkSize: self.chunkSize, path: self.path)
-            switch result {
-            case .success(.some):
-                break
-            case .success(.none), .failure:
-                FileSystem.close(fd)
-                fd = -1
-            }
-            return result
+            if case .success((_, atEnd: false)) = result { return result.map(\.chunk) }
+            FileSystem.close(fd)
+            fd = -1
+            return result.map(\.chunk)
         }
         switch outcome {
         case .success(let chunk):
@@ -96,16 +100,30 @@ final class FileChunkReader: Sendable {
         }
     }
 
-    private static func read(_ fd: Int32, chunkSize: Int, path: String) -> Result<ByteBuffer?, FileSystemError> {
+    private static func read(
+        _ fd: Int32,
+        chunkSize: Int,
+        path: String
+    ) -> Result<(chunk: ByteBuffer?, atEnd: Bool), FileSystemError> {
         var buffer = ByteBufferAllocator().buffer(capacity: chunkSize)
-        var result: Result<Int, FileSystemError> = .success(0)
+        var result: Result<Bool, FileSystemError> = .success(false)
         buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: chunkSize) { raw -> Int in
-            result = Result { () throws(FileSystemError) in
-                try FileSystem.read(fd, into: UnsafeMutableRawBufferPointer(rebasing: raw[..<chunkSize]), path: path)
+            var filled = 0
+            result = Result { () throws(FileSystemError) -> Bool in
+                while filled < chunkSize {
+                    let count = try FileSystem.read(
+                        fd,
+                        into: UnsafeMutableRawBufferPointer(rebasing: raw[filled..<chunkSize]),
+                        path: path
+                    )
+                    if count == 0 { return true }
+                    filled += count
+                }
+                return false
             }
-            return (try? result.get()) ?? 0
+            return filled
         }
-        return result.map { $0 == 0 ? nil : buffer }
+        return result.map { atEnd in (buffer.readableBytes == 0 ? nil : buffer, atEnd) }
     }
 
     deinit {
