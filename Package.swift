@@ -108,11 +108,12 @@ let package = Package(
         .executableTarget(
             name: "pop3",
             dependencies: [
-                "POP3Client", "POP3Core", "MailRetriever",
+                "POP3Client", "POP3Core", "POP3NIO", "MailRetriever",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "X509", package: "swift-certificates"),
             ]

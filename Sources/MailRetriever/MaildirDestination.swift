@@ -11,8 +11,9 @@ import NIOCore
 
 /// Delivery into a Maildir, exactly once per account and UIDL, also across kill -9.
 ///
-/// Each message is written to `tmp/`, fsync'ed, linked (or, where links are unsupported, renamed without clobbering)
-/// into `new/`, and `new/` is fsync'ed before `commit()` returns. The file name carries a digest of (account, UID):
+/// Each message is written to `tmp/`, fsync'ed and linked (or, where links are unsupported, renamed without
+/// clobbering) into `new/` by `commit()`; `flush()` fsyncs `new/` once for all messages committed since the last
+/// flush (so a batch costs one directory fsync), and the caller journals them only after that. The file name carries a digest of (account, UID):
 /// `<unixtime>.P<hex16>.<hostname>,S=<size>`, hex16 being the first 8 bytes of SHA-256(stem + "\0" + uid).
 /// `recover(journal:)` scans `new/` and `cur/` once for such names, so a message stored just before a crash (before
 /// the journal recorded it) is recognised rather than stored twice — also after the user's reader moved it to `cur/`.
@@ -24,6 +25,8 @@ public final class MaildirDestination: MessageDestination {
     public let hostname: String
     private var storedDigests: Set<String> = []
     private var recovered = false
+    /// Messages linked into `new/` since its last fsync.
+    private var unsyncedPublications = 0
     /// Marks this account's files in `tmp/` so that recovery removes only ours.
     private let accountTag: String
 
@@ -72,10 +75,22 @@ public final class MaildirDestination: MessageDestination {
                 if let digest = Self.embeddedDigest(in: name) { storedDigests.insert(digest) }
             }
         }
-        for entry in journal.allEntries where !entry.delivered && storedDigests.contains(digest(of: entry.uid)) {
-            try journal.markDelivered(entry.uid)
-        }
+        // A run that was killed may have linked messages whose directory entries were not fsync'ed yet: make them
+        // durable before the journal may call them delivered.
+        try FileIO.syncDirectory(FileIO.join(path, "new"))
+        try journal.markDelivered(
+            journal.allEntries.filter { !$0.delivered && storedDigests.contains(digest(of: $0.uid)) }.map(\.uid)
+        )
         recovered = true
+    }
+
+    /// Messages are found by name after a crash (`recover(journal:)`), so they can be journaled in batches.
+    public var commitBatchLimit: Int { 32 }
+
+    public func flush() throws {
+        guard unsyncedPublications > 0 else { return }
+        try FileIO.syncDirectory(FileIO.join(path, "new"))
+        unsyncedPublications = 0
     }
 
     public func begin(uid: String) throws -> any MessageSink {
@@ -108,6 +123,7 @@ public final class MaildirDestination: MessageDestination {
 
     fileprivate func didStore(digest: String) {
         storedDigests.insert(digest)
+        unsyncedPublications += 1
     }
 
     private final class Sink: MessageSink {
@@ -157,7 +173,8 @@ public final class MaildirDestination: MessageDestination {
             destination.didStore(digest: digest)
         }
 
-        /// Moves the file from `tmp/` into `new/` without ever replacing an existing file, then makes `new/` durable.
+        /// Moves the file from `tmp/` into `new/` without ever replacing an existing file (`flush()` makes `new/`
+        /// durable).
         private func publish(size: UInt64) throws {
             let newDirectory = FileIO.join(destination.path, "new")
             let name = "\(time).P\(digest).\(destination.hostname),S=\(size)"
@@ -178,7 +195,6 @@ public final class MaildirDestination: MessageDestination {
                     throw FileSystemError("link", path: newPath, errno: code)
                 }
             }
-            try FileIO.syncDirectory(newDirectory)
             _ = unlink(tmpPath)  // a leftover is removed by the next recover()
         }
 

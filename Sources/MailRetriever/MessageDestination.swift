@@ -1,5 +1,13 @@
 import NIOCore
 
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Musl)
+    import Musl
+#elseif canImport(Darwin)
+    import Darwin
+#endif
+
 /// Where downloaded messages go: a Maildir, an mbox, or a delivery command.
 ///
 /// Messages arrive as chunks of CRLF text (POP3 wire form after dot-unstuffing); destinations store LF line endings.
@@ -10,8 +18,10 @@ import NIOCore
 /// guard !journal.entry(for: uid)?.delivered && !destination.isStored(uid:) …
 /// let sink = try destination.begin(uid:)
 /// try sink.write(chunk) …                   // abort() on any error
-/// try sink.commit()                         // durable
-/// try journal.markDelivered(uid)            // durable; only now may the message be DELE'd
+/// try sink.commit()                         // the message's data is durable
+/// … more messages …
+/// try destination.flush()                   // every committed message is durable as a whole
+/// try journal.markDelivered(uids)           // durable; only now may the messages be DELE'd
 /// ```
 public protocol MessageDestination: AnyObject {
     /// Called once per run before any delivery: recovers after a crash (see each type) and learns which UIDs are
@@ -24,10 +34,22 @@ public protocol MessageDestination: AnyObject {
     /// True when the destination already holds the message, even if the journal does not say so yet
     /// (a crash between storing and journaling). The caller then marks it delivered instead of downloading it.
     func isStored(uid: String) -> Bool
+
+    /// Makes every message committed so far durable as a whole (for a Maildir: the directory entries). Only after
+    /// it returns may the caller journal those messages as delivered. Lets the caller pay one directory fsync per
+    /// batch rather than per message.
+    func flush() throws
+
+    /// How many committed messages may wait for `flush()` and the journal. 1 where each message must be journaled
+    /// before the next one begins: an mbox's crash recovery knows only the last append, and an MDA cannot tell what
+    /// it already delivered.
+    var commitBatchLimit: Int { get }
 }
 
 extension MessageDestination {
     public func isStored(uid: String) -> Bool { false }
+    public func flush() throws {}
+    public var commitBatchLimit: Int { 1 }
 }
 
 /// One message on its way into a destination.
@@ -35,7 +57,8 @@ public protocol MessageSink: AnyObject {
     /// Appends CRLF text; it is stored with LF endings. A CR at the end of a chunk may pair with an LF at the start
     /// of the next. Memory use is bounded whatever the message size.
     func write(_ chunk: ByteBuffer) throws
-    /// Returns only when the message is safely stored. Recording it in the journal is the caller's job.
+    /// Returns when the message's data is safely stored; `MessageDestination.flush()` then makes its place in the
+    /// destination durable (an mbox or MDA commit is already whole). Recording it in the journal is the caller's job.
     func commit() throws
     /// Removes partial data. Safe to call after a failed `write` or `commit`, and more than once.
     func abort()
@@ -89,27 +112,29 @@ public enum MailRetrieverError: Error, Sendable, Equatable, CustomStringConverti
 struct CRLFToLF {
     private var pendingCR = false
 
-    /// Appends the converted bytes of `input` to `output`.
+    /// Appends the converted bytes of `input` to `output`: runs between CRs are copied whole (memchr finds the CRs).
     mutating func convert(_ input: UnsafeRawBufferPointer, into output: inout [UInt8]) {
-        guard !input.isEmpty else { return }
+        guard let base = input.baseAddress, !input.isEmpty else { return }
+        let count = input.count
         var index = 0
         if pendingCR {
             pendingCR = false
             if input[0] != UInt8(ascii: "\n") { output.append(UInt8(ascii: "\r")) }
         }
-        let count = input.count
         while index < count {
-            let byte = input[index]
-            if byte == UInt8(ascii: "\r") {
-                if index + 1 == count {
-                    pendingCR = true
-                } else if input[index + 1] != UInt8(ascii: "\n") {
-                    output.append(byte)
-                }
-            } else {
-                output.append(byte)
+            guard let found = memchr(base + index, 0x0D, count - index) else {
+                output.append(contentsOf: UnsafeRawBufferPointer(rebasing: input[index..<count]))
+                return
             }
-            index += 1
+            let cr = base.distance(to: UnsafeRawPointer(found))
+            output.append(contentsOf: UnsafeRawBufferPointer(rebasing: input[index..<cr]))
+            if cr + 1 == count {
+                pendingCR = true
+                return
+            }
+            // A CR before LF goes (the LF is copied with the next run); any other CR stays.
+            if input[cr + 1] != UInt8(ascii: "\n") { output.append(UInt8(ascii: "\r")) }
+            index = cr + 1
         }
     }
 

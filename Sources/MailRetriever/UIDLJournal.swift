@@ -112,18 +112,30 @@ public final class UIDLJournal {
     /// Marks a UID delivered; durable before return. Clears a pending mbox append of the same UID in the same record.
     /// A UID never noted as seen is noted now (with ``currentTime(environment:)``).
     public func markDelivered(_ uid: String) throws {
+        try self.markDelivered([uid])
+    }
+
+    /// Marks UIDs delivered with one append and one fsync; durable before return.
+    public func markDelivered(_ uids: [String]) throws {
+        guard !uids.isEmpty else { return }
         var records = ""
-        var entry = entries[uid]
-        if entry == nil {
-            let now = currentTime()
-            records += "S \(now) \(Self.encode(uid))\n"
-            entry = Entry(uid: uid, firstSeen: now, delivered: false)
+        var updated: [Entry] = []
+        for uid in uids {
+            var entry = entries[uid]
+            if entry == nil {
+                let now = currentTime()
+                records += "S \(now) \(Self.encode(uid))\n"
+                entry = Entry(uid: uid, firstSeen: now, delivered: false)
+            }
+            records += "D \(Self.encode(uid))\n"
+            entry!.delivered = true
+            updated.append(entry!)
         }
-        records += "D \(Self.encode(uid))\n"
         try append(records)
-        entry!.delivered = true
-        entries[uid] = entry
-        if pending?.uid == uid { pending = nil }
+        for entry in updated {
+            entries[entry.uid] = entry
+            if pending?.uid == entry.uid { pending = nil }
+        }
     }
 
     /// Drops entries for messages no longer on the server. Call only after a successful QUIT, with the UIDs the

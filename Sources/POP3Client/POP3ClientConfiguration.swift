@@ -1,4 +1,5 @@
 import NIOCore
+import NIOPosix
 import POP3Core
 
 /// How a client secures its connection.
@@ -51,6 +52,8 @@ public struct POP3ClientConfiguration: Sendable {
     public var maximumResponseLineLength = POP3Defaults.maximumResponseLineLength
     /// Local address to bind to (tests play several client hosts on loopback).
     public var localAddress: String?
+    /// Where the connection's channel lives; an `EventLoop` pins it to one thread (see `EventLoopTaskExecutor`).
+    public var eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton
 
     public init(host: String, port: Int? = nil, security: ConnectionSecurity = .implicitTLS, trust: TrustPolicy = .system) {
         self.host = host

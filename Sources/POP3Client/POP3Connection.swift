@@ -42,7 +42,7 @@ public final class POP3Connection {
     public static func connect(_ configuration: POP3ClientConfiguration, logger: Logger = Logger(label: "pop3")) async throws -> POP3Connection {
         let observed = ObservedTLS()
         let reader = ClientReader()
-        var bootstrap = ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+        var bootstrap = ClientBootstrap(group: configuration.eventLoopGroup)
             .connectTimeout(configuration.connectTimeout)
             .channelOption(.autoRead, value: false)
             .channelOption(.tcpOption(.tcp_nodelay), value: 1)
@@ -296,6 +296,7 @@ public final class POP3Connection {
                     guard buffer.readableBytes > 0 || eof else { return nil }
                     if buffer.readableBytes == 0 && eof { throw POP3ClientError.connectionClosed }
                     var out = ByteBuffer()
+                    out.reserveCapacity(buffer.readableBytes)
                     let done = unstuffer.decode(&buffer, into: &out)
                     return (out, done)
                 }

@@ -35,9 +35,10 @@ struct FetchJob: Sendable {
 
 /// Downloads one account. Never deletes a message on the server whose local copy is not durable: a UID is
 /// DELE'd only when the journal says it was delivered, and the journal says so only after the destination's
-/// commit returned (fsync of file and directory).
+/// commit (fsync of the file) and flush (fsync of the directory) returned.
 struct Fetcher {
     let job: FetchJob
+    let eventLoop: any EventLoop
     let logger: Logger
     let progress: Progress?
 
@@ -73,6 +74,7 @@ struct Fetcher {
             trust: self.job.trust
         )
         configuration.localAddress = ProcessInfo.processInfo.environment["POP3_BIND_ADDRESS"]
+        configuration.eventLoopGroup = self.eventLoop
         configuration.connectTimeout = .seconds(Int64(self.job.timeout))
         configuration.replyTimeout = .seconds(Int64(self.job.timeout))
         let connection = try await POP3Connection.connect(configuration, logger: self.logger)
@@ -106,6 +108,16 @@ struct Fetcher {
 
             var sink: (any MessageSink)?
             var bound = MessageBound(announced: 0, timeout: self.job.timeout)
+            // Committed but not yet journaled: made durable as a whole, then journaled, in batches of the
+            // destination's `commitBatchLimit` (a Maildir: one directory and one journal fsync per 32 messages).
+            // Deletions come only after the last batch.
+            var committed: [String] = []
+            func settle() throws {
+                guard !committed.isEmpty else { return }
+                try destination.flush()
+                try journal.markDelivered(committed)
+                committed = []
+            }
             do {
                 try await connection.retrieve(
                     toFetch,
@@ -122,13 +134,17 @@ struct Fetcher {
                     end: { number in
                         try sink!.commit()
                         sink = nil
-                        try journal.markDelivered(uidOf[number]!)
+                        committed.append(uidOf[number]!)
                         summary.fetched += 1
                         self.progress?.messageDone()
+                        if committed.count >= destination.commitBatchLimit { try settle() }
                     }
                 )
+                try settle()
             } catch {
                 sink?.abort()
+                // What was stored stays stored; if this fails, the next run's recover() finds it by name.
+                try? settle()
                 throw error
             }
             self.progress?.finish()

@@ -3,9 +3,11 @@ import Crypto
 import Foundation
 import Logging
 import MailRetriever
+import NIOPosix
 import NIOSSL
 import POP3Client
 import POP3Core
+import POP3NIO
 import X509
 
 @main
@@ -110,7 +112,11 @@ struct Fetch: AsyncParsableCommand {
         let progress = self.json ? nil : Progress.forTerminal()
         let summaries = await withTaskGroup(of: FetchSummary.self) { group in
             for job in jobs {
-                group.addTask { await Fetcher(job: job, logger: logger, progress: jobs.count == 1 ? progress : nil).run() }
+                // The account's task and its connection share one event loop: no thread hop per read.
+                let loop = MultiThreadedEventLoopGroup.singleton.next()
+                group.addTask(executorPreference: EventLoopTaskExecutor(loop)) {
+                    await Fetcher(job: job, eventLoop: loop, logger: logger, progress: jobs.count == 1 ? progress : nil).run()
+                }
             }
             var all: [FetchSummary] = []
             for await summary in group { all.append(summary) }

@@ -50,5 +50,6 @@ func deliver(_ chunks: [String], uid: String, to destination: any MessageDestina
     let sink = try destination.begin(uid: uid)
     for chunk in chunks { try sink.write(buffer(chunk)) }
     try sink.commit()
+    try destination.flush()
     try journal.markDelivered(uid)
 }
