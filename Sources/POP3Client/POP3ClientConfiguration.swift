@@ -50,6 +50,9 @@ public struct POP3ClientConfiguration: Sendable {
     /// Commands in flight at once when the server announces PIPELINING.
     public var pipelineWindow = 16
     public var maximumResponseLineLength = POP3Defaults.maximumResponseLineLength
+    /// Lines accepted in a LIST or UIDL listing, and in a CAPA reply: an endless listing fails the connection.
+    public var maximumListingLines = POP3Defaults.maximumListingLines
+    public var maximumCapabilityLines = POP3Defaults.maximumCapabilityLines
     /// Local address to bind to (tests play several client hosts on loopback).
     public var localAddress: String?
     /// Where the connection's channel lives; an `EventLoop` pins it to one thread (see `EventLoopTaskExecutor`).

@@ -202,7 +202,9 @@ public final class POP3Connection {
             self.capabilities = []
             return
         }
-        self.capabilities = try await self.readLines().map { sanitize(Array($0.utf8)) }
+        self.capabilities = try await self.readLines(limit: self.configuration.maximumCapabilityLines).map {
+            sanitize(Array($0.utf8))
+        }
     }
 
     /// Logs in with SASL PLAIN when offered, else USER/PASS. Refuses on a connection without TLS unless the
@@ -243,7 +245,7 @@ public final class POP3Connection {
     public func list() async throws -> [Int: Int] {
         _ = try await self.command("LIST")
         var result: [Int: Int] = [:]
-        for line in try await self.readLines() {
+        for line in try await self.readLines(limit: self.configuration.maximumListingLines) {
             let parts = line.split(separator: " ")
             guard parts.count >= 2, let number = Int(parts[0]), number > 0, let size = Int(parts[1]), size >= 0 else {
                 throw POP3ClientError.protocolViolation("malformed LIST line")
@@ -258,7 +260,7 @@ public final class POP3Connection {
         _ = try await self.command("UIDL")
         var result: [(Int, String)] = []
         var seen = Set<String>()
-        for line in try await self.readLines() {
+        for line in try await self.readLines(limit: self.configuration.maximumListingLines) {
             let parts = line.split(separator: " ", omittingEmptySubsequences: false)
             guard parts.count == 2, let number = Int(parts[0]), number > 0, let uid = UniqueID(String(parts[1])) else {
                 throw POP3ClientError.protocolViolation("malformed UIDL line")
@@ -406,15 +408,17 @@ public final class POP3Connection {
         }
     }
 
-    /// Reads the lines of a multi-line reply up to ".", un-stuffed.
-    func readLines() async throws -> [String] {
+    /// Reads the lines of a multi-line reply up to ".", un-stuffed; more than `limit` lines fail the connection.
+    func readLines(limit: Int) async throws -> [String] {
         var lines: [String] = []
         while true {
             let line = try await self.readLine()
             if line == [UInt8(ascii: ".")] { return lines }
+            guard lines.count < limit else {
+                throw POP3ClientError.protocolViolation("multi-line reply longer than \(limit) lines")
+            }
             let content = line.first == UInt8(ascii: ".") ? Array(line.dropFirst()) : line
             lines.append(String(decoding: content, as: UTF8.self))
-            if lines.count > 10_000_000 { throw POP3ClientError.protocolViolation("listing too long") }
         }
     }
 }

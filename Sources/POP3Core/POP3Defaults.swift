@@ -14,6 +14,13 @@ public enum POP3Defaults {
     /// - SeeAlso: [RFC 2449 §4](https://www.rfc-editor.org/rfc/rfc2449#section-4): "the maximum length of the first line of a response … 512 octets".
     public static let maximumResponseLineLength = 512
 
+    /// Lines a client accepts in a LIST or UIDL listing (one per message; a million messages is far beyond any real
+    /// maildrop and about 100 MB of listing in memory). A server that sends more fails the connection.
+    public static let maximumListingLines = 1_000_000
+
+    /// Lines a client accepts in a CAPA reply (real servers send about ten).
+    public static let maximumCapabilityLines = 1_000
+
     /// Bad commands (unknown, malformed, wrong state, over-long) tolerated before login; the next one closes the connection.
     /// Dovecot's pop3-login uses 3 (`CLIENT_MAX_BAD_COMMANDS`); ALPACA §5 shows why this must be small.
     public static let maximumBadCommandsBeforeLogin = 3

@@ -19,6 +19,36 @@ import Testing
         return configuration
     }
 
+    /// A listing longer than the client's limit fails the connection rather than growing memory without bound
+    /// (security.md case 92: an endless LIST/UIDL); the same for CAPA.
+    @Test func listingAndCapabilityLimitsAreEnforced() async throws {
+        let server = try await TestServer.start()
+        defer { Task { await server.stop() } }
+        for number in 1...5 { try server.deliver("alice", "Subject: \(number)\n\nx\n") }
+
+        var limited = self.configuration(server)
+        limited.maximumListingLines = 4
+        let connection = try await POP3Connection.connect(limited)
+        try await connection.login(user: "alice", password: "alice-pw")
+        await #expect(throws: POP3ClientError.protocolViolation("multi-line reply longer than 4 lines")) {
+            _ = try await connection.uidl()
+        }
+        await connection.close()
+
+        limited.maximumListingLines = 5
+        let exact = try await POP3Connection.connect(limited)
+        try await exact.login(user: "alice", password: "alice-pw")
+        #expect(try await exact.uidl().count == 5)
+        #expect(try await exact.list().count == 5)
+        try await exact.quit()
+
+        var fewCapabilities = self.configuration(server)
+        fewCapabilities.maximumCapabilityLines = 2
+        await #expect(throws: POP3ClientError.protocolViolation("multi-line reply longer than 2 lines")) {
+            _ = try await POP3Connection.connect(fewCapabilities)
+        }
+    }
+
     @Test func implicitTLSLoginListRetrieveDelete() async throws {
         let server = try await TestServer.start()
         defer { Task { await server.stop() } }
