@@ -68,7 +68,7 @@ public final class STLSClientGuard: ChannelInboundHandler, RemovableChannelHandl
     }
 }
 
-/// Records the ALPN protocol the server selected, and the cipher suite from the plaintext ServerHello.
+/// Records the ALPN protocol the server selected (the cipher suite comes from `ServerHelloSniffer`).
 public final class TLSHandshakeObserver: ChannelDuplexHandler, RemovableChannelHandler {
     public typealias InboundIn = NIOAny
     public typealias OutboundIn = NIOAny
@@ -93,17 +93,6 @@ public final class TLSHandshakeObserver: ChannelDuplexHandler, RemovableChannelH
         }
         context.fireUserInboundEventTriggered(event)
     }
-
-    /// Feeds raw server bytes (placed before the TLS handler) to find the ServerHello's cipher suite.
-    public static func cipherSuite(fromServerHello buffer: ByteBuffer) -> UInt16? {
-        var b = buffer
-        guard let header = b.readBytes(length: 5), header[0] == 22,
-            let type = b.readInteger(as: UInt8.self), type == 2,
-            b.readSlice(length: 3 + 2 + 32) != nil,
-            let sessionIDLength = b.readInteger(as: UInt8.self), b.readSlice(length: Int(sessionIDLength)) != nil
-        else { return nil }
-        return b.readInteger(as: UInt16.self)
-    }
 }
 
 /// Sits in front of the client's TLS handler and reads the cipher suite out of the ServerHello.
@@ -118,12 +107,24 @@ public final class ServerHelloSniffer: ChannelInboundHandler, RemovableChannelHa
         self.onCipherSuite = onCipherSuite
     }
 
+    /// The cipher suite of a TLS record holding a ServerHello at the start of `buffer` (raw server bytes), if
+    /// enough of it is there.
+    public static func cipherSuite(fromServerHello buffer: ByteBuffer) -> UInt16? {
+        var b = buffer
+        guard let header = b.readBytes(length: 5), header[0] == 22,
+            let type = b.readInteger(as: UInt8.self), type == 2,
+            b.readSlice(length: 3 + 2 + 32) != nil,
+            let sessionIDLength = b.readInteger(as: UInt8.self), b.readSlice(length: Int(sessionIDLength)) != nil
+        else { return nil }
+        return b.readInteger(as: UInt16.self)
+    }
+
     public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let bytes = Self.unwrapInboundIn(data)
         if self.seen.readableBytes < 256 {
             var copy = bytes
             self.seen.writeBuffer(&copy)
-            if let suite = TLSHandshakeObserver.cipherSuite(fromServerHello: self.seen) {
+            if let suite = Self.cipherSuite(fromServerHello: self.seen) {
                 self.onCipherSuite(suite)
                 self.seen = ByteBuffer()
                 context.fireChannelRead(Self.wrapInboundOut(bytes))
