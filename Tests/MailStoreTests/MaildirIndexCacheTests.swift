@@ -94,11 +94,11 @@ struct MaildirIndexCacheTests {
     }
 
     /// A directory changed within the last second may change again in the same timestamp tick: not cached. (The
-    /// cache's clock runs behind here, so every stamp is fresh however slowly the test runs.)
+    /// cache's clock runs a day behind here, so every stamp is fresh however slowly the test runs.)
     @Test func freshlyChangedMaildropIsNotCached() async throws {
         let fixture = try Self.maildir(messages: 2)
         defer { fixture.cleanUp() }
-        let (provider, cache) = Self.provider(ahead: -10)
+        let (provider, cache) = Self.provider(ahead: -86_400)
         _ = try await self.open(provider, fixture)
         _ = try await self.open(provider, fixture)
         #expect(cache.hits == 0)
