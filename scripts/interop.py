@@ -1,21 +1,27 @@
 #!/usr/bin/env python3
 """Interop tests: the real pop3d binary against real peers (Python poplib, curl, openssl s_client)
-and the admin commands, all on loopback. Prints one line per check and a closing
+and the admin commands, all on loopback, then research/security.md server cases (functions named caseN_…):
+close_notify on QUIT (25), SASL limits (32), format-string payloads (33), the bad-command counter (41), a client
+that never reads during RETR (52) and a pipelined flood (68). Prints one line per check and a closing
 'N passed, N failed' line; exits non-zero on any failure.
 
 Usage: scripts/interop.py --pop3d PATH
 """
 import argparse
+import base64
 import hashlib
 import os
 import poplib
+import re
 import shutil
 import signal
 import socket
 import ssl
+import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 
@@ -318,6 +324,363 @@ def vm_kib(pid, field):
             if line.startswith(field + ":"):
                 return int(line.split()[1])
     raise RuntimeError(field)
+
+
+# ---------------------------------------------------------------- research/security.md server cases
+# Each test below is named after its case in ../shared/research/security.md. Logins come from their own loopback
+# source address (127.0.0.N), so the auth penalty of one test (per client address) never slows another.
+
+
+class Session:
+    """A line-level POP3 client from a chosen loopback source address: implicit TLS, STLS, or plaintext.
+    TLS sockets do not suppress ragged EOFs, so a close without close_notify raises SSLEOFError."""
+
+    def __init__(self, dev, source="127.0.0.1", mode="tls", timeout=15, rcvbuf=None):
+        self.dev = dev
+        raw = socket.socket()
+        if rcvbuf:
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)  # before connect: the window stays small
+        raw.settimeout(timeout)
+        raw.bind((source, 0))
+        raw.connect(("127.0.0.1", dev.tls_port if mode == "tls" else dev.plain_port))
+        self.raw = raw
+        self.sock = self.wrap(raw) if mode == "tls" else raw
+        self.buf = b""
+        self.greeting = self.line()
+        assert self.greeting.startswith(b"+OK"), self.greeting
+        if mode == "stls":
+            assert self.command(b"STLS").startswith(b"+OK")
+            assert not self.buf, "bytes after the STLS reply"
+            self.sock = self.wrap(raw)
+
+    def wrap(self, raw):
+        return self.dev.ctx.wrap_socket(raw, server_hostname="localhost", suppress_ragged_eofs=False)
+
+    def send(self, data):
+        self.sock.sendall(data)
+
+    def line(self):
+        while b"\r\n" not in self.buf:
+            data = self.sock.recv(65536)
+            if not data:
+                raise EOFError(f"connection closed; unterminated: {self.buf[:100]!r}")
+            self.buf += data
+        line, self.buf = self.buf.split(b"\r\n", 1)
+        return line
+
+    def command(self, data):
+        self.send(data + b"\r\n")
+        return self.line()
+
+    def lines(self):
+        """The rest of a multi-line reply, up to the terminating "."."""
+        out = []
+        while (line := self.line()) != b".":
+            out.append(line)
+        return out
+
+    def login(self, user, password):
+        assert self.command(b"USER " + user.encode()).startswith(b"+OK")
+        reply = self.command(b"PASS " + password.encode())
+        assert reply.startswith(b"+OK"), reply
+        return self
+
+    def closed_within(self, seconds):
+        """True if the server ends the connection within `seconds` (no further reply line)."""
+        self.sock.settimeout(seconds)
+        try:
+            data = self.sock.recv(65536)
+        except (ConnectionResetError, ssl.SSLEOFError):
+            return True
+        except (socket.timeout, TimeoutError):
+            return False
+        assert not data, f"unexpected bytes after the last reply: {data[:100]!r}"
+        return True
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def abort(self, writer=None):
+        """Goes away without reading or QUIT: shutdown (which also wakes a `writer` thread blocked in send), then
+        a close with SO_LINGER 0, i.e. a TCP RST."""
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        with socket.socket(fileno=os.dup(self.sock.fileno())) as same:
+            same.shutdown(socket.SHUT_RDWR)
+        if writer:
+            writer.join(10)
+        self.close()
+
+
+def limits(dev):
+    """The effective limits of the dev server, as `pop3d check-config` prints them."""
+    out = dev.pop3d("check-config", "--config", dev.config).stdout.decode()
+    return {key: int(value) for key, value in re.findall(r"^\s+(\w+): (\d+)$", out, re.M)}
+
+
+def add_user(dev, name, password):
+    r = dev.pop3d("user", "add", name, "--config", dev.config, stdin=password.encode() + b"\n")
+    assert r.returncode == 0, r.stderr
+
+
+def open_fds(pid):
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+@test
+def case25_close_notify_before_fin_on_quit(dev):
+    """QUIT's +OK is followed by a TLS close_notify, then the TCP FIN (RFC 8314 §3.4), on both ports, before and
+    after login; the FIN follows even when the client never answers the close_notify."""
+    facts = []
+    for mode in ("tls", "stls"):
+        for logged_in in (False, True):
+            s = Session(dev, "127.0.0.25", mode)
+            if logged_in:
+                s.login("demo", dev.password)
+            reply = s.command(b"QUIT")
+            assert reply.startswith(b"+OK"), reply
+            try:
+                tail = s.sock.recv(65536)  # b"" only for a close_notify; a bare FIN raises SSLEOFError here
+            except ssl.SSLEOFError as e:
+                raise AssertionError(f"{mode}, logged in {logged_in}: TCP closed without close_notify ({e})")
+            assert tail == b"", f"bytes after QUIT's reply: {tail[:100]!r}"
+            raw = s.sock.unwrap()  # our close_notify; the server's has arrived, so this returns at once
+            raw.settimeout(5)
+            start = time.monotonic()
+            assert raw.recv(1) == b"", "data after close_notify"
+            facts.append(f"{mode}/{'user' if logged_in else 'anon'} FIN {1000 * (time.monotonic() - start):.0f} ms")
+            raw.close()
+    s = Session(dev, "127.0.0.25", "tls")
+    assert s.command(b"QUIT").startswith(b"+OK")
+    assert s.sock.recv(65536) == b"", "no close_notify"
+    # Do not answer the close_notify: read the TCP stream underneath (a duplicate descriptor) until FIN.
+    underneath = socket.socket(fileno=os.dup(s.sock.fileno()))
+    underneath.settimeout(15)
+    start = time.monotonic()
+    assert underneath.recv(1) == b"", "data after close_notify"
+    facts.append(f"unanswered close_notify: FIN after {time.monotonic() - start:.1f} s")
+    underneath.close()
+    s.close()
+    print("    " + "; ".join(facts))
+
+
+@test
+def case32_sasl_limits_unknown_mechanism_auth_after_login(dev):
+    """AUTH PLAIN continuation over limits.sasl_line_length, an initial response over the command line limit, unknown
+    mechanisms and AUTH after login: each a clear -ERR without echo, and the same connection still serves."""
+    limit = limits(dev)["sasl_line_length"]
+    creds = base64.b64encode(b"\0demo\0" + dev.password.encode())
+    s = Session(dev, "127.0.0.32")
+    assert s.command(b"AUTH PLAIN") == b"+ "
+    reply = s.command(b"Q" * (limit - 1))  # limit + 1 octets with CRLF
+    assert reply == b"-ERR [AUTH] Authentication failed: response too long.", reply
+    assert s.command(b"CAPA").startswith(b"+OK") and "SASL PLAIN" in [l.decode() for l in s.lines()]
+    assert s.command(b"AUTH PLAIN") == b"+ "
+    reply = s.command(b"A" * (limit - 2))  # exactly the limit with CRLF: read as a line (then bad base64), not "too long"
+    assert reply.startswith(b"-ERR [AUTH]") and b"too long" not in reply, reply
+    reply = s.command(b"AUTH PLAIN " + creds)  # two bad commands so far: below the limit of 3, still served
+    assert reply.startswith(b"+OK"), reply
+    for command in (b"AUTH PLAIN " + creds, b"AUTH PLAIN", b"AUTH CRAM-MD5", b"AUTH"):
+        reply = s.command(command)
+        assert reply == b"-ERR Command not valid in this state.", (command, reply)
+    assert s.command(b"STAT").startswith(b"+OK 3 "), "not serving after AUTH in TRANSACTION"
+    assert s.command(b"QUIT").startswith(b"+OK")
+    s.close()
+
+    s = Session(dev, "127.0.0.32")
+    for mechanism in (b"CRAM-MD5", b"XOAUTH2 dXNlcj1hQGIK"):  # a 3rd bad command would close it (case 41)
+        reply = s.command(b"AUTH " + mechanism)
+        assert reply == b"-ERR Unsupported authentication mechanism.", (mechanism, reply)
+    s.login("demo", dev.password)
+    assert s.command(b"QUIT").startswith(b"+OK")
+    s.close()
+
+    s = Session(dev, "127.0.0.32")
+    assert s.command(b"AUTH PLAIN") == b"+ "
+    reply = s.command(b"B" * (100 * 1024))  # 100 KiB continuation
+    assert reply == b"-ERR [AUTH] Authentication failed: response too long.", reply
+    reply = s.command(b"AUTH PLAIN " + b"C" * (1 << 20))  # 1 MiB initial response: over the command line limit
+    assert reply == b"-ERR Line too long.", reply
+    s.login("demo", dev.password)
+    assert s.command(b"QUIT").startswith(b"+OK")
+    s.close()
+    print(f"    sasl_line_length {limit}: {limit + 1} octets refused, {limit} accepted as a line; 100 KiB and 1 MiB "
+          "refused; CRAM-MD5 and XOAUTH2 refused; AUTH after login refused; a login works after each")
+
+
+@test
+def case33_format_and_expansion_payloads_in_user_and_pass(dev):
+    """printf, shell, template and SQL-quote payloads in USER, PASS and AUTH PLAIN: the same replies as any wrong
+    login (nothing of the payload reflected, nothing expanded), and pop3d keeps serving."""
+    payloads = ["%s%s%s%n%x", "%n", "%u", "%d%%%n@%s", "%{user}", "%{password}", "${jndi:ldap://127.0.0.1:1/a}",
+                "$(id)", "`id`", "'", '"', "\\", ";", "' OR '1'='1", '"; DROP TABLE users; --', "%08x." * 12]
+    # What any wrong login gets.
+    s = Session(dev, "127.0.0.33")
+    expected = (s.command(b"USER nobody-at-all"), s.command(b"PASS wrong-password"))
+    s.close()
+    assert expected[0].startswith(b"+OK") and expected[1].startswith(b"-ERR [AUTH]"), expected
+    for i, payload in enumerate(payloads):
+        p = payload.encode()
+        s = Session(dev, f"127.0.33.{i + 1}")  # one address per attempt: no auth penalty wait
+        got = (s.command(b"USER " + p), s.command(b"PASS " + p))
+        assert got == expected, f"USER/PASS {payload!r}: {got} instead of {expected}"
+        s.close()
+        s = Session(dev, f"127.0.34.{i + 1}")
+        reply = s.command(b"AUTH PLAIN " + base64.b64encode(b"\0" + p + b"\0" + p))
+        assert reply == expected[1], f"AUTH PLAIN {payload!r}: {reply}"
+        assert s.command(b"CAPA").startswith(b"+OK"), "not serving after the failed login"
+        s.lines()
+        s.close()
+    assert dev.proc.poll() is None, "pop3d died"
+    Session(dev, "127.0.0.33").login("demo", dev.password).command(b"QUIT")
+    print(f"    {len(payloads)} payloads x (USER+PASS, AUTH PLAIN): replies identical to a wrong login")
+
+
+@test
+def case41_bad_command_counter_never_resets(dev):
+    """Valid commands between bad ones do not reset the counter: bad, good, bad, good, bad closes at the limit
+    before login (ALPACA), and likewise after login."""
+    lim = limits(dev)
+    before, after = lim["bad_commands_before_login"], lim["bad_commands_after_login"]
+    s = Session(dev, "127.0.0.41")
+    for i in range(before):
+        reply = s.command(b"XYZZY")
+        if i < before - 1:
+            assert reply == b"-ERR Unknown command.", (i, reply)
+            assert s.command(b"CAPA").startswith(b"+OK"), "CAPA refused"
+            s.lines()
+            assert s.command(b"USER demo").startswith(b"+OK")  # valid too
+    assert reply == b"-ERR Too many invalid commands.", f"bad command {before} got {reply}: the counter was reset"
+    assert s.closed_within(5), "not closed at the limit"
+    s.close()
+    s = Session(dev, "127.0.0.41").login("demo", dev.password)
+    for i in range(after):
+        reply = s.command(b"XYZZY")
+        if i < after - 1:
+            assert reply == b"-ERR Unknown command.", (i, reply)
+            assert s.command(b"NOOP").startswith(b"+OK"), "NOOP refused"
+    assert reply == b"-ERR Too many invalid commands.", f"bad command {after} after login got {reply}"
+    assert s.closed_within(5), "not closed at the limit after login"
+    s.close()
+    released(dev, "demo", dev.password, "127.0.0.41", None)  # before the next test logs in as demo
+    print(f"    closed at bad command {before} (before login) and {after} (after login) with good ones between")
+
+
+def sample_rss(pid, seconds, during=None):
+    """Max VmRSS (KiB) over `seconds`, sampled every 50 ms; `during()` runs once in the middle and its result is
+    returned with it."""
+    peak, result, end = 0, None, time.monotonic() + seconds
+    while time.monotonic() < end:
+        peak = max(peak, vm_kib(pid, "VmRSS"))
+        if during and result is None and time.monotonic() > end - seconds / 2:
+            result = during()
+        time.sleep(0.05)
+    return peak, result
+
+
+def others_still_served(dev, source):
+    start = time.monotonic()
+    s = Session(dev, source).login("demo", dev.password)
+    assert s.command(b"STAT").startswith(b"+OK")
+    assert s.command(b"RETR 1").startswith(b"+OK") and s.lines()
+    assert s.command(b"QUIT").startswith(b"+OK")
+    s.close()
+    return time.monotonic() - start
+
+
+def released(dev, user, password, source, count, seconds=10):
+    """The session of a vanished client is cleaned up: its maildrop lock is released (a new login is not
+    [IN-USE]) and nothing was deleted."""
+    end = time.monotonic() + seconds
+    while True:
+        s = Session(dev, source)
+        assert s.command(b"USER " + user.encode()).startswith(b"+OK")
+        reply = s.command(b"PASS " + password.encode())
+        if reply.startswith(b"+OK"):
+            stat = s.command(b"STAT")
+            assert count is None or stat.startswith(b"+OK %d " % count), f"STAT after the vanished session: {stat}"
+            s.command(b"QUIT")
+            s.close()
+            return
+        s.close()
+        assert b"[IN-USE]" in reply, reply
+        assert time.monotonic() < end, f"maildrop still locked {seconds} s after the client went away"
+        time.sleep(0.2)
+
+
+@test
+def case52_client_never_reads_during_retr(dev):
+    """RETR of a 96 MiB message to a client that never reads (4 KiB receive buffer): pop3d stops reading the file
+    (RSS stays bounded), others are served meanwhile; when the client goes away its session is cleaned up."""
+    add_user(dev, "stall", "stall-pw")
+    line = b"0123456789" * 7 + b"\n"
+    block = line * ((1 << 20) // len(line))
+    r = subprocess.run([ARGS.pop3d, "deliver", "stall", "--config", dev.config], input=b"Subject: stall\n\n" + block * 96,
+                       capture_output=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    fds = open_fds(dev.proc.pid)
+    s = Session(dev, "127.0.0.52", rcvbuf=4096).login("stall", "stall-pw")
+    before = vm_kib(dev.proc.pid, "VmRSS")
+    s.send(b"RETR 1\r\n")
+    peak, other = sample_rss(dev.proc.pid, 3.0, lambda: others_still_served(dev, "127.0.0.53"))
+    growth = (peak - before) / 1024
+    s.abort()  # the client goes away
+    released(dev, "stall", "stall-pw", "127.0.0.52", 1)
+    end = time.monotonic() + 10
+    while open_fds(dev.proc.pid) > fds and time.monotonic() < end:
+        time.sleep(0.1)
+    print(f"    96 MiB RETR unread for 3 s: pop3d RSS {before // 1024} MiB, peak {peak // 1024} MiB ({growth:+.1f}); "
+          f"another session meanwhile {other * 1000:.0f} ms; fds {fds} -> {open_fds(dev.proc.pid)} after the client left")
+    assert growth < 24, f"RSS grew {growth:.0f} MiB while the client did not read: RETR does not wait for the client"
+    assert other < 2, f"another client took {other:.1f} s"
+    assert open_fds(dev.proc.pid) <= fds, f"descriptors {fds} -> {open_fds(dev.proc.pid)}: the session was not closed"
+
+
+@test
+def case68_pipelined_command_flood_without_reading(dev):
+    """2,000,000 pipelined LIST of 2,000 messages (40 GB of replies) from a client that never reads: pop3d stops
+    reading input while its output is backed up (the client cannot write it all; RSS bounded), serves others, and
+    cleans up after the client."""
+    add_user(dev, "flood", "flood-pw")
+    maildir = os.path.join(dev.data, "mail", "flood")
+    for sub in ("new", "cur", "tmp"):
+        os.makedirs(os.path.join(maildir, sub), exist_ok=True)
+    for i in range(2000):
+        with open(os.path.join(maildir, "new", f"1700000000.M{i}P1.flood"), "wb") as f:
+            f.write(b"Subject: %d\n\nx\n" % i)
+    fds = open_fds(dev.proc.pid)
+    s = Session(dev, "127.0.0.68", rcvbuf=4096).login("flood", "flood-pw")
+    assert s.command(b"STAT").startswith(b"+OK 2000 ")
+    before = vm_kib(dev.proc.pid, "VmRSS")
+    flood = b"LIST\r\n" * 2_000_000  # 12 MB: far more than the kernel buffers hold for a reader that stopped (~3 MB)
+    sent = [0]
+
+    def write():
+        s.sock.settimeout(4)
+        try:
+            for i in range(0, len(flood), 16384):
+                s.sock.sendall(flood[i:i + 16384])
+                sent[0] += 16384
+        except (OSError, ssl.SSLError):
+            pass
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    peak, other = sample_rss(dev.proc.pid, 3.0, lambda: others_still_served(dev, "127.0.0.69"))
+    growth = (peak - before) / 1024
+    s.abort(writer)  # the client goes away
+    released(dev, "flood", "flood-pw", "127.0.0.68", 2000)
+    end = time.monotonic() + 10
+    while open_fds(dev.proc.pid) > fds and time.monotonic() < end:
+        time.sleep(0.1)
+    print(f"    flood of {len(flood) // 1024} KiB LIST (client wrote {min(sent[0], len(flood)) // 1024} KiB before "
+          f"blocking): pop3d RSS {before // 1024} MiB, peak {peak // 1024} MiB ({growth:+.1f}); another session "
+          f"meanwhile {other * 1000:.0f} ms; fds {fds} -> {open_fds(dev.proc.pid)} after the client left")
+    assert sent[0] < len(flood), "the client wrote the whole flood: pop3d kept reading input while output was backed up"
+    assert growth < 24, f"RSS grew {growth:.0f} MiB: input is read while output is backed up"
+    assert other < 2, f"another client took {other:.1f} s"
+    assert open_fds(dev.proc.pid) <= fds, f"descriptors {fds} -> {open_fds(dev.proc.pid)}: the session was not closed"
 
 
 @test
