@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
 """The scripted malicious server (research/security.md §2) against the real `pop3 fetch` binary.
 
-Each scenario runs a fake POP3 server on loopback that misbehaves in one way, runs `pop3 fetch` against it,
-and checks what the client did: it must fail (or cope), never send a credential where TLS is required but
-missing, never DELE a message it did not store, and never store a partial message.
-Prints 'N passed, N failed' at the end.
+Each scenario runs a fake POP3 server on loopback that misbehaves in one way, runs `pop3 fetch` (or `pop3 probe`)
+against it, and checks what the client did: it must fail (or cope), never send a credential where TLS is required
+but missing, never DELE a message it did not store, and never store a partial message. Scenario names start with
+their case number in research/security.md. Two scenarios put a small relay in front of a real TLS server:
+openssl s_server for a server-initiated renegotiation (89), and a rewrite of the ALPN choice in a TLS 1.2
+ServerHello (87). Prints 'N passed, N failed' at the end.
 
-Usage: scripts/client_security.py --pop3 PATH
+Usage: scripts/client_security.py --pop3 PATH [--only TEXT]   (CS_VERBOSE=1 prints each client's output)
 """
 import argparse
 import datetime
@@ -18,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import traceback
 
 from cryptography import x509
@@ -56,14 +59,15 @@ def make_certs(folder):
           .sign(ca_key, hashes.SHA256()))
     write_pem(os.path.join(folder, "ca.pem"), ca.public_bytes(serialization.Encoding.PEM))
 
-    def leaf(label, dns, start, end, issuer=None, issuer_key=None):
+    def leaf(label, dns, start, end, issuer=None, issuer_key=None, san=True):
         key = ec.generate_private_key(ec.SECP256R1())
         issuer_name = issuer.subject if issuer else name(dns)
         builder = (x509.CertificateBuilder().subject_name(name(dns)).issuer_name(issuer_name)
                    .public_key(key.public_key()).serial_number(x509.random_serial_number())
                    .not_valid_before(start).not_valid_after(end)
-                   .add_extension(x509.SubjectAlternativeName([x509.DNSName(dns)]), critical=False)
                    .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True))
+        if san:
+            builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(dns)]), critical=False)
         if issuer:
             builder = builder.add_extension(
                 x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()), critical=False)
@@ -73,8 +77,14 @@ def make_certs(folder):
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
         return cert_path, key_path
 
+    valid = (now - datetime.timedelta(days=1), now + datetime.timedelta(days=30))
+    # Case 85: the name embeds a NUL ("localhost\0.evil.test", as raw bytes in the DER, which `cryptography` writes
+    # as given). A C-string comparison would read it as "localhost".
+    nul = "localhost\x00.evil.test"
     return {
-        "good": leaf("good", "localhost", now - datetime.timedelta(days=1), now + datetime.timedelta(days=30), ca, ca_key),
+        "good": leaf("good", "localhost", *valid, ca, ca_key),
+        "nul_san": leaf("nul-san", nul, *valid, ca, ca_key),
+        "nul_cn": leaf("nul-cn", nul, *valid, ca, ca_key, san=False),
         "wrong_host": leaf("wrong", "other.example", now - datetime.timedelta(days=1), now + datetime.timedelta(days=30), ca, ca_key),
         "expired": leaf("expired", "localhost", now - datetime.timedelta(days=30), now - datetime.timedelta(days=1), ca, ca_key),
         "self_signed": leaf("self", "localhost", now - datetime.timedelta(days=1), now + datetime.timedelta(days=30)),
@@ -177,14 +187,48 @@ def login(c, sasl_reply=b"+OK logged in\r\n"):
             c.send(b"-ERR\r\n")
 
 
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def relay(client, upstream, rewrite=None):
+    """Copies bytes both ways between two sockets until either side ends; `rewrite(data)` may change what the
+    upstream server sends to the client. Returns the two threads."""
+    def pump(src, dst, change):
+        try:
+            while data := src.recv(65536):
+                dst.sendall(change(data) if change else data)
+        except OSError:
+            pass
+        finally:
+            for sock in (dst, src):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+    threads = [threading.Thread(target=pump, args=(client, upstream, None), daemon=True),
+               threading.Thread(target=pump, args=(upstream, client, rewrite), daemon=True)]
+    for t in threads:
+        t.start()
+    return threads
+
+
 class Scenario:
-    """One fake server; `behave(conn)` scripts it. Runs in a thread for one connection."""
+    """One fake server; `behave(conn)` scripts it. Runs in a thread, for up to `connections` connections in turn.
+
+    `command` is "fetch" (`pop3 fetch` into a Maildir) or "probe" (`pop3 probe`, which connects twice when TLS is
+    used: once for the session, once to show the certificate chain). `insecure` runs a pop3:// URL with
+    --insecure-plaintext."""
 
     def __init__(self, name, behave, tls=None, starttls=False, expect_exit=1, credentials_allowed=False,
-                 dele_allowed=False, stored=0, extra_args=(), check=None, timeout=None):
+                 dele_allowed=False, stored=0, extra_args=(), check=None, timeout=None, command="fetch", connections=1,
+                 insecure=False):
         self.name, self.behave, self.tls, self.starttls = name, behave, tls, starttls
         self.expect_exit, self.credentials_allowed, self.dele_allowed = expect_exit, credentials_allowed, dele_allowed
         self.stored, self.extra_args, self.check, self.timeout = stored, extra_args, check, timeout
+        self.command, self.connections, self.insecure = command, connections, insecure
 
 
 def run_scenario(s, certs):
@@ -194,20 +238,32 @@ def run_scenario(s, certs):
     port = listener.getsockname()[1]
     log = []
     errors = []
+    client_done = threading.Event()
 
     def serve():
-        try:
-            listener.settimeout(60)
-            sock, _ = listener.accept()
-            sock.settimeout(60)
-            c = Conn(sock, log)
-            if s.tls:
-                c.tls(s.tls)
-            s.behave(c)
-        except (OSError, ssl.SSLError):
-            pass
-        except Exception as e:  # a bug in the fake server itself
-            errors.append(e)
+        listener.settimeout(0.2)
+        served, deadline = 0, time.monotonic() + 60
+        while served < s.connections and not client_done.is_set() and time.monotonic() < deadline:
+            try:
+                sock, _ = listener.accept()
+            except (socket.timeout, TimeoutError):
+                continue
+            except OSError:
+                return
+            served += 1
+            c = None
+            try:
+                sock.settimeout(60)
+                c = Conn(sock, log)
+                if s.tls:
+                    c.tls(s.tls)
+                s.behave(c)
+            except (OSError, ssl.SSLError):
+                pass
+            except Exception as e:  # a bug in the fake server itself
+                errors.append(e)
+            finally:
+                (c.sock if c else sock).close()
 
     t = threading.Thread(target=serve, daemon=True)
     t.start()
@@ -217,15 +273,24 @@ def run_scenario(s, certs):
     with open(pw, "w") as f:
         f.write("s3cret-password\n")
     os.chmod(pw, 0o600)
-    scheme = "pop3" if s.starttls else "pop3s"
-    args = [ARGS.pop3, "fetch", "--password-file", pw, "--maildir", maildir, "--ca-file", os.path.join(WORK, "certs", "ca.pem")]
+    scheme = "pop3" if s.starttls or s.insecure else "pop3s"
+    ca = ["--ca-file", os.path.join(WORK, "certs", "ca.pem")]
+    if s.command == "probe":
+        args = [ARGS.pop3, "probe"] + ca
+    else:
+        args = [ARGS.pop3, "fetch", "--password-file", pw, "--maildir", maildir] + ca
     if s.starttls:
         args.append("--starttls")
+    if s.insecure:
+        args.append("--insecure-plaintext")
     if s.timeout:
         args += ["--timeout", str(s.timeout)]
     args += list(s.extra_args) + [f"{scheme}://alice@localhost:{port}"]
     env = dict(os.environ, XDG_STATE_HOME=os.path.join(folder, "state"))
-    r = subprocess.run(args, capture_output=True, timeout=120, env=env)
+    try:
+        r = subprocess.run(args, capture_output=True, timeout=120, env=env)
+    finally:
+        client_done.set()
     t.join(10)
     listener.close()
     problems = []
@@ -375,6 +440,233 @@ def scenarios(certs):
     def journal_intact(r, log, maildir):
         return [] if b"QUIT" in b"\n".join(log) else ["QUIT not sent"]
 
+    # ---- 79: what `pop3 probe` reports must be what was negotiated, as the server saw it (first connection only).
+    def probe_server(seen, stls_ctx=None):
+        def behave(c):
+            greet(c)
+            if stls_ctx:
+                if c.line() is None:
+                    return
+                c.send(b"+OK Begin TLS negotiation now.\r\n")
+                time.sleep(0.3)  # a slow server: the handshake ends well after the client read the +OK
+                c.tls(stls_ctx)
+            if isinstance(c.sock, ssl.SSLSocket) and not seen:
+                seen.update(version=c.sock.version(), cipher=c.sock.cipher()[0], alpn=c.sock.selected_alpn_protocol())
+            while (line := c.line()) is not None:
+                if line.upper() == b"CAPA":
+                    c.send(b"+OK\r\nUIDL\r\nUSER\r\nSASL PLAIN\r\n.\r\n")
+                elif line.upper() == b"QUIT":
+                    c.send(b"+OK bye\r\n")
+                    return
+                else:
+                    c.send(b"-ERR\r\n")
+        return behave
+
+    def probe_reports(seen, mode):
+        def check(r, log, maildir):
+            out = r.stdout.decode(errors="replace").splitlines()
+            problems = []
+            if not out or not out[0].startswith("server: ") or not out[0].endswith(f"({mode})"):
+                problems.append(f"mode line {out[:1]}, expected '({mode})'")
+            tls_lines = [line for line in out if line.startswith("tls:")]
+            if not seen:
+                problems.append("the fake server saw no TLS session")
+            else:
+                version = seen["version"].lower().replace(".", "")  # TLSv1.3 -> tlsv13, as NIOSSL names it
+                expected = f"tls: {version}, cipher {seen['cipher']}, ALPN {seen['alpn'] or 'none'}"
+                if tls_lines != [expected]:
+                    problems.append(f"probe reports {tls_lines}, the server negotiated '{expected}'")
+            if "certificate: verified" not in out:
+                problems.append("'certificate: verified' missing")
+            return problems
+        return check
+
+    def probe_says_plaintext(r, log, maildir):
+        out = r.stdout.decode(errors="replace")
+        lines = out.splitlines()
+        problems = []
+        if not lines or not lines[0].endswith("(plaintext)"):
+            problems.append(f"mode line {lines[:1]}, expected '(plaintext)'")
+        claims = [l for l in lines if l.startswith(("tls:", "certificate")) or "encrypt" in l.lower() or "verified" in l]
+        if claims:
+            problems.append(f"claims security on a plaintext connection: {claims}")
+        return problems
+
+    def probe_claims_nothing(r, log, maildir):
+        claims = [l for l in r.stdout.decode(errors="replace").splitlines()
+                  if l.startswith("tls:") or l == "certificate: verified"]
+        return [f"unverified server reported as secure: {claims}"] if claims else []
+
+    def alpn_ctx(cert_key, protocols, max_tls12=False, ciphers=None):
+        ctx = server_ctx(*cert_key)
+        if max_tls12:
+            ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+        if ciphers:
+            ctx.set_ciphers(ciphers)
+        if protocols:
+            ctx.set_alpn_protocols(protocols)
+        return ctx
+
+    seen13, seen12 = {}, {}
+    tls13_alpn = alpn_ctx(certs["good"], ["pop3"])
+    tls12_aes256 = alpn_ctx(certs["good"], None, max_tls12=True, ciphers="ECDHE-ECDSA-AES256-GCM-SHA384")
+
+    # ---- 87: the client offers ALPN ["pop3"] only and SNI = the configured host.
+    offered = {}
+    alpn_choice = alpn_ctx(certs["good"], ["imap", "http/1.1", "pop3"])  # OpenSSL picks the first the client offers
+
+    def remember_sni(sock, server_name, ctx):
+        offered["sni"] = server_name
+    alpn_choice.sni_callback = remember_sni
+
+    def alpn_offer(c):
+        offered["alpn"] = c.sock.selected_alpn_protocol()
+        normal(c)
+
+    def offered_only_pop3(r, log, maildir):
+        problems = []
+        if offered.get("alpn") != "pop3":
+            problems.append(f"server selected ALPN {offered.get('alpn')!r} from the client's list (imap and http/1.1 "
+                            "came first in its preference): the client offered something else than pop3, or nothing")
+        if offered.get("sni") != "localhost":
+            problems.append(f"SNI {offered.get('sni')!r}, expected 'localhost'")
+        return problems
+
+    # ---- 87: a server that selects a protocol the client did not offer. A standard TLS server cannot, so a relay
+    # rewrites "pop3" to "imap" in the ALPN extension of a TLS 1.2 ServerHello (plaintext in 1.2, encrypted in 1.3).
+    tls12_pop3 = alpn_ctx(certs["good"], ["pop3"], max_tls12=True)
+    rewritten = []
+
+    def alpn_rewrite(data):
+        alpn_pop3 = b"\x00\x10\x00\x07\x00\x05\x04pop3"
+        if not rewritten and alpn_pop3 in data:
+            rewritten.append(True)
+            return data.replace(alpn_pop3, b"\x00\x10\x00\x07\x00\x05\x04imap", 1)
+        return data
+
+    def alpn_imap(c):
+        inner, outer = socket.socketpair()
+
+        def real_server():
+            try:
+                conn = Conn(tls12_pop3.wrap_socket(inner, server_side=True), c.log)
+                greet(conn)
+                if login(conn):
+                    transaction(conn)
+            except (OSError, ssl.SSLError):
+                pass
+            finally:
+                inner.close()
+        server = threading.Thread(target=real_server, daemon=True)
+        server.start()
+        for t in relay(c.sock, outer, alpn_rewrite):
+            t.join(30)
+        server.join(5)
+
+    def refused_for_alpn(r, log, maildir):
+        problems = [] if rewritten else ["the relay found no ALPN 'pop3' in the ServerHello to rewrite"]
+        if b"ALPN" not in r.stderr.upper():
+            problems.append("the error does not name ALPN")
+        return problems
+
+    # ---- 89: openssl s_server (TLS 1.2) behind a relay asks for a renegotiation (its `r` command sends a
+    # HelloRequest) after CAPA arrives and before answering it; the CAPA reply follows the HelloRequest.
+    sserver_out = []
+
+    def renegotiate(c):
+        cert, key = certs["good"]
+        port = free_port()
+        proc = subprocess.Popen(["openssl", "s_server", "-accept", f"127.0.0.1:{port}", "-cert", cert, "-key", key,
+                                 "-tls1_2", "-crlf"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT)
+        out = []
+
+        def read_stdout():
+            for line in proc.stdout:
+                out.append(line)
+                c.log.append(line.rstrip(b"\r\n"))  # what the client sent inside TLS, among s_server's notes
+        reader = threading.Thread(target=read_stdout, daemon=True)
+        reader.start()
+
+        def wait_for(predicate, seconds=10):
+            end = time.monotonic() + seconds
+            while time.monotonic() < end:
+                if any(predicate(line) for line in list(out)):
+                    return True
+                time.sleep(0.05)
+            return False
+
+        def type_in(text):
+            proc.stdin.write(text)
+            proc.stdin.flush()
+        try:
+            upstream = None
+            for _ in range(100):
+                try:
+                    upstream = socket.create_connection(("127.0.0.1", port), timeout=30)
+                    break
+                except OSError:
+                    time.sleep(0.05)
+            assert upstream, "openssl s_server is not listening"
+            threads = relay(c.sock, upstream)
+            if wait_for(lambda l: l.startswith(b"Secure Renegotiation")):
+                type_in(b"+OK fake ready\n")
+                if wait_for(lambda l: l.strip().upper() == b"CAPA"):
+                    time.sleep(0.1)
+                    type_in(b"r\n")  # alone in one read: s_server's "renegotiate" command
+                    time.sleep(0.3)
+                    type_in(b"+OK\nUIDL\nUSER\nSASL PLAIN\n.\n")
+                    type_in(b"+OK logged in\n")  # would answer AUTH or USER if the client went on
+            for t in threads:
+                t.join(15)
+        finally:
+            proc.kill()
+            proc.wait()
+            reader.join(5)
+            sserver_out[:] = out
+
+    def refused_renegotiation(r, log, maildir):
+        problems = []
+        if not any(l.startswith(b"SSL_do_handshake -> 1") for l in sserver_out):
+            problems.append("s_server did not send a HelloRequest: " + repr(b"".join(sserver_out)[-300:]))
+        if b"NO_RENEGOTIATION" not in r.stderr:
+            problems.append("the error does not say the renegotiation was refused")
+        return problems
+
+    # ---- 97: [IN-USE] at login.
+    def in_use(c):
+        greet(c)
+        while (line := c.line()) is not None:
+            cmd = line.split(b" ")[0].upper()
+            if cmd == b"CAPA":
+                c.send(b"+OK\r\nUIDL\r\nUSER\r\nSASL PLAIN\r\n.\r\n")
+            elif cmd == b"USER":
+                c.send(b"+OK\r\n")
+            elif cmd in (b"AUTH", b"PASS"):
+                c.send(b"-ERR [IN-USE] try again later\r\n")  # the text does not say "in use": the client must
+            elif cmd == b"QUIT":
+                c.send(b"+OK\r\n")
+                return
+            else:
+                c.send(b"-ERR\r\n")
+
+    def names_in_use_once(r, log, maildir):
+        problems = []
+        if b"IN-USE" not in r.stderr.upper() and b"IN USE" not in r.stderr.upper():
+            problems.append("the error does not name the in-use condition")
+        attempts = [l for l in log if l.upper().startswith((b"AUTH", b"PASS"))]
+        if len(attempts) != 1:
+            problems.append(f"{len(attempts)} login attempts, expected exactly 1")
+        after = [l for l in log if l.upper().split(b" ")[0] in (b"STAT", b"LIST", b"UIDL", b"RETR", b"TOP")]
+        if after:
+            problems.append(f"commands after the refused login: {after}")
+        return problems
+
+    def says(text):
+        def check(r, log, maildir):
+            return [] if text.encode() in r.stderr else [f"stderr does not say '{text}'"]
+        return check
+
     expired = server_ctx(*certs["expired"])
     wrong = server_ctx(*certs["wrong_host"])
     selfsigned = server_ctx(*certs["self_signed"])
@@ -406,6 +698,29 @@ def scenarios(certs):
                  credentials_allowed=True),
         Scenario("97 QUIT -ERR → error, messages stored, DELE only after storing", quit_err, tls=good,
                  credentials_allowed=True, dele_allowed=True, stored=2, check=journal_intact),
+        Scenario("97 PASS/AUTH -ERR [IN-USE] → exit 1 naming IN-USE, one attempt, nothing stored or deleted", in_use,
+                 tls=good, credentials_allowed=True, check=names_in_use_once),
+        Scenario("85 NUL in the subjectAltName (localhost\\0.evil.test) → refused for the host name", normal,
+                 tls=server_ctx(*certs["nul_san"]), check=says("not valid for this host name")),
+        Scenario("85 NUL in the CN, no subjectAltName (localhost\\0.evil.test) → refused for the host name", normal,
+                 tls=server_ctx(*certs["nul_cn"]), check=says("not valid for this host name")),
+        Scenario("89 server-initiated renegotiation (s_server, TLS 1.2) before the CAPA reply → refused, no credentials",
+                 renegotiate, check=refused_renegotiation, timeout=10),
+        Scenario("87 client offers ALPN pop3 only and SNI localhost (server prefers imap, http/1.1)", alpn_offer,
+                 tls=alpn_choice, expect_exit=0, credentials_allowed=True, dele_allowed=True, stored=2,
+                 check=offered_only_pop3),
+        Scenario("87 server selects ALPN imap (rewritten TLS 1.2 ServerHello) → abort, no credentials", alpn_imap,
+                 check=refused_for_alpn),
+        Scenario("79 probe, implicit TLS 1.3 + ALPN: reports the negotiated version, cipher, ALPN; verified",
+                 probe_server(seen13), tls=tls13_alpn, command="probe", connections=2, expect_exit=0,
+                 check=probe_reports(seen13, "implicit TLS")),
+        Scenario("79 probe, implicit TLS 1.2 ECDHE-ECDSA-AES256-GCM-SHA384, no ALPN: reported as negotiated",
+                 probe_server(seen12), tls=tls12_aes256, command="probe", connections=2, expect_exit=0,
+                 check=probe_reports(seen12, "implicit TLS")),
+        Scenario("79 probe --insecure-plaintext: reported as plaintext, no TLS or certificate claim",
+                 probe_server({}), insecure=True, command="probe", expect_exit=0, check=probe_says_plaintext),
+        Scenario("79 probe of a self-signed server: exit 1, never reported as TLS or verified",
+                 probe_server({}), tls=selfsigned, command="probe", connections=2, check=probe_claims_nothing),
         Scenario("control: a well-behaved server is fetched", normal, tls=good, expect_exit=0,
                  credentials_allowed=True, dele_allowed=True, stored=2),
         Scenario("control: STLS server is fetched", lambda c: (greet(c), c.line(), c.send(b"+OK\r\n"), c.tls(good),
@@ -418,12 +733,15 @@ def main():
     global ARGS, WORK
     parser = argparse.ArgumentParser()
     parser.add_argument("--pop3", required=True)
+    parser.add_argument("--only", help="run only the scenarios whose name contains this text")
     ARGS = parser.parse_args()
     WORK = tempfile.mkdtemp(prefix="pop3-client-security-")
     os.makedirs(os.path.join(WORK, "certs"))
     certs = make_certs(os.path.join(WORK, "certs"))
     passed = failed = 0
     for s in scenarios(certs):
+        if ARGS.only and ARGS.only not in s.name:
+            continue
         try:
             problems, r = run_scenario(s, certs)
         except Exception:
@@ -437,6 +755,8 @@ def main():
             passed += 1
             why = r.stderr.decode(errors="replace").strip().splitlines()
             print(f"PASS {s.name}" + (f"  [{why[-1][:110]}]" if why and s.expect_exit else ""))
+            if os.environ.get("CS_VERBOSE"):
+                print("    stdout: " + r.stdout.decode(errors="replace").strip()[:600] + "\n    stderr: " + r.stderr.decode(errors="replace").strip()[:600])
     if failed == 0:
         shutil.rmtree(WORK, ignore_errors=True)
     print(f"client-security: {passed} passed, {failed} failed")
