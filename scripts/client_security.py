@@ -507,7 +507,7 @@ def scenarios(certs):
             ctx.set_alpn_protocols(protocols)
         return ctx
 
-    seen13, seen12 = {}, {}
+    seen13, seen12, seen_stls = {}, {}, {}
     tls13_alpn = alpn_ctx(certs["good"], ["pop3"])
     tls12_aes256 = alpn_ctx(certs["good"], None, max_tls12=True, ciphers="ECDHE-ECDSA-AES256-GCM-SHA384")
 
@@ -717,6 +717,9 @@ def scenarios(certs):
         Scenario("79 probe, implicit TLS 1.2 ECDHE-ECDSA-AES256-GCM-SHA384, no ALPN: reported as negotiated",
                  probe_server(seen12), tls=tls12_aes256, command="probe", connections=2, expect_exit=0,
                  check=probe_reports(seen12, "implicit TLS")),
+        Scenario("79 probe, STLS (TLS 1.3 + ALPN, slow handshake): reports the negotiated version, cipher, ALPN",
+                 probe_server(seen_stls, tls13_alpn), starttls=True, command="probe", connections=2, expect_exit=0,
+                 check=probe_reports(seen_stls, "STLS")),
         Scenario("79 probe --insecure-plaintext: reported as plaintext, no TLS or certificate claim",
                  probe_server({}), insecure=True, command="probe", expect_exit=0, check=probe_says_plaintext),
         Scenario("79 probe of a self-signed server: exit 1, never reported as TLS or verified",

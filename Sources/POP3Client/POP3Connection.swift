@@ -114,7 +114,11 @@ public final class POP3Connection {
                 throw POP3ClientError.stlsResponseInjection
             }
             guard reply.kind == .ok else { throw POP3ClientError.stlsRefused(reply.text) }
+            // The handshake starts now. CAPA's reply can only arrive once it has completed, so the TLS facts
+            // (version, cipher, ALPN, certificate) are read after it; nothing sensitive has been sent by then.
+            try await self.refreshCapabilities(mapping: Self.tlsError)
             try await self.recordTLS()
+            return
         }
         try await self.refreshCapabilities()
     }
@@ -196,8 +200,12 @@ public final class POP3Connection {
     // MARK: Commands
 
     public func refreshCapabilities() async throws {
+        try await self.refreshCapabilities(mapping: { $0 })
+    }
+
+    private func refreshCapabilities(mapping: (any Error) -> any Error) async throws {
         try await self.send("CAPA")
-        let status = try await self.readStatus()
+        let status = try await self.readStatus(mapping: mapping)
         guard status.kind == .ok else {
             self.capabilities = []
             return
