@@ -93,7 +93,13 @@ public enum POP3ClientError: Error, Sendable, Equatable, CustomStringConvertible
         case .timeout: "server did not answer in time"
         case .connectionClosed: "connection closed by the server"
         case .protocolViolation(let what): "protocol violation: \(what)"
-        case .authenticationFailed(let code, let text): "login failed\(code.map { " [\($0)]" } ?? ""): \(text)"
+        case .authenticationFailed(let code, let text):
+            switch code?.uppercased() {
+            // RFC 2449 §8.1.1 / RFC 3206: not a credentials problem; say so, so nobody changes a good password.
+            case "IN-USE": "login refused [IN-USE]: the mailbox is in use by another session; try again later (\(text))"
+            case "SYS/TEMP": "login refused [SYS/TEMP]: temporary server problem; try again later (\(text))"
+            default: "login failed\(code.map { " [\($0)]" } ?? ""): \(text)"
+            }
         case .commandFailed(let command, let code, let text): "\(command) failed\(code.map { " [\($0)]" } ?? ""): \(text)"
         case .noUsableMechanism: "server offers no usable login mechanism (SASL PLAIN or USER)"
         }
