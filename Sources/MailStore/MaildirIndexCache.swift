@@ -23,10 +23,14 @@ struct FileStamp: Equatable, Sendable {
         self.changed = WallClock.changeTime(st)
     }
 
-    /// Whether the stamp is older than `margin` before `observedAt`: a change made after the stamp was taken then
-    /// cannot share its timestamp, even on a file system whose clock ticks coarsely.
-    func isSettled(observedAt: Int64, margin: Int64) -> Bool {
-        max(self.modified, self.changed) < observedAt - margin
+    /// Whether the stamp is older than the file system's timestamp granularity before `observedAt`, so that a
+    /// change made after the stamp was taken cannot share its timestamp. Linux stamps files from a clock that
+    /// ticks every 1–10 ms (a jiffy); a file system that keeps whole seconds only (no nanoseconds in either time)
+    /// gets a second.
+    func isSettled(observedAt: Int64) -> Bool {
+        let wholeSeconds = self.modified % 1_000_000_000 == 0 && self.changed % 1_000_000_000 == 0
+        let margin = wholeSeconds ? MaildirIndexCache.coarseSettleMargin : MaildirIndexCache.settleMargin
+        return max(self.modified, self.changed) < observedAt - margin
     }
 }
 
@@ -42,15 +46,18 @@ struct MaildirStamps: Equatable, Sendable {
 /// The last index of recently opened Maildirs, so that a maildrop nobody changed since is opened with three stat(2)
 /// calls instead of two readdirs and a read of `dovecot-uidlist` (a mail client polling every few minutes is the
 /// common case). An entry is used only when all three stamps are unchanged, and it is stored only when each stamp is
-/// settled: taken at least `settleMargin` after the last change, so that a change landing in the same timestamp tick
-/// as the stamp cannot go unseen. A `dovecot-uidlist` we wrote ourselves is trusted at once: its stamp is taken
-/// under the uidlist lock, which every writer (Dovecot too) takes.
+/// settled: taken at least `settleMargin` (a second where file times have whole seconds only) after the last change,
+/// so that a change landing in the same timestamp tick as the stamp cannot go unseen. A `dovecot-uidlist` we wrote
+/// ourselves is trusted at once: its stamp is taken under the uidlist lock, which every writer (Dovecot too) takes.
 ///
 /// Bounded by the number of messages held, each Maildir counting one more (least recently used Maildirs go first).
 final class MaildirIndexCache: Sendable {
     /// Messages (plus one per Maildir) held across all Maildirs, about 200 bytes each.
     static let defaultCapacity = 200_000
-    static let settleMargin: Int64 = 1_000_000_000
+    /// How old a stamp must be to be trusted: five times the coarsest kernel clock tick (HZ=100); a second on
+    /// file systems with whole-second times.
+    static let settleMargin: Int64 = 50_000_000
+    static let coarseSettleMargin: Int64 = 1_000_000_000
 
     private struct Slot {
         var stamps: MaildirStamps
@@ -94,8 +101,8 @@ final class MaildirIndexCache: Sendable {
     /// not settled yet. `trustedUIDList`: the uidlist stamp was taken under the uidlist lock after our own write.
     func store(_ path: String, stamps: MaildirStamps, entries: [MaildirEntry], observedAt: Int64, trustedUIDList: Bool = false) {
         let settled = [stamps.new, stamps.cur].allSatisfy {
-            $0?.isSettled(observedAt: observedAt, margin: Self.settleMargin) ?? true
-        } && (trustedUIDList || (stamps.uidList?.isSettled(observedAt: observedAt, margin: Self.settleMargin) ?? true))
+            $0?.isSettled(observedAt: observedAt) ?? true
+        } && (trustedUIDList || (stamps.uidList?.isSettled(observedAt: observedAt) ?? true))
         self.state.withLock { state in
             if let old = state.slots.removeValue(forKey: path) { state.held -= old.entries.count + 1 }
             guard settled, entries.count < self.capacity else { return }

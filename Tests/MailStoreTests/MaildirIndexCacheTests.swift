@@ -129,3 +129,30 @@ struct MaildirIndexCacheTests {
         #expect(provider.indexCache == nil)
     }
 }
+
+@Suite("File stamps")
+struct FileStampTests {
+    static func stamp(modified: Int64, changed: Int64) -> FileStamp {
+        var st = stat()
+        st.st_mtim = timespec(tv_sec: Int(modified / 1_000_000_000), tv_nsec: Int(modified % 1_000_000_000))
+        st.st_ctim = timespec(tv_sec: Int(changed / 1_000_000_000), tv_nsec: Int(changed % 1_000_000_000))
+        return FileStamp(st)
+    }
+
+    /// Nanosecond file times: settled 50 ms after the later of mtime and ctime.
+    @Test func fineTimesSettleAfterFiftyMilliseconds() {
+        let t: Int64 = 1_700_000_000_123_456_789
+        let stamp = Self.stamp(modified: t, changed: t + 1_000_000)
+        #expect(!stamp.isSettled(observedAt: t + 1_000_000 + 50_000_000))
+        #expect(stamp.isSettled(observedAt: t + 1_000_000 + 50_000_001))
+    }
+
+    /// Whole-second file times (no nanoseconds in either): a change within the same second would look the same.
+    @Test func wholeSecondTimesSettleAfterASecond() {
+        let t: Int64 = 1_700_000_000_000_000_000
+        let stamp = Self.stamp(modified: t, changed: t)
+        #expect(!stamp.isSettled(observedAt: t + 999_000_000))
+        #expect(!stamp.isSettled(observedAt: t + 1_000_000_000))
+        #expect(stamp.isSettled(observedAt: t + 1_000_000_001))
+    }
+}
