@@ -137,6 +137,7 @@ public final class POP3Connection {
             return "certificate not trusted: unknown or self-signed issuer, or expired (use --ca-file or --pin; `pop3 probe` shows the chain)"
         }
         if text.contains("failedToValidateHostname") { return "certificate is not valid for this host name" }
+        if text.contains("uncleanShutdown") { return "the connection ended abruptly (closed without TLS close_notify)" }
         if text.contains("UNSUPPORTED_PROTOCOL") || text.contains("WRONG_VERSION") || text.contains("TLSV1_ALERT_PROTOCOL_VERSION") {
             return "no common TLS version (TLS 1.2 or later is required) [\(text.prefix(160))]"
         }

@@ -25,6 +25,8 @@ struct FetchJob: Sendable {
     var destination: DestinationSpec
     var retention: RetentionPolicy
     var maximumSize: Int?
+    /// At most this many messages per session (then QUIT and a new session); nil: all in one.
+    var checkpoint: Int? = nil
     /// Seconds for connect, handshake and each reply.
     var timeout: Int
 
@@ -77,12 +79,38 @@ struct Fetcher {
         configuration.eventLoopGroup = self.eventLoop
         configuration.connectTimeout = .seconds(Int64(self.job.timeout))
         configuration.replyTimeout = .seconds(Int64(self.job.timeout))
+        // With --checkpoint N, each session fetches at most N messages and ends with QUIT, so that deletions
+        // become final on the server even when the link drops later (security.md case 102).
+        var skipped = Set<String>()
+        var sessions = 0
+        while try await self.session(
+            configuration, password: password, journal: journal, destination: destination,
+            first: sessions == 0, skipped: &skipped, summary: &summary
+        ) {
+            sessions += 1
+            // A server that keeps listing new messages cannot keep us here: as many sessions as the first
+            // listing needs, and one more.
+            if let limit = self.job.checkpoint, sessions > summary.onServer / limit + 1 { break }
+        }
+    }
+
+    /// One connection: logs in, fetches what is not yet delivered (at most `job.checkpoint` messages), deletes what
+    /// the retention policy says, QUITs. Returns whether messages were left to fetch for another session.
+    private func session(
+        _ configuration: POP3ClientConfiguration,
+        password: String,
+        journal: UIDLJournal,
+        destination: any MessageDestination,
+        first: Bool,
+        skipped: inout Set<String>,
+        summary: inout FetchSummary
+    ) async throws -> Bool {
         let connection = try await POP3Connection.connect(configuration, logger: self.logger)
         do {
             try await connection.login(user: self.job.url.user, password: password)
             let uidl = try await connection.uidl()
             let sizes = try await connection.list()
-            summary.onServer = uidl.count
+            if first { summary.onServer = uidl.count }
             let now = currentTime()
             try journal.noteSeen(uidl.map(\.uid), now: now)
 
@@ -97,12 +125,20 @@ struct Fetcher {
                 }
                 let size = sizes[number] ?? 0
                 if let maximum = self.job.maximumSize, size > maximum {
-                    summary.skipped += 1
-                    FileHandle.standardError.write(Data("pop3: \(self.job.name): skipping message \(number) (\(size) octets > --max-size \(maximum))\n".utf8))
+                    if skipped.insert(uid).inserted {
+                        summary.skipped += 1
+                        FileHandle.standardError.write(Data("pop3: \(self.job.name): skipping message \(number) (\(size) octets > --max-size \(maximum))\n".utf8))
+                    }
                     continue
                 }
                 toFetch.append(number)
                 totalBytes += size
+            }
+            var more = false
+            if let limit = self.job.checkpoint, toFetch.count > limit {
+                toFetch = Array(toFetch.prefix(limit))
+                totalBytes = toFetch.reduce(0) { $0 + (sizes[$1] ?? 0) }
+                more = true
             }
             self.progress?.start(account: self.job.name, messages: toFetch.count, bytes: totalBytes)
 
@@ -156,11 +192,12 @@ struct Fetcher {
             }
             try await connection.delete(deletable.map(\.number))
             try await connection.quit()
-            summary.deleted = deletable.count
+            summary.deleted += deletable.count
             // QUIT answered +OK: the server committed. Forget what is no longer there.
             let remaining = Set(uidl.map(\.uid)).subtracting(deletable.map(\.uid))
             try journal.forget(keepingOnly: remaining)
             try journal.compact()
+            return more
         } catch {
             await connection.close()
             throw error

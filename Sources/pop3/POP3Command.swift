@@ -91,6 +91,8 @@ struct Fetch: AsyncParsableCommand {
     var mbox: String?
     @Option(help: "Deliver by running this command (via sh -c) with the message on stdin; exit 0 = delivered.")
     var mda: String?
+    @Option(help: "Fetch at most N messages per session, then QUIT (making deletions final) and start a new one: for links that drop.")
+    var checkpoint: Int?
     @Option(help: "Seconds to wait for a connection, the TLS handshake or any reply before giving up.")
     var timeout = 60
     @Flag(help: "Print a JSON summary on stdout.")
@@ -102,6 +104,7 @@ struct Fetch: AsyncParsableCommand {
         if let days = self.keepDays, days < 0 { throw ValidationError("--keep-days must be 0 or more") }
         if let size = self.maxSize, size < 0 { throw ValidationError("--max-size must be 0 or more") }
         if self.timeout < 1 { throw ValidationError("--timeout must be at least 1 second") }
+        if let checkpoint = self.checkpoint, checkpoint < 1 { throw ValidationError("--checkpoint must be at least 1") }
     }
 
     func run() async throws {
@@ -155,6 +158,7 @@ struct Fetch: AsyncParsableCommand {
                     destination: destinations[0],
                     retention: retention,
                     maximumSize: self.maxSize,
+                    checkpoint: self.checkpoint,
                     timeout: self.timeout
                 )
             ]
@@ -190,6 +194,7 @@ struct Fetch: AsyncParsableCommand {
                 destination: destination,
                 retention: (self.keep || self.keepDays != nil) ? retention : RetentionPolicy(keep: account.keep, keepDays: account.keepDays),
                 maximumSize: self.maxSize ?? account.maxSize,
+                checkpoint: self.checkpoint,
                 timeout: self.timeout
             )
         }
