@@ -11,9 +11,10 @@ import NIOCore
 
 /// Delivery into a Maildir, exactly once per account and UIDL, also across kill -9.
 ///
-/// Each message is written to `tmp/`, fsync'ed and linked (or, where links are unsupported, renamed without
-/// clobbering) into `new/` by `commit()`; `flush()` fsyncs `new/` once for all messages committed since the last
-/// flush (so a batch costs one directory fsync), and the caller journals them only after that. The file name carries a digest of (account, UID):
+/// Each message is written to an unnamed file in `new/` (O_TMPFILE, where the file system has it) or else to `tmp/`,
+/// fsync'ed, and named in `new/` by `commit()` (linkat, or link, or where links are unsupported a rename that does
+/// not clobber); `flush()` fsyncs `new/` once for all messages committed since the last flush (so a batch costs one
+/// directory fsync), and the caller journals them only after that. The file name carries a digest of (account, UID):
 /// `<unixtime>.P<hex16>.<hostname>,S=<size>`, hex16 being the first 8 bytes of SHA-256(stem + "\0" + uid).
 /// `recover(journal:)` scans `new/` and `cur/` once for such names, so a message stored just before a crash (before
 /// the journal recorded it) is recognised rather than stored twice — also after the user's reader moved it to `cur/`.
@@ -27,6 +28,12 @@ public final class MaildirDestination: MessageDestination {
     private var recovered = false
     /// Messages linked into `new/` since its last fsync.
     private var unsyncedPublications = 0
+    /// Whether messages are written as unnamed files (O_TMPFILE) in `new/` and named there with linkat(2) once
+    /// complete and fsync'ed: one directory change per message instead of three (create and unlink in `tmp/`, link
+    /// in `new/`), and a crash leaves nothing behind. Probed by `recover(journal:)`; else `tmp/` as maildir(5) says.
+    private var anonymousFiles = false
+    /// Tests turn unnamed files off to exercise the `tmp/` path.
+    var allowsAnonymousFiles = true
     /// Marks this account's files in `tmp/` so that recovery removes only ours.
     private let accountTag: String
 
@@ -69,6 +76,8 @@ public final class MaildirDestination: MessageDestination {
         for name in try FileIO.listDirectory(tmp) where name.contains("A\(accountTag).") {
             _ = unlink(FileIO.join(tmp, name))
         }
+        anonymousFiles = allowsAnonymousFiles
+            && Self.canNameAnonymousFiles(in: tmp, probeName: "probe.R\(getpid())A\(accountTag).\(hostname)")
         storedDigests = []
         for sub in ["new", "cur"] {
             for name in try FileIO.listDirectory(FileIO.join(path, sub)) {
@@ -98,9 +107,36 @@ public final class MaildirDestination: MessageDestination {
         guard !isStored(uid: uid) else { throw MailRetrieverError.alreadyStored(uid: uid) }
         let digest = digest(of: uid)
         let timestamp = Int64(time(nil))
+        if anonymousFiles, let flags = Self.openAnonymous {
+            let fd = try FileIO.open(FileIO.join(path, "new"), flags, mode: 0o600)
+            return Sink(destination: self, digest: digest, time: timestamp, tmpPath: nil, fd: fd)
+        }
         let tmpPath = FileIO.join(path, "tmp/\(timestamp).P\(digest)A\(accountTag).\(hostname)")
         let fd = try FileIO.open(tmpPath, O_WRONLY | O_CREAT | O_TRUNC, mode: 0o600)
         return Sink(destination: self, digest: digest, time: timestamp, tmpPath: tmpPath, fd: fd)
+    }
+
+    /// open(2) flags for an unnamed file in a directory (O_TMPFILE = __O_TMPFILE | O_DIRECTORY, which Swift does not
+    /// import), where known.
+    #if os(Linux) && (arch(x86_64) || arch(arm64))
+        static let openAnonymous: Int32? = O_WRONLY | 0o20000000 | O_DIRECTORY
+    #else
+        static let openAnonymous: Int32? = nil
+    #endif
+
+    /// Gives an unnamed file a name: through /proc, as linkat(AT_EMPTY_PATH) needs a privilege.
+    static func nameAnonymousFile(_ fd: Int32, at path: String) -> Int32 {
+        linkat(AT_FDCWD, "/proc/self/fd/\(fd)", AT_FDCWD, path, AT_SYMLINK_FOLLOW)
+    }
+
+    /// Whether this file system and /proc let an unnamed file be created in `directory` and named there.
+    static func canNameAnonymousFiles(in directory: String, probeName: String) -> Bool {
+        guard let flags = openAnonymous, let fd = try? FileIO.open(directory, flags, mode: 0o600) else { return false }
+        defer { FileIO.close(fd) }
+        let probe = FileIO.join(directory, probeName)
+        guard nameAnonymousFile(fd, at: probe) == 0 else { return false }
+        _ = unlink(probe)
+        return true
     }
 
     /// `.P<16 lowercase hex>.` in a name, as written by this type.
@@ -130,19 +166,20 @@ public final class MaildirDestination: MessageDestination {
         private let destination: MaildirDestination
         private let digest: String
         private let time: Int64
-        private let tmpPath: String
+        /// The file in `tmp/`; nil for an unnamed file in `new/`.
+        private let tmpPath: String?
         private var fd: Int32
         private let writer: BufferedFileWriter
         private var converter = CRLFToLF()
         private var closed = false
 
-        init(destination: MaildirDestination, digest: String, time: Int64, tmpPath: String, fd: Int32) {
+        init(destination: MaildirDestination, digest: String, time: Int64, tmpPath: String?, fd: Int32) {
             self.destination = destination
             self.digest = digest
             self.time = time
             self.tmpPath = tmpPath
             self.fd = fd
-            self.writer = BufferedFileWriter(fd: fd, path: tmpPath)
+            self.writer = BufferedFileWriter(fd: fd, path: tmpPath ?? FileIO.join(destination.path, "new/(unnamed)"))
         }
 
         deinit {
@@ -161,10 +198,10 @@ public final class MaildirDestination: MessageDestination {
                 converter.finish(into: &tail)
                 try writer.append(contentsOf: tail)
                 try writer.flush()
-                try FileIO.sync(fd, path: tmpPath)
+                try FileIO.sync(fd, path: tmpPath ?? destination.path + "/new")
+                try publish(size: writer.bytesWritten)
                 FileIO.close(fd)
                 fd = -1
-                try publish(size: writer.bytesWritten)
             } catch {
                 abort()
                 throw error
@@ -173,12 +210,18 @@ public final class MaildirDestination: MessageDestination {
             destination.didStore(digest: digest)
         }
 
-        /// Moves the file from `tmp/` into `new/` without ever replacing an existing file (`flush()` makes `new/`
-        /// durable).
+        /// Names the file in `new/` (a link from `tmp/`, or the unnamed file's first name) without ever replacing
+        /// an existing file (`flush()` makes `new/` durable).
         private func publish(size: UInt64) throws {
             let newDirectory = FileIO.join(destination.path, "new")
             let name = "\(time).P\(digest).\(destination.hostname),S=\(size)"
             let newPath = FileIO.join(newDirectory, name)
+            guard let tmpPath else {
+                guard MaildirDestination.nameAnonymousFile(fd, at: newPath) == 0 || errno == EEXIST else {
+                    throw FileSystemError("linkat", path: newPath, errno: errno)
+                }
+                return  // EEXIST: same account, UID and second: this very message is already there
+            }
             if link(tmpPath, newPath) != 0 {
                 let code = errno
                 switch code {
@@ -202,10 +245,10 @@ public final class MaildirDestination: MessageDestination {
             guard !closed else { return }
             closed = true
             if fd >= 0 {
-                FileIO.close(fd)
+                FileIO.close(fd)  // an unnamed file goes with its last descriptor
                 fd = -1
             }
-            _ = unlink(tmpPath)
+            if let tmpPath { _ = unlink(tmpPath) }
         }
     }
 }

@@ -56,11 +56,12 @@ import Testing
 }
 
 @Suite struct MaildirDestinationTests {
-    func setUp() throws -> (TemporaryDirectory, UIDLJournal, MaildirDestination) {
+    func setUp(anonymousFiles: Bool = true) throws -> (TemporaryDirectory, UIDLJournal, MaildirDestination) {
         let dir = try TemporaryDirectory()
         try FileIO.makeDirectories(dir.file("state"))
         let journal = try UIDLJournal.open(testKey, stateDirectory: dir.file("state"))
         let maildir = MaildirDestination(path: dir.file("Mail/inbox"), accountKey: testKey, hostname: "host:a/b")
+        maildir.allowsAnonymousFiles = anonymousFiles
         try maildir.recover(journal: journal)
         return (dir, journal, maildir)
     }
@@ -128,8 +129,29 @@ import Testing
         #expect(maildir3.isStored(uid: "m9"))
     }
 
-    @Test func recoverRemovesOnlyOurStaleTmpFiles() throws {
+    /// Where the file system has O_TMPFILE (ext4, xfs, btrfs, tmpfs): a message being written has no name until
+    /// it is complete and fsync'ed, so a crash mid-message leaves nothing, and a committed one appears in new/ only.
+    @Test func unnamedFilesLeaveNothingUntilCommitted() throws {
         let (dir, journal, maildir) = try setUp()
+        try #require(MaildirDestination.canNameAnonymousFiles(in: dir.file("Mail/inbox/tmp"), probeName: "probe"))
+        let dropped = try maildir.begin(uid: "m1")
+        try dropped.write(buffer("partial"))
+        let sink = try maildir.begin(uid: "m2")
+        try sink.write(buffer("Subject: m2\r\n\r\nbody\r\n"))
+        #expect(try FileIO.listDirectory(dir.file("Mail/inbox/tmp")).isEmpty)
+        #expect(try FileIO.listDirectory(dir.file("Mail/inbox/new")).isEmpty)
+        try sink.commit()
+        try maildir.flush()
+        try journal.markDelivered("m2")
+        let names = try FileIO.listDirectory(dir.file("Mail/inbox/new"))
+        #expect(names.count == 1 && names[0].contains(maildir.digest(of: "m2")))
+        #expect(try contents(dir.file("Mail/inbox/new/\(names[0])")) == "Subject: m2\n\nbody\n")
+        withExtendedLifetime(dropped) {}
+        #expect(try FileIO.listDirectory(dir.file("Mail/inbox/tmp")).isEmpty)
+    }
+
+    @Test func recoverRemovesOnlyOurStaleTmpFiles() throws {
+        let (dir, journal, maildir) = try setUp(anonymousFiles: false)
         let sink = try maildir.begin(uid: "m1")
         try sink.write(buffer("partial"))
         // kill -9 here: the sink never commits nor aborts. Another program's tmp file sits beside ours.
