@@ -188,28 +188,32 @@ enum FileSystem {
     }
 }
 
-/// Wall-clock time of a stat's mtime or of "now", in nanoseconds since the epoch.
+/// Wall-clock time of a stat's mtime or ctime or of "now", in nanoseconds since the epoch.
 struct WallClock {
     static func now() -> Int64 {
         var ts = timespec()
         clock_gettime(CLOCK_REALTIME, &ts)
-        return Int64(ts.tv_sec) * 1_000_000_000 + Int64(ts.tv_nsec)
+        return Self.nanoseconds(ts)
     }
 
     static func changeTime(_ st: stat) -> Int64 {
         #if canImport(Darwin)
-        return Int64(st.st_ctimespec.tv_sec) * 1_000_000_000 + Int64(st.st_ctimespec.tv_nsec)
+        return Self.nanoseconds(st.st_ctimespec)
         #else
-        return Int64(st.st_ctim.tv_sec) * 1_000_000_000 + Int64(st.st_ctim.tv_nsec)
+        return Self.nanoseconds(st.st_ctim)
         #endif
     }
 
     static func modificationTime(_ st: stat) -> Int64 {
         #if canImport(Darwin)
-        return Int64(st.st_mtimespec.tv_sec) * 1_000_000_000 + Int64(st.st_mtimespec.tv_nsec)
+        return Self.nanoseconds(st.st_mtimespec)
         #else
-        return Int64(st.st_mtim.tv_sec) * 1_000_000_000 + Int64(st.st_mtim.tv_nsec)
+        return Self.nanoseconds(st.st_mtim)
         #endif
+    }
+
+    private static func nanoseconds(_ time: timespec) -> Int64 {
+        Int64(time.tv_sec) * 1_000_000_000 + Int64(time.tv_nsec)
     }
 }
 
