@@ -46,6 +46,31 @@ final class RecordingTLSStandIn: ChannelInboundHandler, Sendable {
         _ = try channel.finish()
     }
 
+    /// security.md case 2: "STLS\r\nUSER a\r\nPASS b\r\n" split at every offset, the first part arriving before the
+    /// server's +OK and the rest after it (before any ClientHello), or all of it before the +OK when the STLS line
+    /// is not complete yet: no injected line ever follows the marker (lines framed before it are dropped by the
+    /// session, ServerIntegrationTests).
+    @Test func injectionSplitAtEveryOffsetNeverFollowsTheMarker() throws {
+        let payload = Array("STLS\r\nUSER a\r\nPASS b\r\n".utf8)
+        let stlsLine = "STLS\r\n".utf8.count
+        for split in 1...payload.count {
+            let channel = try self.makeChannel()
+            try channel.writeInbound(ByteBuffer(bytes: payload[..<split]))
+            if split < stlsLine { try channel.writeInbound(ByteBuffer(bytes: payload[split...])) }
+            var before: [POP3InboundFrame] = []
+            while let frame = try channel.readInbound(as: POP3InboundFrame.self) { before.append(frame) }
+            #expect(before.first == .line(ByteBuffer(string: "STLS")), "split at \(split)")
+            try channel.writeOutbound(POP3OutboundFrame.startTLS(ByteBuffer(string: "+OK Begin TLS\r\n")))
+            #expect(try channel.readOutbound(as: ByteBuffer.self) == ByteBuffer(string: "+OK Begin TLS\r\n"))
+            channel.embeddedEventLoop.run()
+            if split >= stlsLine { try channel.writeInbound(ByteBuffer(bytes: payload[split...])) }
+            var after: [POP3InboundFrame] = []
+            while let frame = try channel.readInbound(as: POP3InboundFrame.self) { after.append(frame) }
+            #expect(after == [.tlsStarted], "split at \(split)")
+            _ = try channel.finish()
+        }
+    }
+
     @Test func repliesBeforeSTLSLeaveInPlaintextInOrder() throws {
         let channel = try self.makeChannel()
         try channel.writeOutbound(POP3OutboundFrame.bytes(ByteBuffer(string: "+OK capa\r\n")))
