@@ -634,6 +634,18 @@ def scenarios(certs):
             problems.append("the error does not say the renegotiation was refused")
         return problems
 
+    # ---- 84 over STLS: the same certificate checks once the connection switched to TLS.
+    def stls_then(ctx):
+        def behave(c):
+            greet(c)
+            if c.line() is None:
+                return
+            c.send(b"+OK Begin TLS negotiation now.\r\n")
+            c.tls(ctx)
+            if login(c):
+                transaction(c)
+        return behave
+
     # ---- 102: --checkpoint N: QUIT after every N messages, so deletions become final even if the link drops later.
     # 20 messages; the first session fetches 10, DELEs them and QUITs; the second drops at its 6th RETR.
     checkpoint_state = {"mailbox": [f"uid-{i}" for i in range(1, 21)], "sessions": 0, "committed": []}
@@ -740,6 +752,8 @@ def scenarios(certs):
         Scenario("84 self-signed certificate → abort", normal, tls=selfsigned),
         Scenario("84 wrong host name → abort", normal, tls=wrong),
         Scenario("84 expired certificate → abort", normal, tls=expired),
+        *[Scenario(f"84 over STLS: {what} → abort after the +OK, no credentials", stls_then(ctx), starttls=True)
+          for what, ctx in (("self-signed certificate", selfsigned), ("wrong host name", wrong), ("expired certificate", expired))],
         Scenario("88 TLS 1.0 only → refuse", normal, tls=tls10),
         Scenario("92 512 KiB greeting → abort", long_greeting, tls=good),
         Scenario("106 silent server → deadline", silent, tls=good, timeout=3),
