@@ -231,6 +231,12 @@ class Scenario:
         self.command, self.connections, self.insecure = command, connections, insecure
 
 
+def stored_files(maildir):
+    """Paths of the messages in the Maildir's new/ and cur/."""
+    return [os.path.join(maildir, sub, name) for sub in ("new", "cur")
+            if os.path.isdir(os.path.join(maildir, sub)) for name in os.listdir(os.path.join(maildir, sub))]
+
+
 def run_scenario(s, certs):
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
@@ -303,10 +309,7 @@ def run_scenario(s, certs):
         problems.append("credentials were sent")
     if not s.dele_allowed and any(l.upper().startswith(b"DELE") for l in log):
         problems.append("DELE was sent")
-    files = []
-    for sub in ("new", "cur"):
-        d = os.path.join(maildir, sub)
-        files += os.listdir(d) if os.path.isdir(d) else []
+    files = stored_files(maildir)
     low, high = s.stored if isinstance(s.stored, tuple) else (s.stored, s.stored)
     if not low <= len(files) <= high:
         problems.append(f"{len(files)} messages stored, expected {s.stored}")
@@ -693,14 +696,42 @@ def scenarios(certs):
         if sum(1 for l in log if l.upper().startswith(b"DELE")) != 10:
             problems.append("expected exactly 10 DELEs (none in the session that dropped)")
         subjects = []
-        for sub in ("new", "cur"):
-            d = os.path.join(maildir, sub)
-            for name in os.listdir(d) if os.path.isdir(d) else []:
-                with open(os.path.join(d, name), "rb") as f:
-                    subjects.append(f.readline())
+        for path in stored_files(maildir):
+            with open(path, "rb") as f:
+                subjects.append(f.readline())
         if len(subjects) != len(set(subjects)) or b"Subject: uid-1\n" not in subjects:
             problems.append(f"stored messages are not uid-1.. each once: {sorted(subjects)}")
         return problems
+
+    # A server that lists ten new messages in every session cannot keep a --checkpoint client reconnecting forever:
+    # it stops after the sessions the first listing needs, plus one (10 / 5 + 1 = 3 more after the first).
+    endless_sessions = {"count": 0}
+
+    def endless_new_mail(c):
+        endless_sessions["count"] += 1
+        greet(c)
+        if not login(c):
+            return
+        box = [f"s{endless_sessions['count']}-{i}" for i in range(1, 11)]
+        while (line := c.line()) is not None:
+            cmd = line.upper().split()
+            if cmd and cmd[0] == b"UIDL":
+                c.send(b"+OK\r\n" + b"".join(f"{i} {u}\r\n".encode() for i, u in enumerate(box, 1)) + b".\r\n")
+            elif cmd and cmd[0] == b"LIST":
+                c.send(b"+OK\r\n" + b"".join(f"{i} {len(checkpoint_body(u))}\r\n".encode()
+                                               for i, u in enumerate(box, 1)) + b".\r\n")
+            elif cmd and cmd[0] == b"RETR":
+                c.send(b"+OK\r\n" + checkpoint_body(box[int(cmd[1]) - 1]) + b".\r\n")
+            elif cmd and cmd[0] in (b"DELE", b"QUIT"):
+                c.send(b"+OK\r\n")
+                if cmd[0] == b"QUIT":
+                    return
+            else:
+                c.send(b"-ERR\r\n")
+
+    def stopped_after_four_sessions(r, log, maildir):
+        n = endless_sessions["count"]
+        return [] if n == 4 else [f"{n} sessions, expected 4"]
 
     # ---- 97: [IN-USE] at login.
     def in_use(c):
@@ -773,6 +804,9 @@ def scenarios(certs):
         Scenario("102 --checkpoint 10, link drops in the 2nd session: 1-10 deleted for good, 11-20 left on the server",
                  checkpoint_server, tls=good, connections=2, extra_args=("--checkpoint", "10"), expect_exit=1,
                  credentials_allowed=True, dele_allowed=True, stored=(10, 15), check=checkpoint_committed),
+        Scenario("102 --checkpoint 5 against a server with new mail in every session: stops after 4 sessions",
+                 endless_new_mail, tls=good, connections=6, extra_args=("--checkpoint", "5"), expect_exit=0,
+                 credentials_allowed=True, dele_allowed=True, stored=20, check=stopped_after_four_sessions),
         Scenario("97 PASS/AUTH -ERR [IN-USE] → exit 1 naming IN-USE, one attempt, nothing stored or deleted", in_use,
                  tls=good, credentials_allowed=True, check=names_in_use_once),
         Scenario("85 NUL in the subjectAltName (localhost\\0.evil.test) → refused for the host name", normal,
