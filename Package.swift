@@ -28,6 +28,7 @@ let package = Package(
     ],
     targets: [
         .systemLibrary(name: "CCrypt", path: "Sources/CCrypt"),
+        .target(name: "CPrivSep"),
         .target(
             name: "POP3Core",
             dependencies: [.product(name: "NIOCore", package: "swift-nio")]
@@ -53,6 +54,7 @@ let package = Package(
         .target(
             name: "MailStore",
             dependencies: [
+                "CPrivSep",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -61,6 +63,7 @@ let package = Package(
         .target(
             name: "POP3Server",
             dependencies: [
+                "CPrivSep",
                 "POP3Core", "POP3NIO", "Accounts", "MailStore",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -145,7 +148,7 @@ let package = Package(
         .testTarget(name: "MailRetrieverTests", dependencies: ["MailRetriever", .product(name: "NIOCore", package: "swift-nio")]),
         .testTarget(name: "MailStoreTests", dependencies: ["MailStore", .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio")]),
         .testTarget(name: "POP3ServerTests", dependencies: [
-            "POP3Server", "POP3Core", "Accounts", "MailStore", "POP3Client",
+            "POP3Server", "POP3Core", "Accounts", "MailStore", "POP3Client", "CPrivSep",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "NIOSSL", package: "swift-nio-ssl"),

@@ -832,6 +832,157 @@ def run_as_root_checks():
     print("PASS privilege_drop")
 
 
+def pop3d_processes():
+    """pid -> (ppid, uid, gid, argv) of every running pop3d process."""
+    found = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+            with open(f"/proc/{name}/status") as f:
+                status = dict(l.split(":", 1) for l in f if ":" in l)
+        except OSError:
+            continue
+        if not argv or not os.path.basename(argv[0]).startswith(b"pop3d"):
+            continue
+        found[int(name)] = (int(status["PPid"]), int(status["Uid"].split()[1]), int(status["Gid"].split()[1]),
+                            [a.decode(errors="replace") for a in argv if a])
+    return found
+
+
+def run_privilege_separation_checks():
+    """Mail files accessed with each account's uid/gid: pop3d (as `user:`) asks its root helper for a mail worker
+    running as the account; a uid below first_valid_uid is refused; a killed worker costs one session, no mail."""
+    if os.geteuid() != 0:
+        print("SKIP privilege_separation (needs root; CI runs it)")
+        return False
+    import pwd
+    entry = pwd.getpwnam("pop3test")  # created by run_as_root_checks
+    base = tempfile.mkdtemp(prefix="pop3d-privsep-")
+    os.chmod(base, 0o755)
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-keyout", f"{base}/key.pem", "-out", f"{base}/cert.pem", "-days", "30", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost"], check=True, capture_output=True)
+    with open(f"{base}/users", "w") as f:
+        f.write("alice:{PLAIN}alice-pw:2001:2001\nbob:{PLAIN}bob-pw:2002:2002\nsys:{PLAIN}sys-pw:100:100\n"
+                "vm:{PLAIN}vm-pw\n")
+    os.makedirs(f"{base}/mail", mode=0o755)
+    owners = {"alice": (2001, 2001), "bob": (2002, 2002), "sys": (100, 100), "vm": (entry.pw_uid, entry.pw_gid)}
+    for user, (uid, gid) in owners.items():
+        os.makedirs(f"{base}/mail/{user}", mode=0o700)
+        os.chown(f"{base}/mail/{user}", uid, gid)
+    for path in (f"{base}/users", f"{base}/key.pem", f"{base}/cert.pem"):
+        os.chown(path, entry.pw_uid, entry.pw_gid)
+    port = free_port()
+    config = f"{base}/pop3d.yaml"
+    with open(config, "w") as f:
+        f.write(f'listen:\n  pop3s: "127.0.0.1:{port}"\ntls:\n  certificate: cert.pem\n  key: key.pem\n'
+                f'passwd_file: users\nmaildir: "mail/%u"\nuser: pop3test\n')
+    for user, body in (("alice", b"first"), ("alice", b"second"), ("bob", b"bob's"), ("vm", b"vm's")):
+        r = subprocess.run([ARGS.pop3d, "deliver", user, "--config", config], input=b"Subject: t\n\n" + body + b"\n",
+                           capture_output=True)
+        assert r.returncode == 0, r.stderr
+    # The server's own user cannot even list alice's Maildir: only a process running as alice can serve it.
+    r = subprocess.run(["ls", f"{base}/mail/alice/new"], user=entry.pw_uid, group=entry.pw_gid, capture_output=True)
+    assert r.returncode != 0, "the test Maildir must be private to its account"
+    ctx = ssl.create_default_context(cafile=f"{base}/cert.pem")
+
+    def login(user, password):
+        c = poplib.POP3_SSL("localhost", port, context=ctx, timeout=30)
+        c.user(user)
+        c.pass_(password)
+        return c
+
+    def workers():
+        return {pid: info for pid, info in pop3d_processes().items() if "mail-worker" in info[3]}
+
+    log = open(f"{base}/pop3d.log", "wb")
+    proc = subprocess.Popen([ARGS.pop3d, "serve", "--config", config], stdout=log, stderr=log)
+    try:
+        wait_port(port)
+        for _ in range(100):
+            tree = pop3d_processes()
+            if tree.get(proc.pid, (0, 0))[1] == entry.pw_uid:
+                break
+            time.sleep(0.05)
+        helpers = [pid for pid, info in tree.items() if info[0] == proc.pid and "privsep" in info[3]]
+        assert tree[proc.pid][1:3] == (entry.pw_uid, entry.pw_gid), tree
+        assert len(helpers) == 1 and tree[helpers[0]][1] == 0, tree
+        helper = helpers[0]
+
+        c = login("alice", "alice-pw")
+        assert c.stat()[0] == 2
+        running = workers()
+        assert [info[:3] for info in running.values()] == [(helper, 2001, 2001)], running
+        assert b"first" in b"".join(c.retr(1)[1])
+        c.dele(1)
+        c.quit()
+        assert len(os.listdir(f"{base}/mail/alice/new")) + len(os.listdir(f"{base}/mail/alice/cur")) == 1
+        assert os.stat(f"{base}/mail/alice/dovecot-uidlist").st_uid == 2001
+        for _ in range(100):
+            if not workers():
+                break
+            time.sleep(0.05)
+        assert not workers(), "the worker outlived its session"
+
+        # Below first_valid_uid (500): refused for good, and no worker started.
+        c = poplib.POP3_SSL("localhost", port, context=ctx, timeout=30)
+        c.user("sys")
+        try:
+            c.pass_("sys-pw")
+            raise AssertionError("sys (uid 100) logged in")
+        except poplib.error_proto as e:
+            assert b"[SYS/PERM]" in e.args[0], e
+        assert not workers()
+
+        # An account without a uid in the passwd-file is served by pop3d itself, as `user:`.
+        c = login("vm", "vm-pw")
+        assert c.stat()[0] == 1 and not workers()
+        c.quit()
+
+        # A worker killed mid-session: the session gets -ERR, nothing is lost, the next session works.
+        c = login("bob", "bob-pw")
+        c.dele(1)
+        (victim,) = workers()
+        os.kill(victim, signal.SIGKILL)
+        try:
+            c.retr(1)
+        except poplib.error_proto:
+            pass
+        try:
+            c.quit()
+        except poplib.error_proto:
+            pass
+        c = login("bob", "bob-pw")
+        assert b"bob's" in b"".join(c.retr(1)[1])
+        # A connection dropped without QUIT deletes nothing and frees the maildrop.
+        c.dele(1)
+        c.file.close()
+        c.sock.close()
+        for _ in range(100):
+            if not workers():
+                break
+            time.sleep(0.05)
+        c = login("bob", "bob-pw")
+        assert c.stat()[0] == 1
+        c.quit()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=60)
+        log.close()
+    assert code == 0, f"exit {code}"
+    for _ in range(100):
+        left = [pid for pid, info in pop3d_processes().items() if info[3][1:2] in (["privsep"], ["mail-worker"])]
+        if not left:
+            break
+        time.sleep(0.05)
+    assert not left, f"helper or workers outlived pop3d: {left}"
+    shutil.rmtree(base, ignore_errors=True)
+    return True
+
+
 def sigterm_is_graceful(dev):
     """SIGTERM: no new connections, a session in progress finishes (its QUIT commits), then exit 0."""
     before = len(dev.maildir_files())
@@ -888,6 +1039,14 @@ def main():
     except Exception:
         failed += 1
         print("FAIL privilege_drop", flush=True)
+        traceback.print_exc()
+    try:
+        if run_privilege_separation_checks():
+            passed += 1
+            print("PASS privilege_separation", flush=True)
+    except Exception:
+        failed += 1
+        print("FAIL privilege_separation", flush=True)
         traceback.print_exc()
     if failed:
         with open(os.path.join(dev.dir, "pop3d.log")) as f:

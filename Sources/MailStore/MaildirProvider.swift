@@ -44,6 +44,10 @@ public final class MaildirProvider: MaildropProvider {
     }
 
     public func openMaildrop(user: String, path: String) async throws -> any Maildrop {
+        try await self.openMaildirMaildrop(user: user, path: path)
+    }
+
+    func openMaildirMaildrop(user: String, path: String) async throws -> MaildirMaildrop {
         let key = MaildropLockTable.key(for: path)
         guard MaildropLockTable.shared.tryAcquire(key) else { throw MaildropError.inUse }
         var logger = self.logger
@@ -105,39 +109,44 @@ final class MaildirMaildrop: Maildrop {
     }
 
     func content(ofMessageAt index: Int, chunkSize: Int) async throws -> MessageContent {
-        guard self.entries.indices.contains(index) else { throw MaildropError.permanent("no such message") }
-        let entry = self.entries[index]
-        let known = self.state.withLock { $0.relocated[index] } ?? entry.relativePath
         let store = self.store
-        let opened: (reader: FileChunkReader, first: ByteBuffer?, relativePath: String)
+        let opened: (reader: FileChunkReader, first: ByteBuffer?)
         do {
             // Open and read the first chunk in one trip to the pool.
-            opened = try await self.threadPool.runIfActive {
-                () throws -> (reader: FileChunkReader, first: ByteBuffer?, relativePath: String) in
-                var relativePath = known
-                var descriptor = try FileSystem.openIfExists(store.path + "/" + known, O_RDONLY)
-                if descriptor == nil {
-                    // Flags changed (":2,S") or moved new→cur since the snapshot: look for the base name.
-                    guard let current = try store.locate(baseName: entry.baseName) else { throw MaildropError.messageGone }
-                    relativePath = current
-                    descriptor = try FileSystem.openIfExists(store.path + "/" + current, O_RDONLY)
-                }
-                guard let fd = descriptor else { throw MaildropError.messageGone }
+            opened = try await self.threadPool.runIfActive { () throws -> (reader: FileChunkReader, first: ByteBuffer?) in
+                let (fd, relativePath) = try self.openMessageFile(at: index)
                 let reader = FileChunkReader(
                     fd: fd,
                     path: store.path + "/" + relativePath,
                     chunkSize: max(chunkSize, 1),
                     logger: store.logger
                 )
-                return (reader, try reader.readChunk(), relativePath)
+                return (reader, try reader.readChunk())
             }
         } catch {
             throw MaildirProvider.clientError(error, logger: store.logger, operation: "open message")
         }
-        if opened.relativePath != known {
-            self.state.withLock { $0.relocated[index] = opened.relativePath }
-        }
         return MessageContent(reader: opened.reader, first: opened.first, threadPool: self.threadPool)
+    }
+
+    /// Opens message `index` read-only (blocking: call on the pool), following a rename since the snapshot (flags
+    /// changed, or moved from new/ to cur/), and returns the descriptor with the file's current relative path.
+    func openMessageFile(at index: Int) throws -> (fd: Int32, relativePath: String) {
+        guard self.entries.indices.contains(index) else { throw MaildropError.permanent("no such message") }
+        let entry = self.entries[index]
+        let known = self.state.withLock { $0.relocated[index] } ?? entry.relativePath
+        var relativePath = known
+        var descriptor = try FileSystem.openIfExists(self.store.path + "/" + known, O_RDONLY)
+        if descriptor == nil {
+            guard let current = try self.store.locate(baseName: entry.baseName) else { throw MaildropError.messageGone }
+            relativePath = current
+            descriptor = try FileSystem.openIfExists(self.store.path + "/" + current, O_RDONLY)
+        }
+        guard let fd = descriptor else { throw MaildropError.messageGone }
+        if relativePath != known {
+            self.state.withLock { $0.relocated[index] = relativePath }
+        }
+        return (fd, relativePath)
     }
 
     func commit(deleting indices: Set<Int>) async throws {

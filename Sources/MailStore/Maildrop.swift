@@ -59,6 +59,29 @@ public protocol MaildropProvider: Sendable {
     ///
     /// - SeeAlso: [RFC 1939 §8](https://www.rfc-editor.org/rfc/rfc1939#section-8) (exclusive-access lock)
     func openMaildrop(user: String, path: String) async throws -> any Maildrop
+
+    /// Opens the maildrop with the mail files accessed as `owner` (the account's uid/gid from the passwd-file), where
+    /// the provider can; nil: as this process. The default ignores `owner`.
+    func openMaildrop(user: String, path: String, owner: MailOwner?) async throws -> any Maildrop
+}
+
+extension MaildropProvider {
+    public func openMaildrop(user: String, path: String, owner: MailOwner?) async throws -> any Maildrop {
+        try await self.openMaildrop(user: user, path: path)
+    }
+}
+
+/// The system identity an account's mail files belong to (passwd-file uid and gid).
+public struct MailOwner: Sendable, Hashable, CustomStringConvertible {
+    public var uid: UInt32
+    public var gid: UInt32
+
+    public init(uid: UInt32, gid: UInt32) {
+        self.uid = uid
+        self.gid = gid
+    }
+
+    public var description: String { "uid \(self.uid), gid \(self.gid)" }
 }
 
 /// An open, locked maildrop: the TRANSACTION state's view of the store.

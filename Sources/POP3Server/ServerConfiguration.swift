@@ -76,6 +76,9 @@ public struct ServerConfiguration: Sendable, Equatable {
     /// Started as root, run as this user (and group) after binding; see `PrivilegeDrop`.
     public var user: String?
     public var group: String?
+    /// Accounts whose passwd-file uid differs from the process's get their mail accessed by a worker running as
+    /// that uid/gid (see `PrivilegeSeparation`), but only from this uid up (never root).
+    public var firstValidUID = PrivilegeSeparation.defaultFirstValidUID
 
     public init(passwdFile: String, maildirTemplate: String) {
         self.passwdFile = passwdFile
@@ -230,6 +233,7 @@ extension ServerConfiguration {
         result.logLevel = level
         result.user = config.string(forKey: "user")
         result.group = config.string(forKey: "group")
+        result.firstValidUID = UInt32(try int("first_valid_uid", 1...Int(Int32.max), default: Int(result.firstValidUID)))
         return result
     }
 
@@ -270,6 +274,7 @@ extension ServerConfiguration {
               level: \(self.logLevel)
             user: \(self.user ?? "null")
             group: \(self.group ?? "null")
+            first_valid_uid: \(self.firstValidUID)
 
             """
     }

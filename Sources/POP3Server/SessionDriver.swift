@@ -155,7 +155,8 @@ struct SessionDriver {
             return self.session.loginFailed(.permanent)
         }
         do {
-            let maildrop = try await self.maildrops.openMaildrop(user: record.name, path: path)
+            let owner = record.uid.flatMap { uid in record.gid.map { MailOwner(uid: uid, gid: $0) } }
+            let maildrop = try await self.maildrops.openMaildrop(user: record.name, path: path, owner: owner)
             self.maildrop = maildrop
             self.logger[metadataKey: "user"] = "\(logEscaped(record.name))"
             self.logger.info("logged in", metadata: ["messages": "\(maildrop.messages.count)"])
@@ -166,6 +167,9 @@ struct SessionDriver {
         } catch MaildropError.inUse {
             self.logger.notice("maildrop in use", metadata: ["user": "\(logEscaped(user))"])
             return self.session.loginFailed(.maildropInUse)
+        } catch MaildropError.permanent(let reason) {
+            self.logger.error("cannot open maildrop", metadata: ["user": "\(logEscaped(user))", "error": "\(reason)"])
+            return self.session.loginFailed(.permanent)
         } catch {
             self.logger.error("cannot open maildrop", metadata: ["user": "\(logEscaped(user))", "error": "\(error)"])
             return self.session.loginFailed(.temporary)

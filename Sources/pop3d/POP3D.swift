@@ -14,7 +14,7 @@ struct POP3D: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "pop3d",
         abstract: "A POP3S server for Maildir.",
-        subcommands: [Dev.self, Serve.self, CheckConfig.self, User.self, Deliver.self]
+        subcommands: [Dev.self, Serve.self, CheckConfig.self, User.self, Deliver.self, PrivilegedHelperCommand.self, MailWorkerCommand.self]
     )
 }
 
@@ -74,28 +74,66 @@ enum ServerRunner {
                 strictSNI: configuration.strictSNI
             ) : nil
         let verifier = try PasswdFileVerifier(path: configuration.passwdFile, threadPool: .singleton, logger: logger)
+        var separation: (helper: PrivilegedHelper, identity: MailOwner)?
         if dropPrivileges, let identity = try PrivilegeDrop.target(user: configuration.user, group: configuration.group, records: verifier.records()) {
+            // Started before the drop: the helper stays root to start mail workers as each account's uid/gid.
+            let helper = try PrivilegedHelper.launch(
+                executable: try PrivilegeSeparation.currentExecutable(),
+                passwdFile: configuration.passwdFile,
+                firstValidUID: configuration.firstValidUID
+            )
             try PrivilegeDrop.drop(to: identity)
-            logger.notice("running as \(identity) after binding")
+            logger.notice("running as \(identity) after binding", metadata: ["privileged-helper": "\(helper.pid)"])
+            separation = (helper, MailOwner(uid: identity.uid, gid: identity.gid))
+        } else {
+            let own = geteuid()
+            let others = verifier.records().filter { $0.uid != nil && $0.uid != own }.count
+            if others > 0 {
+                logger.notice(
+                    "not started as root: every account's mail is accessed as this process (uid \(own)); the passwd-file's uids apply when pop3d serve starts as root",
+                    metadata: ["accounts-with-other-uids": "\(others)"]
+                )
+            }
         }
+        let chosen = separation
         try runBlocking {
-            try await self.serve(configuration, tls: tls, verifier: verifier, prebound: prebound, logger: logger, onListening: onListening)
+            try await self.serve(
+                configuration,
+                tls: tls,
+                verifier: verifier,
+                separation: chosen,
+                prebound: prebound,
+                logger: logger,
+                onListening: onListening
+            )
         }
+        separation?.helper.shutdown()
     }
 
     static func serve(
         _ configuration: ServerConfiguration,
         tls: TLSProvider?,
         verifier: PasswdFileVerifier,
+        separation: (helper: PrivilegedHelper, identity: MailOwner)?,
         prebound: [PreboundListener],
         logger: Logger,
         onListening: @escaping @Sendable ([BoundListener]) -> Void
     ) async throws {
-        let maildrops = MaildirProvider(
+        let local = MaildirProvider(
             threadPool: .singleton,
             logger: logger,
             indexCacheCapacity: configuration.limits.indexCacheMessages
         )
+        let maildrops: any MaildropProvider = separation.map {
+            SeparatedMaildropProvider(
+                local: local,
+                helper: $0.helper,
+                identity: $0.identity,
+                firstValidUID: configuration.firstValidUID,
+                readPool: .singleton,
+                logger: logger
+            )
+        } ?? local
         let server = POP3Server(
             configuration: configuration,
             tls: tls,

@@ -1,0 +1,250 @@
+import Accounts
+import CPrivSep
+import Logging
+import MailStore
+import NIOPosix
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Mail files accessed with each account's own uid/gid (issue 4, "Privileges").
+///
+/// `pop3d serve` started as root binds its ports, then starts this helper (`pop3d privsep`, still root) and drops
+/// to its configured user. The helper does one thing: on request, it checks an account against the passwd-file and
+/// starts a mail worker (`pop3d mail-worker`) as that account's uid/gid, handing pop3d one end of a socket pair.
+/// pop3d itself never regains root; the most a compromised pop3d can ask for is a worker for an account listed in
+/// the passwd-file with a uid of at least `first_valid_uid` (what Dovecot's master process allows its auth process).
+///
+/// Protocol on the helper's socket (SOCK_SEQPACKET, one request and one reply at a time): the request is
+/// `"<uid> <gid> <user>"`; the reply is `"ok"` with the worker's socket attached (SCM_RIGHTS), or `"error: …"`.
+public enum PrivilegeSeparation {
+    /// Dovecot's default `first_valid_uid`: accounts below it (system users) never get a worker.
+    public static let defaultFirstValidUID: UInt32 = 500
+
+    /// The privileged helper's loop, on `socket` (descriptor 3 of `pop3d privsep`). Returns when pop3d closes its end.
+    public static func runHelper(socket: Int32, passwdFile: String, firstValidUID: UInt32, executable: String, logger: Logger) throws {
+        // Children are reaped by the kernel; SIGINT/SIGTERM (a terminal's Ctrl-C, a service manager's stop) are for
+        // pop3d, which ends this helper by closing the socket once its sessions are done.
+        signal(SIGCHLD, SIG_IGN)
+        signal(SIGINT, SIG_IGN)
+        signal(SIGTERM, SIG_IGN)
+        signal(SIGHUP, SIG_IGN)
+        signal(SIGPIPE, SIG_IGN)
+        let accounts = try PasswdFileVerifier(path: passwdFile, threadPool: .singleton, logger: logger)
+        var request = [UInt8](repeating: 0, count: 1024)
+        while true {
+            let count = request.withUnsafeMutableBytes { recv(socket, $0.baseAddress, $0.count, 0) }
+            if count == 0 { return }
+            if count < 0 {
+                if errno == EINTR { continue }
+                throw HelperError(description: "recv: \(String(cString: strerror(errno)))")
+            }
+            let outcome = Self.spawnWorker(
+                request: Array(request[0..<count]),
+                accounts: accounts,
+                firstValidUID: firstValidUID,
+                executable: executable,
+                logger: logger
+            )
+            let (reply, descriptor): (String, Int32) = switch outcome {
+            case .success(let descriptor): ("ok", descriptor)
+            case .failure(let error): ("error: \(error.description)", -1)
+            }
+            let sent = Array(reply.utf8).withUnsafeBytes { pop3_send_with_fd(socket, $0.baseAddress, $0.count, descriptor) }
+            if descriptor >= 0 { close(descriptor) }
+            if sent < 0 { return }
+        }
+    }
+
+    struct HelperError: Error, CustomStringConvertible {
+        var description: String
+    }
+
+    /// Checks one request and starts its worker; returns pop3d's end of the worker's socket.
+    static func spawnWorker(
+        request: [UInt8],
+        accounts: PasswdFileVerifier,
+        firstValidUID: UInt32,
+        executable: String,
+        logger: Logger
+    ) -> Result<Int32, HelperError> {
+        guard let text = String(validating: request, as: UTF8.self) else { return .failure(HelperError(description: "request is not UTF-8")) }
+        let parts = text.split(separator: " ", maxSplits: 2, omittingEmptySubsequences: false)
+        guard parts.count == 3, let uid = UInt32(parts[0]), let gid = UInt32(parts[1]) else {
+            return .failure(HelperError(description: "malformed request"))
+        }
+        let user = String(parts[2])
+        do {
+            try Self.check(user: user, owner: MailOwner(uid: uid, gid: gid), records: accounts.records(), firstValidUID: firstValidUID)
+        } catch {
+            logger.error("mail worker refused", metadata: ["user": "\(user)", "reason": "\(error.description)"])
+            return .failure(error)
+        }
+        var pair: [Int32] = [-1, -1]
+        guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &pair) == 0 else {
+            return .failure(HelperError(description: "socketpair: \(String(cString: strerror(errno)))"))
+        }
+        let arguments = [executable, "mail-worker"]
+        let pid = Self.withCStrings(arguments) { argv in pop3_spawn(executable, argv, uid, gid, pair[1]) }
+        close(pair[1])
+        guard pid > 0 else {
+            close(pair[0])
+            return .failure(HelperError(description: "fork: \(String(cString: strerror(errno)))"))
+        }
+        logger.debug("mail worker started", metadata: ["user": "\(user)", "pid": "\(pid)", "uid": "\(uid)"])
+        return .success(pair[0])
+    }
+
+    /// A worker may run as `owner` for `user` only if the passwd-file gives `user` exactly that uid and gid, and
+    /// neither is root's nor a system account's.
+    static func check(user: String, owner: MailOwner, records: [UserRecord], firstValidUID: UInt32) throws(HelperError) {
+        guard let record = records.first(where: { $0.name == user }) else { throw HelperError(description: "no such account") }
+        guard record.uid == owner.uid, record.gid == owner.gid else {
+            throw HelperError(description: "uid/gid do not match the passwd-file")
+        }
+        guard owner.uid != 0, owner.gid != 0, owner.uid >= firstValidUID else {
+            throw HelperError(description: "uid \(owner.uid) / gid \(owner.gid) not allowed (first_valid_uid \(firstValidUID); never root)")
+        }
+    }
+
+    static func withCStrings<T>(_ strings: [String], _ body: (UnsafePointer<UnsafeMutablePointer<CChar>?>) -> T) -> T {
+        var pointers: [UnsafeMutablePointer<CChar>?] = strings.map { strdup($0) }
+        pointers.append(nil)
+        defer { for pointer in pointers { free(pointer) } }
+        return pointers.withUnsafeBufferPointer { body($0.baseAddress!) }
+    }
+
+    /// This program's own executable, for starting the helper and workers.
+    public static func currentExecutable() throws -> String {
+        var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+        let length = readlink("/proc/self/exe", &buffer, buffer.count - 1)
+        guard length > 0 else { throw HelperError(description: "cannot find this executable: \(String(cString: strerror(errno)))") }
+        return String(decoding: buffer[0..<length].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+}
+
+/// pop3d's connection to its privileged helper.
+public final class PrivilegedHelper: Sendable {
+    private let socket: Mutex<Int32>
+    public let pid: pid_t
+
+    private init(socket: Int32, pid: pid_t) {
+        self.socket = Mutex(socket)
+        self.pid = pid
+    }
+
+    /// Starts `pop3d privsep` (call while still root, before dropping privileges).
+    public static func launch(executable: String, passwdFile: String, firstValidUID: UInt32) throws -> PrivilegedHelper {
+        var pair: [Int32] = [-1, -1]
+        guard socketpair(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &pair) == 0 else {
+            throw PrivilegeSeparation.HelperError(description: "socketpair: \(String(cString: strerror(errno)))")
+        }
+        let arguments = [executable, "privsep", "--passwd-file", passwdFile, "--first-valid-uid", String(firstValidUID)]
+        let pid = PrivilegeSeparation.withCStrings(arguments) { argv in pop3_spawn(executable, argv, uid_t.max, gid_t.max, pair[1]) }
+        close(pair[1])
+        guard pid > 0 else {
+            close(pair[0])
+            throw PrivilegeSeparation.HelperError(description: "cannot start the privileged helper: \(String(cString: strerror(errno)))")
+        }
+        return PrivilegedHelper(socket: pair[0], pid: pid)
+    }
+
+    /// Asks for a worker running as `owner` for `user` (blocking: call on a thread pool). Returns pop3d's end of
+    /// the worker's socket.
+    public func startWorker(user: String, owner: MailOwner) throws -> Int32 {
+        try self.socket.withLock { socket throws -> Int32 in
+            guard socket >= 0 else { throw PrivilegeSeparation.HelperError(description: "privileged helper closed") }
+            let request = Array("\(owner.uid) \(owner.gid) \(user)".utf8)
+            guard request.count <= 1024 else { throw PrivilegeSeparation.HelperError(description: "user name too long") }
+            let sent = request.withUnsafeBytes { pop3_send_with_fd(socket, $0.baseAddress, $0.count, -1) }
+            guard sent == request.count else {
+                throw PrivilegeSeparation.HelperError(description: "privileged helper gone: \(String(cString: strerror(errno)))")
+            }
+            var reply = [UInt8](repeating: 0, count: 1024)
+            var descriptor: Int32 = -1
+            let count = reply.withUnsafeMutableBytes { pop3_receive_with_fd(socket, $0.baseAddress, $0.count, &descriptor) }
+            guard count > 0 else { throw PrivilegeSeparation.HelperError(description: "privileged helper gone") }
+            let text = String(decoding: reply[0..<count], as: UTF8.self)
+            guard text == "ok", descriptor >= 0 else {
+                if descriptor >= 0 { close(descriptor) }
+                throw PrivilegeSeparation.HelperError(description: "privileged helper: \(text)")
+            }
+            return descriptor
+        }
+    }
+
+    /// Closes the connection: the helper exits.
+    public func shutdown() {
+        self.socket.withLock { socket in
+            if socket >= 0 { close(socket) }
+            socket = -1
+        }
+    }
+
+    deinit {
+        self.shutdown()
+    }
+}
+
+/// Opens each maildrop as its account: in this process when the account's uid/gid is this process's (or the
+/// passwd-file gives none), otherwise through a mail worker started by the privileged helper.
+public final class SeparatedMaildropProvider: MaildropProvider {
+    private let local: MaildirProvider
+    private let helper: PrivilegedHelper
+    private let identity: MailOwner
+    private let firstValidUID: UInt32
+    private let rpcPool: NIOThreadPool
+    private let readPool: NIOThreadPool
+    private let logger: Logger
+
+    /// How many worker requests may block at once (each holds a thread of `rpcPool` until its worker answers).
+    public static let workerRequestThreads = 16
+
+    public init(local: MaildirProvider, helper: PrivilegedHelper, identity: MailOwner, firstValidUID: UInt32, readPool: NIOThreadPool, logger: Logger) {
+        self.local = local
+        self.helper = helper
+        self.identity = identity
+        self.firstValidUID = firstValidUID
+        self.readPool = readPool
+        self.logger = logger
+        self.rpcPool = NIOThreadPool(numberOfThreads: Self.workerRequestThreads)
+        self.rpcPool.start()
+    }
+
+    deinit {
+        self.rpcPool.shutdownGracefully { _ in }
+    }
+
+    public func openMaildrop(user: String, path: String) async throws -> any Maildrop {
+        try await self.local.openMaildrop(user: user, path: path)
+    }
+
+    public func openMaildrop(user: String, path: String, owner: MailOwner?) async throws -> any Maildrop {
+        guard let owner, owner != self.identity else { return try await self.local.openMaildrop(user: user, path: path) }
+        guard owner.uid != 0, owner.gid != 0, owner.uid >= self.firstValidUID else {
+            self.logger.error(
+                "account's uid/gid not allowed for mail access",
+                metadata: ["user": "\(user)", "owner": "\(owner)", "first_valid_uid": "\(self.firstValidUID)"]
+            )
+            throw MaildropError.permanent("mail access not allowed for this account")
+        }
+        let helper = self.helper
+        let socket: Int32
+        do {
+            socket = try await self.rpcPool.runIfActive { try helper.startWorker(user: user, owner: owner) }
+        } catch {
+            self.logger.error("cannot start a mail worker", metadata: ["user": "\(user)", "error": "\(error)"])
+            throw MaildropError.temporary("maildrop temporarily unavailable")
+        }
+        return try await WorkerMaildrop.open(
+            socket: socket,
+            user: user,
+            path: path,
+            rpcPool: self.rpcPool,
+            readPool: self.readPool,
+            logger: self.logger
+        )
+    }
+}

@@ -1,0 +1,201 @@
+import Foundation
+import Logging
+import NIOCore
+import NIOPosix
+import Testing
+
+@testable import MailStore
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The mail-worker protocol (privilege separation), with both ends in this process over a real socket pair: the
+/// worker end is `MaildropWorker.serve`, pop3d's end `WorkerMaildrop`. (Running the worker as another uid is
+/// covered end to end, as root, by scripts/interop.py `privilege_separation`.)
+@Suite("Mail worker")
+struct MaildropWorkerTests {
+    static let rpcPool: NIOThreadPool = {
+        let pool = NIOThreadPool(numberOfThreads: 4)
+        pool.start()
+        return pool
+    }()
+
+    static var logger: Logger {
+        var logger = Logger(label: "MaildropWorkerTests")
+        logger.logLevel = .critical
+        return logger
+    }
+
+    func socketPair() -> (pop3d: Int32, worker: Int32) {
+        var pair: [Int32] = [-1, -1]
+        precondition(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &pair) == 0)
+        return (pair[0], pair[1])
+    }
+
+    /// Starts a worker on its end of a fresh pair and opens `path` through it.
+    func openThroughWorker(_ path: String) async throws -> (maildrop: WorkerMaildrop, worker: Task<Bool, Never>) {
+        let (pop3d, workerEnd) = self.socketPair()
+        let worker = Task { await MaildropWorker.serve(socket: workerEnd, provider: MaildirFixture.provider(), logger: Self.logger) }
+        do {
+            let maildrop = try await WorkerMaildrop.open(
+                socket: pop3d,
+                user: "u",
+                path: path,
+                rpcPool: Self.rpcPool,
+                readPool: .singleton,
+                logger: Self.logger
+            )
+            return (maildrop, worker)
+        } catch {
+            _ = await worker.value
+            throw error
+        }
+    }
+
+    func threeMessages() throws -> MaildirFixture {
+        let fixture = try MaildirFixture()
+        try fixture.createLayout()
+        try fixture.write("new/1700000001.M1P1.host", "Subject: one\n\nfirst\n")
+        try fixture.write("cur/1700000002.M2P1.host:2,S", "Subject: two\r\n\r\nsecond\r\n")
+        try fixture.write("new/1700000003.M3P1.host", String(repeating: "line of the third message\n", count: 2_000))
+        return fixture
+    }
+
+    @Test func everyMessageSurvivesEncoding() throws {
+        let messages: [WorkerMessage] = [
+            .open(user: "alice@example.org", path: "/var/mail/ä/Maildir"),
+            .content(index: 0), .content(index: 4_000_000_000),
+            .commit(indices: []), .commit(indices: [0, 5, 99]),
+            .release,
+            .opened([]), .opened([MaildropMessage(uniqueID: "000000016553F100", size: 12), MaildropMessage(uniqueID: "x", size: Int(Int32.max) + 5)]),
+            .contentFollows, .done,
+            .failed(.inUse), .failed(.messageGone), .failed(.temporary("try later")), .failed(.permanent("no")),
+        ]
+        for message in messages {
+            var frame = message.encode()
+            let length = frame.readInteger(as: UInt32.self)
+            #expect(Int(length ?? 0) == frame.readableBytes)
+            #expect(try WorkerMessage.decode(&frame) == message)
+        }
+    }
+
+    @Test func malformedPayloadsAreRejected() {
+        func decode(_ bytes: [UInt8]) -> WorkerChannelError? {
+            var buffer = ByteBuffer(bytes: bytes)
+            do {
+                _ = try WorkerMessage.decode(&buffer)
+                return nil
+            } catch {
+                return error
+            }
+        }
+        #expect(decode([]) != nil)
+        #expect(decode([0x7F]) != nil, "unknown opcode")
+        #expect(decode([0x83]) == nil)
+        #expect(decode([0x83, 0]) == .malformed("trailing bytes"))
+        #expect(decode([2, 0, 0]) == .malformed("truncated"))
+        #expect(decode([1, 0, 0, 0, 9, 0x61]) == .malformed("truncated string"))
+        #expect(decode([1, 0, 0, 0, 1, 0xFF, 0, 0, 0, 0]) == .malformed("invalid UTF-8"))
+        // A count larger than the frame could hold is refused before anything is allocated for it.
+        #expect(decode([3, 0xFF, 0xFF, 0xFF, 0xFF]) == .malformed("index count exceeds frame"))
+        #expect(decode([0x81, 0x10, 0, 0, 0]) == .malformed("message count exceeds frame"))
+        #expect(decode([0x84, 9]) == .malformed("unknown error kind"))
+    }
+
+    @Test func workerListsServesAndCommitsLikeTheLocalProvider() async throws {
+        let fixture = try self.threeMessages()
+        defer { fixture.cleanUp() }
+        let local = try await MaildirFixture.provider().openMaildrop(user: "u", path: fixture.path)
+        let expected = local.messages
+        var expectedBytes: [[UInt8]] = []
+        for index in expected.indices { expectedBytes.append(try await local.contentBytes(at: index).bytes) }
+        await local.release()
+
+        let (maildrop, worker) = try await self.openThroughWorker(fixture.path)
+        #expect(maildrop.messages == expected)
+        for index in expected.indices {
+            // Chunks are read from the descriptor the worker opened, bounded by the chunk size.
+            let (bytes, chunks) = try await maildrop.contentBytes(at: index, chunkSize: 1000)
+            #expect(bytes == expectedBytes[index])
+            #expect(chunks == max(1, (bytes.count + 999) / 1000))
+        }
+        await #expect(throws: MaildropError.permanent("no such message")) { try await maildrop.content(ofMessageAt: 3, chunkSize: 10) }
+        try await maildrop.commit(deleting: [1])
+        #expect(await worker.value)
+        #expect(try fixture.list("cur").isEmpty)
+        #expect(try fixture.list("new").count == 2)
+        #expect(!fixture.exists("pop3d.lock"))
+        // Committing again is a no-op, as for the local provider.
+        try await maildrop.commit(deleting: [0])
+        #expect(try fixture.list("new").count == 2)
+    }
+
+    @Test func droppedSessionReleasesTheLockAndDeletesNothing() async throws {
+        let fixture = try self.threeMessages()
+        defer { fixture.cleanUp() }
+        var opened: (maildrop: WorkerMaildrop, worker: Task<Bool, Never>)? = try await self.openThroughWorker(fixture.path)
+        let worker = opened!.worker
+        #expect(fixture.exists("pop3d.lock"))
+        await #expect(throws: MaildropError.inUse) { try await MaildirFixture.provider().openMaildrop(user: "u", path: fixture.path) }
+        opened = nil  // pop3d lost the connection: its end of the socket closes, no release request
+        #expect(await worker.value)
+        #expect(!fixture.exists("pop3d.lock"))
+        let again = try await MaildirFixture.provider().openMaildrop(user: "u", path: fixture.path)
+        #expect(again.messages.count == 3)
+        await again.release()
+    }
+
+    @Test func releaseUnlocksWithoutDeleting() async throws {
+        let fixture = try self.threeMessages()
+        defer { fixture.cleanUp() }
+        let (maildrop, worker) = try await self.openThroughWorker(fixture.path)
+        await maildrop.release()
+        #expect(await worker.value)
+        #expect(!fixture.exists("pop3d.lock"))
+        #expect(try fixture.list("new").count + fixture.list("cur").count == 3)
+        await maildrop.release()  // idempotent
+    }
+
+    @Test func workerReportsInUseAndVanishedMessages() async throws {
+        let fixture = try self.threeMessages()
+        defer { fixture.cleanUp() }
+        let held = try await MaildirFixture.provider().openMaildrop(user: "u", path: fixture.path)
+        await #expect(throws: MaildropError.inUse) { try await self.openThroughWorker(fixture.path) }
+        await held.release()
+
+        let (maildrop, worker) = try await self.openThroughWorker(fixture.path)
+        try fixture.remove("new/1700000001.M1P1.host")
+        await #expect(throws: MaildropError.messageGone) { try await maildrop.content(ofMessageAt: 0, chunkSize: 100) }
+        // The session goes on after a vanished message.
+        #expect(try await maildrop.contentString(at: 1).hasPrefix("Subject: two"))
+        await maildrop.release()
+        #expect(await worker.value)
+    }
+
+    @Test func aWorkerThatDiesOrBabblesIsATemporaryFailure() async throws {
+        // The worker exits before answering.
+        let (pop3d, workerEnd) = self.socketPair()
+        close(workerEnd)
+        await #expect(throws: MaildropError.temporary("maildrop temporarily unavailable")) {
+            try await WorkerMaildrop.open(socket: pop3d, user: "u", path: "/nonexistent", rpcPool: Self.rpcPool, readPool: .singleton, logger: Self.logger)
+        }
+        // The worker answers with a frame longer than the limit.
+        let (pop3d2, babbler) = self.socketPair()
+        defer { close(babbler) }
+        let garbage: [UInt8] = [0xFF, 0xFF, 0xFF, 0xFF, 0x81]
+        #expect(write(babbler, garbage, garbage.count) == garbage.count)
+        await #expect(throws: MaildropError.temporary("maildrop temporarily unavailable")) {
+            try await WorkerMaildrop.open(socket: pop3d2, user: "u", path: "/nonexistent", rpcPool: Self.rpcPool, readPool: .singleton, logger: Self.logger)
+        }
+    }
+
+    @Test func workerRefusesRequestsOutOfOrder() async throws {
+        let (pop3d, workerEnd) = self.socketPair()
+        let worker = Task { await MaildropWorker.serve(socket: workerEnd, provider: MaildirFixture.provider(), logger: Self.logger) }
+        let channel = WorkerChannel(socket: pop3d)
+        try channel.send(.content(index: 0))  // nothing opened yet
+        #expect(await worker.value == false)
+        #expect(throws: WorkerChannelError.closed) { try channel.receive() }
+    }
+}
