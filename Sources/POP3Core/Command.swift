@@ -68,6 +68,8 @@ public enum CommandParseError: Error, Sendable, Equatable {
     case lineTooLong(length: Int, maximum: Int)
     case empty
     case containsNUL
+    /// A C0 control other than TAB (a lone CR, ESC, …) or DEL: no POP3 command has one (security.md 38).
+    case containsControl
     case invalidUTF8
     case unknownCommand
     /// Arguments missing, extra or malformed.
@@ -98,6 +100,7 @@ public struct CommandParser: Sendable {
             throw .lineTooLong(length: line.count + 2, maximum: self.maximumLineLength)
         }
         guard !line.contains(0) else { throw .containsNUL }
+        guard !line.contains(where: { ($0 < 0x20 && $0 != 0x09) || $0 == 0x7F }) else { throw .containsControl }
         guard let text = String(validating: line, as: UTF8.self) else { throw .invalidUTF8 }
         guard !text.isEmpty else { throw .empty }
 

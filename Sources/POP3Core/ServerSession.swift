@@ -386,6 +386,7 @@ public struct ServerSession: Sendable {
         case .lineTooLong: .err("Line too long.")
         case .empty: .err("Empty command.")
         case .containsNUL: .err("NUL byte in command.")
+        case .containsControl: .err("Control character in command.")
         case .invalidUTF8: .err("Invalid UTF-8 in command.")
         case .unknownCommand: .err("Unknown command.")
         case .syntax: .err("Invalid arguments.")

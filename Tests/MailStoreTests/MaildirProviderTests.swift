@@ -327,4 +327,38 @@ struct MaildirProviderTests {
         #expect(provider.messageFilesReadForIndexing == 0)
         await second.release()
     }
+
+    /// security.md 46: a storage error on the 5th of 10 removals in UPDATE. The commit fails (the session answers
+    /// QUIT with -ERR), "some or none" of the marked messages are gone and never an unmarked one, the lock is
+    /// released, and once the fault clears the next session lists exactly what is left, under the same UIDLs.
+    @Test func failedRemovalInUpdateRemovesSomeOrNoneAndReleases() async throws {
+        let fixture = try MaildirFixture()
+        defer { fixture.cleanUp() }
+        var names: [String] = []
+        for index in 0..<12 { names.append(try MaildirDelivery.deliver(Array("message \(index)\n".utf8), toMaildir: fixture.path)) }
+        let provider = MaildirFixture.provider()
+        let maildrop = try await provider.openMaildrop(user: "u", path: fixture.path)
+        let uidls = maildrop.messages.map(\.uniqueID)
+        #expect(uidls.count == 12)
+        // The fault: the 5th marked message's name now holds a non-empty directory, so unlink fails (EISDIR).
+        let blocked = "new/" + names[4]
+        try fixture.remove(blocked)
+        try fixture.write(blocked + "/keep", "x")
+        await #expect(throws: MaildropError.self) { try await maildrop.commit(deleting: Set(0..<10)) }
+        #expect(!fixture.exists("pop3d.lock"), "the lock is released after a failed commit")
+        let left = Set(try fixture.list("new"))
+        #expect(left.contains(names[10]) && left.contains(names[11]), "an unmarked message was removed")
+        #expect(left.isSuperset(of: names[5..<10]), "removal goes in order and stops at the failure")
+        // The fault clears (the file is back); the next session is consistent.
+        try fixture.remove(blocked)
+        try fixture.write(blocked, "message 4\n")
+        let next = try await provider.openMaildrop(user: "u", path: fixture.path)
+        let remaining = Set(try fixture.list("new"))
+        #expect(next.messages.count == remaining.count)
+        #expect(Set(next.messages.map(\.uniqueID)) == Set(names.indices.filter { remaining.contains(names[$0]) }.map { uidls[$0] }))
+        for index in next.messages.indices {
+            #expect(try await next.contentString(at: index).hasPrefix("message "))
+        }
+        await next.release()
+    }
 }

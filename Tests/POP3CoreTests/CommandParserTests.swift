@@ -31,6 +31,7 @@ extension Command: CustomTestStringConvertible {
         ParseFixture("USER alice@example.com", .user("alice@example.com")),
         ParseFixture("PASS secret with spaces", .pass("secret with spaces")),
         ParseFixture("PASS  leading", .pass(" leading")),
+        ParseFixture("PASS tab\there", .pass("tab\there")),
         ParseFixture("STAT", .stat),
         ParseFixture("stat", .stat),
         ParseFixture("LIST", .list(nil)),
@@ -77,6 +78,12 @@ extension Command: CustomTestStringConvertible {
         ParseFixture("Host: example.com", error: .unknownCommand),
         ParseFixture("XYZZY", error: .unknownCommand),
         ParseFixture("US\u{0}ER a", error: .containsNUL),
+        // A lone CR, other C0 controls and DEL: rejected anywhere, PASS included (security.md 38).
+        ParseFixture("PASS a\rb", error: .containsControl),
+        ParseFixture("PASS secret\u{1B}[2J", error: .containsControl),
+        ParseFixture("USER a\u{7F}", error: .containsControl),
+        ParseFixture("CAPA\r", error: .containsControl),
+        ParseFixture("STAT\u{8}", error: .containsControl),
     ]
 
     @Test(arguments: fixtures)

@@ -18,6 +18,7 @@ struct BadInput: Sendable, CustomTestStringConvertible {
         BadInput(name: "over-long line", loggedIn: false, setup: [], input: String(repeating: "A", count: 300) + "\r\n", expected: "-ERR Line too long."),
         BadInput(name: "80 KB without newline", loggedIn: false, setup: [], input: String(repeating: "B", count: 80_000) + "\r\n", expected: "-ERR Line too long."),
         BadInput(name: "NUL byte", loggedIn: false, setup: [], input: "US\u{0}ER a\r\n", expected: "-ERR NUL byte in command."),
+        BadInput(name: "lone CR in a password", loggedIn: false, setup: ["USER alice"], input: "PASS sec\rret\r\n", expected: "-ERR Control character in command."),
         BadInput(name: "invalid UTF-8", loggedIn: true, setup: [], input: "USER \u{FF}", expected: "-ERR Invalid UTF-8 in command."),
         BadInput(name: "unknown command", loggedIn: false, setup: [], input: "XYZZY\r\n", expected: "-ERR Unknown command."),
         BadInput(name: "wrong state before login", loggedIn: false, setup: [], input: "STAT\r\n", expected: "-ERR Command not valid before login."),
