@@ -26,6 +26,9 @@ public struct ReloadService: Service {
             do {
                 try tls.reload()
                 self.logger.notice("SIGHUP: TLS certificate and key reloaded")
+                for warning in tls.certificateWarnings {
+                    self.logger.warning("TLS certificate: \(warning.text)")
+                }
             } catch {
                 self.logger.error("SIGHUP: TLS reload failed, keeping the previous certificate", metadata: ["error": "\(error)"])
             }

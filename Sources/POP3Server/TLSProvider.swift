@@ -27,6 +27,8 @@ public final class TLSProvider: Sendable {
         let context: NIOSSLContext
         /// DNS names of the certificate (SAN); empty means "any SNI name is accepted".
         let serverNames: [String]
+        /// What `CertificateAudit` found short of an error (errors refuse the certificate).
+        let warnings: [CertificateAudit.Finding]
     }
 
     public let certificatePath: String
@@ -48,6 +50,9 @@ public final class TLSProvider: Sendable {
     }
 
     public var serverNames: [String] { self.material.withLockedValue { $0.serverNames } }
+
+    /// The current certificate's audit warnings (expiry, lifetime, chain order, …), for the log and check-config.
+    public var certificateWarnings: [CertificateAudit.Finding] { self.material.withLockedValue { $0.warnings } }
 
     static func load(certificatePath: String, privateKeyPath: String) throws -> Material {
         let chain: [NIOSSLCertificate]
@@ -78,6 +83,10 @@ public final class TLSProvider: Sendable {
             throw ConfigurationError(key: "tls.key", "certificate and key do not form a usable TLS identity: \(error)")
         }
         let leafPEM = try String(contentsOfFile: certificatePath, encoding: .utf8)
+        let findings = CertificateAudit.findings(pemText: leafPEM)
+        if let error = findings.first(where: { $0.severity == .error }) {
+            throw ConfigurationError(key: "tls.certificate", "\(certificatePath): \(error.text)")
+        }
         var names: [String] = []
         if let leaf = try? X509.Certificate(pemEncoded: Self.firstPEMBlock(leafPEM)),
             let sans = try? leaf.extensions.subjectAlternativeNames
@@ -86,7 +95,7 @@ public final class TLSProvider: Sendable {
                 if case .dnsName(let dns) = name { names.append(dns.lowercased()) }
             }
         }
-        return Material(context: context, serverNames: names)
+        return Material(context: context, serverNames: names, warnings: findings)
     }
 
     static func firstPEMBlock(_ text: String) -> String {

@@ -73,6 +73,9 @@ enum ServerRunner {
                 privateKeyPath: configuration.privateKeyPath!,
                 strictSNI: configuration.strictSNI
             ) : nil
+        for warning in tls?.certificateWarnings ?? [] {
+            logger.warning("TLS certificate: \(warning.text)")
+        }
         let verifier = try PasswdFileVerifier(path: configuration.passwdFile, threadPool: .singleton, logger: logger)
         var separation: (helper: PrivilegedHelper, identity: MailOwner)?
         if dropPrivileges, let identity = try PrivilegeDrop.target(user: configuration.user, group: configuration.group, records: verifier.records()) {
@@ -246,11 +249,14 @@ struct CheckConfig: ParsableCommand {
         do {
             let configuration = try runBlocking { try await options.load() }
             if configuration.tlsConfigured {
-                _ = try TLSProvider(
+                let tls = try TLSProvider(
                     certificatePath: configuration.certificatePath!,
                     privateKeyPath: configuration.privateKeyPath!,
                     strictSNI: configuration.strictSNI
                 )
+                for warning in tls.certificateWarnings {
+                    FileHandle.standardError.write(Data("pop3d: tls.certificate: \(warning)\n".utf8))
+                }
             }
             do {
                 _ = try PasswdFile.parse(String(contentsOfFile: configuration.passwdFile, encoding: .utf8), path: configuration.passwdFile)
