@@ -1,3 +1,5 @@
+import Synchronization
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Musl)
@@ -75,6 +77,7 @@ enum FileSystem {
     }
 
     static func sync(_ fd: Int32, path: String) throws(FileSystemError) {
+        try FaultInjection.shared.check("fsync", path)
         while systemFsync(fd) != 0 {
             if errno != EINTR { throw Self.fail("fsync", path) }
         }
@@ -171,6 +174,7 @@ enum FileSystem {
     /// unlink(2). Returns false when the file was already gone.
     @discardableResult
     static func unlink(_ path: String) throws(FileSystemError) -> Bool {
+        try FaultInjection.shared.check("unlink", path)
         if systemUnlink(path) == 0 { return true }
         if errno == ENOENT { return false }
         throw Self.fail("unlink", path)
@@ -249,3 +253,46 @@ private func systemFsync(_ fd: Int32) -> Int32 { fsync(fd) }
 private func systemUnlink(_ path: String) -> Int32 { unlink(path) }
 private func systemRename(_ from: String, _ to: String) -> Int32 { rename(from, to) }
 private func systemStat(_ path: String, _ st: inout stat) -> Int32 { stat(path, &st) }
+
+/// A test seam (security.md 46, 56): makes `FileSystem` calls fail with a chosen errno for paths under a prefix, so
+/// that storage errors can be injected where the real file system will not fail on demand (EIO from fsync, an
+/// unlink refused). Disarmed, a call costs one atomic load.
+final class FaultInjection: Sendable {
+    static let shared = FaultInjection()
+
+    struct Rule: Sendable {
+        var operation: String
+        var pathPrefix: String
+        var errnoValue: Int32
+        /// Calls that match but pass before the first failure (0: fail from the first).
+        var skip: Int
+    }
+
+    private let armed = Atomic<Bool>(false)
+    private let rules = Mutex<[Rule]>([])
+
+    func arm(_ operation: String, under pathPrefix: String, errno errnoValue: Int32, after skip: Int = 0) {
+        self.rules.withLock { $0.append(Rule(operation: operation, pathPrefix: pathPrefix, errnoValue: errnoValue, skip: skip)) }
+        self.armed.store(true, ordering: .releasing)
+    }
+
+    func disarm(under pathPrefix: String) {
+        self.rules.withLock { rules in
+            rules.removeAll { $0.pathPrefix == pathPrefix }
+            if rules.isEmpty { self.armed.store(false, ordering: .releasing) }
+        }
+    }
+
+    func check(_ operation: String, _ path: String) throws(FileSystemError) {
+        guard self.armed.load(ordering: .acquiring) else { return }
+        let failure = self.rules.withLock { rules -> Int32? in
+            guard let index = rules.firstIndex(where: { $0.operation == operation && path.hasPrefix($0.pathPrefix) }) else { return nil }
+            if rules[index].skip > 0 {
+                rules[index].skip -= 1
+                return nil
+            }
+            return rules[index].errnoValue
+        }
+        if let failure { throw FileSystem.fail(operation, path, failure) }
+    }
+}

@@ -86,7 +86,13 @@ public enum MaildirDelivery {
                 throw FileSystem.fail("link", maildir + "/new/" + name, code)
             }
             _ = try? FileSystem.unlink(tempPath)
-            try FileSystem.syncDirectory(maildir + "/new")
+            do {
+                try FileSystem.syncDirectory(maildir + "/new")
+            } catch {
+                // Not durable, so not delivered: take the name back, so that the sender's retry cannot make a copy.
+                _ = try? FileSystem.unlink(maildir + "/new/" + name)
+                throw error
+            }
             return name
         } catch let error as MaildropError {
             throw error

@@ -1,5 +1,6 @@
 import Foundation
 import NIOCore
+import Synchronization
 import Testing
 
 @testable import MailStore
@@ -55,5 +56,52 @@ struct MaildirDeliveryTests {
         #expect(MaildirName.escapedHostname("a/b:c") == "a\\057b\\072c")
         let names = Set((0..<100).map { _ in MaildirDelivery.uniqueName() })
         #expect(names.count == 100)
+    }
+
+    /// security.md 56: no success before durability. fsync failing on the message file or on `new/` (EIO,
+    /// injected) makes the delivery fail, and a failed delivery leaves nothing behind: no file in new/ that a retry
+    /// would duplicate, nothing in tmp/.
+    @Test(arguments: ["/tmp/", "/new"])
+    func failedFsyncIsAFailedDeliveryThatStoresNothing(_ where: String) throws {
+        let fixture = try MaildirFixture()
+        defer { fixture.cleanUp() }
+        let target = fixture.path + `where`
+        FaultInjection.shared.arm("fsync", under: target, errno: EIO)
+        defer { FaultInjection.shared.disarm(under: target) }
+        #expect(throws: MaildirDeliveryError.self) { try MaildirDelivery.deliver(Array("Subject: x\n\nbody\n".utf8), toMaildir: fixture.path) }
+        #expect(try fixture.list("new").isEmpty)
+        #expect(try fixture.list("tmp").isEmpty)
+        FaultInjection.shared.disarm(under: target)
+        // Once the fault is gone, delivery works again.
+        _ = try MaildirDelivery.deliver(Array("Subject: x\n\nbody\n".utf8), toMaildir: fixture.path)
+        #expect(try fixture.list("new").count == 1)
+    }
+
+    /// security.md 58: many deliveries at once from one process (same pid, many threads) into one Maildir. Every
+    /// one gets its own name (time, µs, pid, a per-process counter; published with link(), which never replaces),
+    /// none is overwritten, and no name holds `/` or `:` or starts with a dot.
+    @Test func concurrentDeliveriesFromOneProcessNeverCollide() throws {
+        let fixture = try MaildirFixture()
+        defer { fixture.cleanUp() }
+        let count = 2_000
+        let names = Mutex<[String]>([])
+        let failures = Atomic<Int>(0)
+        DispatchQueue.concurrentPerform(iterations: count) { index in
+            do {
+                let name = try MaildirDelivery.deliver(Array("Subject: \(index)\n\nbody \(index)\n".utf8), toMaildir: fixture.path)
+                names.withLock { $0.append(name) }
+            } catch {
+                failures.add(1, ordering: .relaxed)
+            }
+        }
+        #expect(failures.load(ordering: .relaxed) == 0)
+        let delivered = names.withLock { $0 }
+        #expect(Set(delivered).count == count)
+        #expect(try fixture.list("new").count == count)
+        #expect(try fixture.list("tmp").isEmpty)
+        #expect(delivered.allSatisfy { !$0.contains("/") && !$0.contains(":") && !$0.hasPrefix(".") })
+        var bodies = Set<String>()
+        for name in try fixture.list("new") { bodies.insert(try fixture.read("new/" + name)) }
+        #expect(bodies == Set((0..<count).map { "Subject: \($0)\n\nbody \($0)\n" }), "a message was overwritten or lost")
     }
 }

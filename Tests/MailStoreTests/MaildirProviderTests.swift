@@ -361,4 +361,23 @@ struct MaildirProviderTests {
         }
         await next.release()
     }
+
+    /// security.md 46 as written there: unlink fails with EIO (injected) on the 5th of 10 removals.
+    @Test func injectedUnlinkErrorInUpdate() async throws {
+        let fixture = try MaildirFixture()
+        defer { fixture.cleanUp() }
+        var names: [String] = []
+        for index in 0..<12 { names.append(try MaildirDelivery.deliver(Array("message \(index)\n".utf8), toMaildir: fixture.path)) }
+        let provider = MaildirFixture.provider()
+        let maildrop = try await provider.openMaildrop(user: "u", path: fixture.path)
+        FaultInjection.shared.arm("unlink", under: fixture.path + "/new/", errno: EIO, after: 4)
+        await #expect(throws: MaildropError.self) { try await maildrop.commit(deleting: Set(0..<10)) }
+        FaultInjection.shared.disarm(under: fixture.path + "/new/")
+        #expect(!fixture.exists("pop3d.lock"))
+        let left = Set(try fixture.list("new"))
+        #expect(left == Set(names[4...]), "the first four went, the rest stayed")
+        let next = try await provider.openMaildrop(user: "u", path: fixture.path)
+        #expect(next.messages.count == 8)
+        await next.release()
+    }
 }
