@@ -1,20 +1,23 @@
 #!/usr/bin/env python3
 """Fault tests for pop3d (issue 4, "Load and faults"): kill -9 of pop3d during RETR and during QUIT's commit,
 kill -9 of `pop3d deliver` reading a slow stdin, disk full during delivery (a 2 MiB tmpfs), a message file removed
-underneath a session.
+underneath a session, 400 concurrent `pop3d deliver` into one Maildir (security.md 58), and `pop3 fetch` on a full
+disk: its Maildir and state on a 2 MiB tmpfs, then its UIDL journal alone on a tmpfs that fills up (security.md 100).
 
-Each check ends by restarting pop3d on the same data folder and verifying a login, STAT and UIDL: nothing delivered
-is lost, nothing is deleted that was not committed, the server starts cleanly.
+Each pop3d check (1-6) ends by restarting pop3d on the same data folder and verifying a login, STAT and UIDL:
+nothing delivered is lost, nothing is deleted that was not committed, the server starts cleanly.
 
 Starts `pop3d dev` on free loopback ports in a temporary folder (kills only the processes it started, by PID),
 prints PASS/FAIL per check and ends with 'faults: N passed, N failed'; exit status 1 on failure.
-Needs: python3 (stdlib only), root for `mount -t tmpfs` (the disk-full check fails, saying why, without it).
+Needs: python3 (stdlib only), root for `mount -t tmpfs` (the disk-full checks fail, saying why, without it).
+The `pop3 fetch` checks use the `pop3` beside --pop3d unless --pop3 is given.
 
-Usage: scripts/faults.py --pop3d PATH [--keep] [--seed N]
+Usage: scripts/faults.py --pop3d PATH [--pop3 PATH] [--keep] [--seed N]
 """
 import argparse
 import base64
 import hashlib
+import json
 import os
 import random
 import shutil
@@ -756,25 +759,326 @@ def check_file_removed(server):
     return detail + restart_and_verify(server, user, password, expect_uidl=remaining)
 
 
+# ---------------------------------------------------------------- 6. concurrent deliveries into one Maildir
+
+# read(2)'s number, to see in /proc/PID/syscall that a `pop3d deliver` is blocked reading its stdin.
+READ_SYSCALL = {"x86_64": "0", "aarch64": "63"}.get(os.uname().machine)
+
+
+def blocked_on_stdin(pid):
+    try:
+        with open(f"/proc/{pid}/syscall") as f:
+            fields = f.read().split()
+    except OSError:
+        return False
+    return READ_SYSCALL is not None and fields[:2] == [READ_SYSCALL, "0x0"]
+
+
+def check_concurrent_deliveries(server, total, width):
+    """security.md 58: `width` deliveries at once, released together, until `total`; no name reused, none lost."""
+    user, password = "conc", "concurrent-password"
+    server.add_user(user, password)  # no Maildir yet: the first wave also races to create it
+    maildir = server.maildir(user)
+    sent = dict(make_message("conc", i) for i in range(total))
+    pending = list(sent.items())
+    exits, errors, synced_waves, most_in_tmp = {}, [], 0, 0
+    while pending:
+        wave, pending = pending[:width], pending[width:]
+        procs = [subprocess.Popen([ARGS.pop3d, "deliver", user, "--config", server.config], stdin=subprocess.PIPE,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for _ in wave]
+        # A barrier: each has opened its tmp/ file and waits on stdin, then all get their message at once, so the
+        # writes, fsyncs, links and directory fsyncs overlap.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not all(blocked_on_stdin(p.pid) for p in procs):
+            time.sleep(0.005)
+        if all(blocked_on_stdin(p.pid) for p in procs):
+            synced_waves += 1
+            most_in_tmp = max(most_in_tmp, len(listdir(os.path.join(maildir, "tmp"))))
+        for p, (_, data) in zip(procs, wave):
+            p.stdin.write(data)  # a few hundred octets: fits the pipe, never blocks
+            p.stdin.close()
+        for p, (msgid, _) in zip(procs, wave):
+            try:
+                rc = p.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                p.kill()  # our child, not yet reaped
+                rc = p.wait()
+            err = p.stderr.read().decode(errors="replace").strip()
+            p.stderr.close()
+            exits[rc] = exits.get(rc, 0) + 1
+            if rc != 0:
+                errors.append(f"{msgid}: exit {rc}: {err[-120:]}")
+    assert not errors, f"{len(errors)} of {total} deliveries failed: {errors[:3]}"
+    names = listdir(os.path.join(maildir, "new"))
+    tmp_left = listdir(os.path.join(maildir, "tmp"))
+    assert not tmp_left, f"tmp/ holds {len(tmp_left)} files after every delivery exited 0: {tmp_left[:3]}"
+    assert len(names) == total, f"{total} deliveries exited 0, new/ holds {len(names)} files"
+    bad = [n for n in names if n.startswith(".") or ":" in n or "/" in n]
+    assert not bad, f"names that maildir(5) forbids: {bad[:3]}"
+    uniques = {n.split(",")[0] for n in names}
+    assert len(uniques) == total, f"{total - len(uniques)} unique parts of names repeat"
+    stored = [data for _, data in maildir_files(maildir)]
+    counts = {}
+    for data in stored:
+        counts[data] = counts.get(data, 0) + 1
+    duplicated = [d for d, k in counts.items() if k > 1]
+    missing = set(sent.values()) - set(counts)
+    assert not duplicated and not missing and len(counts) == total, \
+        f"contents: {len(missing)} sent but not stored (overwritten?), {len(duplicated)} stored twice, " \
+        f"{len(set(counts) - set(sent.values()))} not sent"
+    # Served: STAT = the files, UIDLs unique, every Message-ID once, every message as sent.
+    uidl, _ = verify_maildrop(server, user, password, expect_count=total)
+    c, _ = login(server, user, password)
+    try:
+        ids = c.message_ids(sorted(uidl))
+        assert sorted(ids.values()) == sorted(sent), "the Message-IDs served differ from those delivered"
+        for n in sorted(uidl):
+            assert normalize(c.retr(n)) == sent[ids[n]], f"RETR {n} ({ids[n]}) differs from what was delivered"
+        c.quit()
+    finally:
+        c.close()
+    detail = (f"{total} `pop3d deliver` in waves of {width} ({synced_waves} of {-(-total // width)} waves released "
+              f"together from a barrier on stdin, up to {most_in_tmp} tmp/ files open at once): all exit 0, "
+              f"{total} distinct names in new/, tmp/ empty, contents = those sent (none overwritten or twice); "
+              f"STAT {total}, {len(set(uidl.values()))} distinct UIDLs, every RETR as sent; ")
+    return detail + restart_and_verify(server, user, password, expect_uidl=list(uidl.values()))
+
+
+# ---------------------------------------------------------------- 7-8. `pop3 fetch` on a full disk
+
+def mount_tmpfs(path, size):
+    os.makedirs(path, exist_ok=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", path],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, (f"cannot mount a tmpfs (needs root or CAP_SYS_ADMIN): exit {r.returncode}: "
+                               f"{r.stderr.strip()} — the check did not run")
+
+
+def remount_tmpfs(path, size):
+    r = subprocess.run(["mount", "-o", f"remount,size={size}", path], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, f"remount of {path} with size={size}: exit {r.returncode}: {r.stderr.strip()}"
+
+
+def unmount(path):
+    r = subprocess.run(["umount", path], capture_output=True, text=True, timeout=30)
+    if r.returncode != 0:
+        subprocess.run(["umount", "-l", path], capture_output=True, timeout=30)
+
+
+class FetchAccount:
+    """A pop3d user with seeded mail, and `pop3 fetch` of it into a Maildir with its own XDG_STATE_HOME."""
+
+    def __init__(self, server, user, messages):
+        self.server, self.user, self.password = server, user, f"{user}-password"
+        server.add_user(user, self.password)
+        seed_maildir(server.maildir(user), messages)
+        self.sent = dict(messages)  # Message-ID -> bytes
+        self.by_sha = {sha(data): msgid for msgid, data in messages}
+        self.pwfile = os.path.join(server.root, f"pw-{user}")
+        fd = os.open(self.pwfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(self.password + "\n")
+
+    def fetch(self, maildir, state_home, *extra, timeout=300):
+        """(exit status, stderr, the account's --json summary or None)."""
+        env = dict(os.environ, XDG_STATE_HOME=state_home)
+        env.pop("POP3_NOW", None)
+        r = subprocess.run(
+            [ARGS.pop3, "fetch", "--ca-file", os.path.join(self.server.data, "tls", "cert.pem"),
+             "--password-file", self.pwfile, "--maildir", maildir, "--json", *extra,
+             f"pop3s://{self.user}@localhost:{self.server.tls_port}"],
+            capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL, env=env)
+        summary = None
+        try:
+            summary = json.loads(r.stdout)["accounts"][0]
+        except (ValueError, KeyError, IndexError, TypeError):
+            pass
+        return r.returncode, r.stderr.decode(errors="replace").strip(), summary
+
+    def on_server(self):
+        """{Message-ID: UIDL} left on the server; retried while the last session's lock is being released."""
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                c, _ = login(self.server, self.user, self.password)
+                break
+            except POP3Error as e:
+                if "IN-USE" not in str(e) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        try:
+            uidl = c.uidl()
+            ids = c.message_ids(sorted(uidl))
+            c.quit()
+        finally:
+            c.close()
+        return {ids[n]: uid for n, uid in uidl.items()}
+
+    def stored(self, maildir):
+        """Message-IDs stored in maildir (new/ and cur/), each file checked to be one whole message as sent, and
+        the list of files in tmp/."""
+        out = []
+        for rel, data in maildir_files(maildir):
+            msgid = self.by_sha.get(sha(data))
+            assert msgid is not None, f"{rel}: {len(data)} octets, not any message sent whole (partial or corrupt)"
+            out.append(msgid)
+        return out, listdir(os.path.join(maildir, "tmp"))
+
+    def check_no_loss(self, maildir, when):
+        """Every message is on the server or stored whole (never deleted before stored), and stored at most once.
+        Returns (stored Message-IDs, on-server map)."""
+        stored, tmp_left = self.stored(maildir)
+        twice = sorted({m for m in stored if stored.count(m) > 1})
+        assert not twice, f"{when}: stored twice: {twice[:3]}"
+        server = self.on_server()
+        lost = set(self.sent) - set(server) - set(stored)
+        assert not lost, f"{when}: {len(lost)} messages deleted on the server but not stored whole: {sorted(lost)[:3]}"
+        assert not tmp_left, f"{when}: tmp/ holds {tmp_left[:3]}"
+        return stored, server
+
+
+def check_fetch_disk_full(server):
+    """security.md 100: the Maildir and the state directory on one 2 MiB tmpfs; 40 × 100 KiB, --checkpoint 10."""
+    account = FetchAccount(server, "fetchfull", [make_message("fetchfull", i, 100 * 1024) for i in range(40)])
+    mnt = os.path.join(server.root, "fetch-full")
+    mount_tmpfs(mnt, "2m")
+    try:
+        maildir, state = os.path.join(mnt, "Maildir"), os.path.join(mnt, "state")
+        rc, err, summary = account.fetch(maildir, state, "--checkpoint", "10")
+        assert rc != 0, f"pop3 fetch of 4 MiB into a 2 MiB tmpfs exited 0 ({summary})"
+        assert "No space left on device" in err, f"exit {rc} but stderr does not name the full disk: {err[-200:]!r}"
+        stored, left = account.check_no_loss(maildir, "after ENOSPC")
+        deleted = set(account.sent) - set(left)
+        assert 0 < len(stored) < len(account.sent), f"after ENOSPC {len(stored)} of {len(account.sent)} stored"
+        assert deleted, "no --checkpoint session committed its deletions before the disk was full"
+        df = os.statvfs(mnt)
+        free_kib = df.f_bavail * df.f_frsize // 1024
+        # A rerun on the still-full disk fails the same way and loses nothing.
+        rc_again, err_again, _ = account.fetch(maildir, state, "--checkpoint", "10")
+        assert rc_again != 0 and "No space left on device" in err_again, \
+            f"rerun on the full disk: exit {rc_again}: {err_again[-200:]!r}"
+        account.check_no_loss(maildir, "after a rerun on the full disk")
+
+        remount_tmpfs(mnt, "16m")
+        rc2, err2, summary2 = account.fetch(maildir, state, "--checkpoint", "10")
+        assert rc2 == 0, f"pop3 fetch after enlarging the tmpfs: exit {rc2}: {err2[-200:]}"
+        stored2, left2 = account.check_no_loss(maildir, "after enlarging")
+        assert sorted(stored2) == sorted(account.sent), \
+            f"after enlarging: {len(stored2)} stored, {len(set(account.sent) - set(stored2))} missing"
+        assert not left2, f"delete mode: {len(left2)} messages still on the server"
+        assert summary2 is None or summary2.get("fetched") == len(account.sent) - len(stored), \
+            f"after enlarging, fetched {summary2.get('fetched')}, expected {len(account.sent) - len(stored)} " \
+            f"(what the first run stored must not be downloaded again)"
+        last_line = err.splitlines()[-1]
+        return (f"40 × 100 KiB, --checkpoint 10: exit {rc} ('…{last_line[-70:]}'); {len(stored)} stored whole, "
+                f"{len(deleted)} deleted on the server (all stored), none partial, {free_kib} KiB free; a rerun on "
+                f"the full disk failed the same way; after remount to 16 MiB: exit 0, fetched "
+                f"{summary2.get('fetched') if summary2 else '?'}, all 40 stored once (sha256), server empty")
+    finally:
+        unmount(mnt)
+
+
+def check_fetch_journal_full(server):
+    """security.md 100: the UIDL journal's own tmpfs fills up while messages are being journaled."""
+    page = os.sysconf("SC_PAGE_SIZE")
+    count = 200
+    account = FetchAccount(server, "journalfull", [make_message("journalfull", i, 1024) for i in range(count)])
+    # The journal after `noteSeen`: header + one `S <unix time> <uid>` line per message; then `D <uid>` lines in
+    # batches of 32 (MaildirDestination.commitBatchLimit). A tmpfs of one page (the lock file) + `pages` pages lets
+    # the journal grow to pages × page octets: pick the page count so that a later batch (not the first) crosses it.
+    uids = list(account.on_server().values())
+    seen = len("pop3-uidl-journal 1\n") + sum(len(f"S {int(time.time())} {u}\n") for u in uids)
+    delivered = [len(f"D {u}\n") for u in uids]
+    choice = None
+    for pages in range(-(-seen // page), -(-seen // page) + 4):
+        room, fits = pages * page - seen, 0
+        while fits < count and room >= delivered[fits]:
+            room -= delivered[fits]
+            fits += 1
+        if 32 < fits < count - 32:
+            choice = (pages, fits)
+            break
+    assert choice, f"no tmpfs size makes a later journal batch fail (journal after S records {seen} octets)"
+    pages, fits = choice
+    mnt = os.path.join(server.root, "journal-full")
+    maildir = os.path.join(server.root, "journal-full-Maildir")
+    mount_tmpfs(mnt, f"{(pages + 1) * page // 1024}k")
+    try:
+        rc, err, summary = account.fetch(maildir, mnt)
+        assert rc != 0, f"pop3 fetch with a journal that cannot grow exited 0 ({summary})"
+        assert "No space left on device" in err and ".journal" in err, \
+            f"exit {rc} but stderr does not name the journal and the full disk: {err[-200:]!r}"
+        stored, left = account.check_no_loss(maildir, "after the journal's ENOSPC")
+        assert len(left) == count, f"the run whose journal failed deleted {count - len(left)} messages"
+        state = os.path.join(mnt, "pop3")
+        journal_path = os.path.join(state, [n for n in os.listdir(state) if n.endswith(".journal")][0])
+        with open(journal_path, "rb") as f:
+            journal = f.read()
+        journaled = sum(1 for line in journal.split(b"\n")[:-1] if line.startswith(b"D "))
+        torn = not journal.endswith(b"\n")
+        assert 32 <= journaled < len(stored), \
+            f"{len(stored)} stored, {journaled} journaled as delivered: the failure was not in a later D batch"
+        # A rerun on the still-full tmpfs: opening the journal compacts it by atomic replace (temp file, fsync,
+        # rename), which now hits ENOSPC: the old journal must stay as it was, the temp file must go.
+        rc_again, err_again, _ = account.fetch(maildir, mnt)
+        assert rc_again != 0 and "No space left on device" in err_again, \
+            f"rerun on the full journal tmpfs: exit {rc_again}: {err_again[-200:]!r}"
+        with open(journal_path, "rb") as f:
+            assert f.read() == journal, "the journal changed (truncated?) when a rerun failed on the full tmpfs"
+        temps = [n for n in os.listdir(state) if n not in (os.path.basename(journal_path),) and not n.endswith(".lock")]
+        assert not temps, f"left in the state directory after the failed rerun: {temps}"
+        stored_again, left_again = account.check_no_loss(maildir, "after a rerun on the full journal tmpfs")
+        assert sorted(stored_again) == sorted(stored) and len(left_again) == count, \
+            f"the failed rerun stored {len(stored_again) - len(stored)} more, deleted {count - len(left_again)}"
+
+        remount_tmpfs(mnt, "1m")
+        rc2, err2, summary2 = account.fetch(maildir, mnt)
+        assert rc2 == 0, f"pop3 fetch after enlarging the journal's tmpfs: exit {rc2}: {err2[-200:]}"
+        stored2, left2 = account.check_no_loss(maildir, "after enlarging")
+        assert sorted(stored2) == sorted(account.sent), \
+            f"after enlarging: {len(stored2)} stored, {len(set(account.sent) - set(stored2))} missing"
+        assert not left2, f"delete mode: {len(left2)} messages still on the server"
+        assert summary2 is None or summary2.get("fetched") == count - len(stored), \
+            f"after enlarging, fetched {summary2.get('fetched')}, expected {count - len(stored)}: stored but " \
+            f"unjournaled messages must be recognised by name, not downloaded again"
+        return (f"{count} messages, journal on a {pages + 1}-page tmpfs: exit {rc} "
+                f"('…{err.splitlines()[-1][-60:]}'); "
+                f"{len(stored)} stored whole, {journaled} journaled as delivered (predicted {fits})"
+                f"{', torn last line' if torn else ''}, nothing deleted; a rerun on the full tmpfs failed "
+                f"('…{err_again.splitlines()[-1][-50:]}'), journal byte-identical, no temp file left, nothing "
+                f"stored or deleted; after remount to 1 MiB: exit 0, fetched "
+                f"{summary2.get('fetched') if summary2 else '?'} (the stored but unjournaled ones recognised), all "
+                f"{count} stored once (sha256), server empty")
+    finally:
+        unmount(mnt)
+
+
 # ---------------------------------------------------------------- main
 
 def main():
     global ARGS
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pop3d", required=True)
+    parser.add_argument("--pop3", help="the client, for the `pop3 fetch` checks (default: pop3 beside --pop3d)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     parser.add_argument("--seed", type=int, default=int(time.time()))
     parser.add_argument("--commit-rounds", type=int, default=10)
     parser.add_argument("--commit-size", type=int, default=1500)
     parser.add_argument("--deliver-kills", type=int, default=15)
+    parser.add_argument("--concurrent-deliveries", type=int, default=400)
+    parser.add_argument("--concurrent-width", type=int, default=8)
     ARGS = parser.parse_args()
     ARGS.pop3d = os.path.abspath(ARGS.pop3d)
+    ARGS.pop3 = os.path.abspath(ARGS.pop3 or os.path.join(os.path.dirname(ARGS.pop3d), "pop3"))
     print(f"faults: seed {ARGS.seed}", flush=True)
     root = tempfile.mkdtemp(prefix="pop3d-faults-")
     # A private copy: other builds in the same checkout may replace the binary while this runs (restarts, `deliver`
     # and gdb must all see the same executable).
     shutil.copy2(ARGS.pop3d, os.path.join(root, "pop3d"))
     ARGS.pop3d = os.path.join(root, "pop3d")
+    if os.path.exists(ARGS.pop3):
+        shutil.copy2(ARGS.pop3, os.path.join(root, "pop3"))
+        ARGS.pop3 = os.path.join(root, "pop3")
     server = Server(root)
     started = time.monotonic()
     try:
@@ -791,6 +1095,15 @@ def main():
                   check_disk_full, server)
         run_check("5. message file removed underneath a session: RETR -ERR, session goes on, QUIT commits",
                   check_file_removed, server)
+        run_check(f"6. {ARGS.concurrent_deliveries} `pop3d deliver` into one Maildir, {ARGS.concurrent_width} at once: "
+                  "all exit 0, distinct names, none overwritten, STAT and UIDLs match",
+                  check_concurrent_deliveries, server, ARGS.concurrent_deliveries, ARGS.concurrent_width)
+        run_check("7. `pop3 fetch` with its Maildir and state on a full 2 MiB tmpfs: ENOSPC named, nothing deleted "
+                  "unless stored, no partial file; after remount every message stored once",
+                  check_fetch_disk_full, server)
+        run_check("8. `pop3 fetch` whose UIDL journal hits ENOSPC mid-batch: nothing deleted, stored-but-unjournaled "
+                  "messages recognised, not duplicated, after remount",
+                  check_fetch_journal_full, server)
     except Exception as e:  # noqa: BLE001 - the server itself did not start
         record("pop3d starts", False, f"{type(e).__name__}: {e}")
     finally:

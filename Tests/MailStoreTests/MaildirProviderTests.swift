@@ -1,6 +1,7 @@
 import Foundation
 import NIOCore
 import NIOPosix
+import Synchronization
 import Testing
 
 @testable import MailStore
@@ -304,6 +305,38 @@ struct MaildirProviderTests {
         #expect(maildrop.messages.count == 1)
         #expect(!fixture.exists("dovecot-uidlist.lock"))
         await maildrop.release()
+    }
+
+    /// A lock is published complete (written to a temporary file, then linked into place): a reader never sees it
+    /// empty, so a process killed while taking it cannot leave an empty lock that blocks indexing until it ages out
+    /// (faults.py round 9 once hit a 10 s `[SYS/TEMP]` that way). The temporary file is gone afterwards.
+    @Test func locksAreNeverVisibleWithoutTheirOwner() throws {
+        let fixture = try MaildirFixture()
+        defer { fixture.cleanUp() }
+        try fixture.createLayout()
+        let lockPath = fixture.path + "/dovecot-uidlist.lock"
+        let contents = "\(getpid()):host\n"
+        let done = Atomic<Bool>(false)
+        let emptySightings = Atomic<Int>(0)
+        let reader = Thread {
+            while !done.load(ordering: .relaxed) {
+                if let data = FileManager.default.contents(atPath: lockPath), data.count < contents.utf8.count {
+                    emptySightings.add(1, ordering: .relaxed)
+                }
+            }
+        }
+        reader.start()
+        for _ in 0..<3_000 {
+            guard case .acquired(let lock) = try LockFile.tryCreate(lockPath, contents: contents) else {
+                Issue.record("lock held by nobody")
+                break
+            }
+            try lock.release()
+        }
+        done.store(true, ordering: .relaxed)
+        while !reader.isFinished { usleep(1_000) }
+        #expect(emptySightings.load(ordering: .relaxed) == 0)
+        #expect(try FileManager.default.contentsOfDirectory(atPath: fixture.path).filter { $0.hasSuffix(".tmp") }.isEmpty)
     }
 
     /// Once indexed, opening reads no message file (sizes come from names and dovecot-uidlist). Speed itself is
