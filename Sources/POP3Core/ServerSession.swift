@@ -27,6 +27,8 @@ public struct ServerSession: Sendable {
         public var maximumSASLLineLength = POP3Defaults.maximumSASLLineLength
         public var maximumBadCommandsBeforeLogin = POP3Defaults.maximumBadCommandsBeforeLogin
         public var maximumBadCommandsAfterLogin = POP3Defaults.maximumBadCommandsAfterLogin
+        /// Messages a session shows at most (the first ones of the snapshot: the store lists the oldest first).
+        public var maximumMessages = POP3Defaults.maximumMaildropMessages
 
         public init() {}
     }
@@ -187,7 +189,8 @@ public struct ServerSession: Sendable {
 
     public mutating func loginSucceeded(messages: [MessageSummary]) -> Action {
         guard case .loggingIn(let user) = self.state else { preconditionFailure("loginSucceeded outside login") }
-        self.state = .transaction(Transaction(user: user, messages: messages))
+        let shown = messages.count > self.configuration.maximumMessages ? Array(messages.prefix(self.configuration.maximumMessages)) : messages
+        self.state = .transaction(Transaction(user: user, messages: shown))
         return .respond(.ok("Logged in."))
     }
 

@@ -256,6 +256,7 @@ public final class POP3Server: Service, Sendable {
         sessionConfiguration.maximumSASLLineLength = self.configuration.limits.saslLineLength
         sessionConfiguration.maximumBadCommandsBeforeLogin = self.configuration.limits.badCommandsBeforeLogin
         sessionConfiguration.maximumBadCommandsAfterLogin = self.configuration.limits.badCommandsAfterLogin
+        sessionConfiguration.maximumMessages = self.configuration.limits.maildropMessages
         let driver = SessionDriver(
             session: ServerSession(configuration: sessionConfiguration, tlsActive: kind == .pop3s),
             verifier: self.verifier,

@@ -50,6 +50,8 @@ public struct ServerLimits: Sendable, Equatable {
     /// Messages (plus one per Maildir) whose Maildir index stays in memory between sessions, so that an unchanged
     /// maildrop opens without being listed; 0 turns the cache off.
     public var indexCacheMessages = MaildirProvider.defaultIndexCacheCapacity
+    /// Messages one session lists at most, the oldest first (`limits.maildrop_messages`).
+    public var maildropMessages = POP3Defaults.maximumMaildropMessages
 
     public init() {}
 }
@@ -225,6 +227,7 @@ extension ServerConfiguration {
         limits.connections = try int("limits.connections", 1...10_000_000, default: limits.connections)
         limits.shutdownGracePeriod = try seconds("limits.shutdown_grace", 0...3_600, default: limits.shutdownGracePeriod)
         limits.indexCacheMessages = try int("limits.index_cache_messages", 0...100_000_000, default: limits.indexCacheMessages)
+        limits.maildropMessages = try int("limits.maildrop_messages", 1...100_000_000, default: limits.maildropMessages)
         result.limits = limits
         let level = config.string(forKey: "log.level") ?? "info"
         guard ["trace", "debug", "info", "notice", "warning", "error", "critical"].contains(level) else {
@@ -270,6 +273,7 @@ extension ServerConfiguration {
               connections: \(self.limits.connections)
               shutdown_grace: \(self.limits.shutdownGracePeriod.components.seconds)
               index_cache_messages: \(self.limits.indexCacheMessages)
+              maildrop_messages: \(self.limits.maildropMessages)
             log:
               level: \(self.logLevel)
             user: \(self.user ?? "null")

@@ -160,6 +160,12 @@ struct SessionDriver {
             self.maildrop = maildrop
             self.logger[metadataKey: "user"] = "\(logEscaped(record.name))"
             self.logger.info("logged in", metadata: ["messages": "\(maildrop.messages.count)"])
+            if maildrop.messages.count > self.session.configuration.maximumMessages {
+                self.logger.notice(
+                    "maildrop over limits.maildrop_messages: this session lists the oldest ones only",
+                    metadata: ["messages": "\(maildrop.messages.count)", "listed": "\(self.session.configuration.maximumMessages)"]
+                )
+            }
             connection.channel.pipeline.fireUserInboundEventTriggered(SessionAuthenticatedEvent())
             return self.session.loginSucceeded(
                 messages: maildrop.messages.map { MessageSummary(size: $0.size, uniqueID: $0.uniqueID) }

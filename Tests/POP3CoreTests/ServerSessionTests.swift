@@ -45,6 +45,24 @@ func errResponse(_ action: ServerSession.Action) -> StatusResponse? {
         #expect(String(buffer: buffer) == "1 120\r\n2 300\r\n.\r\n")
     }
 
+    /// security.md 69: a maildrop over `maximumMessages` is shown as its first (oldest) messages only; numbers
+    /// past the limit name no message, and QUIT commits indices of the shown ones.
+    @Test func hugeMaildropIsListedUpToTheLimit() {
+        var configuration = ServerSession.Configuration()
+        configuration.maximumMessages = 3
+        var session = ServerSession(configuration: configuration, tlsActive: true)
+        _ = session.send("USER alice")
+        _ = session.send("PASS secret")
+        _ = session.loginSucceeded(messages: (1...5).map { MessageSummary(size: $0 * 10, uniqueID: "uid-\($0)") })
+        #expect(okText(session.send("STAT")) == "3 60")
+        #expect(errResponse(session.send("LIST 4"))?.text == "No such message.")
+        var buffer = ByteBuffer()
+        session.writeScanListing(.uidl, into: &buffer)
+        #expect(String(buffer: buffer) == "1 uid-1\r\n2 uid-2\r\n3 uid-3\r\n.\r\n")
+        #expect(okText(session.send("DELE 3")) != nil)
+        #expect(session.send("QUIT") == .commit(deleting: [2]))
+    }
+
     @Test func deleteIsOnlyCommittedByQuit() {
         var session = self.loggedIn()
         #expect(okText(session.send("DELE 1")) != nil)
