@@ -420,6 +420,46 @@ def limits(dev):
     return {key: int(value) for key, value in re.findall(r"^\s+(\w+): (\d+)$", out, re.M)}
 
 
+@test
+def case62_deliver_enforces_quota(dev):
+    """Dovecot-style quota rules in the passwd-file's extra fields: over the message count or the storage left,
+    `pop3d deliver` exits 77 (EX_NOPERM, as dovecot-lda -e) and stores nothing; an unreadable rule is exit 75."""
+    with open(os.path.join(dev.data, "users"), "a") as f:
+        f.write("quota1:{PLAIN}q-pw::::::userdb_quota_rule=*:storage=1K userdb_quota_rule2=*:messages=3\n"
+                "quota2:{PLAIN}q-pw::::::userdb_quota_rule=*:storage=1K\n"
+                "quota3:{PLAIN}q-pw::::::userdb_quota_rule=*:storage=lots\n")
+
+    def deliver(user, size):
+        body = b"Subject: q\n\n" + b"x" * (size - 13) + b"\n"
+        assert len(body) == size
+        return dev.pop3d("deliver", user, "--config", dev.config, stdin=body)
+
+    def stored(user):
+        return len(dev.maildir_files(user))
+
+    for _ in range(3):
+        r = deliver("quota1", 200)
+        assert r.returncode == 0, r.stderr
+    r = deliver("quota1", 20)
+    assert r.returncode == 77 and b"quota exceeded" in r.stderr and b"limit 3" in r.stderr, (r.returncode, r.stderr)
+    assert stored("quota1") == 3
+    r = deliver("quota2", 700)
+    assert r.returncode == 0, r.stderr
+    r = deliver("quota2", 500)  # 324 bytes left
+    assert r.returncode == 77 and b"nothing was stored" in r.stderr, (r.returncode, r.stderr)
+    assert stored("quota2") == 1 and not os.listdir(os.path.join(dev.data, "mail", "quota2", "tmp"))
+    r = deliver("quota2", 324)  # exactly the room left
+    assert r.returncode == 0, r.stderr
+    r = deliver("quota2", 30)  # full: refused before reading
+    assert r.returncode == 77 and b"uses 1024 of 1024 bytes" in r.stderr, (r.returncode, r.stderr)
+    r = deliver("quota3", 30)
+    assert r.returncode == 75 and b"quota rule" in r.stderr, (r.returncode, r.stderr)
+    assert not os.path.exists(os.path.join(dev.data, "mail", "quota3", "new")) or stored("quota3") == 0
+    c = dev.pop3s("quota2", "q-pw")
+    assert c.stat() == (2, 1024 + 6), c.stat()  # sizes as sent over POP3: each LF counted as CRLF
+    c.quit()
+
+
 def add_user(dev, name, password):
     r = dev.pop3d("user", "add", name, "--config", dev.config, stdin=password.encode() + b"\n")
     assert r.returncode == 0, r.stderr

@@ -26,6 +26,10 @@ public enum PrivilegeDrop {
 
     public struct Failure: Error, CustomStringConvertible {
         public var description: String
+
+        public init(description: String) {
+            self.description = description
+        }
     }
 
     /// Who to become, or nil when not running as root.
