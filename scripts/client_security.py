@@ -3,7 +3,8 @@
 
 Each scenario runs a fake POP3 server on loopback that misbehaves in one way, runs `pop3 fetch` (or `pop3 probe`)
 against it, and checks what the client did: it must fail (or cope), never send a credential where TLS is required
-but missing, never DELE a message it did not store, and never store a partial message. Scenario names start with
+but missing, never DELE a message it did not store, and never store a partial message; some scenarios also bound the
+client's wall time and peak RSS (measured with wait4 in a small helper process). Scenario names start with
 their case number in research/security.md. Two scenarios put a small relay in front of a real TLS server:
 openssl s_server for a server-initiated renegotiation (89), and a rewrite of the ALPN choice in a TLS 1.2
 ServerHello (87). Prints 'N passed, N failed' at the end.
@@ -130,20 +131,25 @@ def server_ctx(cert, key, **kw):
     return ctx
 
 
-def transaction(c, uidl=None, retr=None, quit_reply=b"+OK bye\r\n", dele_ok=True):
-    """A normal TRANSACTION state with MESSAGES, with optional overrides."""
+def transaction(c, uidl=None, retr=None, quit_reply=b"+OK bye\r\n", dele_ok=True, messages=MESSAGES, replies=None):
+    """A normal TRANSACTION state with `messages`, with optional overrides; `replies` maps a command to a function
+    that answers it instead (returning "close" ends the connection)."""
     uidl = uidl or [b"1 uid-one", b"2 uid-two"]
     while True:
         line = c.line()
         if line is None:
             return
         cmd = line.split(b" ")[0].upper()
-        if cmd == b"CAPA":
+        if replies and cmd in replies:
+            if replies[cmd](c) == "close":
+                c.sock.close()
+                return
+        elif cmd == b"CAPA":
             c.send(b"+OK\r\nUIDL\r\nPIPELINING\r\nUSER\r\nSASL PLAIN\r\n.\r\n")
         elif cmd == b"STAT":
-            c.send(b"+OK %d %d\r\n" % (len(MESSAGES), sum(map(len, MESSAGES))))
+            c.send(b"+OK %d %d\r\n" % (len(messages), sum(map(len, messages))))
         elif cmd == b"LIST":
-            c.send(b"+OK\r\n" + b"".join(b"%d %d\r\n" % (i + 1, len(m)) for i, m in enumerate(MESSAGES)) + b".\r\n")
+            c.send(b"+OK\r\n" + b"".join(b"%d %d\r\n" % (i + 1, len(m)) for i, m in enumerate(messages)) + b".\r\n")
         elif cmd == b"UIDL":
             c.send(b"+OK\r\n" + b"".join(u + b"\r\n" for u in uidl) + b".\r\n")
         elif cmd == b"RETR":
@@ -153,7 +159,7 @@ def transaction(c, uidl=None, retr=None, quit_reply=b"+OK bye\r\n", dele_ok=True
                     c.sock.close()
                     return
             else:
-                body = MESSAGES[n - 1].replace(b"\r\n.", b"\r\n..")
+                body = messages[n - 1].replace(b"\r\n.", b"\r\n..")
                 c.send(b"+OK\r\n" + body + b".\r\n")
         elif cmd == b"DELE":
             c.send(b"+OK\r\n" if dele_ok else b"-ERR no\r\n")
@@ -224,17 +230,79 @@ class Scenario:
 
     def __init__(self, name, behave, tls=None, starttls=False, expect_exit=1, credentials_allowed=False,
                  dele_allowed=False, stored=0, extra_args=(), check=None, timeout=None, command="fetch", connections=1,
-                 insecure=False):
+                 insecure=False, max_seconds=None, max_rss_mib=None, max_rss_growth_mib=None):
         self.name, self.behave, self.tls, self.starttls = name, behave, tls, starttls
         self.expect_exit, self.credentials_allowed, self.dele_allowed = expect_exit, credentials_allowed, dele_allowed
         self.stored, self.extra_args, self.check, self.timeout = stored, extra_args, check, timeout
         self.command, self.connections, self.insecure = command, connections, insecure
+        # Bounds on the client's wall time and peak RSS; the growth is over the peak RSS of a fetch of two small
+        # messages from a well-behaved server (measured once per run).
+        self.max_seconds, self.max_rss_mib, self.max_rss_growth_mib = max_seconds, max_rss_mib, max_rss_growth_mib
 
 
 def stored_files(maildir):
     """Paths of the messages in the Maildir's new/ and cur/."""
     return [os.path.join(maildir, sub, name) for sub in ("new", "cur")
             if os.path.isdir(os.path.join(maildir, sub)) for name in os.listdir(os.path.join(maildir, sub))]
+
+
+# Runs the client in a child of its own and records that child's exit status and peak RSS (wait4's ru_maxrss). A
+# helper is needed because Linux counts, in ru_maxrss, the peak RSS of the process image an exec replaced: a client
+# started straight from this (large) Python process would report this process's peak. The helper is a small Python
+# (~13 MiB), below the client's own baseline.
+RSS_HELPER = """
+import os, sys
+pid = os.fork()
+if pid == 0:
+    try:
+        os.execv(sys.argv[2], sys.argv[2:])
+    finally:
+        os._exit(127)
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as f:
+    f.write(f"{status} {usage.ru_maxrss}")
+"""
+
+
+def run_client(args, env, folder, limit=120):
+    """Runs the client like subprocess.run(capture_output=True), and also records its wall time (`r.seconds`) and
+    peak resident set size (`r.peak_rss_mib`). Killed (with its helper) after `limit` seconds."""
+    paths = [os.path.join(folder, name) for name in ("client.out", "client.err", "client.rusage")]
+    with open(paths[0], "wb") as out, open(paths[1], "wb") as err:
+        start = time.monotonic()
+        proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", RSS_HELPER, paths[2]] + list(args), stdout=out,
+                                stderr=err, env=env, start_new_session=True)
+        try:
+            proc.wait(timeout=limit)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            proc.wait()
+            raise RuntimeError(f"the client was still running after {limit} s (killed)")
+        seconds = time.monotonic() - start
+    with open(paths[0], "rb") as out, open(paths[1], "rb") as err, open(paths[2]) as rusage:
+        status, maxrss_kib = map(int, rusage.read().split())
+        r = subprocess.CompletedProcess(args, os.waitstatus_to_exitcode(status), out.read(), err.read())
+    r.seconds, r.peak_rss_mib = seconds, maxrss_kib / 1024  # Linux: ru_maxrss is in KiB
+    return r
+
+
+BASELINE_RSS_MIB = []
+
+
+def rss_baseline(certs):
+    """The client's peak RSS (MiB) for a fetch of MESSAGES from a well-behaved server."""
+    if not BASELINE_RSS_MIB:
+        def normal(c):
+            c.send(b"+OK fake ready\r\n")
+            if login(c):
+                transaction(c)
+        control = Scenario("baseline", normal, tls=server_ctx(*certs["good"]), expect_exit=0, credentials_allowed=True,
+                           dele_allowed=True, stored=2)
+        problems, r = run_scenario(control, certs)
+        if problems:
+            raise RuntimeError(f"the baseline fetch failed: {problems}")
+        BASELINE_RSS_MIB.append(r.peak_rss_mib)
+    return BASELINE_RSS_MIB[0]
 
 
 def run_scenario(s, certs):
@@ -294,7 +362,7 @@ def run_scenario(s, certs):
     args += list(s.extra_args) + [f"{scheme}://alice@localhost:{port}"]
     env = dict(os.environ, XDG_STATE_HOME=os.path.join(folder, "state"))
     try:
-        r = subprocess.run(args, capture_output=True, timeout=120, env=env)
+        r = run_client(args, env, folder)
     finally:
         client_done.set()
     t.join(10)
@@ -315,6 +383,15 @@ def run_scenario(s, certs):
         problems.append(f"{len(files)} messages stored, expected {s.stored}")
     if b"\x1b" in r.stderr or b"\x1b" in r.stdout:
         problems.append("unsanitised escape sequence printed")
+    if s.max_seconds is not None and r.seconds > s.max_seconds:
+        problems.append(f"the client took {r.seconds:.1f} s, more than {s.max_seconds} s")
+    if s.max_rss_mib is not None and r.peak_rss_mib > s.max_rss_mib:
+        problems.append(f"the client's peak RSS was {r.peak_rss_mib:.0f} MiB, more than {s.max_rss_mib} MiB")
+    if s.max_rss_growth_mib is not None:
+        baseline = rss_baseline(certs)
+        if r.peak_rss_mib - baseline > s.max_rss_growth_mib:
+            problems.append(f"the client's peak RSS was {r.peak_rss_mib:.0f} MiB, {r.peak_rss_mib - baseline:.0f} MiB "
+                            f"over the {baseline:.0f} MiB of a small fetch (at most {s.max_rss_growth_mib} MiB allowed)")
     if s.check:
         problems += s.check(r, log, maildir)
     return problems, r
@@ -435,6 +512,127 @@ def scenarios(certs):
                     conn.send(b"y" * 1023 + b"\n")
                 return "close"
             transaction(c, retr=retr)
+
+    # ---- 92: a multi-line reply that never ends. After the login, UIDL (or LIST) answers +OK and then valid
+    # listing lines, fast and without the terminating ".", until the client goes away (or 100 s pass). The client
+    # must stop at POP3Defaults.maximumListingLines (1,000,000) with an error naming the limit: in bounded time and
+    # memory, fetching, storing and deleting nothing.
+    endless_sent = {}
+
+    def endless_listing(command, line_of):
+        def answer(conn):
+            conn.send(b"+OK\r\n")
+            n, end = 1, time.monotonic() + 100
+            while time.monotonic() < end:
+                conn.send(b"".join(line_of(i) for i in range(n, n + 10_000)))
+                n += 10_000
+                endless_sent[command] = n - 1
+            return "close"
+
+        def behave(c):
+            greet(c)
+            if login(c):
+                transaction(c, replies={command: answer})
+        return behave
+
+    def stopped_at_listing_limit(command):
+        def check(r, log, maildir):
+            problems = []
+            if b"longer than 1000000 lines" not in r.stderr:
+                problems.append("the error does not name the 1,000,000-line listing limit")
+            if endless_sent.get(command, 0) < 1_000_000:
+                problems.append(f"the server sent only {endless_sent.get(command, 0)} {command.decode()} lines "
+                                "before the client stopped (the limit is 1,000,000)")
+            if any(l.upper().startswith(b"RETR") for l in log):
+                problems.append("RETR was sent after an unfinished listing")
+            return problems
+        return check
+
+    # ---- 92: a 10 MiB header line (no line break for 10 MiB, every octet but CR and LF) and a normal body. It is
+    # legal message data: the client must stream it to the Maildir byte for byte (CRLF -> LF, as every Maildir
+    # message here), once, with bounded memory. (The 512-octet limit is for status and listing lines only.)
+    octets = bytes(b for b in range(256) if b not in (10, 13))
+    long_header = (b"Subject: long header\r\nX-Long: " + (octets * (10 * 2**20 // len(octets) + 1))[:10 * 2**20]
+                   + b"\r\n\r\nbody line\r\n.leading dot\r\n\r\nlast line\r\n")
+
+    def long_header_server(c):
+        greet(c)
+        if login(c):
+            transaction(c, uidl=[b"1 uid-long-header"], messages=[long_header])
+
+    def stored_long_header_once(r, log, maildir):
+        problems = []
+        files = stored_files(maildir)
+        if len(files) == 1:
+            with open(files[0], "rb") as f:
+                data = f.read()
+            want = long_header.replace(b"\r\n", b"\n")
+            if data != want:
+                at = next((i for i, (a, b) in enumerate(zip(data, want)) if a != b), min(len(data), len(want)))
+                problems.append(f"stored {len(data)} octets, expected {len(want)}; first difference at octet {at}")
+        retrs = sum(1 for l in log if l.upper().startswith(b"RETR"))
+        if retrs != 1:
+            problems.append(f"{retrs} RETRs, expected 1")
+        return problems
+
+    # ---- 92: hostile bytes in server text: ESC/CSI/OSC sequences, a C1 CSI (valid UTF-8 U+009B), a BEL, invalid
+    # UTF-8 and a CR in the middle of the line, in the greeting, a CAPA line and an -ERR. The client must report the
+    # error with that text made printable: its stdout and stderr are valid UTF-8, with no C0 control but LF, no DEL
+    # and no C1 (so no terminal control and no line the server wrote itself), with --verbose logging on.
+    hostile = b"\x1b[2J\x1b]0;owned\x07 \xff\xfe\xc3\x28 \xc2\x9b31m bad\x7f\rforged: ok"
+
+    def hostile_greeting(c):
+        c.send(b"-ERR " + hostile + b"\r\n")
+        c.line()
+
+    def hostile_login(c):
+        c.send(b"+OK " + hostile + b"\r\n")
+        while (line := c.line()) is not None:
+            cmd = line.split(b" ")[0].upper()
+            if cmd == b"CAPA":
+                c.send(b"+OK\r\nUIDL\r\nUSER\r\nSASL PLAIN\r\nX-" + hostile + b"\r\n.\r\n")
+            elif cmd in (b"AUTH", b"USER", b"PASS"):
+                c.send(b"-ERR [AUTH] " + hostile + b"\r\n")
+            elif cmd == b"QUIT":
+                c.send(b"+OK\r\n")
+                return
+            else:
+                c.send(b"-ERR\r\n")
+
+    def hostile_probe(c):
+        c.send(b"+OK " + hostile + b"\r\n")
+        while (line := c.line()) is not None:
+            if line.upper() == b"CAPA":
+                c.send(b"+OK\r\nUIDL\r\nUSER\r\nSASL PLAIN\r\nX-" + hostile + b"\r\n.\r\n")
+            elif line.upper() == b"QUIT":
+                c.send(b"+OK bye\r\n")
+                return
+            else:
+                c.send(b"-ERR " + hostile + b"\r\n")
+
+    def printable_output(*reports):
+        """The hostile text came out printable, and the lines naming `reports` carry it (so the client reported it,
+        and the server's CR did not start a line of its own)."""
+        def check(r, log, maildir):
+            problems = []
+            for stream, data in (("stdout", r.stdout), ("stderr", r.stderr)):
+                try:
+                    text = data.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    problems.append(f"{stream} is not valid UTF-8 ({e.reason} at octet {e.start}: {data[e.start:e.start + 4]!r})")
+                    text = data.decode("utf-8", errors="replace")
+                bad = sorted({f"U+{ord(ch):04X}" for ch in text
+                              if (ord(ch) < 0x20 and ch != "\n") or 0x7F <= ord(ch) <= 0x9F})
+                if bad:
+                    problems.append(f"{stream} carries control characters {', '.join(bad)}")
+            lines = (r.stdout + r.stderr).decode("utf-8", errors="replace").splitlines()
+            for report in reports:
+                if not any(report in line and "forged: ok" in line for line in lines):
+                    problems.append(f"no output line has '{report}' with the server's text on it")
+            if any(line.startswith("forged") for line in lines):
+                problems.append("the server's CR started a line of its own")
+            return problems
+        return check
 
     def quit_err(c):
         greet(c)
@@ -731,7 +929,10 @@ def scenarios(certs):
 
     def stopped_after_four_sessions(r, log, maildir):
         n = endless_sessions["count"]
-        return [] if n == 4 else [f"{n} sessions, expected 4"]
+        problems = [] if n == 4 else [f"{n} sessions, expected 4"]
+        if b"stopping after 4 --checkpoint sessions" not in r.stderr:
+            problems.append(f"no warning that the session bound stopped the run: {r.stderr[-300:]!r}")
+        return problems
 
     # ---- 97: [IN-USE] at login.
     def in_use(c):
@@ -788,6 +989,22 @@ def scenarios(certs):
         Scenario("88 TLS 1.0 only → refuse", normal, tls=tls10),
         Scenario("92 512 KiB greeting → abort", long_greeting, tls=good),
         Scenario("106 silent server → deadline", silent, tls=good, timeout=3),
+        Scenario("92 UIDL that never ends (valid lines, fast) → abort at 1,000,000 lines, bounded time and memory, "
+                 "nothing stored, no DELE", endless_listing(b"UIDL", lambda i: b"%d uid-%d\r\n" % (i, i)), tls=good,
+                 credentials_allowed=True, check=stopped_at_listing_limit(b"UIDL"), max_seconds=60, max_rss_mib=300),
+        Scenario("92 LIST that never ends (valid lines, fast) → abort at 1,000,000 lines, bounded time and memory, "
+                 "nothing stored, no DELE", endless_listing(b"LIST", lambda i: b"%d 120\r\n" % i), tls=good,
+                 credentials_allowed=True, check=stopped_at_listing_limit(b"LIST"), max_seconds=60, max_rss_mib=300),
+        Scenario("92 10 MiB header line → stored byte for byte (CRLF → LF) once, bounded memory", long_header_server,
+                 tls=good, expect_exit=0, credentials_allowed=True, dele_allowed=True, stored=1,
+                 check=stored_long_header_once, max_rss_growth_mib=8),
+        Scenario("92 -ERR greeting with ESC, C1, BEL, DEL, CR, invalid UTF-8 (--verbose) → error reported printable",
+                 hostile_greeting, tls=good, extra_args=("--verbose",), check=printable_output("greeting is not +OK")),
+        Scenario("92 same bytes in the +OK greeting, a CAPA line and AUTH -ERR (--verbose) → login error reported "
+                 "printable", hostile_login, tls=good, extra_args=("--verbose",), credentials_allowed=True,
+                 check=printable_output("login failed [AUTH]")),
+        Scenario("92 probe: same bytes in the greeting and a CAPA line → printed printable", hostile_probe, tls=good,
+                 command="probe", connections=2, expect_exit=0, check=printable_output("greeting: ", "X-")),
         Scenario("94 SASL -ERR → abort, escapes sanitised", sasl_err, tls=good, credentials_allowed=True),
         Scenario("91 UIDL of 71 octets → abort, no DELE", uidl_too_long, tls=good, credentials_allowed=True),
         Scenario("91 duplicate UIDL → abort, no DELE", uidl_duplicate, tls=good, credentials_allowed=True),
@@ -868,6 +1085,7 @@ def main():
             why = r.stderr.decode(errors="replace").strip().splitlines()
             print(f"PASS {s.name}" + (f"  [{why[-1][:110]}]" if why and s.expect_exit else ""))
             if os.environ.get("CS_VERBOSE"):
+                print(f"    client: {r.seconds:.1f} s, peak RSS {r.peak_rss_mib:.0f} MiB")
                 print("    stdout: " + r.stdout.decode(errors="replace").strip()[:600] + "\n    stderr: " + r.stderr.decode(errors="replace").strip()[:600])
     if failed == 0:
         shutil.rmtree(WORK, ignore_errors=True)

@@ -254,7 +254,10 @@ public final class POP3Connection {
     public func list() async throws -> [Int: Int] {
         _ = try await self.command("LIST")
         var result: [Int: Int] = [:]
-        for line in try await self.readLines(limit: self.configuration.maximumListingLines) {
+        // Each line is checked as it arrives and only its two numbers are kept, so an endless or padded listing
+        // costs bounded memory (security.md 92).
+        try await self.readLines(limit: self.configuration.maximumListingLines) { bytes in
+            let line = String(decoding: bytes, as: UTF8.self)
             let parts = line.split(separator: " ")
             guard parts.count >= 2, let number = Int(parts[0]), number > 0, let size = Int(parts[1]), size >= 0 else {
                 throw POP3ClientError.protocolViolation("malformed LIST line")
@@ -269,7 +272,8 @@ public final class POP3Connection {
         _ = try await self.command("UIDL")
         var result: [(Int, String)] = []
         var seen = Set<String>()
-        for line in try await self.readLines(limit: self.configuration.maximumListingLines) {
+        try await self.readLines(limit: self.configuration.maximumListingLines) { bytes in
+            let line = String(decoding: bytes, as: UTF8.self)
             let parts = line.split(separator: " ", omittingEmptySubsequences: false)
             guard parts.count == 2, let number = Int(parts[0]), number > 0, let uid = UniqueID(String(parts[1])) else {
                 throw POP3ClientError.protocolViolation("malformed UIDL line")
@@ -420,14 +424,22 @@ public final class POP3Connection {
     /// Reads the lines of a multi-line reply up to ".", un-stuffed; more than `limit` lines fail the connection.
     func readLines(limit: Int) async throws -> [String] {
         var lines: [String] = []
+        try await self.readLines(limit: limit) { lines.append(String(decoding: $0, as: UTF8.self)) }
+        return lines
+    }
+
+    /// Hands each line of a multi-line reply (un-stuffed) to `each` as it arrives, without keeping it; more than
+    /// `limit` lines, or an error from `each`, fail the connection.
+    func readLines(limit: Int, _ each: ([UInt8]) throws -> Void) async throws {
+        var count = 0
         while true {
             let line = try await self.readLine()
-            if line == [UInt8(ascii: ".")] { return lines }
-            guard lines.count < limit else {
+            if line == [UInt8(ascii: ".")] { return }
+            guard count < limit else {
                 throw POP3ClientError.protocolViolation("multi-line reply longer than \(limit) lines")
             }
-            let content = line.first == UInt8(ascii: ".") ? Array(line.dropFirst()) : line
-            lines.append(String(decoding: content, as: UTF8.self))
+            count += 1
+            try each(line.first == UInt8(ascii: ".") ? Array(line.dropFirst()) : line)
         }
     }
 }

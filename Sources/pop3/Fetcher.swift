@@ -90,7 +90,12 @@ struct Fetcher {
             sessions += 1
             // A server that keeps listing new messages cannot keep us here: as many sessions as the first
             // listing needs, and one more.
-            if let limit = self.job.checkpoint, sessions > summary.onServer / limit + 1 { break }
+            if let limit = self.job.checkpoint, sessions > summary.onServer / limit + 1 {
+                FileHandle.standardError.write(Data(
+                    "pop3: \(self.job.name): stopping after \(sessions) --checkpoint sessions (the server keeps listing new messages); the rest waits for the next run\n".utf8
+                ))
+                break
+            }
         }
     }
 

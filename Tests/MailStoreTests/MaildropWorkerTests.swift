@@ -14,17 +14,29 @@ import Glibc
 /// worker end is `MaildropWorker.serve`, pop3d's end `WorkerMaildrop`. (Running the worker as another uid is
 /// covered end to end, as root, by scripts/interop.py `privilege_separation`.)
 @Suite("Mail worker")
-struct MaildropWorkerTests {
-    static let rpcPool: NIOThreadPool = {
-        let pool = NIOThreadPool(numberOfThreads: 4)
-        pool.start()
-        return pool
-    }()
+final class MaildropWorkerTests: Sendable {
+    /// Blocking socket calls of both ends run here; one pool per test, shut down with it.
+    let rpcPool: NIOThreadPool
+
+    init() {
+        self.rpcPool = NIOThreadPool(numberOfThreads: 4)
+        self.rpcPool.start()
+    }
+
+    deinit {
+        try? self.rpcPool.syncShutdownGracefully()
+    }
 
     static var logger: Logger {
         var logger = Logger(label: "MaildropWorkerTests")
         logger.logLevel = .critical
         return logger
+    }
+
+    /// The worker's store, on this test's pool: its blocking receive must not hold a thread of the shared singleton
+    /// pool that other tests (and this test's chunk reads) need.
+    func workerProvider() -> MaildirProvider {
+        MaildirProvider(threadPool: self.rpcPool, logger: Self.logger)
     }
 
     func socketPair() -> (pop3d: Int32, worker: Int32) {
@@ -36,13 +48,14 @@ struct MaildropWorkerTests {
     /// Starts a worker on its end of a fresh pair and opens `path` through it.
     func openThroughWorker(_ path: String) async throws -> (maildrop: WorkerMaildrop, worker: Task<Bool, Never>) {
         let (pop3d, workerEnd) = self.socketPair()
-        let worker = Task { await MaildropWorker.serve(socket: workerEnd, provider: MaildirFixture.provider(), logger: Self.logger) }
+        let provider = self.workerProvider()
+        let worker = Task { await MaildropWorker.serve(socket: workerEnd, provider: provider, logger: Self.logger) }
         do {
             let maildrop = try await WorkerMaildrop.open(
                 socket: pop3d,
                 user: "u",
                 path: path,
-                rpcPool: Self.rpcPool,
+                rpcPool: self.rpcPool,
                 readPool: .singleton,
                 logger: Self.logger
             )
@@ -178,7 +191,7 @@ struct MaildropWorkerTests {
         let (pop3d, workerEnd) = self.socketPair()
         close(workerEnd)
         await #expect(throws: MaildropError.temporary("maildrop temporarily unavailable")) {
-            try await WorkerMaildrop.open(socket: pop3d, user: "u", path: "/nonexistent", rpcPool: Self.rpcPool, readPool: .singleton, logger: Self.logger)
+            try await WorkerMaildrop.open(socket: pop3d, user: "u", path: "/nonexistent", rpcPool: self.rpcPool, readPool: .singleton, logger: Self.logger)
         }
         // The worker answers with a frame longer than the limit.
         let (pop3d2, babbler) = self.socketPair()
@@ -186,13 +199,14 @@ struct MaildropWorkerTests {
         let garbage: [UInt8] = [0xFF, 0xFF, 0xFF, 0xFF, 0x81]
         #expect(write(babbler, garbage, garbage.count) == garbage.count)
         await #expect(throws: MaildropError.temporary("maildrop temporarily unavailable")) {
-            try await WorkerMaildrop.open(socket: pop3d2, user: "u", path: "/nonexistent", rpcPool: Self.rpcPool, readPool: .singleton, logger: Self.logger)
+            try await WorkerMaildrop.open(socket: pop3d2, user: "u", path: "/nonexistent", rpcPool: self.rpcPool, readPool: .singleton, logger: Self.logger)
         }
     }
 
     @Test func workerRefusesRequestsOutOfOrder() async throws {
         let (pop3d, workerEnd) = self.socketPair()
-        let worker = Task { await MaildropWorker.serve(socket: workerEnd, provider: MaildirFixture.provider(), logger: Self.logger) }
+        let provider = self.workerProvider()
+        let worker = Task { await MaildropWorker.serve(socket: workerEnd, provider: provider, logger: Self.logger) }
         let channel = WorkerChannel(socket: pop3d)
         try channel.send(.content(index: 0))  // nothing opened yet
         #expect(await worker.value == false)

@@ -49,6 +49,7 @@ import Testing
             #expect(try channel.readInbound(as: ByteBuffer.self) == nil)
             #expect(!self.hasTLS(channel))
             #expect(!channel.isActive)
+            self.dispose(channel)
         }
     }
 
@@ -68,5 +69,13 @@ import Testing
         }
         #expect(try channel.readInbound(as: ByteBuffer.self) == nil)
         #expect(!self.hasTLS(channel))
+        self.dispose(channel)
+    }
+
+    /// A channel the guard closed: run what the close scheduled and tear the pipeline down (else LeakSanitizer
+    /// reports the handlers).
+    func dispose(_ channel: EmbeddedChannel) {
+        channel.embeddedEventLoop.run()
+        _ = try? channel.finish()
     }
 }
