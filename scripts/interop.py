@@ -811,22 +811,29 @@ def sighup_reloads_certificate_without_dropping_sessions(dev):
     dev.ca = os.path.join(tls_dir, "cert.pem")
 
 
-def run_as_root_checks():
-    """pop3d serve started as root drops to the configured user after binding; deliver as root writes as that user."""
-    if os.geteuid() != 0:
-        print("SKIP privilege_drop (needs root; CI runs it)")
-        return
+def root_test_base(prefix):
+    """For the root-only checks: the unprivileged system user `pop3test` (created if missing) and a fresh folder,
+    readable by it, holding a localhost certificate (cert.pem, key.pem)."""
     import pwd
     try:
         entry = pwd.getpwnam("pop3test")
     except KeyError:
         subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "pop3test"], check=True)
         entry = pwd.getpwnam("pop3test")
-    base = tempfile.mkdtemp(prefix="pop3d-root-")
+    base = tempfile.mkdtemp(prefix=prefix)
     os.chmod(base, 0o755)
     subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
                     "-keyout", f"{base}/key.pem", "-out", f"{base}/cert.pem", "-days", "30", "-subj", "/CN=localhost",
                     "-addext", "subjectAltName=DNS:localhost"], check=True, capture_output=True)
+    return entry, base
+
+
+def run_as_root_checks():
+    """pop3d serve started as root drops to the configured user after binding; deliver as root writes as that user."""
+    if os.geteuid() != 0:
+        print("SKIP privilege_drop (needs root; CI runs it)")
+        return
+    entry, base = root_test_base("pop3d-root-")
     with open(f"{base}/users", "w") as f:
         f.write("alice:{PLAIN}alice-pw\n")
     os.makedirs(f"{base}/mail")
@@ -898,13 +905,7 @@ def run_privilege_separation_checks():
     if os.geteuid() != 0:
         print("SKIP privilege_separation (needs root; CI runs it)")
         return False
-    import pwd
-    entry = pwd.getpwnam("pop3test")  # created by run_as_root_checks
-    base = tempfile.mkdtemp(prefix="pop3d-privsep-")
-    os.chmod(base, 0o755)
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-                    "-keyout", f"{base}/key.pem", "-out", f"{base}/cert.pem", "-days", "30", "-subj", "/CN=localhost",
-                    "-addext", "subjectAltName=DNS:localhost"], check=True, capture_output=True)
+    entry, base = root_test_base("pop3d-privsep-")
     with open(f"{base}/users", "w") as f:
         f.write("alice:{PLAIN}alice-pw:2001:2001\nbob:{PLAIN}bob-pw:2002:2002\nsys:{PLAIN}sys-pw:100:100\n"
                 "vm:{PLAIN}vm-pw\n")

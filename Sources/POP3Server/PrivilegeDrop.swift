@@ -1,5 +1,6 @@
 import Accounts
 import Foundation
+import MailStore
 
 #if canImport(Glibc)
 import Glibc
@@ -12,17 +13,8 @@ import Glibc
 /// owner, like Dovecot's vmail). If entries differ or give none, it refuses to start and says why. Not started
 /// as root: nothing changes.
 public enum PrivilegeDrop {
-    public struct Identity: Sendable, Equatable, CustomStringConvertible {
-        public var uid: uid_t
-        public var gid: gid_t
-
-        public init(uid: uid_t, gid: gid_t) {
-            self.uid = uid
-            self.gid = gid
-        }
-
-        public var description: String { "uid \(self.uid), gid \(self.gid)" }
-    }
+    /// A uid:gid to run as: the same pair that owns an account's mail.
+    public typealias Identity = MailOwner
 
     public struct Failure: Error, CustomStringConvertible {
         public var description: String

@@ -87,7 +87,7 @@ enum ServerRunner {
             )
             try PrivilegeDrop.drop(to: identity)
             logger.notice("running as \(identity) after binding", metadata: ["privileged-helper": "\(helper.pid)"])
-            separation = (helper, MailOwner(uid: identity.uid, gid: identity.gid))
+            separation = (helper, identity)
         } else {
             let own = geteuid()
             let others = verifier.records().filter { $0.uid != nil && $0.uid != own }.count

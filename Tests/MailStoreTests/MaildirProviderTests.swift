@@ -361,14 +361,20 @@ struct MaildirProviderTests {
         await second.release()
     }
 
+    /// A Maildir with messages "message 0" … "message 11" delivered in that order, and their file names.
+    func twelveDeliveredMessages() throws -> (MaildirFixture, [String]) {
+        let fixture = try MaildirFixture()
+        var names: [String] = []
+        for index in 0..<12 { names.append(try MaildirDelivery.deliver(Array("message \(index)\n".utf8), toMaildir: fixture.path)) }
+        return (fixture, names)
+    }
+
     /// security.md 46: a storage error on the 5th of 10 removals in UPDATE. The commit fails (the session answers
     /// QUIT with -ERR), "some or none" of the marked messages are gone and never an unmarked one, the lock is
     /// released, and once the fault clears the next session lists exactly what is left, under the same UIDLs.
     @Test func failedRemovalInUpdateRemovesSomeOrNoneAndReleases() async throws {
-        let fixture = try MaildirFixture()
+        let (fixture, names) = try self.twelveDeliveredMessages()
         defer { fixture.cleanUp() }
-        var names: [String] = []
-        for index in 0..<12 { names.append(try MaildirDelivery.deliver(Array("message \(index)\n".utf8), toMaildir: fixture.path)) }
         let provider = MaildirFixture.provider()
         let maildrop = try await provider.openMaildrop(user: "u", path: fixture.path)
         let uidls = maildrop.messages.map(\.uniqueID)
@@ -397,10 +403,8 @@ struct MaildirProviderTests {
 
     /// security.md 46 as written there: unlink fails with EIO (injected) on the 5th of 10 removals.
     @Test func injectedUnlinkErrorInUpdate() async throws {
-        let fixture = try MaildirFixture()
+        let (fixture, names) = try self.twelveDeliveredMessages()
         defer { fixture.cleanUp() }
-        var names: [String] = []
-        for index in 0..<12 { names.append(try MaildirDelivery.deliver(Array("message \(index)\n".utf8), toMaildir: fixture.path)) }
         let provider = MaildirFixture.provider()
         let maildrop = try await provider.openMaildrop(user: "u", path: fixture.path)
         FaultInjection.shared.arm("unlink", under: fixture.path + "/new/", errno: EIO, after: 4)
