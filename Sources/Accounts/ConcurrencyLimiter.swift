@@ -1,5 +1,5 @@
+import NIOConcurrencyHelpers
 import NIOCore
-import Synchronization
 
 /// An async semaphore: at most `limit` bodies run at once; the others wait in FIFO order without holding a thread.
 /// A waiter whose task is cancelled leaves the queue and throws `CancellationError`.
@@ -19,12 +19,15 @@ final class ConcurrencyLimiter: Sendable {
     }
 
     let limit: Int
-    private let state: Mutex<State>
+    /// A pthread mutex (NIOLock), not `Synchronization.Mutex`: this lock is contended under login floods, and the
+    /// stdlib Mutex's contended path on Linux (a PI futex the kernel acquires) is invisible to ThreadSanitizer, which
+    /// then reports the state it guards as raced (seen in one of two `scripts/sanitize thread` runs).
+    private let state: NIOLockedValueBox<State>
 
     init(limit: Int) {
         precondition(limit > 0, "the concurrency limit must be positive")
         self.limit = limit
-        self.state = Mutex(State(available: limit))
+        self.state = NIOLockedValueBox(State(available: limit))
     }
 
     func withPermit<Result: Sendable>(_ body: () async throws -> Result) async throws -> Result {
@@ -34,14 +37,14 @@ final class ConcurrencyLimiter: Sendable {
     }
 
     private func acquire() async throws {
-        let id = self.state.withLock { state in
+        let id = self.state.withLockedValue { state in
             state.nextID += 1
             return state.nextID
         }
         try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
                 enum Action { case resume, cancel, wait }
-                let action = self.state.withLock { state -> Action in
+                let action = self.state.withLockedValue { state -> Action in
                     if Task.isCancelled { return .cancel }
                     if state.available > 0 {
                         state.available -= 1
@@ -57,7 +60,7 @@ final class ConcurrencyLimiter: Sendable {
                 }
             }
         } onCancel: {
-            let waiter = self.state.withLock { state -> Waiter? in
+            let waiter = self.state.withLockedValue { state -> Waiter? in
                 guard let index = state.waiters.firstIndex(where: { $0.id == id }) else { return nil }
                 return state.waiters.remove(at: index)
             }
@@ -66,7 +69,7 @@ final class ConcurrencyLimiter: Sendable {
     }
 
     private func release() {
-        let next = self.state.withLock { state -> Waiter? in
+        let next = self.state.withLockedValue { state -> Waiter? in
             if state.waiters.isEmpty {
                 state.available += 1
                 return nil
