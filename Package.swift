@@ -147,7 +147,12 @@ let package = Package(
             .product(name: "NIOPosix", package: "swift-nio"),
         ]),
         .testTarget(name: "MailRetrieverTests", dependencies: ["MailRetriever", .product(name: "NIOCore", package: "swift-nio")]),
-        .testTarget(name: "MailStoreTests", dependencies: ["MailStore", .product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio")]),
+        .testTarget(name: "MailStoreTests", dependencies: [
+            "MailStore",
+            .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+        ]),
         .testTarget(name: "POP3ServerTests", dependencies: [
             "POP3Server", "POP3Core", "Accounts", "MailStore", "POP3Client", "CPrivSep",
             .product(name: "NIOCore", package: "swift-nio"),
