@@ -27,11 +27,12 @@ struct LockFile: Sendable {
     /// leaves no empty lock that would look held until it is old (a kill -9 between create and write used to
     /// block indexing for two minutes). Where the file system refuses hard links, the lock is created in place
     /// with O_EXCL.
-    static func tryCreate(_ path: String, contents: String) throws(FileSystemError) -> Outcome {
+    /// `unnamed: false` skips the O_TMPFILE way (tests of the other one).
+    static func tryCreate(_ path: String, contents: String, unnamed: Bool = true) throws(FileSystemError) -> Outcome {
         while true {
             let published: LockFile?
             do {
-                published = try Self.publish(path, contents: contents)
+                published = try Self.publish(path, contents: contents, unnamed: unnamed)
             } catch where error.errnoValue == EEXIST {
                 published = nil
             }
@@ -51,8 +52,44 @@ struct LockFile: Sendable {
 
     private static let temporaryCounter = Atomic<Int>(0)
 
+    /// open(2) flags for an unnamed file in a directory (O_TMPFILE = __O_TMPFILE | O_DIRECTORY, which Swift does not
+    /// import), where known.
+    #if os(Linux) && (arch(x86_64) || arch(arm64))
+        private static let openAnonymous: Int32? = O_WRONLY | 0o20000000 | O_DIRECTORY
+    #else
+        private static let openAnonymous: Int32? = nil
+    #endif
+
     /// Creates the lock at `path` with its contents complete, or throws EEXIST when somebody holds it.
-    private static func publish(_ path: String, contents: String) throws(FileSystemError) -> LockFile? {
+    private static func publish(_ path: String, contents: String, unnamed: Bool) throws(FileSystemError) -> LockFile? {
+        if unnamed, let published = try Self.publishUnnamed(path, contents: contents) { return published }
+        return try Self.publishThroughTemporaryName(path, contents: contents)
+    }
+
+    /// The cheap way where the file system has O_TMPFILE and /proc is mounted: an unnamed file, written, then named
+    /// with linkat(2) (one directory change, no temporary name to remove). nil: not available here.
+    private static func publishUnnamed(_ path: String, contents: String) throws(FileSystemError) -> LockFile? {
+        guard let flags = Self.openAnonymous else { return nil }
+        let fd: Int32
+        do {
+            fd = try FileSystem.open(FileSystem.parent(of: path), flags, mode: 0o600)
+        } catch where error.errnoValue == ENOENT {
+            throw error  // the folder is missing: the caller creates the Maildir
+        } catch {
+            return nil  // EOPNOTSUPP, EISDIR, EINVAL: no unnamed files on this file system
+        }
+        defer { FileSystem.close(fd) }
+        var st = stat()
+        let statusOK = fstat(fd, &st) == 0
+        try FileSystem.write(fd, Array(contents.utf8), path: path)
+        if linkat(AT_FDCWD, "/proc/self/fd/\(fd)", AT_FDCWD, path, AT_SYMLINK_FOLLOW) == 0 {
+            return LockFile(path: path, inode: statusOK ? UInt64(st.st_ino) : 0)
+        }
+        if errno == EEXIST { throw FileSystem.fail("link", path, EEXIST) }
+        return nil  // no /proc, or links refused: take the other way
+    }
+
+    private static func publishThroughTemporaryName(_ path: String, contents: String) throws(FileSystemError) -> LockFile? {
         let serial = Self.temporaryCounter.wrappingAdd(1, ordering: .relaxed).oldValue
         let temporary = "\(path).\(ProcessIdentity.pid).\(serial).tmp"
         let fd = try FileSystem.open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, mode: 0o600)

@@ -310,7 +310,8 @@ struct MaildirProviderTests {
     /// A lock is published complete (written to a temporary file, then linked into place): a reader never sees it
     /// empty, so a process killed while taking it cannot leave an empty lock that blocks indexing until it ages out
     /// (faults.py round 9 once hit a 10 s `[SYS/TEMP]` that way). The temporary file is gone afterwards.
-    @Test func locksAreNeverVisibleWithoutTheirOwner() throws {
+    @Test(arguments: [true, false])  // an unnamed file named by linkat, or a temporary name and link
+    func locksAreNeverVisibleWithoutTheirOwner(unnamed: Bool) throws {
         let fixture = try MaildirFixture()
         defer { fixture.cleanUp() }
         try fixture.createLayout()
@@ -327,7 +328,7 @@ struct MaildirProviderTests {
         }
         reader.start()
         for _ in 0..<3_000 {
-            guard case .acquired(let lock) = try LockFile.tryCreate(lockPath, contents: contents) else {
+            guard case .acquired(let lock) = try LockFile.tryCreate(lockPath, contents: contents, unnamed: unnamed) else {
                 Issue.record("lock held by nobody")
                 break
             }
@@ -337,6 +338,18 @@ struct MaildirProviderTests {
         while !reader.isFinished { usleep(1_000) }
         #expect(emptySightings.load(ordering: .relaxed) == 0)
         #expect(try FileManager.default.contentsOfDirectory(atPath: fixture.path).filter { $0.hasSuffix(".tmp") }.isEmpty)
+        // Held: a second attempt sees the owner, and does not replace the lock.
+        guard case .acquired(let held) = try LockFile.tryCreate(lockPath, contents: contents, unnamed: unnamed) else {
+            Issue.record("lock held by nobody")
+            return
+        }
+        guard case .held(let bytes, _) = try LockFile.tryCreate(lockPath, contents: "other:host\n", unnamed: unnamed) else {
+            Issue.record("a held lock was taken again")
+            return
+        }
+        #expect(String(decoding: bytes, as: UTF8.self) == contents)
+        try held.release()
+        #expect(!fixture.exists("dovecot-uidlist.lock"))
     }
 
     /// Once indexed, opening reads no message file (sizes come from names and dovecot-uidlist). Speed itself is
