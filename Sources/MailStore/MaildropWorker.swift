@@ -363,10 +363,11 @@ public final class WorkerMaildrop: Maildrop {
         path: String,
         rpcPool: NIOThreadPool,
         readPool: NIOThreadPool,
-        logger: Logger
+        logger: Logger,
+        replyTimeoutSeconds: Int = MaildropWorker.replyTimeoutSeconds
     ) async throws -> WorkerMaildrop {
         let channel = WorkerChannel(socket: socket)
-        channel.setReceiveTimeout(seconds: MaildropWorker.replyTimeoutSeconds)
+        channel.setReceiveTimeout(seconds: replyTimeoutSeconds)
         let reply: WorkerMessage
         do {
             reply = try await rpcPool.runIfActive {
@@ -403,8 +404,11 @@ public final class WorkerMaildrop: Maildrop {
                 return (reader, try reader.readChunk())
             }
         } catch let error as MaildropError {
-            throw error
+            throw error  // the worker answered: the connection is still in step
         } catch {
+            // A timeout, a malformed or missing reply: a late reply could still arrive and be taken for the answer
+            // to the next request, so the connection is closed and every later request fails.
+            channel.close()
             throw Self.transportError(error, logger: logger, operation: "open message")
         }
         return MessageContent(reader: opened.reader, first: opened.first, threadPool: self.readPool)

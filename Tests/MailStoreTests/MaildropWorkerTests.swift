@@ -212,4 +212,36 @@ final class MaildropWorkerTests: Sendable {
         #expect(await worker.value == false)
         #expect(throws: WorkerChannelError.closed) { try channel.receive() }
     }
+
+    /// A reply that comes after the deadline must not be taken for the answer to the next request (it would send
+    /// one message's bytes for another): after a timeout the connection is closed and later requests fail.
+    @Test func aLateReplyIsNeverTakenForTheNextOne() async throws {
+        let fixture = try self.threeMessages()
+        defer { fixture.cleanUp() }
+        let (pop3d, workerEnd) = self.socketPair()
+        let messageOne = fixture.path + "/new/1700000001.M1P1.host"
+        // A slow worker: lists two messages, then answers the first content request 2 s late.
+        let slow = Thread {
+            let channel = WorkerChannel(socket: workerEnd)
+            defer { channel.close() }
+            guard case (.open, _)? = try? channel.receive() else { return }
+            try? channel.send(.opened([MaildropMessage(uniqueID: "a", size: 20), MaildropMessage(uniqueID: "b", size: 30)]))
+            guard case (.content, _)? = try? channel.receive() else { return }
+            sleep(2)
+            let fd = open(messageOne, O_RDONLY)
+            try? channel.send(.contentFollows, attaching: fd)
+            close(fd)
+            _ = try? channel.receive()
+        }
+        slow.start()
+        let maildrop = try await WorkerMaildrop.open(
+            socket: pop3d, user: "u", path: fixture.path, rpcPool: self.rpcPool, readPool: .singleton, logger: Self.logger,
+            replyTimeoutSeconds: 1
+        )
+        await #expect(throws: MaildropError.temporary("maildrop temporarily unavailable")) { try await maildrop.content(ofMessageAt: 0, chunkSize: 100) }
+        try await Task.sleep(for: .seconds(2))  // the late reply has arrived by now
+        await #expect(throws: MaildropError.temporary("maildrop temporarily unavailable")) { try await maildrop.content(ofMessageAt: 1, chunkSize: 100) }
+        await maildrop.release()
+        while !slow.isFinished { try await Task.sleep(for: .milliseconds(10)) }
+    }
 }
