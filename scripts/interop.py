@@ -914,7 +914,9 @@ def run_privilege_separation_checks():
     for user, (uid, gid) in owners.items():
         os.makedirs(f"{base}/mail/{user}", mode=0o700)
         os.chown(f"{base}/mail/{user}", uid, gid)
-    for path in (f"{base}/users", f"{base}/key.pem", f"{base}/cert.pem"):
+    # The passwd-file stays root's (the helper refuses one pop3d could change); pop3d only reads it.
+    os.chmod(f"{base}/users", 0o644)
+    for path in (f"{base}/key.pem", f"{base}/cert.pem"):
         os.chown(path, entry.pw_uid, entry.pw_gid)
     port = free_port()
     config = f"{base}/pop3d.yaml"
@@ -1010,6 +1012,22 @@ def run_privilege_separation_checks():
         c = login("bob", "bob-pw")
         assert c.stat()[0] == 1
         c.quit()
+
+        # A passwd-file that pop3d's own user could change is not trusted to name identities: no worker.
+        os.chown(f"{base}/users", entry.pw_uid, entry.pw_gid)
+        try:
+            c = poplib.POP3_SSL("localhost", port, context=ctx, timeout=30)
+            c.user("bob")
+            try:
+                c.pass_("bob-pw")
+                raise AssertionError("a worker was started from a passwd-file pop3d can write")
+            except poplib.error_proto as e:
+                assert b"[SYS/TEMP]" in e.args[0], e
+            assert not workers()
+        finally:
+            os.chown(f"{base}/users", 0, 0)
+        with open(f"{base}/pop3d.log", "rb") as f:
+            assert b"must belong to root" in f.read(), "the refusal is not explained in the log"
     finally:
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=60)

@@ -22,7 +22,11 @@ static void close_from(int lowest) {
     for (int fd = lowest; fd < max; fd++) close(fd);
 }
 
-pid_t pop3_spawn(const char *path, char *const argv[], uid_t uid, gid_t gid, int channel) {
+pid_t pop3_spawn(const char *path, char *const argv[], int change_identity, uid_t uid, gid_t gid, int channel) {
+    if (change_identity && (uid == (uid_t)-1 || gid == (gid_t)-1 || uid == 0 || gid == 0)) {
+        errno = EINVAL;
+        return -1;
+    }
     pid_t pid = fork();
     if (pid != 0) return pid;
     // Child: async-signal-safe calls only.
@@ -32,6 +36,8 @@ pid_t pop3_spawn(const char *path, char *const argv[], uid_t uid, gid_t gid, int
         int flags = fcntl(3, F_GETFD);
         if (flags < 0 || fcntl(3, F_SETFD, flags & ~FD_CLOEXEC) < 0) _exit(127);
     }
+    int null = open("/dev/null", O_RDWR);
+    if (null < 0 || dup2(null, 0) < 0 || dup2(null, 1) < 0) _exit(127);
     close_from(4);
     struct sigaction dfl;
     memset(&dfl, 0, sizeof dfl);
@@ -40,10 +46,11 @@ pid_t pop3_spawn(const char *path, char *const argv[], uid_t uid, gid_t gid, int
     sigaction(SIGPIPE, &dfl, NULL);
     sigaction(SIGINT, &dfl, NULL);
     sigaction(SIGTERM, &dfl, NULL);
+    sigaction(SIGHUP, &dfl, NULL);
     sigset_t none;
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
-    if (uid != (uid_t)-1) {
+    if (change_identity) {
         if (setgroups(1, &gid) != 0) _exit(126);
         if (setgid(gid) != 0) _exit(126);
         if (setuid(uid) != 0) _exit(126);

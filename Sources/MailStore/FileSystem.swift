@@ -44,6 +44,12 @@ enum FileSystem {
         }
     }
 
+    /// Whether `fd` is open on a regular file.
+    static func isRegularFile(_ fd: Int32) -> Bool {
+        var info = stat()
+        return fstat(fd, &info) == 0 && info.st_mode & S_IFMT == S_IFREG
+    }
+
     static func close(_ fd: Int32) {
         _ = systemClose(fd)
     }

@@ -11,8 +11,15 @@ import Darwin
 /// A dotlock: a file created with `O_CREAT|O_EXCL` whose existence is the lock. Holds no descriptor while held.
 struct LockFile: Sendable {
     let path: String
-    /// Inode of the file we created, so that release never removes somebody else's lock.
+    /// Device and inode of the file we created, so that release never removes somebody else's lock.
+    let device: UInt64
     let inode: UInt64
+
+    init(path: String, status: stat) {
+        self.path = path
+        self.device = UInt64(status.st_dev)
+        self.inode = UInt64(status.st_ino)
+    }
 
     enum Outcome {
         case acquired(LockFile)
@@ -80,10 +87,10 @@ struct LockFile: Sendable {
         }
         defer { FileSystem.close(fd) }
         var st = stat()
-        let statusOK = fstat(fd, &st) == 0
+        guard fstat(fd, &st) == 0 else { throw FileSystem.fail("fstat", path) }
         try FileSystem.write(fd, Array(contents.utf8), path: path)
         if linkat(AT_FDCWD, "/proc/self/fd/\(fd)", AT_FDCWD, path, AT_SYMLINK_FOLLOW) == 0 {
-            return LockFile(path: path, inode: statusOK ? UInt64(st.st_ino) : 0)
+            return LockFile(path: path, status: st)
         }
         if errno == EEXIST { throw FileSystem.fail("link", path, EEXIST) }
         return nil  // no /proc, or links refused: take the other way
@@ -93,9 +100,12 @@ struct LockFile: Sendable {
         let serial = Self.temporaryCounter.wrappingAdd(1, ordering: .relaxed).oldValue
         let temporary = "\(path).\(ProcessIdentity.pid).\(serial).tmp"
         let fd = try FileSystem.open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, mode: 0o600)
-        var st = stat()
-        let statusOK = fstat(fd, &st) == 0
         defer { _ = try? FileSystem.unlink(temporary) }
+        var st = stat()
+        guard fstat(fd, &st) == 0 else {
+            FileSystem.close(fd)
+            throw FileSystem.fail("fstat", temporary)
+        }
         do {
             try FileSystem.write(fd, Array(contents.utf8), path: temporary)
         } catch {
@@ -103,15 +113,15 @@ struct LockFile: Sendable {
             throw error
         }
         FileSystem.close(fd)
-        if link(temporary, path) == 0 { return LockFile(path: path, inode: statusOK ? UInt64(st.st_ino) : 0) }
+        if link(temporary, path) == 0 { return LockFile(path: path, status: st) }
         let code = errno
         guard code == EPERM || code == ENOTSUP || code == EOPNOTSUPP else { throw FileSystem.fail("link", path, code) }
         // No hard links here: create in place (a crash between create and write can leave an empty lock, which
         // ages out as unparsable).
         let direct = try FileSystem.open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, mode: 0o600)
         var directStatus = stat()
-        let directOK = fstat(direct, &directStatus) == 0
-        do {
+        do throws(FileSystemError) {
+            guard fstat(direct, &directStatus) == 0 else { throw FileSystem.fail("fstat", path) }
             try FileSystem.write(direct, Array(contents.utf8), path: path)
         } catch {
             FileSystem.close(direct)
@@ -119,7 +129,7 @@ struct LockFile: Sendable {
             throw error
         }
         FileSystem.close(direct)
-        return LockFile(path: path, inode: directOK ? UInt64(directStatus.st_ino) : 0)
+        return LockFile(path: path, status: directStatus)
     }
 
     /// Removes a lock file judged stale, unless it was replaced since it was inspected (same inode still there).
@@ -132,9 +142,9 @@ struct LockFile: Sendable {
 
     /// Removes the lock file if it is still the one we created.
     func release() throws(FileSystemError) {
-        if self.inode != 0 {
-            guard let current = try FileSystem.status(self.path), UInt64(current.st_ino) == self.inode else { return }
-        }
+        guard let current = try FileSystem.status(self.path),
+            UInt64(current.st_ino) == self.inode, UInt64(current.st_dev) == self.device
+        else { return }
         try FileSystem.unlink(self.path)
     }
 }

@@ -136,13 +136,21 @@ final class MaildirMaildrop: Maildrop {
         let entry = self.entries[index]
         let known = self.state.withLock { $0.relocated[index] } ?? entry.relativePath
         var relativePath = known
-        var descriptor = try FileSystem.openIfExists(self.store.path + "/" + known, O_RDONLY)
+        // O_NONBLOCK: a FIFO put in the Maildir by its owner must not block the open; then only a regular file is
+        // served (not a FIFO, a device or a symbolic link to one).
+        let flags = O_RDONLY | O_NONBLOCK | O_NOCTTY
+        var descriptor = try FileSystem.openIfExists(self.store.path + "/" + known, flags)
         if descriptor == nil {
             guard let current = try self.store.locate(baseName: entry.baseName) else { throw MaildropError.messageGone }
             relativePath = current
-            descriptor = try FileSystem.openIfExists(self.store.path + "/" + current, O_RDONLY)
+            descriptor = try FileSystem.openIfExists(self.store.path + "/" + current, flags)
         }
         guard let fd = descriptor else { throw MaildropError.messageGone }
+        guard FileSystem.isRegularFile(fd) else {
+            FileSystem.close(fd)
+            self.store.logger.error("message is not a regular file", metadata: ["file": "\(relativePath)"])
+            throw MaildropError.permanent("message could not be read")
+        }
         if relativePath != known {
             self.state.withLock { $0.relocated[index] = relativePath }
         }

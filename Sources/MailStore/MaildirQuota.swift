@@ -78,13 +78,17 @@ public struct MaildirQuota: Sendable, Equatable {
         for sub in ["new", "cur"] {
             let folder = MaildropLockTable.key(for: path) + "/" + sub
             for name in try FileSystem.listDirectory(folder) ?? [] where !name.hasPrefix(".") {
-                if let size = MaildirName.sizeField(UInt8(ascii: "S"), in: MaildirName.baseName(name)) {
-                    bytes += size
+                let size: Int
+                if let named = MaildirName.sizeField(UInt8(ascii: "S"), in: MaildirName.baseName(name)) {
+                    size = named
                 } else if let status = try FileSystem.status(folder + "/" + name) {
-                    bytes += Int(status.st_size)
+                    size = Int(status.st_size)
                 } else {
                     continue  // removed meanwhile
                 }
+                // Saturating: absurd sizes in names make the Maildir full, not the count wrap.
+                let (sum, overflow) = bytes.addingReportingOverflow(size)
+                bytes = overflow ? Int.max : sum
                 messages += 1
             }
         }

@@ -18,7 +18,8 @@ import Musl
 /// to `.contentFollows`, so message bytes never pass through the socket.
 enum WorkerMessage: Equatable, Sendable {
     // pop3d → worker
-    case open(user: String, path: String)
+    /// `maximumMessages`: the worker lists at most this many, the oldest (`limits.maildrop_messages`).
+    case open(user: String, path: String, maximumMessages: Int)
     case content(index: Int)
     case commit(indices: [Int])
     case release
@@ -41,10 +42,11 @@ enum WorkerMessage: Equatable, Sendable {
         var buffer = ByteBuffer()
         buffer.writeInteger(UInt32(0))
         switch self {
-        case .open(let user, let path):
+        case .open(let user, let path, let maximumMessages):
             buffer.writeInteger(Opcode.open.rawValue)
             Self.writeString(user, to: &buffer)
             Self.writeString(path, to: &buffer)
+            buffer.writeInteger(UInt32(clamping: maximumMessages))
         case .content(let index):
             buffer.writeInteger(Opcode.content.rawValue)
             buffer.writeInteger(UInt32(truncatingIfNeeded: index))
@@ -78,7 +80,8 @@ enum WorkerMessage: Equatable, Sendable {
                 Self.writeString(text, to: &buffer)
             }
         }
-        buffer.setInteger(UInt32(buffer.readableBytes - 4), at: 0)
+        // A frame over the limit is refused by `WorkerChannel.send` before it goes out.
+        buffer.setInteger(UInt32(truncatingIfNeeded: buffer.readableBytes - 4), at: 0)
         return buffer
     }
 
@@ -90,7 +93,11 @@ enum WorkerMessage: Equatable, Sendable {
         let message: WorkerMessage
         switch opcode {
         case .open:
-            message = .open(user: try Self.readString(&payload), path: try Self.readString(&payload))
+            message = .open(
+                user: try Self.readString(&payload),
+                path: try Self.readString(&payload),
+                maximumMessages: Int(try Self.readInteger(&payload, as: UInt32.self))
+            )
         case .content:
             message = .content(index: Int(try Self.readInteger(&payload, as: UInt32.self)))
         case .commit:
@@ -191,6 +198,9 @@ final class WorkerChannel: Sendable {
 
     func send(_ message: WorkerMessage, attaching descriptor: Int32 = -1) throws(WorkerChannelError) {
         let frame = message.encode()
+        guard frame.readableBytes - 4 <= WorkerMessage.maximumFrameLength else {
+            throw .malformed("frame of \(frame.readableBytes - 4) bytes over the limit")
+        }
         try self.state.withLock { state throws(WorkerChannelError) in
             guard state.socket >= 0 else { throw .closed }
             var offset = 0
@@ -222,8 +232,15 @@ final class WorkerChannel: Sendable {
             var payload = ByteBuffer(bytes: state.buffer[4..<(4 + length)])
             state.buffer.removeFirst(4 + length)
             let message = try WorkerMessage.decode(&payload)
-            guard message == .contentFollows else { return (message, nil) }
-            guard !state.descriptors.isEmpty else { throw .malformed("no descriptor with the message") }
+            guard message == .contentFollows else {
+                guard state.descriptors.isEmpty else {
+                    for stray in state.descriptors { _ = Glibc.close(stray) }
+                    state.descriptors.removeAll()
+                    throw .malformed("a descriptor came with a message that takes none")
+                }
+                return (message, nil)
+            }
+            guard state.descriptors.count == 1 else { throw .malformed("\(state.descriptors.count) descriptors with one message") }
             let descriptor = state.descriptors.removeFirst()
             for stray in state.descriptors { _ = Glibc.close(stray) }
             state.descriptors.removeAll()
@@ -287,11 +304,12 @@ public enum MaildropWorker {
             while true {
                 let (request, _) = try await pool.runIfActive { try channel.receive() }
                 switch (request, maildrop) {
-                case (.open(let user, let path), nil):
+                case (.open(let user, let path, let maximumMessages), nil):
                     do {
                         let opened = try await provider.openMaildirMaildrop(user: user, path: path)
                         maildrop = opened
-                        try await reply(.opened(opened.messages))
+                        // The oldest first, as pop3d's session shows them; commit indices stay the same.
+                        try await reply(.opened(Array(opened.messages.prefix(maximumMessages))))
                     } catch {
                         try await reply(.failed(MaildirProvider.clientError(error, logger: logger, operation: "open maildrop")))
                         return true
@@ -364,6 +382,7 @@ public final class WorkerMaildrop: Maildrop {
         rpcPool: NIOThreadPool,
         readPool: NIOThreadPool,
         logger: Logger,
+        maximumMessages: Int = Int(UInt32.max),
         replyTimeoutSeconds: Int = MaildropWorker.replyTimeoutSeconds
     ) async throws -> WorkerMaildrop {
         let channel = WorkerChannel(socket: socket)
@@ -371,7 +390,7 @@ public final class WorkerMaildrop: Maildrop {
         let reply: WorkerMessage
         do {
             reply = try await rpcPool.runIfActive {
-                try channel.send(.open(user: user, path: path))
+                try channel.send(.open(user: user, path: path, maximumMessages: maximumMessages))
                 return try channel.receive().0
             }
         } catch {
@@ -400,6 +419,11 @@ public final class WorkerMaildrop: Maildrop {
                 let (reply, descriptor) = try channel.receive()
                 if case .failed(let error) = reply { throw error }
                 guard reply == .contentFollows, let descriptor else { throw WorkerChannelError.malformed("unexpected reply to content") }
+                // The worker runs as the account, which could make it hand over anything: only a regular file is read.
+                guard FileSystem.isRegularFile(descriptor) else {
+                    FileSystem.close(descriptor)
+                    throw WorkerChannelError.malformed("the message descriptor is not a regular file")
+                }
                 let reader = FileChunkReader(fd: descriptor, path: "message \(index + 1)", chunkSize: max(chunkSize, 1), logger: logger)
                 return (reader, try reader.readChunk())
             }

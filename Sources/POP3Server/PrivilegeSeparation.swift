@@ -3,6 +3,7 @@ import CPrivSep
 import Logging
 import MailStore
 import NIOPosix
+import POP3Core
 import Synchronization
 
 #if canImport(Glibc)
@@ -76,10 +77,11 @@ public enum PrivilegeSeparation {
             return .failure(HelperError(description: "malformed request"))
         }
         let user = String(parts[2])
-        do {
+        do throws(HelperError) {
+            if let reason = Self.untrustedReason(accounts.path) { throw HelperError(description: reason) }
             try Self.check(user: user, owner: MailOwner(uid: uid, gid: gid), records: accounts.records(), firstValidUID: firstValidUID)
         } catch {
-            logger.error("mail worker refused", metadata: ["user": "\(user)", "reason": "\(error.description)"])
+            logger.error("mail worker refused", metadata: ["user": "\(logEscaped(user))", "reason": "\(error.description)"])
             return .failure(error)
         }
         var pair: [Int32] = [-1, -1]
@@ -87,13 +89,13 @@ public enum PrivilegeSeparation {
             return .failure(HelperError(description: "socketpair: \(String(cString: strerror(errno)))"))
         }
         let arguments = [executable, "mail-worker"]
-        let pid = Self.withCStrings(arguments) { argv in pop3_spawn(executable, argv, uid, gid, pair[1]) }
+        let pid = Self.withCStrings(arguments) { argv in pop3_spawn(Self.ownExecutable, argv, 1, uid, gid, pair[1]) }
         close(pair[1])
         guard pid > 0 else {
             close(pair[0])
             return .failure(HelperError(description: "fork: \(String(cString: strerror(errno)))"))
         }
-        logger.debug("mail worker started", metadata: ["user": "\(user)", "pid": "\(pid)", "uid": "\(uid)"])
+        logger.debug("mail worker started", metadata: ["user": "\(logEscaped(user))", "pid": "\(pid)", "uid": "\(uid)"])
         return .success(pair[0])
     }
 
@@ -104,8 +106,31 @@ public enum PrivilegeSeparation {
         guard record.uid == owner.uid, record.gid == owner.gid else {
             throw HelperError(description: "uid/gid do not match the passwd-file")
         }
-        guard owner.uid != 0, owner.gid != 0, owner.uid >= firstValidUID else {
+        guard owner.uid != 0, owner.gid != 0, owner.uid >= firstValidUID, owner.uid != UInt32.max, owner.gid != UInt32.max else {
             throw HelperError(description: "uid \(owner.uid) / gid \(owner.gid) not allowed (first_valid_uid \(firstValidUID); never root)")
+        }
+    }
+
+    /// Why the passwd-file cannot be trusted to name the identities workers run as, or nil: it and every folder
+    /// above it must belong to root and be writable by nobody else (a folder writable by others only with the sticky
+    /// bit), so that the unprivileged pop3d cannot add an account for somebody else's uid (as sshd's StrictModes).
+    public static func untrustedReason(_ passwdFile: String) -> String? {
+        // The real file, symbolic links resolved, so that every folder on the way to it is checked.
+        guard let resolved = realpath(passwdFile, nil) else { return "cannot check \(passwdFile): \(String(cString: strerror(errno)))" }
+        var path = String(cString: resolved)
+        free(resolved)
+        var isFile = true
+        while true {
+            var info = stat()
+            guard stat(path, &info) == 0 else { return "cannot check \(path): \(String(cString: strerror(errno)))" }
+            let writableByOthers = info.st_mode & 0o022 != 0
+            let sticky = info.st_mode & mode_t(S_ISVTX) != 0
+            if info.st_uid != 0 || (writableByOthers && (isFile || !sticky)) {
+                return "\(path) must belong to root and be writable by root only (owner uid \(info.st_uid), mode \(String(info.st_mode & 0o7777, radix: 8)))"
+            }
+            guard path != "/", let slash = path.lastIndex(of: "/") else { return nil }
+            path = slash == path.startIndex ? "/" : String(path[..<slash])
+            isFile = false
         }
     }
 
@@ -116,7 +141,11 @@ public enum PrivilegeSeparation {
         return pointers.withUnsafeBufferPointer { body($0.baseAddress!) }
     }
 
-    /// This program's own executable, for starting the helper and workers.
+    /// What the helper and the workers are started from: this very executable file, even if an upgrade replaced or
+    /// removed its path since, so that pop3d, its helper and its workers always speak the same protocol.
+    static let ownExecutable = "/proc/self/exe"
+
+    /// This program's path, shown as the helper's and workers' argv[0] (`ps`).
     public static func currentExecutable() throws -> String {
         var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
         let length = readlink("/proc/self/exe", &buffer, buffer.count - 1)
@@ -142,7 +171,9 @@ public final class PrivilegedHelper: Sendable {
             throw PrivilegeSeparation.HelperError(description: "socketpair: \(String(cString: strerror(errno)))")
         }
         let arguments = [executable, "privsep", "--passwd-file", passwdFile, "--first-valid-uid", String(firstValidUID)]
-        let pid = PrivilegeSeparation.withCStrings(arguments) { argv in pop3_spawn(executable, argv, uid_t.max, gid_t.max, pair[1]) }
+        let pid = PrivilegeSeparation.withCStrings(arguments) { argv in
+            pop3_spawn(PrivilegeSeparation.ownExecutable, argv, 0, 0, 0, pair[1])
+        }
         close(pair[1])
         guard pid > 0 else {
             close(pair[0])
@@ -198,12 +229,22 @@ public final class SeparatedMaildropProvider: MaildropProvider {
     private let rpcPool: NIOThreadPool
     private let readPool: NIOThreadPool
     private let logger: Logger
+    private let maximumMessages: Int
 
     /// How many worker requests may block at once (each holds a thread of `rpcPool` until its worker answers).
     public static let workerRequestThreads = 16
 
-    public init(local: MaildirProvider, helper: PrivilegedHelper, identity: MailOwner, firstValidUID: UInt32, readPool: NIOThreadPool, logger: Logger) {
+    public init(
+        local: MaildirProvider,
+        helper: PrivilegedHelper,
+        identity: MailOwner,
+        firstValidUID: UInt32,
+        maximumMessages: Int,
+        readPool: NIOThreadPool,
+        logger: Logger
+    ) {
         self.local = local
+        self.maximumMessages = maximumMessages
         self.helper = helper
         self.identity = identity
         self.firstValidUID = firstValidUID
@@ -244,7 +285,8 @@ public final class SeparatedMaildropProvider: MaildropProvider {
             path: path,
             rpcPool: self.rpcPool,
             readPool: self.readPool,
-            logger: self.logger
+            logger: self.logger,
+            maximumMessages: self.maximumMessages
         )
     }
 }

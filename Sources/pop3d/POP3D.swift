@@ -85,6 +85,11 @@ enum ServerRunner {
                 passwdFile: configuration.passwdFile,
                 firstValidUID: configuration.firstValidUID
             )
+            if verifier.records().contains(where: { $0.uid != nil && $0.uid != identity.uid }),
+                let reason = PrivilegeSeparation.untrustedReason(configuration.passwdFile)
+            {
+                logger.error("accounts with their own uid cannot log in until the passwd-file is protected: \(reason)")
+            }
             try PrivilegeDrop.drop(to: identity)
             logger.notice("running as \(identity) after binding", metadata: ["privileged-helper": "\(helper.pid)"])
             separation = (helper, identity)
@@ -133,6 +138,7 @@ enum ServerRunner {
                 helper: $0.helper,
                 identity: $0.identity,
                 firstValidUID: configuration.firstValidUID,
+                maximumMessages: configuration.limits.maildropMessages,
                 readPool: .singleton,
                 logger: logger
             )

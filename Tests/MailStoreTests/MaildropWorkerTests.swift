@@ -77,7 +77,7 @@ final class MaildropWorkerTests: Sendable {
 
     @Test func everyMessageSurvivesEncoding() throws {
         let messages: [WorkerMessage] = [
-            .open(user: "alice@example.org", path: "/var/mail/ä/Maildir"),
+            .open(user: "alice@example.org", path: "/var/mail/ä/Maildir", maximumMessages: 1_000_000),
             .content(index: 0), .content(index: 4_000_000_000),
             .commit(indices: []), .commit(indices: [0, 5, 99]),
             .release,
@@ -109,7 +109,8 @@ final class MaildropWorkerTests: Sendable {
         #expect(decode([0x83, 0]) == .malformed("trailing bytes"))
         #expect(decode([2, 0, 0]) == .malformed("truncated"))
         #expect(decode([1, 0, 0, 0, 9, 0x61]) == .malformed("truncated string"))
-        #expect(decode([1, 0, 0, 0, 1, 0xFF, 0, 0, 0, 0]) == .malformed("invalid UTF-8"))
+        #expect(decode([1, 0, 0, 0, 1, 0xFF, 0, 0, 0, 0, 0, 0, 0, 1]) == .malformed("invalid UTF-8"))
+        #expect(decode([1, 0, 0, 0, 1, 0x61, 0, 0, 0, 1, 0x62]) == .malformed("truncated"), "open without its limit")
         // A count larger than the frame could hold is refused before anything is allocated for it.
         #expect(decode([3, 0xFF, 0xFF, 0xFF, 0xFF]) == .malformed("index count exceeds frame"))
         #expect(decode([0x81, 0x10, 0, 0, 0]) == .malformed("message count exceeds frame"))
@@ -243,5 +244,59 @@ final class MaildropWorkerTests: Sendable {
         await #expect(throws: MaildropError.temporary("maildrop temporarily unavailable")) { try await maildrop.content(ofMessageAt: 1, chunkSize: 100) }
         await maildrop.release()
         while !slow.isFinished { try await Task.sleep(for: .milliseconds(10)) }
+    }
+
+    /// The account owns its Maildir, so its worker may find a FIFO or a device where a message should be: the open
+    /// must not block, and only a regular file is served.
+    @Test func aMessageThatIsNotARegularFileIsRefused() async throws {
+        let fixture = try self.threeMessages()
+        defer { fixture.cleanUp() }
+        let (maildrop, worker) = try await self.openThroughWorker(fixture.path)
+        let first = fixture.path + "/new/1700000001.M1P1.host"
+        try fixture.remove("new/1700000001.M1P1.host")
+        #expect(mkfifo(first, 0o600) == 0)
+        await #expect(throws: MaildropError.permanent("message could not be read")) { try await maildrop.content(ofMessageAt: 0, chunkSize: 100) }
+        try fixture.remove("new/1700000001.M1P1.host")
+        #expect(symlink("/dev/zero", first) == 0)
+        await #expect(throws: MaildropError.permanent("message could not be read")) { try await maildrop.content(ofMessageAt: 0, chunkSize: 100) }
+        #expect(try await maildrop.contentString(at: 1).hasPrefix("Subject: two"))
+        await maildrop.release()
+        #expect(await worker.value)
+    }
+
+    /// A descriptor that comes with a message that takes none (a worker out of step, or hostile) fails the exchange.
+    @Test func aDescriptorWithTheWrongMessageIsMalformed() throws {
+        let (pop3d, workerEnd) = self.socketPair()
+        let receiving = WorkerChannel(socket: pop3d)
+        let sending = WorkerChannel(socket: workerEnd)
+        defer {
+            receiving.close()
+            sending.close()
+        }
+        let fd = open("/dev/null", O_RDONLY)
+        defer { close(fd) }
+        try sending.send(.done, attaching: fd)
+        #expect(throws: WorkerChannelError.malformed("a descriptor came with a message that takes none")) { try receiving.receive() }
+        try sending.send(.contentFollows)
+        #expect(throws: WorkerChannelError.malformed("0 descriptors with one message")) { try receiving.receive() }
+    }
+
+    /// The worker lists at most what the session will show, the oldest first.
+    @Test func workerListsOnlyTheOldestUpToTheLimit() async throws {
+        let fixture = try self.threeMessages()
+        defer { fixture.cleanUp() }
+        let (pop3d, workerEnd) = self.socketPair()
+        let provider = self.workerProvider()
+        let worker = Task { await MaildropWorker.serve(socket: workerEnd, provider: provider, logger: Self.logger) }
+        let maildrop = try await WorkerMaildrop.open(
+            socket: pop3d, user: "u", path: fixture.path, rpcPool: self.rpcPool, readPool: .singleton, logger: Self.logger,
+            maximumMessages: 2
+        )
+        #expect(maildrop.messages.count == 2)
+        #expect(try await maildrop.contentString(at: 0).hasPrefix("Subject: one"))
+        try await maildrop.commit(deleting: [1])
+        #expect(await worker.value)
+        #expect(try fixture.list("cur").isEmpty, "message 2 (in cur/) was deleted")
+        #expect(try fixture.list("new").count == 2)
     }
 }

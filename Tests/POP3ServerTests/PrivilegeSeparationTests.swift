@@ -18,6 +18,8 @@ struct PrivilegeSeparationTests {
         UserRecord(name: "toor", passwordField: "{PLAIN}x", uid: 0, gid: 0),
         UserRecord(name: "wheel", passwordField: "{PLAIN}x", uid: 3000, gid: 0),
         UserRecord(name: "nouid", passwordField: "{PLAIN}x"),
+        UserRecord(name: "maxuid", passwordField: "{PLAIN}x", uid: UInt32.max, gid: 3000),
+        UserRecord(name: "maxgid", passwordField: "{PLAIN}x", uid: 3000, gid: UInt32.max),
     ]
 
     func refusal(_ user: String, _ uid: UInt32, _ gid: UInt32) -> String? {
@@ -40,6 +42,41 @@ struct PrivilegeSeparationTests {
         #expect(self.refusal("sys", 100, 100)?.contains("first_valid_uid 500") == true)
         #expect(self.refusal("toor", 0, 0)?.contains("never root") == true)
         #expect(self.refusal("wheel", 3000, 0)?.contains("not allowed") == true)
+        // (uid_t)-1 means "no change" to setuid(2): it must never reach the spawn, from the passwd-file or not.
+        #expect(self.refusal("maxuid", UInt32.max, 3000)?.contains("not allowed") == true)
+        #expect(self.refusal("maxgid", 3000, UInt32.max)?.contains("not allowed") == true)
+        let refused = PrivilegeSeparation.withCStrings(["/bin/true"]) { argv in pop3_spawn("/bin/true", argv, 1, uid_t.max, 3000, 0) }
+        #expect(refused == -1 && errno == EINVAL)
+        #expect(PrivilegeSeparation.withCStrings(["/bin/true"]) { argv in pop3_spawn("/bin/true", argv, 1, 0, 0, 0) } == -1)
+    }
+
+    /// The helper trusts the passwd-file to name identities only while root alone can change it and every folder
+    /// above it (as sshd's StrictModes): else a compromised pop3d could add an account for anybody's uid.
+    @Test func passwdFileMustBeRootsAlone() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("PrivSep-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let file = dir + "/users"
+        #expect(FileManager.default.createFile(atPath: file, contents: Data("a:{PLAIN}x:3000:3000\n".utf8)))
+        chmod(dir, 0o755)
+        chmod(file, 0o644)
+        guard geteuid() == 0 else {
+            // Not root: the file is ours, not root's.
+            #expect(PrivilegeSeparation.untrustedReason(file)?.contains("must belong to root") == true)
+            return
+        }
+        #expect(PrivilegeSeparation.untrustedReason(file) == nil)
+        chmod(file, 0o664)
+        #expect(PrivilegeSeparation.untrustedReason(file)?.contains("writable by root only") == true)
+        chmod(file, 0o644)
+        chown(file, 3000, 3000)
+        #expect(PrivilegeSeparation.untrustedReason(file)?.contains("owner uid 3000") == true)
+        chown(file, 0, 0)
+        chmod(dir, 0o777)  // a folder others can write to (no sticky bit): they could replace the file
+        #expect(PrivilegeSeparation.untrustedReason(file)?.contains(dir) == true)
+        chmod(dir, 0o1777)  // sticky, like /tmp: others cannot replace root's file
+        #expect(PrivilegeSeparation.untrustedReason(file) == nil)
+        #expect(PrivilegeSeparation.untrustedReason(dir + "/missing")?.hasPrefix("cannot check") == true)
     }
 
     /// `pop3_spawn` hands the child exactly one extra descriptor, as 3, and closes every other one.
@@ -51,7 +88,7 @@ struct PrivilegeSeparationTests {
         defer { close(leaked) }
         let script = "ls /proc/self/fd | sort -n | tr '\\n' ' ' >&3"
         let pid = PrivilegeSeparation.withCStrings(["/bin/sh", "-c", script]) { argv in
-            pop3_spawn("/bin/sh", argv, uid_t.max, gid_t.max, pair[1])
+            pop3_spawn("/bin/sh", argv, 0, 0, 0, pair[1])
         }
         close(pair[1])
         #expect(pid > 0)
