@@ -911,21 +911,8 @@ def scenarios(certs):
         if not login(c):
             return
         box = [f"s{endless_sessions['count']}-{i}" for i in range(1, 11)]
-        while (line := c.line()) is not None:
-            cmd = line.upper().split()
-            if cmd and cmd[0] == b"UIDL":
-                c.send(b"+OK\r\n" + b"".join(f"{i} {u}\r\n".encode() for i, u in enumerate(box, 1)) + b".\r\n")
-            elif cmd and cmd[0] == b"LIST":
-                c.send(b"+OK\r\n" + b"".join(f"{i} {len(checkpoint_body(u))}\r\n".encode()
-                                               for i, u in enumerate(box, 1)) + b".\r\n")
-            elif cmd and cmd[0] == b"RETR":
-                c.send(b"+OK\r\n" + checkpoint_body(box[int(cmd[1]) - 1]) + b".\r\n")
-            elif cmd and cmd[0] in (b"DELE", b"QUIT"):
-                c.send(b"+OK\r\n")
-                if cmd[0] == b"QUIT":
-                    return
-            else:
-                c.send(b"-ERR\r\n")
+        transaction(c, uidl=[f"{i} {u}".encode() for i, u in enumerate(box, 1)],
+                    messages=[checkpoint_body(u) for u in box])
 
     def stopped_after_four_sessions(r, log, maildir):
         n = endless_sessions["count"]

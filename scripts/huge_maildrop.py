@@ -13,24 +13,9 @@ minutes); the last result is in the README's security section.
 
 Usage: huge_maildrop.py --pop3d PATH [--messages 1000000] [--dir /tmp/pop3-huge] [--keep]
 """
-import argparse, os, poplib, shutil, socket, ssl, subprocess, sys, threading, time
+import argparse, os, poplib, shutil, ssl, subprocess, threading, time
 
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port, deadline=60):
-    end = time.time() + deadline
-    while time.time() < end:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"port {port} never opened")
+from interop import free_port, wait_port  # this script's folder is on sys.path
 
 
 def status_kib(pid, key):

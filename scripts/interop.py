@@ -941,6 +941,23 @@ def run_privilege_separation_checks():
     def workers():
         return {pid: info for pid, info in pop3d_processes().items() if "mail-worker" in info[3]}
 
+    def until_no_workers():
+        for _ in range(100):
+            if not workers():
+                return
+            time.sleep(0.05)
+
+    def refused(user, password, code, why):
+        """PASS must fail with `code`, and no worker may be left running."""
+        c = poplib.POP3_SSL("localhost", port, context=ctx, timeout=30)
+        c.user(user)
+        try:
+            c.pass_(password)
+            raise AssertionError(why)
+        except poplib.error_proto as e:
+            assert code in e.args[0], e
+        assert not workers()
+
     log = open(f"{base}/pop3d.log", "wb")
     proc = subprocess.Popen([ARGS.pop3d, "serve", "--config", config], stdout=log, stderr=log)
     try:
@@ -964,21 +981,11 @@ def run_privilege_separation_checks():
         c.quit()
         assert len(os.listdir(f"{base}/mail/alice/new")) + len(os.listdir(f"{base}/mail/alice/cur")) == 1
         assert os.stat(f"{base}/mail/alice/dovecot-uidlist").st_uid == 2001
-        for _ in range(100):
-            if not workers():
-                break
-            time.sleep(0.05)
+        until_no_workers()
         assert not workers(), "the worker outlived its session"
 
         # Below first_valid_uid (500): refused for good, and no worker started.
-        c = poplib.POP3_SSL("localhost", port, context=ctx, timeout=30)
-        c.user("sys")
-        try:
-            c.pass_("sys-pw")
-            raise AssertionError("sys (uid 100) logged in")
-        except poplib.error_proto as e:
-            assert b"[SYS/PERM]" in e.args[0], e
-        assert not workers()
+        refused("sys", "sys-pw", b"[SYS/PERM]", "sys (uid 100) logged in")
 
         # An account without a uid in the passwd-file is served by pop3d itself, as `user:`.
         c = login("vm", "vm-pw")
@@ -1005,10 +1012,7 @@ def run_privilege_separation_checks():
         c.dele(1)
         c.file.close()
         c.sock.close()
-        for _ in range(100):
-            if not workers():
-                break
-            time.sleep(0.05)
+        until_no_workers()
         c = login("bob", "bob-pw")
         assert c.stat()[0] == 1
         c.quit()
@@ -1016,14 +1020,7 @@ def run_privilege_separation_checks():
         # A passwd-file that pop3d's own user could change is not trusted to name identities: no worker.
         os.chown(f"{base}/users", entry.pw_uid, entry.pw_gid)
         try:
-            c = poplib.POP3_SSL("localhost", port, context=ctx, timeout=30)
-            c.user("bob")
-            try:
-                c.pass_("bob-pw")
-                raise AssertionError("a worker was started from a passwd-file pop3d can write")
-            except poplib.error_proto as e:
-                assert b"[SYS/TEMP]" in e.args[0], e
-            assert not workers()
+            refused("bob", "bob-pw", b"[SYS/TEMP]", "a worker was started from a passwd-file pop3d can write")
         finally:
             os.chown(f"{base}/users", 0, 0)
         with open(f"{base}/pop3d.log", "rb") as f:

@@ -24,6 +24,9 @@ public enum PrivilegeSeparation {
     /// Dovecot's default `first_valid_uid`: accounts below it (system users) never get a worker.
     public static let defaultFirstValidUID: UInt32 = 500
 
+    /// Longest request (`"<uid> <gid> <user>"`) or reply on the helper's socket; a longer request is refused.
+    static let maximumMessageLength = 1024
+
     /// The privileged helper's loop, on `socket` (descriptor 3 of `pop3d privsep`). Returns when pop3d closes its end.
     public static func runHelper(socket: Int32, passwdFile: String, firstValidUID: UInt32, executable: String, logger: Logger) throws {
         // Children are reaped by the kernel; SIGINT/SIGTERM (a terminal's Ctrl-C, a service manager's stop) are for
@@ -34,7 +37,8 @@ public enum PrivilegeSeparation {
         signal(SIGHUP, SIG_IGN)
         signal(SIGPIPE, SIG_IGN)
         let accounts = try PasswdFileVerifier(path: passwdFile, threadPool: .singleton, logger: logger)
-        var request = [UInt8](repeating: 0, count: 1024)
+        // One byte more than allowed, so that a longer request shows (a datagram is cut to the buffer silently).
+        var request = [UInt8](repeating: 0, count: Self.maximumMessageLength + 1)
         while true {
             let count = request.withUnsafeMutableBytes { recv(socket, $0.baseAddress, $0.count, 0) }
             if count == 0 { return }
@@ -71,6 +75,9 @@ public enum PrivilegeSeparation {
         executable: String,
         logger: Logger
     ) -> Result<Int32, HelperError> {
+        guard request.count <= Self.maximumMessageLength else {
+            return .failure(HelperError(description: "request longer than \(Self.maximumMessageLength) bytes"))
+        }
         guard let text = String(validating: request, as: UTF8.self) else { return .failure(HelperError(description: "request is not UTF-8")) }
         let parts = text.split(separator: " ", maxSplits: 2, omittingEmptySubsequences: false)
         guard parts.count == 3, let uid = UInt32(parts[0]), let gid = UInt32(parts[1]) else {
@@ -106,9 +113,15 @@ public enum PrivilegeSeparation {
         guard record.uid == owner.uid, record.gid == owner.gid else {
             throw HelperError(description: "uid/gid do not match the passwd-file")
         }
-        guard owner.uid != 0, owner.gid != 0, owner.uid >= firstValidUID, owner.uid != UInt32.max, owner.gid != UInt32.max else {
+        guard Self.allows(owner, firstValidUID: firstValidUID) else {
             throw HelperError(description: "uid \(owner.uid) / gid \(owner.gid) not allowed (first_valid_uid \(firstValidUID); never root)")
         }
+    }
+
+    /// The one rule for identities mail is accessed as (mail workers, `pop3d deliver` as root): never root's uid or
+    /// gid, never a system account below `first_valid_uid`, never (uid_t)-1, which setuid(2) reads as "no change".
+    public static func allows(_ owner: MailOwner, firstValidUID: UInt32) -> Bool {
+        owner.uid != 0 && owner.gid != 0 && owner.uid >= firstValidUID && owner.uid != UInt32.max && owner.gid != UInt32.max
     }
 
     /// Why the passwd-file cannot be trusted to name the identities workers run as, or nil: it and every folder
@@ -188,12 +201,14 @@ public final class PrivilegedHelper: Sendable {
         try self.socket.withLock { socket throws -> Int32 in
             guard socket >= 0 else { throw PrivilegeSeparation.HelperError(description: "privileged helper closed") }
             let request = Array("\(owner.uid) \(owner.gid) \(user)".utf8)
-            guard request.count <= 1024 else { throw PrivilegeSeparation.HelperError(description: "user name too long") }
+            guard request.count <= PrivilegeSeparation.maximumMessageLength else {
+                throw PrivilegeSeparation.HelperError(description: "user name too long for the privileged helper")
+            }
             let sent = request.withUnsafeBytes { pop3_send_with_fd(socket, $0.baseAddress, $0.count, -1) }
             guard sent == request.count else {
                 throw PrivilegeSeparation.HelperError(description: "privileged helper gone: \(String(cString: strerror(errno)))")
             }
-            var reply = [UInt8](repeating: 0, count: 1024)
+            var reply = [UInt8](repeating: 0, count: PrivilegeSeparation.maximumMessageLength)
             var descriptor: Int32 = -1
             let count = reply.withUnsafeMutableBytes { pop3_receive_with_fd(socket, $0.baseAddress, $0.count, &descriptor) }
             guard count > 0 else { throw PrivilegeSeparation.HelperError(description: "privileged helper gone") }
@@ -264,10 +279,10 @@ public final class SeparatedMaildropProvider: MaildropProvider {
 
     public func openMaildrop(user: String, path: String, owner: MailOwner?) async throws -> any Maildrop {
         guard let owner, owner != self.identity else { return try await self.local.openMaildrop(user: user, path: path) }
-        guard owner.uid != 0, owner.gid != 0, owner.uid >= self.firstValidUID else {
+        guard PrivilegeSeparation.allows(owner, firstValidUID: self.firstValidUID) else {
             self.logger.error(
                 "account's uid/gid not allowed for mail access",
-                metadata: ["user": "\(user)", "owner": "\(owner)", "first_valid_uid": "\(self.firstValidUID)"]
+                metadata: ["user": "\(logEscaped(user))", "owner": "\(owner)", "first_valid_uid": "\(self.firstValidUID)"]
             )
             throw MaildropError.permanent("mail access not allowed for this account")
         }
@@ -276,7 +291,7 @@ public final class SeparatedMaildropProvider: MaildropProvider {
         do {
             socket = try await self.rpcPool.runIfActive { try helper.startWorker(user: user, owner: owner) }
         } catch {
-            self.logger.error("cannot start a mail worker", metadata: ["user": "\(user)", "error": "\(error)"])
+            self.logger.error("cannot start a mail worker", metadata: ["user": "\(logEscaped(user))", "error": "\(error)"])
             throw MaildropError.temporary("maildrop temporarily unavailable")
         }
         return try await WorkerMaildrop.open(

@@ -58,10 +58,11 @@ struct Deliver: ParsableCommand {
                 let identity: PrivilegeDrop.Identity?
                 if let uid = record.uid, let gid = record.gid, uid != 0 {
                     // The same rule as the server's mail workers: never a system account.
-                    guard uid >= configuration.firstValidUID, gid != 0 else {
+                    let owner = MailOwner(uid: uid, gid: gid)
+                    guard PrivilegeSeparation.allows(owner, firstValidUID: configuration.firstValidUID) else {
                         throw PrivilegeDrop.Failure(description: "\(self.name)'s uid \(uid) / gid \(gid) is below first_valid_uid \(configuration.firstValidUID) or root's")
                     }
-                    identity = PrivilegeDrop.Identity(uid: uid_t(uid), gid: gid_t(gid))
+                    identity = owner
                 } else if let configured = try? PrivilegeDrop.target(user: configuration.user, group: configuration.group, records: passwd.records) {
                     identity = configured
                 } else {

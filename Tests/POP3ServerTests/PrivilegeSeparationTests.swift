@@ -1,6 +1,7 @@
 import Accounts
 import CPrivSep
 import Foundation
+import Logging
 import MailStore
 import Testing
 
@@ -48,6 +49,35 @@ struct PrivilegeSeparationTests {
         let refused = PrivilegeSeparation.withCStrings(["/bin/true"]) { argv in pop3_spawn("/bin/true", argv, 1, uid_t.max, 3000, 0) }
         #expect(refused == -1 && errno == EINVAL)
         #expect(PrivilegeSeparation.withCStrings(["/bin/true"]) { argv in pop3_spawn("/bin/true", argv, 1, 0, 0, 0) } == -1)
+    }
+
+    /// What pop3d sends the helper is bounded and checked before anything else: a longer request, or one that is
+    /// not `"<uid> <gid> <user>"`, is refused without looking up an account or starting a worker.
+    @Test func helperRequestsAreBoundedAndParsed() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("PrivSep-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        #expect(FileManager.default.createFile(atPath: dir + "/users", contents: Data("a:{PLAIN}x:3000:3000\n".utf8)))
+        var logger = Logger(label: "PrivilegeSeparationTests")
+        logger.logLevel = .critical
+        let accounts = try PasswdFileVerifier(path: dir + "/users", logger: logger)
+        func refusal(_ request: [UInt8]) -> String? {
+            let outcome = PrivilegeSeparation.spawnWorker(
+                request: request, accounts: accounts, firstValidUID: 500, executable: "/nonexistent", logger: logger
+            )
+            switch outcome {
+            case .success(let fd):
+                close(fd)
+                return nil
+            case .failure(let error):
+                return error.description
+            }
+        }
+        let long = Array("3000 3000 ".utf8) + [UInt8](repeating: UInt8(ascii: "a"), count: PrivilegeSeparation.maximumMessageLength)
+        #expect(refusal(long) == "request longer than 1024 bytes")
+        #expect(refusal(Array("3000 a".utf8)) == "malformed request")
+        #expect(refusal(Array("x 3000 a".utf8)) == "malformed request")
+        #expect(refusal([0xFF, 0x20]) == "request is not UTF-8")
     }
 
     /// The helper trusts the passwd-file to name identities only while root alone can change it and every folder
