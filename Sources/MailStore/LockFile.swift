@@ -8,7 +8,8 @@ import Musl
 import Darwin
 #endif
 
-/// A dotlock: a file created with `O_CREAT|O_EXCL` whose existence is the lock. Holds no descriptor while held.
+/// A dotlock: a file whose existence is the lock, holding its owner's "pid host". It gets its name only once its
+/// contents are written (see `tryCreate`). Holds no descriptor while held.
 struct LockFile: Sendable {
     let path: String
     /// Device and inode of the file we created, so that release never removes somebody else's lock.
@@ -29,11 +30,11 @@ struct LockFile: Sendable {
 
     /// One attempt to create the lock file holding `contents`.
     ///
-    /// The contents are written to a private temporary file first, which is then published with link(2) (as
-    /// Dovecot's dotlocks do): the lock never exists without its owner's pid, so a process killed while taking it
-    /// leaves no empty lock that would look held until it is old (a kill -9 between create and write used to
-    /// block indexing for two minutes). Where the file system refuses hard links, the lock is created in place
-    /// with O_EXCL.
+    /// The contents are written first and the file named afterwards, by linkat(2) of an unnamed (O_TMPFILE) file or
+    /// by link(2) of a temporary name (as Dovecot's dotlocks do), which fails if the lock exists: the lock never
+    /// exists without its owner's pid, so a process killed while taking it leaves no empty lock that would look
+    /// held until it is old (a kill -9 between create and write used to block indexing for two minutes). Where the
+    /// file system refuses hard links, the lock is created in place with O_EXCL.
     /// `unnamed: false` skips the O_TMPFILE way (tests of the other one).
     static func tryCreate(_ path: String, contents: String, unnamed: Bool = true) throws(FileSystemError) -> Outcome {
         while true {
@@ -86,9 +87,7 @@ struct LockFile: Sendable {
             return nil  // EOPNOTSUPP, EISDIR, EINVAL: no unnamed files on this file system
         }
         defer { FileSystem.close(fd) }
-        var st = stat()
-        guard fstat(fd, &st) == 0 else { throw FileSystem.fail("fstat", path) }
-        try FileSystem.write(fd, Array(contents.utf8), path: path)
+        let st = try Self.write(contents, to: fd, path: path)
         if linkat(AT_FDCWD, "/proc/self/fd/\(fd)", AT_FDCWD, path, AT_SYMLINK_FOLLOW) == 0 {
             return LockFile(path: path, status: st)
         }
@@ -101,13 +100,9 @@ struct LockFile: Sendable {
         let temporary = "\(path).\(ProcessIdentity.pid).\(serial).tmp"
         let fd = try FileSystem.open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, mode: 0o600)
         defer { _ = try? FileSystem.unlink(temporary) }
-        var st = stat()
-        guard fstat(fd, &st) == 0 else {
-            FileSystem.close(fd)
-            throw FileSystem.fail("fstat", temporary)
-        }
+        let st: stat
         do {
-            try FileSystem.write(fd, Array(contents.utf8), path: temporary)
+            st = try Self.write(contents, to: fd, path: temporary)
         } catch {
             FileSystem.close(fd)
             throw error
@@ -119,10 +114,9 @@ struct LockFile: Sendable {
         // No hard links here: create in place (a crash between create and write can leave an empty lock, which
         // ages out as unparsable).
         let direct = try FileSystem.open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, mode: 0o600)
-        var directStatus = stat()
-        do throws(FileSystemError) {
-            guard fstat(direct, &directStatus) == 0 else { throw FileSystem.fail("fstat", path) }
-            try FileSystem.write(direct, Array(contents.utf8), path: path)
+        let directStatus: stat
+        do {
+            directStatus = try Self.write(contents, to: direct, path: path)
         } catch {
             FileSystem.close(direct)
             _ = try? FileSystem.unlink(path)
@@ -130,6 +124,14 @@ struct LockFile: Sendable {
         }
         FileSystem.close(direct)
         return LockFile(path: path, status: directStatus)
+    }
+
+    /// Writes the lock's contents to `fd` and returns the file's status (its device and inode identify our lock).
+    private static func write(_ contents: String, to fd: Int32, path: String) throws(FileSystemError) -> stat {
+        var status = stat()
+        guard fstat(fd, &status) == 0 else { throw FileSystem.fail("fstat", path) }
+        try FileSystem.write(fd, Array(contents.utf8), path: path)
+        return status
     }
 
     /// Removes a lock file judged stale, unless it was replaced since it was inspected (same inode still there).

@@ -311,6 +311,9 @@ public enum MaildropWorker {
                         // The oldest first, as pop3d's session shows them; commit indices stay the same.
                         try await reply(.opened(Array(opened.messages.prefix(maximumMessages))))
                     } catch {
+                        // Opened but the listing could not be sent (too large, pop3d gone): unlock before answering.
+                        await maildrop?.release()
+                        maildrop = nil
                         try await reply(.failed(MaildirProvider.clientError(error, logger: logger, operation: "open maildrop")))
                         return true
                     }
