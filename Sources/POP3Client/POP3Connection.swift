@@ -211,9 +211,9 @@ public final class POP3Connection {
             self.capabilities = []
             return
         }
-        self.capabilities = try await self.readLines(limit: self.configuration.maximumCapabilityLines).map {
-            sanitize(Array($0.utf8))
-        }
+        var capabilities: [String] = []
+        try await self.readLines(limit: self.configuration.maximumCapabilityLines) { capabilities.append(sanitize($0)) }
+        self.capabilities = capabilities
     }
 
     /// Logs in with SASL PLAIN when offered, else USER/PASS. Refuses on a connection without TLS unless the
@@ -419,13 +419,6 @@ public final class POP3Connection {
         } catch {
             throw mapping(error)
         }
-    }
-
-    /// Reads the lines of a multi-line reply up to ".", un-stuffed; more than `limit` lines fail the connection.
-    func readLines(limit: Int) async throws -> [String] {
-        var lines: [String] = []
-        try await self.readLines(limit: limit) { lines.append(String(decoding: $0, as: UTF8.self)) }
-        return lines
     }
 
     /// Hands each line of a multi-line reply (un-stuffed) to `each` as it arrives, without keeping it; more than
