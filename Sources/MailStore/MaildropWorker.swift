@@ -180,6 +180,8 @@ final class WorkerChannel: Sendable {
         var socket: Int32
         var buffer: [UInt8] = []
         var descriptors: [Int32] = []
+        /// Where each read lands, allocated once per connection (a read happens for every message of a session).
+        var scratch = [UInt8](repeating: 0, count: 64 * 1024)
     }
 
     private let state: Mutex<State>
@@ -249,10 +251,10 @@ final class WorkerChannel: Sendable {
     }
 
     private static func fill(_ state: inout State, count: Int) throws(WorkerChannelError) {
-        var chunk = [UInt8](repeating: 0, count: 64 * 1024)
+        let socket = state.socket
         while state.buffer.count < count {
             var descriptor: Int32 = -1
-            let received = chunk.withUnsafeMutableBytes { pop3_receive_with_fd(state.socket, $0.baseAddress, $0.count, &descriptor) }
+            let received = state.scratch.withUnsafeMutableBytes { pop3_receive_with_fd(socket, $0.baseAddress, $0.count, &descriptor) }
             if descriptor >= 0 { state.descriptors.append(descriptor) }
             if received == 0 { throw .closed }
             if received < 0 {
@@ -260,7 +262,7 @@ final class WorkerChannel: Sendable {
                 if errno == ECONNRESET { throw .closed }
                 throw .system("recvmsg", errno)
             }
-            state.buffer.append(contentsOf: chunk[0..<received])
+            state.buffer.append(contentsOf: state.scratch[0..<received])
         }
     }
 
