@@ -828,6 +828,16 @@ def root_test_base(prefix):
     return entry, base
 
 
+def root_test_config(base):
+    """A serve configuration in `base` (from root_test_base) that runs as pop3test: (port, path)."""
+    port = free_port()
+    config = f"{base}/pop3d.yaml"
+    with open(config, "w") as f:
+        f.write(f'listen:\n  pop3s: "127.0.0.1:{port}"\ntls:\n  certificate: cert.pem\n  key: key.pem\n'
+                f'passwd_file: users\nmaildir: "mail/%u"\nuser: pop3test\n')
+    return port, config
+
+
 def run_as_root_checks():
     """pop3d serve started as root drops to the configured user after binding; deliver as root writes as that user."""
     if os.geteuid() != 0:
@@ -839,11 +849,7 @@ def run_as_root_checks():
     os.makedirs(f"{base}/mail")
     for path in (f"{base}/users", f"{base}/key.pem", f"{base}/cert.pem", f"{base}/mail"):
         os.chown(path, entry.pw_uid, entry.pw_gid)
-    port = free_port()
-    config = f"{base}/pop3d.yaml"
-    with open(config, "w") as f:
-        f.write(f'listen:\n  pop3s: "127.0.0.1:{port}"\ntls:\n  certificate: cert.pem\n  key: key.pem\n'
-                f'passwd_file: users\nmaildir: "mail/%u"\nuser: pop3test\n')
+    port, config = root_test_config(base)
     r = subprocess.run([ARGS.pop3d, "deliver", "alice", "--config", config], input=b"Subject: root\n\nhi\n", capture_output=True)
     assert r.returncode == 0, r.stderr
     new = f"{base}/mail/alice/new"
@@ -918,11 +924,7 @@ def run_privilege_separation_checks():
     os.chmod(f"{base}/users", 0o644)
     for path in (f"{base}/key.pem", f"{base}/cert.pem"):
         os.chown(path, entry.pw_uid, entry.pw_gid)
-    port = free_port()
-    config = f"{base}/pop3d.yaml"
-    with open(config, "w") as f:
-        f.write(f'listen:\n  pop3s: "127.0.0.1:{port}"\ntls:\n  certificate: cert.pem\n  key: key.pem\n'
-                f'passwd_file: users\nmaildir: "mail/%u"\nuser: pop3test\n')
+    port, config = root_test_config(base)
     for user, body in (("alice", b"first"), ("alice", b"second"), ("bob", b"bob's"), ("vm", b"vm's")):
         r = subprocess.run([ARGS.pop3d, "deliver", user, "--config", config], input=b"Subject: t\n\n" + body + b"\n",
                            capture_output=True)
