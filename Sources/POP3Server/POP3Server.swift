@@ -263,6 +263,7 @@ public final class POP3Server: Service, Sendable {
             maildrops: self.maildrops,
             locator: self.locator,
             penalty: self.penalty,
+            failureDelay: self.configuration.authenticationFailureDelay,
             clientAddress: setup.clientAddress,
             logger: logger
         )

@@ -68,6 +68,10 @@ public struct ServerConfiguration: Sendable, Equatable {
     /// `%u` user, `%n` local part, `%d` domain; `~/` = home from the passwd-file; relative to the config folder.
     public var maildirTemplate: String
     public var allowCleartextAuthentication = false
+    /// The least time before a failed login is answered, wrong password or unknown user alike (`auth.failure_delay`,
+    /// as Dovecot's `auth_failure_delay`); on top of the escalating per-address penalty. A right password is
+    /// never delayed by it.
+    public var authenticationFailureDelay: Duration = .seconds(2)
     /// Client networks exempt from the authentication penalty (loopback is not trusted by default).
     public var trustedNetworks: [CIDRNetwork] = []
     /// Proxies (e.g. HAProxy with `send-proxy-v2`) whose connections must start with a PROXY v2 header that
@@ -88,6 +92,15 @@ public struct ServerConfiguration: Sendable, Equatable {
     }
 
     public var tlsConfigured: Bool { self.certificatePath != nil && self.privateKeyPath != nil }
+
+    /// What the operator should know about a configuration that loads but weakens a default.
+    public var warnings: [String] {
+        var warnings: [String] = []
+        if self.authenticationFailureDelay == .zero {
+            warnings.append("auth.failure_delay: 0 answers a wrong password at once; password guessing gets faster (default 2)")
+        }
+        return warnings
+    }
 }
 
 /// A configuration error that names its key.
@@ -117,6 +130,13 @@ extension ServerConfiguration {
         let overrides = environment.reduce(into: [String: String]()) { result, entry in
             if entry.key.hasPrefix(environmentPrefix) { result[String(entry.key.dropFirst(environmentPrefix.count))] = entry.value }
         }
+        let text: String
+        do {
+            text = try String(contentsOfFile: absolute, encoding: .utf8)
+        } catch {
+            throw ConfigurationError(key: "(file)", "cannot read \(absolute): \(error)")
+        }
+        try ConfigurationKeys.check(yaml: text, environment: environment)
         let reader: ConfigReader
         do {
             reader = ConfigReader(providers: [
@@ -197,6 +217,7 @@ extension ServerConfiguration {
         }
         result.strictSNI = try bool("tls.strict_sni", default: true)
         result.allowCleartextAuthentication = try bool("auth.allow_cleartext", default: false)
+        result.authenticationFailureDelay = try seconds("auth.failure_delay", 0...60, default: result.authenticationFailureDelay)
         func networks(_ key: String) throws -> [CIDRNetwork] {
             let texts: [String] = config.stringArray(forKey: ConfigKey(key)) ?? config.string(forKey: ConfigKey(key)).map { [$0] } ?? []
             return try texts.map { text in
@@ -258,6 +279,7 @@ extension ServerConfiguration {
             maildir: "\(self.maildirTemplate)"
             auth:
               allow_cleartext: \(self.allowCleartextAuthentication)
+              failure_delay: \(self.authenticationFailureDelay.components.seconds)
             trusted_networks: [\(self.trustedNetworks.map { "\"\($0)\"" }.joined(separator: ", "))]
             proxy:
               trusted_networks: [\(self.proxyNetworks.map { "\"\($0)\"" }.joined(separator: ", "))]

@@ -17,6 +17,8 @@ struct SessionDriver {
     let maildrops: any MaildropProvider
     let locator: MaildirLocator
     let penalty: AuthPenalty
+    /// The least time a failed login takes from the start of its credential check (`auth.failure_delay`).
+    let failureDelay: Duration
     let clientAddress: NIOLockedValueBox<SocketAddress?>
     var logger: Logger
     private var maildrop: (any Maildrop)?
@@ -27,6 +29,7 @@ struct SessionDriver {
         maildrops: any MaildropProvider,
         locator: MaildirLocator,
         penalty: AuthPenalty,
+        failureDelay: Duration,
         clientAddress: NIOLockedValueBox<SocketAddress?>,
         logger: Logger
     ) {
@@ -35,6 +38,7 @@ struct SessionDriver {
         self.maildrops = maildrops
         self.locator = locator
         self.penalty = penalty
+        self.failureDelay = failureDelay
         self.clientAddress = clientAddress
         self.logger = logger
     }
@@ -99,7 +103,7 @@ struct SessionDriver {
                     status.write(into: &buffer)
                     try await outbound.write(.startTLS(buffer))
                     // Everything read before the switch came in plaintext after STLS: drop it (RFC 2595 §4,
-                    // security.md cases 1–3).
+                    // docs/security-cases.md cases 1–3).
                     var dropped = 0
                     while let frame = try await iterator.next() {
                         if case .tlsStarted = frame { break }
@@ -136,10 +140,14 @@ struct SessionDriver {
             try? await Task.sleep(for: wait)
         }
         let record: UserRecord
+        let checkStarted = ContinuousClock.now
         do {
             guard case .success(let found) = try await self.verifier.authenticate(user: user, password: password) else {
                 self.penalty.recordFailure(peer, user: user, password: password)
                 self.logger.notice("login failed", metadata: ["user": "\(logEscaped(user))"])
+                // Every failure waits out the failure delay, the first one too (Dovecot's auth_failure_delay); the
+                // escalating penalty above comes on top for the next attempts.
+                try? await Task.sleep(until: checkStarted + self.failureDelay, clock: .continuous)
                 return self.session.loginFailed(.invalidCredentials)
             }
             record = found
@@ -167,9 +175,7 @@ struct SessionDriver {
                 )
             }
             connection.channel.pipeline.fireUserInboundEventTriggered(SessionAuthenticatedEvent())
-            return self.session.loginSucceeded(
-                messages: maildrop.messages.map { MessageSummary(size: $0.size, uniqueID: $0.uniqueID) }
-            )
+            return self.session.loginSucceeded(messages: maildrop.messages)
         } catch MaildropError.inUse {
             self.logger.notice("maildrop in use", metadata: ["user": "\(logEscaped(user))"])
             return self.session.loginFailed(.maildropInUse)

@@ -87,8 +87,10 @@ import Testing
         return (reply, Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18)
     }
 
+    /// The escalating penalty alone: the fixed failure delay (`auth.failure_delay`, tested in
+    /// ServerIntegrationTests) is off here so that each measured wait is the penalty's.
     @Test func failuresSlowDownTheNextAttemptWhateverItsOutcome() async throws {
-        let server = try await TestServer.start()
+        let server = try await TestServer.start { $0.authenticationFailureDelay = .zero }
         defer { Task { await server.stop() } }
         let first = try await self.attempt(server, password: "wrong-1")
         #expect(first.reply == "-ERR [AUTH] Authentication failed.")
@@ -102,7 +104,10 @@ import Testing
     }
 
     @Test func trustedNetworksAreExempt() async throws {
-        let server = try await TestServer.start { $0.trustedNetworks = [CIDRNetwork(parsing: "127.0.0.0/8")!] }
+        let server = try await TestServer.start {
+            $0.trustedNetworks = [CIDRNetwork(parsing: "127.0.0.0/8")!]
+            $0.authenticationFailureDelay = .zero
+        }
         defer { Task { await server.stop() } }
         for i in 0..<3 {
             let result = try await self.attempt(server, password: "wrong-\(i)")

@@ -58,6 +58,46 @@ import Testing
         }
     }
 
+    /// A misspelt key fails, naming it and the key it probably meant, in the file and in the environment alike.
+    @Test(arguments: [
+        ("limits:\n  idle_timout: 5\n", [:], "limits.idle_timout", "limits.idle_timeout"),
+        ("auth:\n  allow_cleartxt: true\n", [:], "auth.allow_cleartxt", "auth.allow_cleartext"),
+        ("passwd_fiel: users\n", [:], "passwd_fiel", "passwd_file"),
+        ("colour: blue\n", [:], "colour", nil),
+        ("limits: 5\n", [:], "limits", nil),
+        ("", ["POP3D_LIMITS_IDLE_TIMOUT": "900"], "POP3D_LIMITS_IDLE_TIMOUT", "POP3D_LIMITS_IDLE_TIMEOUT"),
+        ("", ["POP3D_NONSENSE": "1"], "POP3D_NONSENSE", nil),
+    ] as [(String, [String: String], String, String?)])
+    func unknownKeysAreRefused(extra: String, environment: [String: String], key: String, suggestion: String?) async throws {
+        await #expect {
+            _ = try await self.load(Self.minimal + "\n" + extra, environment: environment)
+        } throws: { error in
+            guard let error = error as? ConfigurationError, error.key == key else { return false }
+            return suggestion.map { error.message.contains("did you mean \($0)") } ?? !error.message.contains("did you mean")
+        }
+    }
+
+    /// Every key the server reads is printed by check-config, and nothing else: the list the unknown-key check
+    /// uses and the configuration cannot drift apart.
+    @Test func renderedKeysAreTheKnownKeys() async throws {
+        let rendered = try await self.load(Self.minimal).renderedYAML
+        let leaves = try ConfigurationKeys.leaves(ofYAML: rendered).map(\.key)
+        #expect(leaves.sorted() == ConfigurationKeys.all.sorted())
+        // The rendered file loads again as it is.
+        #expect(throws: Never.self) { try ConfigurationKeys.check(yaml: rendered, environment: [:]) }
+    }
+
+    @Test func failureDelayIsConfigurableAndZeroWarns() async throws {
+        #expect(try await self.load(Self.minimal).authenticationFailureDelay == .seconds(2))
+        #expect(try await self.load(Self.minimal).warnings.isEmpty)
+        let none = try await self.load(Self.minimal + "\nauth:\n  failure_delay: 0\n")
+        #expect(none.authenticationFailureDelay == .zero)
+        #expect(none.warnings.contains { $0.hasPrefix("auth.failure_delay") })
+        await #expect { _ = try await self.load(Self.minimal + "\nauth:\n  failure_delay: 61\n") } throws: {
+            ($0 as? ConfigurationError)?.key == "auth.failure_delay"
+        }
+    }
+
     @Test func missingRequiredKeys() async throws {
         await #expect { _ = try await self.load("listen:\n  pop3s: \"127.0.0.1:995\"\nmaildir: m\n") } throws: {
             ($0 as? ConfigurationError)?.key == "passwd_file"

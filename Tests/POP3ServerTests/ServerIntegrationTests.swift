@@ -91,6 +91,27 @@ import Testing
         #expect(wrong == "-ERR [AUTH] Authentication failed.")
     }
 
+    /// `auth.failure_delay` (default 2 s): a wrong password or an unknown user is answered no sooner than the delay,
+    /// the first time too; a right password is not delayed. Loopback is a trusted network here, so the escalating
+    /// penalty (tested in AuthPenaltyTests) stays out of the measurement; the failure delay applies to everyone.
+    @Test func failedLoginsWaitTheFailureDelayFromTheFirstOn() async throws {
+        let server = try await TestServer.start { $0.trustedNetworks = [CIDRNetwork(parsing: "127.0.0.0/8")!] }
+        defer { Task { await server.stop() } }
+        #expect(ServerConfiguration(passwdFile: "", maildirTemplate: "").authenticationFailureDelay == .seconds(2))
+        let client = try await server.connectTLS()
+        for (user, password) in [("alice", "wrong"), ("nobody", "x"), ("bob", "bob-wrong")] {
+            _ = try await client.command("USER \(user)")
+            let started = ContinuousClock.now
+            #expect(try await client.command("PASS \(password)") == "-ERR [AUTH] Authentication failed.")
+            let elapsed = ContinuousClock.now - started
+            #expect(elapsed >= .seconds(2), "\(user): answered after \(elapsed)")
+        }
+        let started = ContinuousClock.now
+        _ = try await server.login("carol")
+        let elapsed = ContinuousClock.now - started
+        #expect(elapsed < .milliseconds(1_900), "a right password took \(elapsed)")
+    }
+
     @Test func saslPlainWithContinuationAndInitialResponse() async throws {
         let server = try await TestServer.start()
         defer { Task { await server.stop() } }
@@ -129,7 +150,7 @@ import Testing
         _ = try await client.command("QUIT")
     }
 
-    /// security.md cases 1–2: commands sent with STLS in one segment are never executed after the handshake.
+    /// docs/security-cases.md cases 1–2: commands sent with STLS in one segment are never executed after the handshake.
     @Test(arguments: ["STLS\r\nCAPA\r\n", "STLS\r\nUSER a\r\nPASS b\r\n", "STLS\r\nCAP", "STLS\nQUIT\n"])
     func stlsInjectionIsDiscarded(payload: String) async throws {
         let server = try await TestServer.start()
@@ -226,7 +247,7 @@ import Testing
         #expect(lines == Self.wireLines(body))
     }
 
-    /// security.md 66/67: the per-address cap (2 of 100 total) and the total cap (2, with 100 per address).
+    /// docs/security-cases.md 66/67: the per-address cap (2 of 100 total) and the total cap (2, with 100 per address).
     @Test(arguments: [(2, 100), (100, 2)])
     func connectionLimits(perAddress: Int, total: Int) async throws {
         let server = try await TestServer.start { configuration in
@@ -254,7 +275,7 @@ import Testing
         #expect(admitted)
     }
 
-    /// security.md 10: garbage instead of a ClientHello after `+OK` to STLS closes the connection without any
+    /// docs/security-cases.md 10: garbage instead of a ClientHello after `+OK` to STLS closes the connection without any
     /// plaintext reply, and the server goes on serving.
     @Test func garbageAfterSTLSClosesWithoutReply() async throws {
         let server = try await TestServer.start()
