@@ -55,7 +55,7 @@ let package = Package(
         .target(
             name: "MailStore",
             dependencies: [
-                "CPrivSep",
+                "CPrivSep", "POP3Core",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -79,6 +79,7 @@ let package = Package(
                 .product(name: "_CryptoExtras", package: "swift-crypto"),
                 .product(name: "Configuration", package: "swift-configuration"),
                 .product(name: "SystemPackage", package: "swift-system"),
+                .product(name: "Yams", package: "Yams"),
             ]
         ),
         .target(
@@ -96,6 +97,7 @@ let package = Package(
         .target(
             name: "MailRetriever",
             dependencies: [
+                "POP3Client",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Crypto", package: "swift-crypto"),
@@ -149,13 +151,13 @@ let package = Package(
         ]),
         .testTarget(name: "MailRetrieverTests", dependencies: ["MailRetriever", .product(name: "NIOCore", package: "swift-nio")]),
         .testTarget(name: "MailStoreTests", dependencies: [
-            "MailStore",
+            "MailStore", "POP3Core",
             .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
         ]),
         .testTarget(name: "POP3ServerTests", dependencies: [
-            "POP3Server", "POP3Core", "Accounts", "MailStore", "POP3Client", "CPrivSep",
+            "POP3Server", "POP3Core", "Accounts", "MailStore", "POP3Client", "MailRetriever", "CPrivSep",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "NIOSSL", package: "swift-nio-ssl"),

@@ -47,122 +47,23 @@ func runBlocking<T: Sendable>(_ body: @escaping @Sendable () async throws -> T) 
 
 /// Starts the server with a loaded configuration until SIGTERM/SIGINT.
 enum ServerRunner {
-    static func makeLogger(level: String) -> Logger {
-        var logger = Logger(label: "pop3d")
-        logger.logLevel = Logger.Level(rawValue: level) ?? .info
-        return logger
-    }
-
-    /// Binds the ports, reads certificates and the passwd-file, drops root (on this, the main thread, before any
-    /// connection is accepted), then serves until SIGTERM/SIGINT.
+    /// Logs to stderr at the configured level, then binds, drops root (on this, the main thread, before any
+    /// connection is accepted) and serves until SIGTERM/SIGINT.
     static func run(
         _ configuration: ServerConfiguration,
         dropPrivileges: Bool = true,
         onListening: @escaping @Sendable ([BoundListener]) -> Void = { _ in }
     ) throws {
+        let level = Logger.Level(rawValue: configuration.logLevel) ?? .info
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = Logger.Level(rawValue: configuration.logLevel) ?? .info
+            handler.logLevel = level
             return handler
         }
-        let logger = self.makeLogger(level: configuration.logLevel)
-        let prebound = try ListenSocket.bindAll(configuration)
-        let tls = try configuration.tlsConfigured
-            ? TLSProvider(
-                certificatePath: configuration.certificatePath!,
-                privateKeyPath: configuration.privateKeyPath!,
-                strictSNI: configuration.strictSNI
-            ) : nil
-        for warning in tls?.certificateWarnings ?? [] {
-            logger.warning("TLS certificate: \(warning.text)")
-        }
-        let verifier = try PasswdFileVerifier(path: configuration.passwdFile, threadPool: .singleton, logger: logger)
-        var separation: (helper: PrivilegedHelper, identity: MailOwner)?
-        if dropPrivileges, let identity = try PrivilegeDrop.target(user: configuration.user, group: configuration.group, records: verifier.records()) {
-            // Started before the drop: the helper stays root to start mail workers as each account's uid/gid.
-            let helper = try PrivilegedHelper.launch(
-                executable: try PrivilegeSeparation.currentExecutable(),
-                passwdFile: configuration.passwdFile,
-                firstValidUID: configuration.firstValidUID
-            )
-            if verifier.records().contains(where: { $0.uid != nil && $0.uid != identity.uid }),
-                let reason = PrivilegeSeparation.untrustedReason(configuration.passwdFile)
-            {
-                logger.error("accounts with their own uid cannot log in until the passwd-file is protected: \(reason)")
-            }
-            try PrivilegeDrop.drop(to: identity)
-            logger.notice("running as \(identity) after binding", metadata: ["privileged-helper": "\(helper.pid)"])
-            separation = (helper, identity)
-        } else {
-            let own = geteuid()
-            let others = verifier.records().filter { $0.uid != nil && $0.uid != own }.count
-            if others > 0 {
-                logger.notice(
-                    "not started as root: every account's mail is accessed as this process (uid \(own)); the passwd-file's uids apply when pop3d serve starts as root",
-                    metadata: ["accounts-with-other-uids": "\(others)"]
-                )
-            }
-        }
-        let chosen = separation
-        try runBlocking {
-            try await self.serve(
-                configuration,
-                tls: tls,
-                verifier: verifier,
-                separation: chosen,
-                prebound: prebound,
-                logger: logger,
-                onListening: onListening
-            )
-        }
-        separation?.helper.shutdown()
-    }
-
-    static func serve(
-        _ configuration: ServerConfiguration,
-        tls: TLSProvider?,
-        verifier: PasswdFileVerifier,
-        separation: (helper: PrivilegedHelper, identity: MailOwner)?,
-        prebound: [PreboundListener],
-        logger: Logger,
-        onListening: @escaping @Sendable ([BoundListener]) -> Void
-    ) async throws {
-        let local = MaildirProvider(
-            threadPool: .singleton,
-            logger: logger,
-            indexCacheCapacity: configuration.limits.indexCacheMessages
-        )
-        let maildrops: any MaildropProvider = separation.map {
-            SeparatedMaildropProvider(
-                local: local,
-                helper: $0.helper,
-                identity: $0.identity,
-                firstValidUID: configuration.firstValidUID,
-                maximumMessages: configuration.limits.maildropMessages,
-                readPool: .singleton,
-                logger: logger
-            )
-        } ?? local
-        let server = POP3Server(
-            configuration: configuration,
-            tls: tls,
-            verifier: verifier,
-            maildrops: maildrops,
-            logger: logger,
-            prebound: prebound,
-            onListening: onListening
-        )
-        let group = ServiceGroup(
-            configuration: .init(
-                services: [
-                    .init(service: server, successTerminationBehavior: .gracefullyShutdownGroup),
-                    .init(service: ReloadService(tls: tls, verifier: verifier, logger: logger)),
-                ],
-                gracefulShutdownSignals: [.sigterm, .sigint],
-                logger: logger
-            )
-        )
-        try await group.run()
+        var logger = Logger(label: "pop3d")
+        logger.logLevel = level
+        let daemon = try POP3Daemon(configuration: configuration, dropPrivileges: dropPrivileges, logger: logger)
+        try runBlocking { try await daemon.run(onListening: onListening) }
     }
 }
 
@@ -225,20 +126,15 @@ struct Serve: ParsableCommand {
 
     func run() throws {
         let options = self.options
-        let configuration: ServerConfiguration
         do {
-            configuration = try runBlocking { try await options.load() }
-        } catch {
-            throw ValidationError("configuration error: \(error)")
-        }
-        do {
+            let configuration = try runBlocking { try await options.load() }
             try ServerRunner.run(configuration)
         } catch let error as PrivilegeDrop.Failure {
             FileHandle.standardError.write(Data("pop3d: \(error)\n".utf8))
             throw ExitCode(78)
         } catch let error as ConfigurationError {
             FileHandle.standardError.write(Data("pop3d: configuration error: \(error)\n".utf8))
-            throw ExitCode(78)
+            throw ExitCode(78)  // EX_CONFIG
         }
     }
 }
@@ -246,7 +142,7 @@ struct Serve: ParsableCommand {
 struct CheckConfig: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "check-config",
-        abstract: "Print the effective configuration (secrets redacted); exit non-zero naming the bad key on error."
+        abstract: "Print the effective configuration (secrets redacted); exit 78 naming the bad key on error."
     )
     @OptionGroup var options: ConfigOption
 
@@ -254,20 +150,8 @@ struct CheckConfig: ParsableCommand {
         let options = self.options
         do {
             let configuration = try runBlocking { try await options.load() }
-            if configuration.tlsConfigured {
-                let tls = try TLSProvider(
-                    certificatePath: configuration.certificatePath!,
-                    privateKeyPath: configuration.privateKeyPath!,
-                    strictSNI: configuration.strictSNI
-                )
-                for warning in tls.certificateWarnings {
-                    FileHandle.standardError.write(Data("pop3d: tls.certificate: \(warning)\n".utf8))
-                }
-            }
-            do {
-                _ = try PasswdFile.parse(String(contentsOfFile: configuration.passwdFile, encoding: .utf8), path: configuration.passwdFile)
-            } catch {
-                throw ConfigurationError(key: "passwd_file", "\(error)")
+            for warning in try POP3Daemon.check(configuration) {
+                FileHandle.standardError.write(Data("pop3d: warning: \(warning)\n".utf8))
             }
             print(configuration.renderedYAML, terminator: "")
         } catch {

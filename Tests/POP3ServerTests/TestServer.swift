@@ -13,7 +13,7 @@ final class TestServer: Sendable {
     let pop3sPort: Int
     let pop3Port: Int
     let task: Task<Void, any Error>
-    let server: POP3Server
+    let daemon: POP3Daemon
 
     static let users = ["alice": "alice-pw", "bob": "bob pw with spaces", "carol": "carol-pw"]
 
@@ -35,19 +35,11 @@ final class TestServer: Sendable {
 
         var logger = Logger(label: "test-pop3d")
         logger.logLevel = ProcessInfo.processInfo.environment["POP3D_TEST_LOG"] != nil ? .debug : .critical
-        let tls = try TLSProvider(certificatePath: configuration.certificatePath!, privateKeyPath: configuration.privateKeyPath!)
-        let verifier = try PasswdFileVerifier(path: configuration.passwdFile, threadPool: .singleton, logger: logger)
-        let maildrops = MaildirProvider(threadPool: .singleton, logger: logger)
+        // The assembly `pop3d serve` runs (POP3Daemon), without the privilege drop and without taking over the
+        // test process's signals; cancelling the task shuts it down.
+        let daemon = try POP3Daemon(configuration: configuration, dropPrivileges: false, logger: logger)
         let (stream, continuation) = AsyncStream.makeStream(of: [BoundListener].self)
-        let server = POP3Server(
-            configuration: configuration,
-            tls: tls,
-            verifier: verifier,
-            maildrops: maildrops,
-            logger: logger,
-            onListening: { continuation.yield($0) }
-        )
-        let task = Task { try await server.run() }
+        let task = Task { try await daemon.run(handleSignals: false, onListening: { continuation.yield($0) }) }
         var iterator = stream.makeAsyncIterator()
         guard let listeners = await iterator.next() else { throw CancellationError() }
         return TestServer(
@@ -56,17 +48,17 @@ final class TestServer: Sendable {
             pop3sPort: listeners.first { $0.kind == .pop3s }?.port ?? 0,
             pop3Port: listeners.first { $0.kind == .pop3 }?.port ?? 0,
             task: task,
-            server: server
+            daemon: daemon
         )
     }
 
-    private init(folder: String, certificate: String, pop3sPort: Int, pop3Port: Int, task: Task<Void, any Error>, server: POP3Server) {
+    private init(folder: String, certificate: String, pop3sPort: Int, pop3Port: Int, task: Task<Void, any Error>, daemon: POP3Daemon) {
         self.folder = folder
         self.certificate = certificate
         self.pop3sPort = pop3sPort
         self.pop3Port = pop3Port
         self.task = task
-        self.server = server
+        self.daemon = daemon
     }
 
     func maildir(_ user: String) -> String { self.folder + "/mail/" + user }

@@ -1,0 +1,144 @@
+import Accounts
+import Foundation
+import Logging
+import MailStore
+import NIOCore
+import NIOPosix
+import ServiceLifecycle
+
+/// The whole server as `pop3d serve` runs it, assembled in one place so that the integration tests run the same
+/// assembly: listeners bound, certificate audited, passwd-file read, privilege helper started and root dropped
+/// (when asked and started as root), then the POP3 server and the SIGHUP reload under one service group.
+public final class POP3Daemon: Sendable {
+    public let configuration: ServerConfiguration
+    public let tls: TLSProvider?
+    public let verifier: PasswdFileVerifier
+    let separation: Separation?
+    let prebound: [PreboundListener]
+    let logger: Logger
+
+    struct Separation: Sendable {
+        let helper: PrivilegedHelper
+        let identity: MailOwner
+    }
+
+    /// Binds the ports, reads certificates and the passwd-file and, with `dropPrivileges` as root, starts the
+    /// privileged helper and drops to `user:`/`group:`. Call it on the main thread, before any other thread
+    /// exists that could run as root after the drop.
+    public init(configuration: ServerConfiguration, dropPrivileges: Bool, logger: Logger) throws {
+        self.configuration = configuration
+        self.logger = logger
+        for warning in configuration.warnings {
+            logger.warning("configuration: \(warning)")
+        }
+        self.prebound = try ListenSocket.bindAll(configuration)
+        self.tls = try configuration.tlsConfigured
+            ? TLSProvider(
+                certificatePath: configuration.certificatePath!,
+                privateKeyPath: configuration.privateKeyPath!,
+                strictSNI: configuration.strictSNI
+            ) : nil
+        for warning in self.tls?.certificateWarnings ?? [] {
+            logger.warning("TLS certificate: \(warning.text)")
+        }
+        let verifier = try PasswdFileVerifier(path: configuration.passwdFile, threadPool: .singleton, logger: logger)
+        self.verifier = verifier
+        if dropPrivileges, let identity = try PrivilegeDrop.target(user: configuration.user, group: configuration.group, records: verifier.records()) {
+            // Started before the drop: the helper stays root to start mail workers as each account's uid/gid.
+            let helper = try PrivilegedHelper.launch(
+                executable: try PrivilegeSeparation.currentExecutable(),
+                passwdFile: configuration.passwdFile,
+                firstValidUID: configuration.firstValidUID
+            )
+            if verifier.records().contains(where: { $0.uid != nil && $0.uid != identity.uid }),
+                let reason = PrivilegeSeparation.untrustedReason(configuration.passwdFile)
+            {
+                logger.error("accounts with their own uid cannot log in until the passwd-file is protected: \(reason)")
+            }
+            try PrivilegeDrop.drop(to: identity)
+            logger.notice("running as \(identity) after binding", metadata: ["privileged-helper": "\(helper.pid)"])
+            self.separation = Separation(helper: helper, identity: identity)
+        } else {
+            self.separation = nil
+            let own = geteuid()
+            let others = verifier.records().filter { $0.uid != nil && $0.uid != own }.count
+            if others > 0 {
+                logger.notice(
+                    "not started as root: every account's mail is accessed as this process (uid \(own)); the passwd-file's uids apply when pop3d serve starts as root",
+                    metadata: ["accounts-with-other-uids": "\(others)"]
+                )
+            }
+        }
+    }
+
+    /// Serves until graceful shutdown: SIGTERM/SIGINT when `handleSignals` (the process's own server), or
+    /// cancellation of the calling task (tests). SIGHUP reloads certificate and passwd-file when `handleSignals`;
+    /// `reload()` does the same from code.
+    public func run(handleSignals: Bool = true, onListening: @escaping @Sendable ([BoundListener]) -> Void = { _ in }) async throws {
+        defer { self.separation?.helper.shutdown() }
+        let local = MaildirProvider(
+            threadPool: .singleton,
+            logger: self.logger,
+            indexCacheCapacity: self.configuration.limits.indexCacheMessages
+        )
+        let maildrops: any MaildropProvider = self.separation.map {
+            SeparatedMaildropProvider(
+                local: local,
+                helper: $0.helper,
+                identity: $0.identity,
+                firstValidUID: self.configuration.firstValidUID,
+                maximumMessages: self.configuration.limits.maildropMessages,
+                readPool: .singleton,
+                logger: self.logger
+            )
+        } ?? local
+        let server = POP3Server(
+            configuration: self.configuration,
+            tls: self.tls,
+            verifier: self.verifier,
+            maildrops: maildrops,
+            logger: self.logger,
+            prebound: self.prebound,
+            onListening: onListening
+        )
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
+            .init(service: server, successTerminationBehavior: .gracefullyShutdownGroup)
+        ]
+        if handleSignals {
+            services.append(.init(service: ReloadService(tls: self.tls, verifier: self.verifier, logger: self.logger)))
+        }
+        let group = ServiceGroup(
+            configuration: .init(
+                services: services,
+                gracefulShutdownSignals: handleSignals ? [.sigterm, .sigint] : [],
+                logger: self.logger
+            )
+        )
+        try await group.run()
+    }
+
+    /// What `pop3d check-config` checks beyond loading: the certificate and key load and pass the audit, the
+    /// passwd-file parses. Returns the warnings (configuration and certificate); throws a `ConfigurationError`.
+    public static func check(_ configuration: ServerConfiguration) throws -> [String] {
+        var warnings = configuration.warnings
+        if configuration.tlsConfigured {
+            let tls = try TLSProvider(
+                certificatePath: configuration.certificatePath!,
+                privateKeyPath: configuration.privateKeyPath!,
+                strictSNI: configuration.strictSNI
+            )
+            warnings += tls.certificateWarnings.map { "tls.certificate: \($0.text)" }
+        }
+        do {
+            _ = try PasswdFile.parse(String(contentsOfFile: configuration.passwdFile, encoding: .utf8), path: configuration.passwdFile)
+        } catch {
+            throw ConfigurationError(key: "passwd_file", "\(error)")
+        }
+        return warnings
+    }
+
+    /// What SIGHUP does: re-reads the certificate, key and passwd-file without dropping sessions.
+    public func reload() {
+        ReloadService(tls: self.tls, verifier: self.verifier, logger: self.logger).reload()
+    }
+}
