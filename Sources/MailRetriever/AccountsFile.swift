@@ -1,30 +1,16 @@
 import Foundation
+import POP3Client
 import Yams
 
 /// One account of the accounts file, validated.
 public struct AccountConfiguration: Sendable, Equatable {
-    /// What the client trusts for the server's certificate.
-    public enum Trust: Sendable, Equatable {
-        case system
-        case caFile(String)
-        /// `sha256:HEX` as written in the file (validated: 64 hex digits, colons allowed).
-        case pin(String)
-    }
-
-    public enum Destination: Sendable, Equatable {
-        case maildir(String)
-        case mbox(String)
-        /// A shell command run through `/bin/sh -c`.
-        case mda(String)
-    }
-
     public var name: String
     public var url: POP3URL
     public var passwordSource: PasswordSource
-    public var trust: Trust
+    public var trust: TrustPolicy
     public var starttls: Bool
     public var insecurePlaintext: Bool
-    public var destination: Destination
+    public var destination: LocalDestination
     public var keep: Bool
     public var keepDays: Int?
     /// Messages larger than this (octets, as LIST reports) are skipped.
@@ -34,10 +20,10 @@ public struct AccountConfiguration: Sendable, Equatable {
         name: String,
         url: POP3URL,
         passwordSource: PasswordSource = .prompt,
-        trust: Trust = .system,
+        trust: TrustPolicy = .system,
         starttls: Bool = false,
         insecurePlaintext: Bool = false,
-        destination: Destination,
+        destination: LocalDestination,
         keep: Bool = false,
         keepDays: Int? = nil,
         maxSize: Int? = nil
@@ -241,7 +227,7 @@ private struct AccountReader {
             passwordSource = .prompt
         }
 
-        let trust: AccountConfiguration.Trust
+        let trust: TrustPolicy
         switch (try string("ca_file"), try string("pin")) {
         case (.some, .some):
             throw error("pin", "give either ca_file or pin, not both")
@@ -250,15 +236,15 @@ private struct AccountReader {
             guard (try? FileIO.status(expanded)) != nil else { throw error("ca_file", "\(expanded) does not exist") }
             trust = .caFile(expanded)
         case (nil, .some(let pin)):
-            guard Self.isValidPin(pin) else {
+            guard let parsed = TrustPolicy.pin(parsing: pin) else {
                 throw error("pin", "expected sha256: followed by 64 hex digits (colons allowed)")
             }
-            trust = .pin(pin)
+            trust = parsed
         case (nil, nil):
             trust = .system
         }
 
-        var destinations: [AccountConfiguration.Destination] = []
+        var destinations: [LocalDestination] = []
         if let maildir = try string("maildir") {
             destinations.append(.maildir(StatePaths.expandTilde(maildir, environment: environment)))
         }
@@ -323,11 +309,5 @@ private struct AccountReader {
         let text = scalar.string.replacingOccurrences(of: "_", with: "")
         guard let value = Int(text) else { throw error(key, "expected a whole number") }
         return value
-    }
-
-    static func isValidPin(_ pin: String) -> Bool {
-        guard pin.lowercased().hasPrefix("sha256:") else { return false }
-        let hex = pin.dropFirst(7).filter { $0 != ":" }
-        return hex.count == 64 && hex.allSatisfy(\.isHexDigit)
     }
 }

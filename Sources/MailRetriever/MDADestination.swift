@@ -16,7 +16,7 @@ import NIOCore
 public final class MDADestination: MessageDestination {
     public let command: String
     /// A command still running after this long is killed (with everything it started) and the delivery fails:
-    /// a hung MDA must not hang the fetch (security.md 99). No DELE follows; the next run retries.
+    /// a hung MDA must not hang the fetch (docs/security-cases.md 99). No DELE follows; the next run retries.
     public let timeoutSeconds: Int
     private var spoolDirectory: String?
 

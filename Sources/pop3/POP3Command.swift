@@ -39,24 +39,11 @@ struct TLSOptions: ParsableArguments {
     }
 
     func security(for url: POP3URL) throws -> ConnectionSecurity {
-        try securityFor(scheme: url.scheme.rawValue, starttls: self.starttls, insecurePlaintext: self.insecurePlaintext)
-    }
-}
-
-/// `pop3s://` is implicit TLS; `pop3://` needs --starttls or --insecure-plaintext (DESIGN, client contracts).
-func securityFor(scheme: String, starttls: Bool, insecurePlaintext: Bool) throws -> ConnectionSecurity {
-    switch scheme {
-    case "pop3s":
-        if starttls { throw ValidationError("--starttls goes with pop3:// URLs, not pop3s://") }
-        if insecurePlaintext { throw ValidationError("--insecure-plaintext goes with pop3:// URLs") }
-        return .implicitTLS
-    case "pop3":
-        if starttls && insecurePlaintext { throw ValidationError("--starttls and --insecure-plaintext exclude each other") }
-        if starttls { return .startTLS }
-        if insecurePlaintext { return .insecurePlaintext }
-        throw ValidationError("pop3:// needs --starttls (or, knowingly, --insecure-plaintext)")
-    default:
-        throw ValidationError("URL scheme must be pop3s:// or pop3://")
+        do {
+            return try url.security(starttls: self.starttls, insecurePlaintext: self.insecurePlaintext)
+        } catch {
+            throw ValidationError(error.description)
+        }
     }
 }
 
@@ -112,14 +99,20 @@ struct Fetch: AsyncParsableCommand {
         configuredLogger.logLevel = self.verbose ? .trace : .warning
         let logger = configuredLogger
         let jobs = try self.jobs()
+        let stateDirectory = try StatePaths.directory()
         let progress = self.json ? nil : Progress.forTerminal()
         let summaries = await withTaskGroup(of: FetchSummary.self) { group in
             for job in jobs {
                 // The account's task and its connection share one event loop: no thread hop per read.
                 let loop = MultiThreadedEventLoopGroup.singleton.next()
-                group.addTask(executorPreference: EventLoopTaskExecutor(loop)) {
-                    await Fetcher(job: job, eventLoop: loop, logger: logger, progress: jobs.count == 1 ? progress : nil).run()
-                }
+                let fetcher = Fetcher(
+                    job: job,
+                    stateDirectory: stateDirectory,
+                    eventLoop: loop,
+                    logger: logger,
+                    progress: jobs.count == 1 ? progress : nil
+                )
+                group.addTask(executorPreference: EventLoopTaskExecutor(loop)) { await fetcher.run() }
             }
             var all: [FetchSummary] = []
             for await summary in group { all.append(summary) }
@@ -142,11 +135,12 @@ struct Fetch: AsyncParsableCommand {
 
     func jobs() throws -> [FetchJob] {
         let retention = RetentionPolicy(keep: self.keep, keepDays: self.keepDays)
+        let localAddress = ProcessInfo.processInfo.environment["POP3_BIND_ADDRESS"]
         if let first = self.targets.first, first.contains("://") {
             guard self.targets.count == 1 else { throw ValidationError("one URL at a time") }
             let url = try POP3URL.parse(first)
             guard let passwordFile = self.passwordFile else { throw ValidationError("--password-file FILE is required with a URL") }
-            let destinations = [self.maildir.map { FetchJob.DestinationSpec.maildir($0) }, self.mbox.map { .mbox($0) }, self.mda.map { .mda($0) }].compactMap { $0 }
+            let destinations = [self.maildir.map { LocalDestination.maildir($0) }, self.mbox.map { .mbox($0) }, self.mda.map { .mda($0) }].compactMap { $0 }
             guard destinations.count == 1 else { throw ValidationError("give exactly one of --maildir, --mbox, --mda") }
             return [
                 FetchJob(
@@ -159,7 +153,8 @@ struct Fetch: AsyncParsableCommand {
                     retention: retention,
                     maximumSize: self.maxSize,
                     checkpoint: self.checkpoint,
-                    timeout: self.timeout
+                    timeout: self.timeout,
+                    localAddress: localAddress
                 )
             ]
         }
@@ -171,32 +166,18 @@ struct Fetch: AsyncParsableCommand {
         }
         guard !selected.isEmpty else { throw ValidationError("no accounts in \(path)") }
         return try selected.map { account in
-            let trust: TrustPolicy
-            switch account.trust {
-            case .system: trust = .system
-            case .caFile(let file): trust = .caFile(file)
-            case .pin(let text):
-                guard let pin = TrustPolicy.pin(parsing: text) else { throw ValidationError("\(account.name): pin wants sha256:HEX") }
-                trust = pin
+            do {
+                return try FetchJob(
+                    account: account,
+                    retention: self.keep || self.keepDays != nil ? retention : nil,
+                    maximumSize: self.maxSize,
+                    checkpoint: self.checkpoint,
+                    timeout: self.timeout,
+                    localAddress: localAddress
+                )
+            } catch {
+                throw ValidationError("\(account.name): \(error)")
             }
-            let destination: FetchJob.DestinationSpec
-            switch account.destination {
-            case .maildir(let p): destination = .maildir(p)
-            case .mbox(let p): destination = .mbox(p)
-            case .mda(let c): destination = .mda(c)
-            }
-            return FetchJob(
-                name: account.name,
-                url: account.url,
-                password: account.passwordSource,
-                trust: trust,
-                security: try securityFor(scheme: account.url.scheme.rawValue, starttls: account.starttls, insecurePlaintext: account.insecurePlaintext),
-                destination: destination,
-                retention: (self.keep || self.keepDays != nil) ? retention : RetentionPolicy(keep: account.keep, keepDays: account.keepDays),
-                maximumSize: self.maxSize ?? account.maxSize,
-                checkpoint: self.checkpoint,
-                timeout: self.timeout
-            )
         }
     }
 }

@@ -121,7 +121,7 @@ import Testing
         let home = accounts[1]
         #expect(home.url.port == 110 && home.starttls)
         #expect(home.passwordSource == .command("pass show mail/home"))
-        #expect(home.trust == .pin("sha256:" + String(repeating: "ab", count: 32)))
+        #expect(home.trust == .sha256Pin([UInt8](repeating: 0xAB, count: 32)))
         #expect(home.destination == .mbox("/var/mail/bob"))
         #expect(home.retention == .deleteAfterDownload)
         let relay = accounts[2]

@@ -1,50 +1,176 @@
 import Foundation
 import Logging
-import MailRetriever
 import NIOCore
 import POP3Client
 
 /// What one account's fetch did.
-struct FetchSummary: Sendable, Codable {
-    var account: String
-    var fetched = 0
-    var bytes = 0
-    var skipped = 0
-    var deleted = 0
-    var onServer = 0
-    var error: String?
+public struct FetchSummary: Sendable, Codable, Equatable {
+    public var account: String
+    public var fetched = 0
+    public var bytes = 0
+    public var skipped = 0
+    public var deleted = 0
+    public var onServer = 0
+    public var error: String?
+
+    public init(account: String) {
+        self.account = account
+    }
+}
+
+/// The clocks a fetch reads, passed in so that tests move them: wall-clock Unix seconds for the journal's
+/// first-seen times and `keep_days`, monotonic time for each message's download deadline.
+public struct FetchClock: Sendable {
+    public var unixSeconds: @Sendable () -> Int64
+    public var monotonic: @Sendable () -> ContinuousClock.Instant
+
+    public init(unixSeconds: @escaping @Sendable () -> Int64, monotonic: @escaping @Sendable () -> ContinuousClock.Instant) {
+        self.unixSeconds = unixSeconds
+        self.monotonic = monotonic
+    }
+
+    /// The system clocks; `POP3_NOW` (see `currentTime`) moves the wall clock for tests of the command line.
+    public static let system = FetchClock(unixSeconds: { currentTime() }, monotonic: { .now })
+}
+
+/// Progress of one account's download (a terminal progress line in `pop3 fetch`).
+public protocol FetchProgress: Sendable {
+    func start(account: String, messages: Int, bytes: Int)
+    func advance(bytes: Int)
+    func messageDone()
+    func finish()
+}
+
+/// Where fetched messages go.
+public enum LocalDestination: Sendable, Equatable {
+    case maildir(String)
+    /// An mbox file, written as mboxrd.
+    case mbox(String)
+    /// A shell command run through `/bin/sh -c` with the message on stdin (at least once: see `MDADestination`).
+    case mda(String)
+}
+
+/// A fetch that cannot be set up as asked (conflicting or missing options); says which.
+public struct FetchSetupError: Error, Sendable, Equatable, CustomStringConvertible {
+    public var description: String
+    public init(_ description: String) { self.description = description }
+}
+
+extension POP3URL {
+    /// The connection security this URL and the flags ask for: `pop3s://` is implicit TLS; `pop3://` needs STLS
+    /// or, knowingly, no TLS at all (never a fallback).
+    public func security(starttls: Bool, insecurePlaintext: Bool) throws(FetchSetupError) -> ConnectionSecurity {
+        switch self.scheme {
+        case .pop3s:
+            if starttls { throw FetchSetupError("--starttls goes with pop3:// URLs, not pop3s://") }
+            if insecurePlaintext { throw FetchSetupError("--insecure-plaintext goes with pop3:// URLs") }
+            return .implicitTLS
+        case .pop3:
+            if starttls && insecurePlaintext { throw FetchSetupError("--starttls and --insecure-plaintext exclude each other") }
+            if starttls { return .startTLS }
+            if insecurePlaintext { return .insecurePlaintext }
+            throw FetchSetupError("pop3:// needs --starttls (or, knowingly, --insecure-plaintext)")
+        }
+    }
 }
 
 /// Everything a fetch needs for one account, whether from the command line or the accounts file.
-struct FetchJob: Sendable {
-    var name: String
-    var url: POP3URL
-    var password: PasswordSource
-    var trust: TrustPolicy
-    var security: ConnectionSecurity
-    var destination: DestinationSpec
-    var retention: RetentionPolicy
-    var maximumSize: Int?
+public struct FetchJob: Sendable {
+    public var name: String
+    public var url: POP3URL
+    public var password: PasswordSource
+    public var trust: TrustPolicy
+    public var security: ConnectionSecurity
+    public var destination: LocalDestination
+    public var retention: RetentionPolicy
+    public var maximumSize: Int?
     /// At most this many messages per session (then QUIT and a new session); nil: all in one.
-    var checkpoint: Int? = nil
+    public var checkpoint: Int?
     /// Seconds for connect, handshake and each reply.
-    var timeout: Int
+    public var timeout: Int
+    /// The local address to connect from (`POP3_BIND_ADDRESS` in `pop3 fetch`), nil for any.
+    public var localAddress: String?
 
-    enum DestinationSpec: Sendable {
-        case maildir(String), mbox(String), mda(String)
+    public init(
+        name: String,
+        url: POP3URL,
+        password: PasswordSource,
+        trust: TrustPolicy,
+        security: ConnectionSecurity,
+        destination: LocalDestination,
+        retention: RetentionPolicy,
+        maximumSize: Int? = nil,
+        checkpoint: Int? = nil,
+        timeout: Int = 60,
+        localAddress: String? = nil
+    ) {
+        self.name = name
+        self.url = url
+        self.password = password
+        self.trust = trust
+        self.security = security
+        self.destination = destination
+        self.retention = retention
+        self.maximumSize = maximumSize
+        self.checkpoint = checkpoint
+        self.timeout = timeout
+        self.localAddress = localAddress
+    }
+
+    /// The job for an account of the accounts file; options given on the command line win over the file's.
+    public init(
+        account: AccountConfiguration,
+        retention: RetentionPolicy? = nil,
+        maximumSize: Int? = nil,
+        checkpoint: Int? = nil,
+        timeout: Int = 60,
+        localAddress: String? = nil
+    ) throws(FetchSetupError) {
+        self.init(
+            name: account.name,
+            url: account.url,
+            password: account.passwordSource,
+            trust: account.trust,
+            security: try account.url.security(starttls: account.starttls, insecurePlaintext: account.insecurePlaintext),
+            destination: account.destination,
+            retention: retention ?? account.retention,
+            maximumSize: maximumSize ?? account.maxSize,
+            checkpoint: checkpoint,
+            timeout: timeout,
+            localAddress: localAddress
+        )
     }
 }
 
 /// Downloads one account. Never deletes a message on the server whose local copy is not durable: a UID is
 /// DELE'd only when the journal says it was delivered, and the journal says so only after the destination's
 /// commit (fsync of the file) and flush (fsync of the directory) returned.
-struct Fetcher {
+public struct Fetcher: Sendable {
     let job: FetchJob
     let eventLoop: any EventLoop
     let logger: Logger
-    let progress: Progress?
+    let progress: (any FetchProgress)?
+    let clock: FetchClock
+    /// Where the UIDL journal and the account lock live.
+    let stateDirectory: String
 
-    func run() async -> FetchSummary {
+    public init(
+        job: FetchJob,
+        stateDirectory: String,
+        eventLoop: any EventLoop,
+        clock: FetchClock = .system,
+        logger: Logger,
+        progress: (any FetchProgress)? = nil
+    ) {
+        self.job = job
+        self.stateDirectory = stateDirectory
+        self.eventLoop = eventLoop
+        self.clock = clock
+        self.logger = logger
+        self.progress = progress
+    }
+
+    public func run() async -> FetchSummary {
         var summary = FetchSummary(account: self.job.name)
         do {
             try await self.fetch(&summary)
@@ -56,7 +182,7 @@ struct Fetcher {
 
     private func fetch(_ summary: inout FetchSummary) async throws {
         let key = AccountKey(user: self.job.url.user, host: self.job.url.host, port: self.job.url.port)
-        let stateDirectory = try StatePaths.directory()
+        let stateDirectory = self.stateDirectory
         let lock = try AccountLock.acquire(key, stateDirectory: stateDirectory)
         defer { lock.release() }
         let journal = try UIDLJournal.open(key, stateDirectory: stateDirectory)
@@ -75,12 +201,12 @@ struct Fetcher {
             security: self.job.security,
             trust: self.job.trust
         )
-        configuration.localAddress = ProcessInfo.processInfo.environment["POP3_BIND_ADDRESS"]
+        configuration.localAddress = self.job.localAddress
         configuration.eventLoopGroup = self.eventLoop
         configuration.connectTimeout = .seconds(Int64(self.job.timeout))
         configuration.replyTimeout = .seconds(Int64(self.job.timeout))
         // With --checkpoint N, each session fetches at most N messages and ends with QUIT, so that deletions
-        // become final on the server even when the link drops later (security.md case 102).
+        // become final on the server even when the link drops later (docs/security-cases.md case 102).
         var skipped = Set<String>()
         var sessions = 0
         while try await self.session(
@@ -116,7 +242,7 @@ struct Fetcher {
             let uidl = try await connection.uidl()
             let sizes = try await connection.list()
             if first { summary.onServer = uidl.count }
-            let now = currentTime()
+            let now = self.clock.unixSeconds()
             try journal.noteSeen(uidl.map(\.uid), now: now)
 
             var uidOf: [Int: String] = [:]
@@ -148,7 +274,7 @@ struct Fetcher {
             self.progress?.start(account: self.job.name, messages: toFetch.count, bytes: totalBytes)
 
             var sink: (any MessageSink)?
-            var bound = MessageBound(announced: 0, timeout: self.job.timeout)
+            var bound = MessageBound(announced: 0, timeout: self.job.timeout, now: self.clock.monotonic())
             // Committed but not yet journaled: made durable as a whole, then journaled, in batches of the
             // destination's `commitBatchLimit` (a Maildir: one directory and one journal fsync per 32 messages).
             // Deletions come only after the last batch.
@@ -164,10 +290,10 @@ struct Fetcher {
                     toFetch,
                     begin: { number in
                         sink = try destination.begin(uid: uidOf[number]!)
-                        bound = MessageBound(announced: sizes[number] ?? 0, timeout: self.job.timeout)
+                        bound = MessageBound(announced: sizes[number] ?? 0, timeout: self.job.timeout, now: self.clock.monotonic())
                     },
                     chunk: { number, chunk in
-                        try bound.receive(chunk.readableBytes, message: number)
+                        try bound.receive(chunk.readableBytes, message: number, now: self.clock.monotonic())
                         try sink!.write(chunk)
                         summary.bytes += chunk.readableBytes
                         self.progress?.advance(bytes: chunk.readableBytes)
@@ -211,85 +337,31 @@ struct Fetcher {
 }
 
 /// Bounds one message's download by what LIST announced, against a lying or endless body and a slow drip
-/// (security.md cases 93 and 107): at most the announced size plus a margin, and a deadline that allows at
+/// (docs/security-cases.md cases 93 and 107): at most the announced size plus a margin, and a deadline that allows at
 /// least 4 KB/s on top of the reply timeout. Exceeding either aborts the fetch; nothing of that message is stored
 /// or deleted.
-struct MessageBound {
-    static let minimumRate = 4_096
-    let announced: Int
-    let limit: Int
-    let deadline: ContinuousClock.Instant
-    private(set) var received = 0
+public struct MessageBound: Sendable {
+    public static let minimumRate = 4_096
+    public let announced: Int
+    public let limit: Int
+    public let deadline: ContinuousClock.Instant
+    public private(set) var received = 0
 
-    init(announced: Int, timeout: Int) {
+    public init(announced: Int, timeout: Int, now: ContinuousClock.Instant) {
         self.announced = announced
         // Some servers announce LF-counted sizes and send CRLF: allow a quarter more, plus 64 KiB.
         self.limit = announced + announced / 4 + 64 * 1024
-        self.deadline = .now + .seconds(timeout + announced / Self.minimumRate)
+        self.deadline = now + .seconds(timeout + announced / Self.minimumRate)
     }
 
-    mutating func receive(_ count: Int, message: Int) throws {
+    public mutating func receive(_ count: Int, message: Int, now: ContinuousClock.Instant) throws {
         self.received += count
         guard self.received <= self.limit else {
             throw POP3ClientError.protocolViolation("message \(message) is longer than the \(self.announced) octets LIST announced")
         }
-        guard ContinuousClock.now <= self.deadline else {
+        guard now <= self.deadline else {
             throw POP3ClientError.protocolViolation("message \(message) arrives too slowly (\(self.received) of \(self.announced) octets)")
         }
     }
 }
 
-/// A progress line on a terminal (messages and bytes), nothing otherwise.
-final class Progress: @unchecked Sendable {
-    // @unchecked: updated from one fetch task at a time per instance; output goes through a lock.
-    private let lock = NSLock()
-    private var account = ""
-    private var messages = 0
-    private var done = 0
-    private var bytes = 0
-    private var received = 0
-    private var lastDraw = Date.distantPast
-
-    static func forTerminal() -> Progress? { isatty(STDERR_FILENO) == 1 ? Progress() : nil }
-
-    func start(account: String, messages: Int, bytes: Int) {
-        self.lock.withLock {
-            self.account = account
-            self.messages = messages
-            self.bytes = bytes
-            self.done = 0
-            self.received = 0
-        }
-        self.draw(force: true)
-    }
-
-    func advance(bytes: Int) {
-        self.lock.withLock { self.received += bytes }
-        self.draw(force: false)
-    }
-
-    func messageDone() {
-        self.lock.withLock { self.done += 1 }
-        self.draw(force: false)
-    }
-
-    func finish() {
-        self.draw(force: true)
-        FileHandle.standardError.write(Data("\n".utf8))
-    }
-
-    private func draw(force: Bool) {
-        self.lock.withLock {
-            let now = Date()
-            guard force || now.timeIntervalSince(self.lastDraw) > 0.1 else { return }
-            self.lastDraw = now
-            let fraction = self.bytes > 0 ? min(1, Double(self.received) / Double(self.bytes)) : 1
-            let width = 24
-            let filled = Int(fraction * Double(width))
-            let bar = String(repeating: "#", count: filled) + String(repeating: "-", count: width - filled)
-            let line = String(format: "\r%@ [%@] %d/%d messages, %.1f/%.1f MB", self.account, bar, self.done, self.messages,
-                              Double(self.received) / 1e6, Double(self.bytes) / 1e6)
-            FileHandle.standardError.write(Data(line.utf8))
-        }
-    }
-}
