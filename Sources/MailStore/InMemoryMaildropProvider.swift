@@ -1,4 +1,5 @@
 import NIOCore
+import POP3Core
 import Synchronization
 
 /// A maildrop store in memory, for tests: the same locking and snapshot semantics as `MaildirProvider`, keyed by
@@ -46,7 +47,8 @@ public final class InMemoryMaildropProvider: MaildropProvider {
         self.mailboxes.withLock { $0[user]?.locked ?? false }
     }
 
-    public func openMaildrop(user: String, path: String) async throws -> any Maildrop {
+    /// Memory has no owner: `owner` is not used.
+    public func openMaildrop(user: String, path: String, owner: MailOwner?) async throws -> any Maildrop {
         let snapshot = try self.mailboxes.withLock { boxes throws(MaildropError) -> [StoredMessage] in
             var box = boxes[user] ?? Mailbox()
             guard !box.locked else { throw .inUse }

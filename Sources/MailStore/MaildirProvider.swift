@@ -1,6 +1,7 @@
 import Logging
 import NIOCore
 import NIOPosix
+import POP3Core
 import Synchronization
 
 /// Maildrops stored as Maildirs, compatible with Dovecot: its `dovecot-uidlist` is the index (UIDs, sizes, POP3
@@ -43,7 +44,10 @@ public final class MaildirProvider: MaildropProvider {
         self.messageFileReads.load(ordering: .relaxed)
     }
 
-    public func openMaildrop(user: String, path: String) async throws -> any Maildrop {
+    /// Accesses the files as this process, whatever `owner` says: pop3d uses this provider directly only when it
+    /// runs as the accounts' owner or was not started as root (it says so at start; see `POP3Daemon`), and
+    /// `SeparatedMaildropProvider` hands it only the accounts that share pop3d's own identity.
+    public func openMaildrop(user: String, path: String, owner: MailOwner?) async throws -> any Maildrop {
         try await self.openMaildirMaildrop(user: user, path: path)
     }
 

@@ -1,22 +1,5 @@
 import NIOCore
-
-/// One message of a maildrop snapshot, as POP3 presents it.
-public struct MaildropMessage: Sendable, Equatable {
-    /// The POP3 unique-id (UIDL): 1–70 characters in 0x21…0x7E.
-    ///
-    /// - SeeAlso: [RFC 1939 §7 (UIDL)](https://www.rfc-editor.org/rfc/rfc1939#page-12)
-    public let uniqueID: String
-    /// Octets as sent over POP3: the stored file with every bare LF counted as CRLF (CRLF stays, a lone CR stays);
-    /// no dot-stuffing, no terminator. This is Dovecot's "virtual size" (`W=`).
-    ///
-    /// - SeeAlso: [RFC 1939 §5 (STAT, LIST)](https://www.rfc-editor.org/rfc/rfc1939#page-6)
-    public let size: Int
-
-    public init(uniqueID: String, size: Int) {
-        self.uniqueID = uniqueID
-        self.size = size
-    }
-}
+import POP3Core
 
 /// Why a maildrop operation failed. The associated texts are safe to show a client (no paths, no user names);
 /// details go to the log where the error is raised.
@@ -58,17 +41,10 @@ public protocol MaildropProvider: Sendable {
     /// Throws `MaildropError.inUse` when another session (this process or another process) holds it.
     ///
     /// - SeeAlso: [RFC 1939 §8](https://www.rfc-editor.org/rfc/rfc1939#section-8) (exclusive-access lock)
-    func openMaildrop(user: String, path: String) async throws -> any Maildrop
-
-    /// Opens the maildrop with the mail files accessed as `owner` (the account's uid/gid from the passwd-file), where
-    /// the provider can; nil: as this process. The default ignores `owner`.
+    /// `owner` is the account's uid/gid from the passwd-file (nil: the account names none). It is a security input
+    /// with no default: each provider says what it does with it (the separated provider accesses the files as that
+    /// identity; a provider that runs as this process says so where the server is assembled).
     func openMaildrop(user: String, path: String, owner: MailOwner?) async throws -> any Maildrop
-}
-
-extension MaildropProvider {
-    public func openMaildrop(user: String, path: String, owner: MailOwner?) async throws -> any Maildrop {
-        try await self.openMaildrop(user: user, path: path)
-    }
 }
 
 /// The system identity an account's mail files belong to (passwd-file uid and gid).

@@ -2,6 +2,7 @@ import CPrivSep
 import Logging
 import NIOCore
 import NIOPosix
+import POP3Core
 import Synchronization
 
 #if canImport(Glibc)

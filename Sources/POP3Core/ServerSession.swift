@@ -1,13 +1,20 @@
 import NIOCore
 
-/// What the server knows of one message in a maildrop: its size and unique-id.
-public struct MessageSummary: Sendable, Equatable {
-    public var size: Int
-    public var uniqueID: String
+/// One message of a maildrop snapshot, as POP3 presents it.
+public struct MaildropMessage: Sendable, Equatable {
+    /// The POP3 unique-id (UIDL): 1–70 characters in 0x21…0x7E.
+    ///
+    /// - SeeAlso: [RFC 1939 §7 (UIDL)](https://www.rfc-editor.org/rfc/rfc1939#page-12)
+    public let uniqueID: String
+    /// Octets as sent over POP3: the stored file with every bare LF counted as CRLF (CRLF stays, a lone CR stays);
+    /// no dot-stuffing, no terminator. This is Dovecot's "virtual size" (`W=`).
+    ///
+    /// - SeeAlso: [RFC 1939 §5 (STAT, LIST)](https://www.rfc-editor.org/rfc/rfc1939#page-6)
+    public let size: Int
 
-    public init(size: Int, uniqueID: String) {
-        self.size = size
+    public init(uniqueID: String, size: Int) {
         self.uniqueID = uniqueID
+        self.size = size
     }
 }
 
@@ -21,7 +28,7 @@ public struct ServerSession: Sendable {
         public var implementation = "swift-pop3"
         /// The connection can be upgraded with STLS (plaintext listener with TLS configured).
         public var stlsAvailable = false
-        /// Accept USER/PASS and AUTH PLAIN without TLS. Off by default (RFC 8314 §5, security.md case 8).
+        /// Accept USER/PASS and AUTH PLAIN without TLS. Off by default (RFC 8314 §5, docs/security-cases.md case 8).
         public var allowCleartextAuthentication = false
         public var maximumCommandLineLength = POP3Defaults.maximumCommandLineLength
         public var maximumSASLLineLength = POP3Defaults.maximumSASLLineLength
@@ -66,12 +73,12 @@ public struct ServerSession: Sendable {
 
     struct Transaction: Sendable {
         let user: String
-        let messages: [MessageSummary]
+        let messages: [MaildropMessage]
         var deleted: [Bool]
         var deletedCount = 0
         var deletedSize = 0
 
-        init(user: String, messages: [MessageSummary]) {
+        init(user: String, messages: [MaildropMessage]) {
             self.user = user
             self.messages = messages
             self.deleted = Array(repeating: false, count: messages.count)
@@ -187,7 +194,7 @@ public struct ServerSession: Sendable {
         }
     }
 
-    public mutating func loginSucceeded(messages: [MessageSummary]) -> Action {
+    public mutating func loginSucceeded(messages: [MaildropMessage]) -> Action {
         guard case .loggingIn(let user) = self.state else { preconditionFailure("loginSucceeded outside login") }
         let shown = messages.count > self.configuration.maximumMessages ? Array(messages.prefix(self.configuration.maximumMessages)) : messages
         self.state = .transaction(Transaction(user: user, messages: shown))
@@ -199,7 +206,7 @@ public struct ServerSession: Sendable {
         self.state = .authorization(pendingUser: nil)
         switch failure {
         case .invalidCredentials:
-            // A failed login counts as a bad command: one connection cannot guess without end (security.md 30).
+            // A failed login counts as a bad command: one connection cannot guess without end (docs/security-cases.md 30).
             return self.badCommand(Self.authenticationFailed, closing: Self.authenticationFailed)
         case .maildropInUse: return .respond(.err("Mailbox is locked by another session.", code: .inUse))
         case .temporary: return .respond(.err("Temporary server failure, try again later.", code: .sysTemp))
@@ -210,7 +217,7 @@ public struct ServerSession: Sendable {
     public mutating func tlsEstablished() {
         precondition({ if case .startingTLS = self.state { true } else { false } }(), "tlsEstablished outside STLS")
         self.tlsActive = true
-        // Nothing learned before TLS carries over (security.md case 6).
+        // Nothing learned before TLS carries over (docs/security-cases.md case 6).
         self.state = .authorization(pendingUser: nil)
     }
 

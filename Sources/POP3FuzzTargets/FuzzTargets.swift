@@ -37,7 +37,7 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
             case .login(let user, _):
                 // Alternate outcomes so that TRANSACTION commands get exercised too.
                 _ = line.count % 2 == 0
-                    ? session.loginSucceeded(messages: [MessageSummary(size: 10, uniqueID: "a\(user.count)"), MessageSummary(size: 20, uniqueID: "b")])
+                    ? session.loginSucceeded(messages: [MaildropMessage(uniqueID: "a\(user.count)", size: 10), MaildropMessage(uniqueID: "b", size: 20)])
                     : session.loginFailed(.invalidCredentials)
             case .startTLS:
                 session.tlsEstablished()

@@ -273,12 +273,8 @@ public final class SeparatedMaildropProvider: MaildropProvider {
         self.rpcPool.shutdownGracefully { _ in }
     }
 
-    public func openMaildrop(user: String, path: String) async throws -> any Maildrop {
-        try await self.local.openMaildrop(user: user, path: path)
-    }
-
     public func openMaildrop(user: String, path: String, owner: MailOwner?) async throws -> any Maildrop {
-        guard let owner, owner != self.identity else { return try await self.local.openMaildrop(user: user, path: path) }
+        guard let owner, owner != self.identity else { return try await self.local.openMaildrop(user: user, path: path, owner: owner) }
         guard PrivilegeSeparation.allows(owner, firstValidUID: self.firstValidUID) else {
             self.logger.error(
                 "account's uid/gid not allowed for mail access",

@@ -36,7 +36,7 @@ import Foundation
         try fixture.createLayout()
         try fixture.write("dovecot-uidlist.lock", "\(try deadProcessIdentifier()):\(hostName())\n")
         _ = try MaildirDelivery.deliver(Array("Subject: new\n\nx\n".utf8), toMaildir: fixture.path)
-        let maildrop = try await MaildirFixture.provider().openMaildrop(user: "u", path: fixture.path)
+        let maildrop = try await MaildirFixture.provider().openMaildrop(user: "u", path: fixture.path, owner: nil)
         #expect(maildrop.messages.count == 1)
         #expect(!FileManager.default.fileExists(atPath: fixture.path + "/dovecot-uidlist.lock"), "the stale lock is gone")
         await maildrop.release()
@@ -44,7 +44,7 @@ import Foundation
 }
 
 @Suite struct TemporaryFileSweepTests {
-    /// security.md 57: files abandoned in tmp/ by a killed delivery are removed after 36 hours, fresh ones stay.
+    /// docs/security-cases.md 57: files abandoned in tmp/ by a killed delivery are removed after 36 hours, fresh ones stay.
     @Test func oldTemporaryFilesAreRemovedWhenNewMailIsIndexed() async throws {
         let fixture = try MaildirFixture()
         defer { fixture.cleanUp() }
@@ -55,7 +55,7 @@ import Foundation
         times[1] = times[0]
         #expect(utimensat(AT_FDCWD, fixture.path + "/tmp/old.partial", &times, 0) == 0)
         _ = try MaildirDelivery.deliver(Array("Subject: new\n\nx\n".utf8), toMaildir: fixture.path)
-        let maildrop = try await MaildirFixture.provider().openMaildrop(user: "u", path: fixture.path)
+        let maildrop = try await MaildirFixture.provider().openMaildrop(user: "u", path: fixture.path, owner: nil)
         await maildrop.release()
         #expect(!FileManager.default.fileExists(atPath: fixture.path + "/tmp/old.partial"))
         #expect(FileManager.default.fileExists(atPath: fixture.path + "/tmp/fresh.partial"))

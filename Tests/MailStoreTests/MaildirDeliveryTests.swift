@@ -59,7 +59,7 @@ struct MaildirDeliveryTests {
         #expect(names.count == 100)
     }
 
-    /// security.md 56: no success before durability. fsync failing on the message file or on `new/` (EIO,
+    /// docs/security-cases.md 56: no success before durability. fsync failing on the message file or on `new/` (EIO,
     /// injected) makes the delivery fail, and a failed delivery leaves nothing behind: no file in new/ that a retry
     /// would duplicate, nothing in tmp/.
     @Test(arguments: ["/tmp/", "/new"])
@@ -78,7 +78,7 @@ struct MaildirDeliveryTests {
         #expect(try fixture.list("new").count == 1)
     }
 
-    /// security.md 58: many deliveries at once from one process (same pid, many threads) into one Maildir. Every
+    /// docs/security-cases.md 58: many deliveries at once from one process (same pid, many threads) into one Maildir. Every
     /// one gets its own name (time, µs, pid, a per-process counter; published with link(), which never replaces),
     /// none is overwritten, and no name holds `/` or `:` or starts with a dot.
     @Test func concurrentDeliveriesFromOneProcessNeverCollide() throws {

@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import POP3Core
 import Testing
 
 @testable import MailStore
@@ -25,7 +26,7 @@ struct MaildirIndexCacheTests {
     }
 
     func open(_ provider: MaildirProvider, _ fixture: MaildirFixture) async throws -> [MaildropMessage] {
-        let maildrop = try await provider.openMaildrop(user: "u", path: fixture.path)
+        let maildrop = try await provider.openMaildrop(user: "u", path: fixture.path, owner: nil)
         let messages = maildrop.messages
         await maildrop.release()
         return messages
@@ -62,7 +63,7 @@ struct MaildirIndexCacheTests {
         try fixture.remove("new/1700000000.M0P1.host,S=2,W=3")
         #expect(try await self.open(provider, fixture).count == 2)
         try fixture.move("new/1700000001.M1P1.host,S=2,W=3", "cur/1700000001.M1P1.host,S=2,W=3:2,S")
-        let moved = try await provider.openMaildrop(user: "u", path: fixture.path)
+        let moved = try await provider.openMaildrop(user: "u", path: fixture.path, owner: nil)
         #expect(moved.messages.count == 2)
         #expect(try await moved.contentString(at: 0) == "x\n")
         await moved.release()
@@ -88,7 +89,7 @@ struct MaildirIndexCacheTests {
         defer { fixture.cleanUp() }
         let (provider, _) = Self.provider()
         _ = try await self.open(provider, fixture)
-        let maildrop = try await provider.openMaildrop(user: "u", path: fixture.path)
+        let maildrop = try await provider.openMaildrop(user: "u", path: fixture.path, owner: nil)
         try await maildrop.commit(deleting: [0])
         #expect(try await self.open(provider, fixture).count == 2)
     }

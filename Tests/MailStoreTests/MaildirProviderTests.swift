@@ -1,6 +1,7 @@
 import Foundation
 import NIOCore
 import NIOPosix
+import POP3Core
 import Synchronization
 import Testing
 
@@ -34,7 +35,7 @@ struct MaildirProviderTests {
         let fixture = try self.dovecotMaildir()
         defer { fixture.cleanUp() }
         let provider = MaildirFixture.provider()
-        let maildrop = try await provider.openMaildrop(user: "u", path: fixture.path)
+        let maildrop = try await provider.openMaildrop(user: "u", path: fixture.path, owner: nil)
         #expect(maildrop.messages == [
             MaildropMessage(uniqueID: "000000046553F100", size: 12),
             MaildropMessage(uniqueID: "000000076553F100", size: 20),
@@ -55,7 +56,7 @@ struct MaildirProviderTests {
             "3 V42 N4 G0123456789abcdef0123456789abcdef\n1 W1 :a,W=1\n2 P O1 :b,W=1\n3 O0 W1 :c\n"
         )
         for name in ["cur/a,W=1:2,", "new/b,W=1", "new/c"] { try fixture.write(name, "x") }
-        let maildrop = try await MaildirFixture.provider().openMaildrop(user: "u", path: fixture.path)
+        let maildrop = try await MaildirFixture.provider().openMaildrop(user: "u", path: fixture.path, owner: nil)
         #expect(maildrop.messages.map(\.uniqueID) == ["000000030000002A", "b,W=1", "000000010000002A"])
         await maildrop.release()
     }
@@ -68,7 +69,7 @@ struct MaildirProviderTests {
         try fixture.write("cur/100.M1.h:2,S", "a\n")
         try fixture.write("new/101.M2.h", "bb\n")
         let provider = MaildirFixture.provider()
-        let maildrop = try await provider.openMaildrop(user: "u", path: fixture.path)
+        let maildrop = try await provider.openMaildrop(user: "u", path: fixture.path, owner: nil)
         #expect(maildrop.messages == [
             MaildropMessage(uniqueID: "0000000A000003E8", size: 3),
             MaildropMessage(uniqueID: "0000000B000003E8", size: 4),
@@ -82,7 +83,7 @@ struct MaildirProviderTests {
     @Test func missingMaildirIsAnEmptyMaildropAndIsCreated() async throws {
         let fixture = try MaildirFixture()
         defer { fixture.cleanUp() }
-        let maildrop = try await MaildirFixture.provider().openMaildrop(user: "u", path: fixture.path + "/")
+        let maildrop = try await MaildirFixture.provider().openMaildrop(user: "u", path: fixture.path + "/", owner: nil)
         #expect(maildrop.messages.isEmpty)
         #expect(fixture.exists("pop3d.lock"))
         await maildrop.release()
@@ -106,7 +107,7 @@ struct MaildirProviderTests {
         try fixture.write("cur/1700000020.M1P1.h:2,S", "third\n")
         let provider = MaildirFixture.provider()
 
-        var maildrop = try await provider.openMaildrop(user: "u", path: fixture.path)
+        var maildrop = try await provider.openMaildrop(user: "u", path: fixture.path, owner: nil)
         #expect(maildrop.messages.map(\.uniqueID) == ["0000000100000007", "0000000200000007", "0000000300000007"])
         #expect(try await maildrop.contentString(at: 0) == "first\n")
         await maildrop.release()
@@ -114,14 +115,14 @@ struct MaildirProviderTests {
         // Reopen: same UIDLs, and no file is read again.
         let reads = provider.messageFilesReadForIndexing
         #expect(reads == 3)
-        maildrop = try await provider.openMaildrop(user: "u", path: fixture.path)
+        maildrop = try await provider.openMaildrop(user: "u", path: fixture.path, owner: nil)
         #expect(maildrop.messages.map(\.uniqueID) == ["0000000100000007", "0000000200000007", "0000000300000007"])
         #expect(provider.messageFilesReadForIndexing == reads)
         // Delete the highest, then a new delivery must not get UID 3 again.
         try await maildrop.commit(deleting: [2])
 
         try MaildirDelivery.deliver(Array("fourth\n".utf8), toMaildir: fixture.path)
-        maildrop = try await MaildirFixture.provider().openMaildrop(user: "u", path: fixture.path)
+        maildrop = try await MaildirFixture.provider().openMaildrop(user: "u", path: fixture.path, owner: nil)
         #expect(maildrop.messages.map(\.uniqueID) == ["0000000100000007", "0000000200000007", "0000000400000007"])
         await maildrop.release()
         #expect(try fixture.read("dovecot-uidlist").hasPrefix("3 V7 N5 G0123456789abcdef0123456789abcdef\n"))
@@ -137,11 +138,11 @@ struct MaildirProviderTests {
         try fixture.write("new/4.sized,S=4", "a\nb\n")  // S= is the physical size: still measured
         try fixture.write("new/5.vsized,S=3,W=99", "abc")  // W= is trusted as is
         let provider = MaildirFixture.provider()
-        let maildrop = try await provider.openMaildrop(user: "u", path: fixture.path)
+        let maildrop = try await provider.openMaildrop(user: "u", path: fixture.path, owner: nil)
         #expect(maildrop.messages.map(\.size) == [6, 6, 8, 6, 99])
         #expect(provider.messageFilesReadForIndexing == 4)
         await maildrop.release()
-        let again = try await provider.openMaildrop(user: "u", path: fixture.path)
+        let again = try await provider.openMaildrop(user: "u", path: fixture.path, owner: nil)
         #expect(again.messages.map(\.size) == [6, 6, 8, 6, 99])
         #expect(provider.messageFilesReadForIndexing == 4, "indexed sizes are not measured again")
         await again.release()
@@ -154,7 +155,7 @@ struct MaildirProviderTests {
         let body = (0..<1000).map { UInt8(truncatingIfNeeded: $0 * 7 + 1) }
         try fixture.write("cur/1.big:2,S", body)
         try fixture.write("new/2.empty", "")
-        let maildrop = try await MaildirFixture.provider().openMaildrop(user: "u", path: fixture.path)
+        let maildrop = try await MaildirFixture.provider().openMaildrop(user: "u", path: fixture.path, owner: nil)
         let (bytes, chunks) = try await maildrop.contentBytes(at: 0, chunkSize: 7)
         #expect(bytes == body)
         #expect(chunks == 143)
@@ -167,15 +168,15 @@ struct MaildirProviderTests {
         let fixture = try MaildirFixture()
         defer { fixture.cleanUp() }
         let provider = MaildirFixture.provider()
-        let first = try await provider.openMaildrop(user: "u", path: fixture.path)
-        await #expect(throws: MaildropError.inUse) { _ = try await provider.openMaildrop(user: "u", path: fixture.path) }
+        let first = try await provider.openMaildrop(user: "u", path: fixture.path, owner: nil)
+        await #expect(throws: MaildropError.inUse) { _ = try await provider.openMaildrop(user: "u", path: fixture.path, owner: nil) }
         // Another provider instance (another spelling of the path) is refused by the lock file.
         await #expect(throws: MaildropError.inUse) {
-            _ = try await MaildirFixture.provider().openMaildrop(user: "u", path: fixture.root + "/./Maildir")
+            _ = try await MaildirFixture.provider().openMaildrop(user: "u", path: fixture.root + "/./Maildir", owner: nil)
         }
         await first.release()
         await first.release()  // idempotent
-        let second = try await provider.openMaildrop(user: "u", path: fixture.path)
+        let second = try await provider.openMaildrop(user: "u", path: fixture.path, owner: nil)
         await second.release()
     }
 
@@ -184,7 +185,7 @@ struct MaildirProviderTests {
         defer { fixture.cleanUp() }
         try fixture.createLayout()
         try fixture.write("pop3d.lock", "\(try deadProcessIdentifier()) \(hostName())\n")
-        let maildrop = try await MaildirFixture.provider().openMaildrop(user: "u", path: fixture.path)
+        let maildrop = try await MaildirFixture.provider().openMaildrop(user: "u", path: fixture.path, owner: nil)
         #expect(try fixture.read("pop3d.lock") == "\(getpid()) \(hostName())\n")
         await maildrop.release()
         #expect(!fixture.exists("pop3d.lock"))
@@ -197,16 +198,16 @@ struct MaildirProviderTests {
         let provider = MaildirFixture.provider()
         // Our own pid, written now, while this process does not hold the maildrop: a live holder.
         try fixture.write("pop3d.lock", "\(getpid()) \(hostName())\n")
-        await #expect(throws: MaildropError.inUse) { _ = try await provider.openMaildrop(user: "u", path: fixture.path) }
+        await #expect(throws: MaildropError.inUse) { _ = try await provider.openMaildrop(user: "u", path: fixture.path, owner: nil) }
         // A pid we cannot check on another host.
         try fixture.write("pop3d.lock", "1 some-other-host.example\n")
-        await #expect(throws: MaildropError.inUse) { _ = try await provider.openMaildrop(user: "u", path: fixture.path) }
+        await #expect(throws: MaildropError.inUse) { _ = try await provider.openMaildrop(user: "u", path: fixture.path, owner: nil) }
         // A fresh, half-written lock.
         try fixture.write("pop3d.lock", "")
-        await #expect(throws: MaildropError.inUse) { _ = try await provider.openMaildrop(user: "u", path: fixture.path) }
+        await #expect(throws: MaildropError.inUse) { _ = try await provider.openMaildrop(user: "u", path: fixture.path, owner: nil) }
         #expect(fixture.exists("pop3d.lock"))
         try fixture.remove("pop3d.lock")
-        let maildrop = try await provider.openMaildrop(user: "u", path: fixture.path)
+        let maildrop = try await provider.openMaildrop(user: "u", path: fixture.path, owner: nil)
         await maildrop.release()
     }
 
@@ -215,11 +216,11 @@ struct MaildirProviderTests {
         defer { fixture.cleanUp() }
         try MaildirDelivery.deliver(Array("one\n".utf8), toMaildir: fixture.path)
         let provider = MaildirFixture.provider()
-        let maildrop = try await provider.openMaildrop(user: "u", path: fixture.path)
+        let maildrop = try await provider.openMaildrop(user: "u", path: fixture.path, owner: nil)
         try MaildirDelivery.deliver(Array("two\n".utf8), toMaildir: fixture.path)
         #expect(maildrop.messages.count == 1)
         try await maildrop.commit(deleting: [])
-        let next = try await provider.openMaildrop(user: "u", path: fixture.path)
+        let next = try await provider.openMaildrop(user: "u", path: fixture.path, owner: nil)
         #expect(next.messages.count == 2)
         #expect(try await next.contentString(at: 1) == "two\n")
         await next.release()
@@ -232,7 +233,7 @@ struct MaildirProviderTests {
         var names: [String] = []
         for number in 1...5 { names.append(try MaildirDelivery.deliver(Array("message \(number)\n".utf8), toMaildir: fixture.path)) }
         let provider = MaildirFixture.provider()
-        let maildrop = try await provider.openMaildrop(user: "u", path: fixture.path)
+        let maildrop = try await provider.openMaildrop(user: "u", path: fixture.path, owner: nil)
         let before = maildrop.messages
         #expect(before.count == 5)
         // One message had its flags changed and one moved new→cur meanwhile; both must still be deleted.
@@ -243,7 +244,7 @@ struct MaildirProviderTests {
         #expect(try fixture.list("cur").isEmpty)
         #expect(!fixture.exists("pop3d.lock"))
 
-        let reopened = try await MaildirFixture.provider().openMaildrop(user: "u", path: fixture.path)
+        let reopened = try await MaildirFixture.provider().openMaildrop(user: "u", path: fixture.path, owner: nil)
         #expect(reopened.messages == [before[0], before[2]])
         #expect(try await reopened.contentString(at: 1) == "message 3\n")
         await reopened.release()
@@ -257,11 +258,11 @@ struct MaildirProviderTests {
         defer { fixture.cleanUp() }
         for number in 1...3 { try MaildirDelivery.deliver(Array("m\(number)\n".utf8), toMaildir: fixture.path) }
         let provider = MaildirFixture.provider()
-        let maildrop = try await provider.openMaildrop(user: "u", path: fixture.path)
+        let maildrop = try await provider.openMaildrop(user: "u", path: fixture.path, owner: nil)
         await maildrop.release()
         try await maildrop.commit(deleting: [0, 1, 2])  // after release: no-op
         #expect(try fixture.list("new").count == 3)
-        let again = try await provider.openMaildrop(user: "u", path: fixture.path)
+        let again = try await provider.openMaildrop(user: "u", path: fixture.path, owner: nil)
         #expect(again.messages == maildrop.messages)
         await again.release()
     }
@@ -271,7 +272,7 @@ struct MaildirProviderTests {
         defer { fixture.cleanUp() }
         let first = try MaildirDelivery.deliver(Array("first\n".utf8), toMaildir: fixture.path)
         let second = try MaildirDelivery.deliver(Array("second\n".utf8), toMaildir: fixture.path)
-        let maildrop = try await MaildirFixture.provider().openMaildrop(user: "u", path: fixture.path)
+        let maildrop = try await MaildirFixture.provider().openMaildrop(user: "u", path: fixture.path, owner: nil)
         try fixture.move("new/" + first, "cur/" + first + ":2,S")
         #expect(try await maildrop.contentString(at: 0) == "first\n")
         try fixture.move("cur/" + first + ":2,S", "cur/" + first + ":2,RS")
@@ -288,7 +289,7 @@ struct MaildirProviderTests {
         try fixture.createLayout()
         try fixture.write("dovecot-uidlist", "garbage\n")
         try fixture.write("new/1.a", "x")
-        let maildrop = try await MaildirFixture.provider().openMaildrop(user: "u", path: fixture.path)
+        let maildrop = try await MaildirFixture.provider().openMaildrop(user: "u", path: fixture.path, owner: nil)
         #expect(maildrop.messages.count == 1)
         await maildrop.release()
         #expect(try fixture.read("dovecot-uidlist").hasPrefix("3 V"))
@@ -302,7 +303,7 @@ struct MaildirProviderTests {
         try fixture.write("dovecot-uidlist.lock", "1:elsewhere\n")
         let old = Date(timeIntervalSinceNow: -600)
         try FileManager.default.setAttributes([.modificationDate: old], ofItemAtPath: fixture.path + "/dovecot-uidlist.lock")
-        let maildrop = try await MaildirFixture.provider().openMaildrop(user: "u", path: fixture.path)
+        let maildrop = try await MaildirFixture.provider().openMaildrop(user: "u", path: fixture.path, owner: nil)
         #expect(maildrop.messages.count == 1)
         #expect(!fixture.exists("dovecot-uidlist.lock"))
         await maildrop.release()
@@ -365,10 +366,10 @@ struct MaildirProviderTests {
             FileManager.default.createFile(atPath: fixture.path + "/" + name, contents: Data("x\n".utf8))
         }
         let provider = MaildirFixture.provider()
-        let first = try await provider.openMaildrop(user: "u", path: fixture.path)
+        let first = try await provider.openMaildrop(user: "u", path: fixture.path, owner: nil)
         #expect(first.messages.count == count)
         await first.release()
-        let second = try await provider.openMaildrop(user: "u", path: fixture.path)
+        let second = try await provider.openMaildrop(user: "u", path: fixture.path, owner: nil)
         #expect(second.messages.count == count)
         #expect(second.messages.last?.uniqueID == String(format: "%08X", count) + second.messages[0].uniqueID.suffix(8))
         #expect(provider.messageFilesReadForIndexing == 0)
@@ -383,14 +384,14 @@ struct MaildirProviderTests {
         return (fixture, names)
     }
 
-    /// security.md 46: a storage error on the 5th of 10 removals in UPDATE. The commit fails (the session answers
+    /// docs/security-cases.md 46: a storage error on the 5th of 10 removals in UPDATE. The commit fails (the session answers
     /// QUIT with -ERR), "some or none" of the marked messages are gone and never an unmarked one, the lock is
     /// released, and once the fault clears the next session lists exactly what is left, under the same UIDLs.
     @Test func failedRemovalInUpdateRemovesSomeOrNoneAndReleases() async throws {
         let (fixture, names) = try self.twelveDeliveredMessages()
         defer { fixture.cleanUp() }
         let provider = MaildirFixture.provider()
-        let maildrop = try await provider.openMaildrop(user: "u", path: fixture.path)
+        let maildrop = try await provider.openMaildrop(user: "u", path: fixture.path, owner: nil)
         let uidls = maildrop.messages.map(\.uniqueID)
         #expect(uidls.count == 12)
         // The fault: the 5th marked message's name now holds a non-empty directory, so unlink fails (EISDIR).
@@ -405,7 +406,7 @@ struct MaildirProviderTests {
         // The fault clears (the file is back); the next session is consistent.
         try fixture.remove(blocked)
         try fixture.write(blocked, "message 4\n")
-        let next = try await provider.openMaildrop(user: "u", path: fixture.path)
+        let next = try await provider.openMaildrop(user: "u", path: fixture.path, owner: nil)
         let remaining = Set(try fixture.list("new"))
         #expect(next.messages.count == remaining.count)
         #expect(Set(next.messages.map(\.uniqueID)) == Set(names.indices.filter { remaining.contains(names[$0]) }.map { uidls[$0] }))
@@ -415,19 +416,19 @@ struct MaildirProviderTests {
         await next.release()
     }
 
-    /// security.md 46 as written there: unlink fails with EIO (injected) on the 5th of 10 removals.
+    /// docs/security-cases.md 46 as written there: unlink fails with EIO (injected) on the 5th of 10 removals.
     @Test func injectedUnlinkErrorInUpdate() async throws {
         let (fixture, names) = try self.twelveDeliveredMessages()
         defer { fixture.cleanUp() }
         let provider = MaildirFixture.provider()
-        let maildrop = try await provider.openMaildrop(user: "u", path: fixture.path)
+        let maildrop = try await provider.openMaildrop(user: "u", path: fixture.path, owner: nil)
         FaultInjection.shared.arm("unlink", under: fixture.path + "/new/", errno: EIO, after: 4)
         await #expect(throws: MaildropError.self) { try await maildrop.commit(deleting: Set(0..<10)) }
         FaultInjection.shared.disarm(under: fixture.path + "/new/")
         #expect(!fixture.exists("pop3d.lock"))
         let left = Set(try fixture.list("new"))
         #expect(left == Set(names[4...]), "the first four went, the rest stayed")
-        let next = try await provider.openMaildrop(user: "u", path: fixture.path)
+        let next = try await provider.openMaildrop(user: "u", path: fixture.path, owner: nil)
         #expect(next.messages.count == 8)
         await next.release()
     }

@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import NIOCore
 import NIOPosix
+import POP3Core
 import Testing
 
 @testable import MailStore
@@ -120,7 +121,7 @@ final class MaildropWorkerTests: Sendable {
     @Test func workerListsServesAndCommitsLikeTheLocalProvider() async throws {
         let fixture = try self.threeMessages()
         defer { fixture.cleanUp() }
-        let local = try await MaildirFixture.provider().openMaildrop(user: "u", path: fixture.path)
+        let local = try await MaildirFixture.provider().openMaildrop(user: "u", path: fixture.path, owner: nil)
         let expected = local.messages
         var expectedBytes: [[UInt8]] = []
         for index in expected.indices { expectedBytes.append(try await local.contentBytes(at: index).bytes) }
@@ -151,11 +152,11 @@ final class MaildropWorkerTests: Sendable {
         var opened: (maildrop: WorkerMaildrop, worker: Task<Bool, Never>)? = try await self.openThroughWorker(fixture.path)
         let worker = opened!.worker
         #expect(fixture.exists("pop3d.lock"))
-        await #expect(throws: MaildropError.inUse) { try await MaildirFixture.provider().openMaildrop(user: "u", path: fixture.path) }
+        await #expect(throws: MaildropError.inUse) { try await MaildirFixture.provider().openMaildrop(user: "u", path: fixture.path, owner: nil) }
         opened = nil  // pop3d lost the connection: its end of the socket closes, no release request
         #expect(await worker.value)
         #expect(!fixture.exists("pop3d.lock"))
-        let again = try await MaildirFixture.provider().openMaildrop(user: "u", path: fixture.path)
+        let again = try await MaildirFixture.provider().openMaildrop(user: "u", path: fixture.path, owner: nil)
         #expect(again.messages.count == 3)
         await again.release()
     }
@@ -174,7 +175,7 @@ final class MaildropWorkerTests: Sendable {
     @Test func workerReportsInUseAndVanishedMessages() async throws {
         let fixture = try self.threeMessages()
         defer { fixture.cleanUp() }
-        let held = try await MaildirFixture.provider().openMaildrop(user: "u", path: fixture.path)
+        let held = try await MaildirFixture.provider().openMaildrop(user: "u", path: fixture.path, owner: nil)
         await #expect(throws: MaildropError.inUse) { try await self.openThroughWorker(fixture.path) }
         await held.release()
 

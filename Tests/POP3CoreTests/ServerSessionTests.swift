@@ -18,7 +18,7 @@ func errResponse(_ action: ServerSession.Action) -> StatusResponse? {
 }
 
 @Suite struct ServerSessionTests {
-    static let messages = [MessageSummary(size: 120, uniqueID: "uid-a"), MessageSummary(size: 300, uniqueID: "uid-b")]
+    static let messages = [MaildropMessage(uniqueID: "uid-a", size: 120), MaildropMessage(uniqueID: "uid-b", size: 300)]
 
     func loggedIn(tls: Bool = true) -> ServerSession {
         var session = ServerSession(configuration: .init(), tlsActive: tls)
@@ -45,7 +45,7 @@ func errResponse(_ action: ServerSession.Action) -> StatusResponse? {
         #expect(String(buffer: buffer) == "1 120\r\n2 300\r\n.\r\n")
     }
 
-    /// security.md 69: a maildrop over `maximumMessages` is shown as its first (oldest) messages only; numbers
+    /// docs/security-cases.md 69: a maildrop over `maximumMessages` is shown as its first (oldest) messages only; numbers
     /// past the limit name no message, and QUIT commits indices of the shown ones.
     @Test func hugeMaildropIsListedUpToTheLimit() {
         var configuration = ServerSession.Configuration()
@@ -53,7 +53,7 @@ func errResponse(_ action: ServerSession.Action) -> StatusResponse? {
         var session = ServerSession(configuration: configuration, tlsActive: true)
         _ = session.send("USER alice")
         _ = session.send("PASS secret")
-        _ = session.loginSucceeded(messages: (1...5).map { MessageSummary(size: $0 * 10, uniqueID: "uid-\($0)") })
+        _ = session.loginSucceeded(messages: (1...5).map { MaildropMessage(uniqueID: "uid-\($0)", size: $0 * 10) })
         #expect(okText(session.send("STAT")) == "3 60")
         #expect(errResponse(session.send("LIST 4"))?.text == "No such message.")
         var buffer = ByteBuffer()

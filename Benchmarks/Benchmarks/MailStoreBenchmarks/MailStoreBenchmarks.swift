@@ -68,7 +68,7 @@ func makeProvider() -> MaildirProvider {
 
 /// Opens, checks the snapshot and releases: one login's worth of maildrop work.
 func openAndRelease(_ provider: MaildirProvider, _ fixture: MaildirFixture) async throws {
-    let maildrop = try await provider.openMaildrop(user: "alice", path: fixture.path)
+    let maildrop = try await provider.openMaildrop(user: "alice", path: fixture.path, owner: nil)
     precondition(maildrop.messages.count == messageCount)
     blackHole(maildrop.messages.last?.uniqueID)
     await maildrop.release()

@@ -196,11 +196,11 @@ let benchmarks = {
     // the whole response in one buffer, as SessionDriver does.
 
     let messageCount = 100_000
-    let summaries = (0..<messageCount).map { index -> MessageSummary in
+    let summaries = (0..<messageCount).map { index -> MaildropMessage in
         // Dovecot's default UIDL format, %08Xu%08Xv: 16 hex digits.
         let uid = String(UInt32(index + 1), radix: 16, uppercase: true)
         let uidl = String(repeating: "0", count: 8 - uid.count) + uid + "6650A1B2"
-        return MessageSummary(size: 2_000 + index % 1_000, uniqueID: uidl)
+        return MaildropMessage(uniqueID: uidl, size: 2_000 + index % 1_000)
     }
     var configuration = ServerSession.Configuration()
     configuration.allowCleartextAuthentication = true
