@@ -8,9 +8,22 @@ struct BadInput: Sendable, CustomTestStringConvertible {
     let name: String
     let loggedIn: Bool
     let setup: [String]
-    let input: String
+    /// The bytes sent as they are (a line without a line end gets CRLF).
+    let input: [UInt8]
     let expected: String
     var testDescription: String { self.name }
+
+    init(name: String, loggedIn: Bool, setup: [String], input: String, expected: String) {
+        self.init(name: name, loggedIn: loggedIn, setup: setup, bytes: Array(input.utf8), expected: expected)
+    }
+
+    init(name: String, loggedIn: Bool, setup: [String], bytes: [UInt8], expected: String) {
+        self.name = name
+        self.loggedIn = loggedIn
+        self.setup = setup
+        self.input = bytes.last == UInt8(ascii: "\n") ? bytes : bytes + Array("\r\n".utf8)
+        self.expected = expected
+    }
 }
 
 @Suite(.serialized) struct BadInputTests {
@@ -19,7 +32,7 @@ struct BadInput: Sendable, CustomTestStringConvertible {
         BadInput(name: "80 KB without newline", loggedIn: false, setup: [], input: String(repeating: "B", count: 80_000) + "\r\n", expected: "-ERR Line too long."),
         BadInput(name: "NUL byte", loggedIn: false, setup: [], input: "US\u{0}ER a\r\n", expected: "-ERR NUL byte in command."),
         BadInput(name: "lone CR in a password", loggedIn: false, setup: ["USER alice"], input: "PASS sec\rret\r\n", expected: "-ERR Control character in command."),
-        BadInput(name: "invalid UTF-8", loggedIn: true, setup: [], input: "USER \u{FF}", expected: "-ERR Invalid UTF-8 in command."),
+        BadInput(name: "invalid UTF-8", loggedIn: true, setup: [], bytes: Array("USER ".utf8) + [0xFF, 0xFE], expected: "-ERR Invalid UTF-8 in command."),
         BadInput(name: "unknown command", loggedIn: false, setup: [], input: "XYZZY\r\n", expected: "-ERR Unknown command."),
         BadInput(name: "wrong state before login", loggedIn: false, setup: [], input: "STAT\r\n", expected: "-ERR Command not valid before login."),
         BadInput(name: "wrong state after login", loggedIn: true, setup: [], input: "USER bob\r\n", expected: "-ERR Command not valid in this state."),
@@ -43,14 +56,7 @@ struct BadInput: Sendable, CustomTestStringConvertible {
         try server.deliver("alice", "Subject: x\n\nbody\n")
         let client = testCase.loggedIn ? try await server.login("alice") : try await server.connectTLS()
         for line in testCase.setup { _ = try await client.command(line) }
-        let input = testCase.input.hasSuffix("\n") ? testCase.input : testCase.input + "\r\n"
-        if testCase.name == "invalid UTF-8" {
-            var bytes = Array("USER ".utf8) + [0xFF, 0xFE] + Array("\r\n".utf8)
-            try await client.channel.outbound.write(.init(bytes: bytes))
-            bytes.removeAll()
-        } else {
-            try await client.send(input)
-        }
+        try await client.channel.outbound.write(.init(bytes: testCase.input))
         #expect(try await client.readLine() == testCase.expected)
         if testCase.name == "HTTP request" {
             // Three bad lines before login: the third closes the connection (ALPACA).
