@@ -260,7 +260,7 @@ private func systemUnlink(_ path: String) -> Int32 { unlink(path) }
 private func systemRename(_ from: String, _ to: String) -> Int32 { rename(from, to) }
 private func systemStat(_ path: String, _ st: inout stat) -> Int32 { stat(path, &st) }
 
-/// A test seam (security.md 46, 56): makes `FileSystem` calls fail with a chosen errno for paths under a prefix, so
+/// A test seam (docs/security-cases.md 46, 56): makes `FileSystem` calls fail with a chosen errno for paths under a prefix, so
 /// that storage errors can be injected where the real file system will not fail on demand (EIO from fsync, an
 /// unlink refused). Disarmed, a call costs one atomic load.
 final class FaultInjection: Sendable {

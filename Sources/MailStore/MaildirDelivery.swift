@@ -79,7 +79,7 @@ public enum MaildirDelivery {
             FileSystem.close(fd)
             let name = "\(unique),S=\(counter.octets),W=\(counter.pop3Size)"
             // link(2), not rename(2): a name that exists already (another host, a clock step) is never replaced
-            // (maildir(5); security.md 58). tmp/ is then cleared.
+            // (maildir(5); docs/security-cases.md 58). tmp/ is then cleared.
             guard link(tempPath, maildir + "/new/" + name) == 0 else {
                 let code = errno
                 _ = try? FileSystem.unlink(tempPath)

@@ -8,7 +8,7 @@ import Darwin
 
 /// An account's Maildir quota, from Dovecot's passwd-file extra fields: `userdb_quota_rule=*:storage=1G`,
 /// `userdb_quota_rule2=*:messages=10000` (also without the `userdb_` prefix). Storage units: B, k/K, M, G, T (powers
-/// of 1024, as Dovecot). Enforced by `pop3d deliver` (security.md 62).
+/// of 1024, as Dovecot). Enforced by `pop3d deliver` (docs/security-cases.md 62).
 public struct MaildirQuota: Sendable, Equatable {
     public var storageBytes: Int?
     public var messages: Int?

@@ -255,7 +255,7 @@ public final class POP3Connection {
         _ = try await self.command("LIST")
         var result: [Int: Int] = [:]
         // Each line is checked as it arrives and only its two numbers are kept, so an endless or padded listing
-        // costs bounded memory (security.md 92).
+        // costs bounded memory (docs/security-cases.md 92).
         try await self.readLines(limit: self.configuration.maximumListingLines) { bytes in
             let line = String(decoding: bytes, as: UTF8.self)
             let parts = line.split(separator: " ")

@@ -68,7 +68,7 @@ public enum CommandParseError: Error, Sendable, Equatable {
     case lineTooLong(length: Int, maximum: Int)
     case empty
     case containsNUL
-    /// A C0 control other than TAB (a lone CR, ESC, …) or DEL: no POP3 command has one (security.md 38).
+    /// A C0 control other than TAB (a lone CR, ESC, …) or DEL: no POP3 command has one (docs/security-cases.md 38).
     case containsControl
     case invalidUTF8
     case unknownCommand
@@ -118,7 +118,7 @@ public struct CommandParser: Sendable {
         switch keyword {
         case "USER":
             let name = rest.trimmingSpaces()
-            // No control characters in a user name: they could forge log lines (security.md 34).
+            // No control characters in a user name: they could forge log lines (docs/security-cases.md 34).
             guard !name.isEmpty, !name.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7F }) else {
                 throw .syntax
             }

@@ -28,7 +28,7 @@ public enum POP3Defaults {
     /// Bad commands tolerated after login before the connection is closed.
     public static let maximumBadCommandsAfterLogin = 20
     /// A session lists at most this many messages, the oldest first; the rest appear once the user has deleted some
-    /// (security.md 69: a huge maildrop costs bounded listing time, and our own client's listing limit is the same).
+    /// (docs/security-cases.md 69: a huge maildrop costs bounded listing time, and our own client's listing limit is the same).
     public static let maximumMaildropMessages = 1_000_000
 
     /// Time a client has from connecting to logging in.

@@ -87,7 +87,7 @@ public struct HandshakeTimeoutError: Error, Sendable, CustomStringConvertible {
     public var description: String { "TLS handshake timed out" }
 }
 
-/// Closes the connection if the TLS handshake has not completed in time (security.md cases 23 and 106).
+/// Closes the connection if the TLS handshake has not completed in time (docs/security-cases.md cases 23 and 106).
 public final class HandshakeDeadlineHandler: ChannelInboundHandler, RemovableChannelHandler {
     public typealias InboundIn = NIOAny
 

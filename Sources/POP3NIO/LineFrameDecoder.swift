@@ -17,7 +17,7 @@ public enum POP3InboundFrame: Sendable, Equatable {
 /// - A line whose length including its CRLF exceeds `maximumLineLength` yields `.overlongLine` as soon as the
 ///   limit is passed, and everything up to its LF is dropped, so memory per connection stays bounded.
 /// - Bytes left when the decoder is removed (STLS upgrade) or at EOF are dropped, never re-queued as commands
-///   (security.md cases 1–3, the NO STARTTLS command-injection class).
+///   (docs/security-cases.md cases 1–3, the NO STARTTLS command-injection class).
 /// - SeeAlso: [RFC 2449 §4](https://www.rfc-editor.org/rfc/rfc2449#section-4)
 public struct LineFrameDecoder: ByteToMessageDecoder {
     public typealias InboundOut = POP3InboundFrame

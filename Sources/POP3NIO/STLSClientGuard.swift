@@ -2,7 +2,7 @@ import NIOCore
 import NIOTLS
 
 /// Raised when a server sends bytes after its reply to STLS before TLS is up (response injection,
-/// security.md §2), or answers STLS with something that is not a status line.
+/// docs/security-cases.md §2), or answers STLS with something that is not a status line.
 public enum STLSClientError: Error, Sendable, Equatable {
     case dataAfterSTLSReply
     case statusLineTooLong

@@ -4,7 +4,7 @@ import _CryptoExtras
 import SwiftASN1
 import X509
 
-/// Checks an operator's certificate chain against Mozilla's "intermediate" certificate guidance (security.md 22):
+/// Checks an operator's certificate chain against Mozilla's "intermediate" certificate guidance (docs/security-cases.md 22):
 /// RSA ≥ 2048 bits or ECDSA P-256/P-384, SHA-256 or stronger signatures, a chain in order, a sane lifetime.
 ///
 /// Errors make `pop3d serve`/`check-config` refuse the certificate (on SIGHUP the old one stays); warnings are
@@ -19,7 +19,7 @@ public enum CertificateAudit {
     }
 
     public static let minimumRSABits = 2048
-    /// Mozilla intermediate allows lifetimes up to 730 days (security.md 22); longer is worth a warning only, as
+    /// Mozilla intermediate allows lifetimes up to 730 days (docs/security-cases.md 22); longer is worth a warning only, as
     /// private CAs often issue long-lived certificates.
     public static let maximumLifetimeDays = 730
     /// Warn when the leaf expires within this many days.

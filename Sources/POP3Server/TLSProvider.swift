@@ -7,7 +7,7 @@ import X509
 
 /// The server's TLS policy: TLS 1.2+, Mozilla "intermediate" suites, ALPN `pop3`, strict SNI.
 ///
-/// swift-nio-ssl's defaults allow TLS 1.0 and non-forward-secret suites (security.md cases 17–18), so every
+/// swift-nio-ssl's defaults allow TLS 1.0 and non-forward-secret suites (docs/security-cases.md cases 17–18), so every
 /// value is set here. The certificate and key are re-read by `reload()` (SIGHUP); connections already up keep
 /// the context they started with.
 public final class TLSProvider: Sendable {

@@ -38,7 +38,7 @@ import Testing
         #expect(error.description.contains("exited with status 3: no such user"))
     }
 
-    /// security.md 99: a hung MDA (and the child it started) is killed at the deadline; the delivery fails.
+    /// docs/security-cases.md 99: a hung MDA (and the child it started) is killed at the deadline; the delivery fails.
     @Test func hungCommandIsKilledAtItsDeadline() throws {
         let dir = try TemporaryDirectory()
         let journal = try UIDLJournal.open(testKey, stateDirectory: dir.path)

@@ -78,7 +78,7 @@ extension Command: CustomTestStringConvertible {
         ParseFixture("Host: example.com", error: .unknownCommand),
         ParseFixture("XYZZY", error: .unknownCommand),
         ParseFixture("US\u{0}ER a", error: .containsNUL),
-        // A lone CR, other C0 controls and DEL: rejected anywhere, PASS included (security.md 38).
+        // A lone CR, other C0 controls and DEL: rejected anywhere, PASS included (docs/security-cases.md 38).
         ParseFixture("PASS a\rb", error: .containsControl),
         ParseFixture("PASS secret\u{1B}[2J", error: .containsControl),
         ParseFixture("USER a\u{7F}", error: .containsControl),

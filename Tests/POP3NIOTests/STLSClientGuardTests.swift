@@ -4,7 +4,7 @@ import Testing
 
 @testable import POP3NIO
 
-/// The client's side of STLS (security.md cases 80–82): the reply line is passed on, TLS goes in front in the same
+/// The client's side of STLS (docs/security-cases.md cases 80–82): the reply line is passed on, TLS goes in front in the same
 /// tick, and any plaintext byte that came with or after the reply fails the connection.
 @Suite struct STLSClientGuardTests {
     func makeChannel() throws -> EmbeddedChannel {

@@ -23,7 +23,7 @@ final class RecordingTLSStandIn: ChannelInboundHandler, Sendable {
         return channel
     }
 
-    /// security.md cases 1–3: "STLS\r\nCAPA\r\n" in one segment; nothing injected may reach the session after TLS.
+    /// docs/security-cases.md cases 1–3: "STLS\r\nCAPA\r\n" in one segment; nothing injected may reach the session after TLS.
     @Test func commandsInjectedAfterSTLSNeverFollowTheMarker() throws {
         let channel = try self.makeChannel()
         try channel.writeInbound(ByteBuffer(string: "STLS\r\nCAPA\r\nUSER a\r\nPAS"))
@@ -46,7 +46,7 @@ final class RecordingTLSStandIn: ChannelInboundHandler, Sendable {
         _ = try channel.finish()
     }
 
-    /// security.md case 2: "STLS\r\nUSER a\r\nPASS b\r\n" split at every offset, the first part arriving before the
+    /// docs/security-cases.md case 2: "STLS\r\nUSER a\r\nPASS b\r\n" split at every offset, the first part arriving before the
     /// server's +OK and the rest after it (before any ClientHello), or all of it before the +OK when the STLS line
     /// is not complete yet: no injected line ever follows the marker (lines framed before it are dropped by the
     /// session, ServerIntegrationTests).

@@ -3,7 +3,7 @@ import Testing
 
 @testable import POP3Server
 
-/// security.md 22: an operator's certificate is checked against Mozilla "intermediate" when pop3d loads it.
+/// docs/security-cases.md 22: an operator's certificate is checked against Mozilla "intermediate" when pop3d loads it.
 @Suite("Certificate audit")
 struct CertificateAuditTests {
     let day: TimeInterval = 86_400

@@ -20,7 +20,7 @@ import Testing
     }
 
     /// A listing longer than the client's limit fails the connection rather than growing memory without bound
-    /// (security.md case 92: an endless LIST/UIDL); the same for CAPA.
+    /// (docs/security-cases.md case 92: an endless LIST/UIDL); the same for CAPA.
     @Test func listingAndCapabilityLimitsAreEnforced() async throws {
         let server = try await TestServer.start()
         defer { Task { await server.stop() } }
