@@ -29,6 +29,7 @@ let package = Package(
     targets: [
         .systemLibrary(name: "CCrypt", path: "Sources/CCrypt"),
         .target(name: "CPrivSep"),
+        .target(name: "SystemIO"),
         .target(
             name: "POP3Core",
             dependencies: [.product(name: "NIOCore", package: "swift-nio")]
@@ -45,7 +46,7 @@ let package = Package(
         .target(
             name: "Accounts",
             dependencies: [
-                "CCrypt",
+                "CCrypt", "SystemIO",
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -55,7 +56,7 @@ let package = Package(
         .target(
             name: "MailStore",
             dependencies: [
-                "CPrivSep", "POP3Core",
+                "CPrivSep", "POP3Core", "SystemIO",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -97,7 +98,7 @@ let package = Package(
         .target(
             name: "MailRetriever",
             dependencies: [
-                "POP3Client",
+                "POP3Client", "SystemIO",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Crypto", package: "swift-crypto"),
@@ -145,13 +146,13 @@ let package = Package(
             .product(name: "NIOTestUtils", package: "swift-nio"),
         ]),
         .testTarget(name: "AccountsTests", dependencies: [
-            "Accounts",
+            "Accounts", "SystemIO",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "NIOPosix", package: "swift-nio"),
         ]),
-        .testTarget(name: "MailRetrieverTests", dependencies: ["MailRetriever", .product(name: "NIOCore", package: "swift-nio")]),
+        .testTarget(name: "MailRetrieverTests", dependencies: ["MailRetriever", "SystemIO", .product(name: "NIOCore", package: "swift-nio")]),
         .testTarget(name: "MailStoreTests", dependencies: [
-            "MailStore", "POP3Core",
+            "MailStore", "POP3Core", "SystemIO",
             .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),

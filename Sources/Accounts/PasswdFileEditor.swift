@@ -1,3 +1,4 @@
+import SystemIO
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Musl)
@@ -125,10 +126,10 @@ public struct PasswdFileEditor: Sendable {
         missingIsEmpty: Bool
     ) throws(PasswdFileError) -> (bytes: [UInt8], st: stat)? {
         do {
-            let contents = try POSIXFile.readAll(path: path)
-            return (contents.bytes, contents.st)
+            let contents = try FileSystem.readFileAndStatus(path)
+            return (contents.bytes, contents.status)
         } catch {
-            if missingIsEmpty && error.errnoValue == ENOENT { return nil }
+            if missingIsEmpty && error.errno == ENOENT { return nil }
             throw .unreadable(path: path, reason: error.reason)
         }
     }
@@ -138,14 +139,14 @@ public struct PasswdFileEditor: Sendable {
         let lockPath = self.path + ".lock"
         let fd: Int32
         do {
-            fd = try POSIXFile.open(lockPath, O_RDWR | O_CREAT, mode: 0o600)
+            fd = try FileSystem.open(lockPath, O_RDWR | O_CREAT, mode: 0o600)
         } catch {
             throw PasswdFileError.lockFailed(path: lockPath, reason: error.reason)
         }
         defer { _ = close(fd) }  // closing the descriptor releases the lock
         while flock(fd, LOCK_EX) != 0 {
             guard errno == EINTR else {
-                throw PasswdFileError.lockFailed(path: lockPath, reason: POSIXFile.fail("flock").reason)
+                throw PasswdFileError.lockFailed(path: lockPath, reason: FileSystem.fail("flock", path).reason)
             }
         }
         var target = self.path
@@ -164,7 +165,7 @@ public struct PasswdFileEditor: Sendable {
         let base = slash.map { String(path[path.index(after: $0)...]) } ?? path
         var template = Array("\(directory == "/" ? "" : directory)/.\(base).XXXXXX".utf8CString)
         let fd = template.withUnsafeMutableBufferPointer { mkstemp($0.baseAddress!) }  // mode 0600
-        guard fd >= 0 else { throw .writeFailed(path: path, reason: POSIXFile.fail("mkstemp").reason) }
+        guard fd >= 0 else { throw .writeFailed(path: path, reason: FileSystem.fail("mkstemp", path).reason) }
         _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
         let temporary = template.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
         var renamed = false
@@ -173,22 +174,22 @@ public struct PasswdFileEditor: Sendable {
             if !closed { _ = close(fd) }
             if !renamed { _ = unlink(temporary) }
         }
-        do throws(POSIXFile.Failure) {
+        do throws(FileSystemError) {
             let mode = original.map { $0.st_mode & 0o7777 } ?? 0o600
-            guard fchmod(fd, mode) == 0 else { throw POSIXFile.fail("fchmod") }
+            guard fchmod(fd, mode) == 0 else { throw FileSystem.fail("fchmod", path) }
             if let original {
                 // Keeps a file edited by root owned by the mail user; an unprivileged editor cannot and need not.
                 _ = fchown(fd, original.st_uid, original.st_gid)
             }
-            try POSIXFile.writeAll(fd, bytes)
-            try POSIXFile.fsync(fd)
+            try FileSystem.write(fd, bytes, path: temporary)
+            try FileSystem.sync(fd, path: temporary)
             closed = true
-            guard close(fd) == 0 else { throw POSIXFile.fail("close") }
-            guard rename(temporary, path) == 0 else { throw POSIXFile.fail("rename") }
+            guard close(fd) == 0 else { throw FileSystem.fail("close", path) }
+            guard rename(temporary, path) == 0 else { throw FileSystem.fail("rename", path) }
             renamed = true
-            let directoryFD = try POSIXFile.open(directory, O_RDONLY | O_DIRECTORY)
+            let directoryFD = try FileSystem.open(directory, O_RDONLY | O_DIRECTORY)
             defer { _ = close(directoryFD) }
-            try POSIXFile.fsync(directoryFD)
+            try FileSystem.sync(directoryFD, path: directory)
         } catch {
             throw .writeFailed(path: path, reason: error.reason)
         }

@@ -2,6 +2,7 @@ import Logging
 import NIOCore
 import NIOPosix
 import Synchronization
+import SystemIO
 
 /// A ``CredentialVerifier`` backed by a passwd-file on disk.
 ///
@@ -75,7 +76,7 @@ public final class PasswdFileVerifier: CredentialVerifier {
     public func reloadIfChanged() throws -> Bool {
         let seen: FileFingerprint?
         do {
-            seen = FileFingerprint(try POSIXFile.status(path: self.path))
+            seen = try FileSystem.status(self.path).map(FileFingerprint.init)
         } catch {
             seen = nil
         }
@@ -167,14 +168,14 @@ public final class PasswdFileVerifier: CredentialVerifier {
     }
 
     private static func load(path: String) throws(PasswdFileError) -> (PasswdFile, FileFingerprint) {
-        let contents: (bytes: [UInt8], fingerprint: FileFingerprint, st: stat)
+        let contents: (bytes: [UInt8], status: stat)
         do {
-            contents = try POSIXFile.readAll(path: path)
+            contents = try FileSystem.readFileAndStatus(path)
         } catch {
             throw .unreadable(path: path, reason: error.reason)
         }
         do {
-            return (try PasswdFile.parse(bytes: contents.bytes, path: path), contents.fingerprint)
+            return (try PasswdFile.parse(bytes: contents.bytes, path: path), FileFingerprint(contents.status))
         } catch let error as PasswdFileError {
             throw error
         } catch {

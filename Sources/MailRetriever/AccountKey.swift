@@ -1,5 +1,6 @@
 import Crypto
 import Foundation
+import SystemIO
 
 /// Identifies an account for state files: user, host, port. The host is compared case-insensitively.
 public struct AccountKey: Sendable, Hashable, CustomStringConvertible {
@@ -59,10 +60,10 @@ public enum StatePaths {
         if let state = environment["XDG_STATE_HOME"], state.hasPrefix("/") {
             base = state
         } else {
-            base = FileIO.join(homeDirectory(environment: environment), ".local/state")
+            base = FileSystem.join(homeDirectory(environment: environment), ".local/state")
         }
-        let directory = FileIO.join(base, "pop3")
-        try FileIO.makeDirectories(directory, mode: 0o700)
+        let directory = FileSystem.join(base, "pop3")
+        try FileSystem.makeDirectories(directory, mode: 0o700)
         return directory
     }
 

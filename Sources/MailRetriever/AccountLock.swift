@@ -1,3 +1,4 @@
+import SystemIO
 #if canImport(Glibc)
     import Glibc
 #elseif canImport(Musl)
@@ -28,25 +29,25 @@ public final class AccountLock {
     }
 
     public static func acquire(_ key: AccountKey, stateDirectory: String) throws -> AccountLock {
-        let path = FileIO.join(stateDirectory, key.fileStem + ".lock")
-        let fd = try FileIO.open(path, O_RDWR | O_CREAT, mode: 0o600)
+        let path = FileSystem.join(stateDirectory, key.fileStem + ".lock")
+        let fd = try FileSystem.open(path, O_RDWR | O_CREAT, mode: 0o600)
         while flock(fd, LOCK_EX | LOCK_NB) != 0 {
             let code = errno
             if code == EINTR { continue }
-            FileIO.close(fd)
+            FileSystem.close(fd)
             if code == EWOULDBLOCK || code == EAGAIN { throw AccountLockError.busy }
             throw FileSystemError("flock", path: path, errno: code)
         }
         // Informational only; a failure here does not matter.
         if ftruncate(fd, 0) == 0 {
-            try? FileIO.writeAll(fd, Array("\(getpid())\n".utf8), path: path)
+            try? FileSystem.write(fd, Array("\(getpid())\n".utf8), path: path)
         }
         return AccountLock(path: path, fd: fd)
     }
 
     public func release() {
         guard fd >= 0 else { return }
-        FileIO.close(fd)  // closing the only descriptor drops the flock
+        FileSystem.close(fd)  // closing the only descriptor drops the flock
         fd = -1
     }
 

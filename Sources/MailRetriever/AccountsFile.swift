@@ -1,5 +1,6 @@
 import Foundation
 import POP3Client
+import SystemIO
 import Yams
 
 /// One account of the accounts file, validated.
@@ -92,9 +93,9 @@ public enum AccountsFile {
 
     public static func defaultPath(environment: [String: String] = ProcessInfo.processInfo.environment) -> String {
         if let config = environment["XDG_CONFIG_HOME"], config.hasPrefix("/") {
-            return FileIO.join(config, "pop3/accounts.yaml")
+            return FileSystem.join(config, "pop3/accounts.yaml")
         }
-        return FileIO.join(StatePaths.homeDirectory(environment: environment), ".config/pop3/accounts.yaml")
+        return FileSystem.join(StatePaths.homeDirectory(environment: environment), ".config/pop3/accounts.yaml")
     }
 
     /// All accounts, in file order.
@@ -104,7 +105,7 @@ public enum AccountsFile {
     ) throws -> [AccountConfiguration] {
         let bytes: [UInt8]?
         do {
-            bytes = try FileIO.readFile(path, limit: 1 << 20)
+            bytes = try FileSystem.readFile(path, limit: 1 << 20)
         } catch {
             throw AccountsFileError(path: path, reason: "cannot read: \(error)")
         }
@@ -233,7 +234,7 @@ private struct AccountReader {
             throw error("pin", "give either ca_file or pin, not both")
         case (.some(let file), nil):
             let expanded = StatePaths.expandTilde(file, environment: environment)
-            guard (try? FileIO.status(expanded)) != nil else { throw error("ca_file", "\(expanded) does not exist") }
+            guard (try? FileSystem.status(expanded)) != nil else { throw error("ca_file", "\(expanded) does not exist") }
             trust = .caFile(expanded)
         case (nil, .some(let pin)):
             guard let parsed = TrustPolicy.pin(parsing: pin) else {

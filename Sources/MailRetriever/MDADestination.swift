@@ -1,4 +1,5 @@
 import NIOCore
+import SystemIO
 
 #if canImport(Glibc)
     import Glibc
@@ -33,18 +34,15 @@ public final class MDADestination: MessageDestination {
 
     public func begin(uid: String) throws -> any MessageSink {
         guard let spoolDirectory else { throw MailRetrieverError.notRecovered }
-        // Unlinked as soon as it is open: a crash leaves nothing behind.
-        var attempt = 0
-        while true {
-            let path = FileIO.join(spoolDirectory, ".mda-spool.\(getpid()).\(UInt64.random(in: 0...UInt64.max))")
-            do {
-                let fd = try FileIO.open(path, O_RDWR | O_CREAT | O_EXCL, mode: 0o600)
-                _ = unlink(path)
-                return Sink(command: command, timeoutSeconds: timeoutSeconds, fd: fd, path: path)
-            } catch let error as FileSystemError where error.errno == EEXIST && attempt < 100 {
-                attempt += 1
-            }
+        // Unlinked as soon as it is open: a crash leaves nothing behind. A name taken already (EEXIST) is retried
+        // with another random name, 100 times at most.
+        for _ in 0..<100 {
+            let path = FileSystem.join(spoolDirectory, ".mda-spool.\(getpid()).\(UInt64.random(in: 0...UInt64.max))")
+            guard let fd = try FileSystem.createExclusive(path, O_RDWR) else { continue }
+            _ = unlink(path)
+            return Sink(command: command, timeoutSeconds: timeoutSeconds, fd: fd, path: path)
         }
+        throw FileSystemError("open", path: spoolDirectory + "/.mda-spool.*", errno: EEXIST)
     }
 
     private final class Sink: MessageSink {
@@ -93,7 +91,7 @@ public final class MDADestination: MessageDestination {
 
         func abort() {
             guard fd >= 0 else { return }
-            FileIO.close(fd)
+            FileSystem.close(fd)
             fd = -1
         }
     }

@@ -1,5 +1,6 @@
 import Crypto
 import NIOCore
+import SystemIO
 
 #if canImport(Glibc)
     import Glibc
@@ -55,7 +56,7 @@ public final class MaildirDestination: MessageDestination {
     }
 
     /// gethostname(3), used in file names.
-    public static func localHostName() -> String { FileIO.hostName() }
+    public static func localHostName() -> String { ProcessIdentity.hostname }
 
     /// The 16 hex digits that identify (account, UID) in a file name.
     public func digest(of uid: String) -> String {
@@ -70,23 +71,23 @@ public final class MaildirDestination: MessageDestination {
     /// those the journal knows but had not recorded as delivered.
     public func recover(journal: UIDLJournal) throws {
         for sub in ["", "/new", "/cur", "/tmp"] {
-            try FileIO.makeDirectories(path + sub, mode: 0o700)
+            try FileSystem.makeDirectories(path + sub, mode: 0o700)
         }
-        let tmp = FileIO.join(path, "tmp")
-        for name in try FileIO.listDirectory(tmp) where name.contains("A\(accountTag).") {
-            _ = unlink(FileIO.join(tmp, name))
+        let tmp = FileSystem.join(path, "tmp")
+        for name in try (FileSystem.entries(in: tmp) ?? []) where name.contains("A\(accountTag).") {
+            _ = unlink(FileSystem.join(tmp, name))
         }
         anonymousFiles = allowsAnonymousFiles
             && Self.canNameAnonymousFiles(in: tmp, probeName: "probe.R\(getpid())A\(accountTag).\(hostname)")
         storedDigests = []
         for sub in ["new", "cur"] {
-            for name in try FileIO.listDirectory(FileIO.join(path, sub)) {
+            for name in try (FileSystem.entries(in: FileSystem.join(path, sub)) ?? []) {
                 if let digest = Self.embeddedDigest(in: name) { storedDigests.insert(digest) }
             }
         }
         // A run that was killed may have linked messages whose directory entries were not fsync'ed yet: make them
         // durable before the journal may call them delivered.
-        try FileIO.syncDirectory(FileIO.join(path, "new"))
+        try FileSystem.syncDirectory(FileSystem.join(path, "new"))
         try journal.markDelivered(
             journal.allEntries.filter { !$0.delivered && storedDigests.contains(digest(of: $0.uid)) }.map(\.uid)
         )
@@ -98,7 +99,7 @@ public final class MaildirDestination: MessageDestination {
 
     public func flush() throws {
         guard unsyncedPublications > 0 else { return }
-        try FileIO.syncDirectory(FileIO.join(path, "new"))
+        try FileSystem.syncDirectory(FileSystem.join(path, "new"))
         unsyncedPublications = 0
     }
 
@@ -108,11 +109,11 @@ public final class MaildirDestination: MessageDestination {
         let digest = digest(of: uid)
         let timestamp = Int64(time(nil))
         if anonymousFiles, let flags = Self.openAnonymous {
-            let fd = try FileIO.open(FileIO.join(path, "new"), flags, mode: 0o600)
+            let fd = try FileSystem.open(FileSystem.join(path, "new"), flags, mode: 0o600)
             return Sink(destination: self, digest: digest, time: timestamp, tmpPath: nil, fd: fd)
         }
-        let tmpPath = FileIO.join(path, "tmp/\(timestamp).P\(digest)A\(accountTag).\(hostname)")
-        let fd = try FileIO.open(tmpPath, O_WRONLY | O_CREAT | O_TRUNC, mode: 0o600)
+        let tmpPath = FileSystem.join(path, "tmp/\(timestamp).P\(digest)A\(accountTag).\(hostname)")
+        let fd = try FileSystem.open(tmpPath, O_WRONLY | O_CREAT | O_TRUNC, mode: 0o600)
         return Sink(destination: self, digest: digest, time: timestamp, tmpPath: tmpPath, fd: fd)
     }
 
@@ -131,9 +132,9 @@ public final class MaildirDestination: MessageDestination {
 
     /// Whether this file system and /proc let an unnamed file be created in `directory` and named there.
     static func canNameAnonymousFiles(in directory: String, probeName: String) -> Bool {
-        guard let flags = openAnonymous, let fd = try? FileIO.open(directory, flags, mode: 0o600) else { return false }
-        defer { FileIO.close(fd) }
-        let probe = FileIO.join(directory, probeName)
+        guard let flags = openAnonymous, let fd = try? FileSystem.open(directory, flags, mode: 0o600) else { return false }
+        defer { FileSystem.close(fd) }
+        let probe = FileSystem.join(directory, probeName)
         guard nameAnonymousFile(fd, at: probe) == 0 else { return false }
         _ = unlink(probe)
         return true
@@ -179,7 +180,7 @@ public final class MaildirDestination: MessageDestination {
             self.time = time
             self.tmpPath = tmpPath
             self.fd = fd
-            self.writer = BufferedFileWriter(fd: fd, path: tmpPath ?? FileIO.join(destination.path, "new/(unnamed)"))
+            self.writer = BufferedFileWriter(fd: fd, path: tmpPath ?? FileSystem.join(destination.path, "new/(unnamed)"))
         }
 
         deinit {
@@ -198,9 +199,9 @@ public final class MaildirDestination: MessageDestination {
                 converter.finish(into: &tail)
                 try writer.append(contentsOf: tail)
                 try writer.flush()
-                try FileIO.sync(fd, path: tmpPath ?? destination.path + "/new")
+                try FileSystem.sync(fd, path: tmpPath ?? destination.path + "/new")
                 try publish(size: writer.bytesWritten)
-                FileIO.close(fd)
+                FileSystem.close(fd)
                 fd = -1
             } catch {
                 abort()
@@ -213,9 +214,9 @@ public final class MaildirDestination: MessageDestination {
         /// Names the file in `new/` (a link from `tmp/`, or the unnamed file's first name) without ever replacing
         /// an existing file (`flush()` makes `new/` durable).
         private func publish(size: UInt64) throws {
-            let newDirectory = FileIO.join(destination.path, "new")
+            let newDirectory = FileSystem.join(destination.path, "new")
             let name = "\(time).P\(digest).\(destination.hostname),S=\(size)"
-            let newPath = FileIO.join(newDirectory, name)
+            let newPath = FileSystem.join(newDirectory, name)
             guard let tmpPath else {
                 guard MaildirDestination.nameAnonymousFile(fd, at: newPath) == 0 || errno == EEXIST else {
                     throw FileSystemError("linkat", path: newPath, errno: errno)
@@ -230,7 +231,7 @@ public final class MaildirDestination: MessageDestination {
                     break
                 case EPERM, ENOTSUP, EOPNOTSUPP, EXDEV, EMLINK, ENOSYS:
                     // File systems without hard links: rename, which must not clobber.
-                    guard try FileIO.status(newPath) == nil else { break }
+                    guard try FileSystem.status(newPath) == nil else { break }
                     guard rename(tmpPath, newPath) == 0 else {
                         throw FileSystemError("rename", path: newPath, errno: errno)
                     }
@@ -245,7 +246,7 @@ public final class MaildirDestination: MessageDestination {
             guard !closed else { return }
             closed = true
             if fd >= 0 {
-                FileIO.close(fd)  // an unnamed file goes with its last descriptor
+                FileSystem.close(fd)  // an unnamed file goes with its last descriptor
                 fd = -1
             }
             if let tmpPath { _ = unlink(tmpPath) }

@@ -1,5 +1,6 @@
 import Crypto
 import NIOCore
+import SystemIO
 
 #if canImport(Glibc)
     import Glibc
@@ -51,7 +52,7 @@ public final class MboxDestination: MessageDestination {
     }
 
     var spoolPath: String? {
-        journal.map { FileIO.join($0.stateDirectory, accountKey.fileStem + ".mbox-spool") }
+        journal.map { FileSystem.join($0.stateDirectory, accountKey.fileStem + ".mbox-spool") }
     }
 
     public func recover(journal: UIDLJournal) throws {
@@ -60,14 +61,14 @@ public final class MboxDestination: MessageDestination {
         guard let spoolPath else { return }
         defer { _ = unlink(spoolPath) }
         guard let pending = journal.pending else { return }
-        guard try FileIO.status(path) != nil else {
+        guard try FileSystem.status(path) != nil else {
             recoveryWarnings.append("mbox \(path) is gone; message \(pending.uid) will be fetched again")
             try journal.setPending(nil)
             return
         }
         let locked = try MboxLock(path: path, staleAge: staleDotlockAge, timeout: dotlockTimeout)
         defer { locked.release() }
-        let size = try FileIO.size(locked.fd, path: path)
+        let size = try FileSystem.size(locked.fd, path: path)
         if size >= pending.offset + pending.length, try appendIsComplete(pending, fd: locked.fd) {
             try journal.markDelivered(pending.uid)
             return
@@ -80,7 +81,7 @@ public final class MboxDestination: MessageDestination {
             guard ftruncate(locked.fd, off_t(pending.offset)) == 0 else {
                 throw FileSystemError("ftruncate", path: path, errno: errno)
             }
-            try FileIO.sync(locked.fd, path: path)
+            try FileSystem.sync(locked.fd, path: path)
         } else {
             recoveryWarnings.append(
                 "mbox \(path) changed after an interrupted append at offset \(pending.offset); left as it is, "
@@ -92,7 +93,7 @@ public final class MboxDestination: MessageDestination {
 
     public func begin(uid: String) throws -> any MessageSink {
         guard let journal, let spoolPath else { throw MailRetrieverError.notRecovered }
-        let fd = try FileIO.open(spoolPath, O_RDWR | O_CREAT | O_TRUNC, mode: 0o600)
+        let fd = try FileSystem.open(spoolPath, O_RDWR | O_CREAT | O_TRUNC, mode: 0o600)
         return Sink(destination: self, journal: journal, uid: uid, spoolPath: spoolPath, fd: fd)
     }
 
@@ -101,7 +102,7 @@ public final class MboxDestination: MessageDestination {
     private func appendIsComplete(_ pending: PendingAppend, fd: Int32) throws -> Bool {
         guard let expected = pending.sha256 else {
             var head = [UInt8](repeating: 0, count: 5)
-            let n = try head.withUnsafeMutableBytes { try FileIO.pread(fd, into: $0, at: pending.offset, path: path) }
+            let n = try head.withUnsafeMutableBytes { try FileSystem.pread(fd, into: $0, at: pending.offset, path: path) }
             return n == 5 && head == Array("From ".utf8)
         }
         var hasher = SHA256()
@@ -111,7 +112,7 @@ public final class MboxDestination: MessageDestination {
         while remaining > 0 {
             let want = Int(min(UInt64(chunk.count), remaining))
             let n = try chunk.withUnsafeMutableBytes {
-                try FileIO.pread(
+                try FileSystem.pread(
                     fd, into: UnsafeMutableRawBufferPointer(rebasing: $0[0..<want]), at: offset, path: path)
             }
             if n == 0 { return false }
@@ -130,19 +131,19 @@ public final class MboxDestination: MessageDestination {
         guard tailLength <= pending.length else { return false }
         let spoolFD: Int32
         do {
-            spoolFD = try FileIO.open(spoolPath, O_RDONLY)
+            spoolFD = try FileSystem.open(spoolPath, O_RDONLY)
         } catch {
             return false
         }
-        defer { FileIO.close(spoolFD) }
-        let spoolSize = try FileIO.size(spoolFD, path: spoolPath)
+        defer { FileSystem.close(spoolFD) }
+        let spoolSize = try FileSystem.size(spoolFD, path: spoolPath)
         guard spoolSize < pending.length else { return false }
         let fromLineLength = pending.length - spoolSize
 
         // The From_ line: starts with "From " (as far as it got) and ends with LF.
         let headLength = Int(min(fromLineLength, tailLength))
         var head = [UInt8](repeating: 0, count: headLength)
-        let n = try head.withUnsafeMutableBytes { try FileIO.pread(fd, into: $0, at: pending.offset, path: path) }
+        let n = try head.withUnsafeMutableBytes { try FileSystem.pread(fd, into: $0, at: pending.offset, path: path) }
         guard n == headLength else { return false }
         let from = Array("From ".utf8)
         guard head.starts(with: from.prefix(headLength)) else { return false }
@@ -157,11 +158,11 @@ public final class MboxDestination: MessageDestination {
         while remaining > 0 {
             let want = Int(min(UInt64(a.count), remaining))
             let na = try a.withUnsafeMutableBytes {
-                try FileIO.pread(
+                try FileSystem.pread(
                     fd, into: UnsafeMutableRawBufferPointer(rebasing: $0[0..<want]), at: mboxOffset, path: path)
             }
             let nb = try b.withUnsafeMutableBytes {
-                try FileIO.pread(
+                try FileSystem.pread(
                     spoolFD, into: UnsafeMutableRawBufferPointer(rebasing: $0[0..<na]), at: spoolOffset, path: spoolPath
                 )
             }
@@ -288,36 +289,36 @@ public final class MboxDestination: MessageDestination {
             let digest = hexString(hasher.finalize())
 
             let path = destination.path
-            let mboxExisted = try FileIO.status(path) != nil
+            let mboxExisted = try FileSystem.status(path) != nil
             let lock = try MboxLock(
                 path: path, staleAge: destination.staleDotlockAge, timeout: destination.dotlockTimeout)
             defer { lock.release() }
-            if !mboxExisted { try FileIO.syncDirectory(FileIO.directoryName(path)) }
-            var offset = try FileIO.size(lock.fd, path: path)
+            if !mboxExisted { try FileSystem.syncDirectory(FileSystem.parent(of: path)) }
+            var offset = try FileSystem.size(lock.fd, path: path)
             if offset > 0 {
                 // A message must start on a line of its own.
                 var last: [UInt8] = [0]
-                _ = try last.withUnsafeMutableBytes { try FileIO.pread(lock.fd, into: $0, at: offset - 1, path: path) }
+                _ = try last.withUnsafeMutableBytes { try FileSystem.pread(lock.fd, into: $0, at: offset - 1, path: path) }
                 if last[0] != UInt8(ascii: "\n") {
                     try [UInt8(ascii: "\n")].withUnsafeBytes {
-                        try FileIO.pwriteAll(lock.fd, $0, at: offset, path: path)
+                        try FileSystem.pwrite(lock.fd, $0, at: offset, path: path)
                     }
-                    try FileIO.sync(lock.fd, path: path)
+                    try FileSystem.sync(lock.fd, path: path)
                     offset += 1
                 }
             }
             try journal.setPending(PendingAppend(uid: uid, offset: offset, length: length, sha256: digest))
             do {
-                try fromLine.withUnsafeBytes { try FileIO.pwriteAll(lock.fd, $0, at: offset, path: path) }
+                try fromLine.withUnsafeBytes { try FileSystem.pwrite(lock.fd, $0, at: offset, path: path) }
                 var position = offset + UInt64(fromLine.count)
                 try forEachSpoolChunk { chunk in
-                    try FileIO.pwriteAll(lock.fd, chunk, at: position, path: path)
+                    try FileSystem.pwrite(lock.fd, chunk, at: position, path: path)
                     position += UInt64(chunk.count)
                 }
-                try FileIO.sync(lock.fd, path: path)
+                try FileSystem.sync(lock.fd, path: path)
             } catch {
                 // Undo while still holding the locks; if that fails too, recovery finishes the job.
-                if ftruncate(lock.fd, off_t(offset)) == 0, (try? FileIO.sync(lock.fd, path: path)) != nil,
+                if ftruncate(lock.fd, off_t(offset)) == 0, (try? FileSystem.sync(lock.fd, path: path)) != nil,
                     (try? journal.setPending(nil)) != nil
                 {
                     throw error
@@ -344,7 +345,7 @@ public final class MboxDestination: MessageDestination {
             var chunk = [UInt8](repeating: 0, count: 65536)
             var offset: UInt64 = 0
             while true {
-                let n = try chunk.withUnsafeMutableBytes { try FileIO.pread(fd, into: $0, at: offset, path: spoolPath) }
+                let n = try chunk.withUnsafeMutableBytes { try FileSystem.pread(fd, into: $0, at: offset, path: spoolPath) }
                 if n == 0 { return }
                 try chunk.withUnsafeBytes { try body(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
                 offset += UInt64(n)
@@ -353,7 +354,7 @@ public final class MboxDestination: MessageDestination {
 
         func abort() {
             guard fd >= 0 else { return }
-            FileIO.close(fd)
+            FileSystem.close(fd)
             fd = -1
             if !keepSpool { _ = unlink(spoolPath) }
         }
@@ -372,7 +373,7 @@ final class MboxLock {
 
     init(path: String, staleAge: Int64, timeout: Int64) throws {
         self.path = path
-        fd = try FileIO.open(path, O_RDWR | O_CREAT, mode: 0o600)
+        fd = try FileSystem.open(path, O_RDWR | O_CREAT, mode: 0o600)
         var lock = flock()
         lock.l_type = Int16(F_WRLCK)
         lock.l_whence = Int16(SEEK_SET)
@@ -381,13 +382,13 @@ final class MboxLock {
         while fcntl(fd, F_SETLKW, &lock) != 0 {
             let code = errno
             if code == EINTR { continue }
-            FileIO.close(fd)
+            FileSystem.close(fd)
             throw FileSystemError("fcntl(F_SETLKW)", path: path, errno: code)
         }
         do {
             dotlockPath = try Self.acquireDotlock(path + ".lock", staleAge: staleAge, timeout: timeout, mbox: path)
         } catch {
-            FileIO.close(fd)
+            FileSystem.close(fd)
             throw error
         }
     }
@@ -406,9 +407,9 @@ final class MboxLock {
             case .held: break
             }
             let now = Int64(time(nil))
-            if let st = try FileIO.status(lockPath), now - modificationTime(st) >= staleAge || holderIsGone(lockPath) {
+            if let st = try FileSystem.status(lockPath), now - modificationTime(st) >= staleAge || holderIsGone(lockPath) {
                 // Left by a dead process. Remove it only if it is still the same file.
-                if let again = try FileIO.status(lockPath), again.st_ino == st.st_ino,
+                if let again = try FileSystem.status(lockPath), again.st_ino == st.st_ino,
                     modificationTime(again) == modificationTime(st)
                 {
                     _ = unlink(lockPath)
@@ -429,39 +430,32 @@ final class MboxLock {
     private static func createDotlock(_ lockPath: String, content: [UInt8]) throws -> DotlockAttempt {
         let tmpPath = "\(lockPath).\(getpid()).\(String(UInt64.random(in: 0...UInt64.max), radix: 16))"
         let fd: Int32
-        do {
-            fd = try FileIO.open(tmpPath, O_WRONLY | O_CREAT | O_EXCL, mode: 0o644)
-        } catch let error as FileSystemError {
-            switch error.errno {
-            case EACCES, EPERM, EROFS: return .unwritable
-            default: throw error
-            }
+        switch Result(catching: { () throws(FileSystemError) in try FileSystem.open(tmpPath, O_WRONLY | O_CREAT | O_EXCL, mode: 0o644) }) {
+        case .success(let opened): fd = opened
+        case .failure(let error) where [EACCES, EPERM, EROFS].contains(error.errno): return .unwritable
+        case .failure(let error): throw error
         }
         defer { _ = unlink(tmpPath) }
         do {
-            try FileIO.writeAll(fd, content, path: tmpPath)
+            try FileSystem.write(fd, content, path: tmpPath)
         } catch {
-            FileIO.close(fd)
+            FileSystem.close(fd)
             throw error
         }
-        FileIO.close(fd)
+        FileSystem.close(fd)
         if link(tmpPath, lockPath) == 0 { return .acquired }
         let code = errno
         switch code {
         case EEXIST:
             return .held
         case EPERM, ENOTSUP, EOPNOTSUPP, EMLINK, ENOSYS:
-            do {
-                let lockFD = try FileIO.open(lockPath, O_WRONLY | O_CREAT | O_EXCL, mode: 0o644)
-                try? FileIO.writeAll(lockFD, content, path: lockPath)
-                FileIO.close(lockFD)
-                return .acquired
-            } catch let error as FileSystemError where error.errno == EEXIST {
-                return .held
-            }
+            guard let lockFD = try FileSystem.createExclusive(lockPath, O_WRONLY, mode: 0o644) else { return .held }
+            try? FileSystem.write(lockFD, content, path: lockPath)
+            FileSystem.close(lockFD)
+            return .acquired
         default:
             // NFS may report a failed link that succeeded: the link count tells.
-            if let st = try FileIO.status(tmpPath), st.st_nlink == 2 { return .acquired }
+            if let st = try FileSystem.status(tmpPath), st.st_nlink == 2 { return .acquired }
             throw FileSystemError("link", path: lockPath, errno: code)
         }
     }
@@ -469,15 +463,15 @@ final class MboxLock {
     /// Removes `<mbox>.lock.<pid>.<hex>` files of processes that are gone (killed between creating one and linking
     /// it to the dotlock). Called once per run.
     static func removeOrphanedDotlockFiles(mbox: String) {
-        let directory = FileIO.directoryName(mbox)
+        let directory = FileSystem.parent(of: mbox)
         let prefix = String(mbox.split(separator: "/", omittingEmptySubsequences: false).last ?? "") + ".lock."
-        guard let names = try? FileIO.listDirectory(directory) else { return }
+        guard let names = try? FileSystem.entries(in: directory) else { return }
         for name in names where name.hasPrefix(prefix) {
             let parts = name.dropFirst(prefix.count).split(separator: ".", omittingEmptySubsequences: false)
             guard parts.count == 2, let pid = Int32(parts[0]), pid > 0, !parts[1].isEmpty,
                 parts[1].allSatisfy({ $0.isHexDigit }), kill(pid, 0) != 0, errno == ESRCH
             else { continue }
-            _ = unlink(FileIO.join(directory, name))
+            _ = unlink(FileSystem.join(directory, name))
         }
     }
 
@@ -485,7 +479,7 @@ final class MboxLock {
     /// that no longer exists. A process killed with SIGKILL leaves its dotlock behind; without this, the next run would
     /// wait `staleAge` (minutes) for it. Anything else (empty, foreign format, a live or unknown PID) is not proof.
     static func holderIsGone(_ lockPath: String) -> Bool {
-        guard let bytes = try? FileIO.readFile(lockPath, limit: 32) else { return false }
+        guard let bytes = try? FileSystem.readFile(lockPath, limit: 32) else { return false }
         var digits = bytes[...]
         while let last = digits.last, last == UInt8(ascii: "\n") || last == UInt8(ascii: "\r") { digits = digits.dropLast() }
         guard !digits.isEmpty, digits.count <= 10, digits.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }),
@@ -506,7 +500,7 @@ final class MboxLock {
         guard !released else { return }
         released = true
         if let dotlockPath { _ = unlink(dotlockPath) }
-        FileIO.close(fd)  // drops the fcntl lock
+        FileSystem.close(fd)  // drops the fcntl lock
     }
 
     deinit {

@@ -1,4 +1,5 @@
 import NIOCore
+import SystemIO
 
 #if canImport(Glibc)
     import Glibc

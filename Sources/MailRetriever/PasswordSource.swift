@@ -1,3 +1,4 @@
+import SystemIO
 #if canImport(Glibc)
     import Glibc
 #elseif canImport(Musl)
@@ -40,7 +41,7 @@ public enum PasswordSource: Sendable, Equatable {
 
     /// Refuses files that are not regular, not owned by the current user, or readable/writable by group or others.
     public static func checkFilePermissions(_ path: String) throws {
-        guard let st = try FileIO.status(path) else { throw PasswordError.fileMissing(path: path) }
+        guard let st = try FileSystem.status(path) else { throw PasswordError.fileMissing(path: path) }
         guard (st.st_mode & S_IFMT) == S_IFREG else { throw PasswordError.notRegularFile(path: path) }
         guard st.st_uid == getuid() else { throw PasswordError.wrongOwner(path: path) }
         guard st.st_mode & 0o077 == 0 else {
@@ -50,7 +51,7 @@ public enum PasswordSource: Sendable, Equatable {
 
     static func readFile(_ path: String) throws -> String {
         try checkFilePermissions(path)
-        guard let bytes = try FileIO.readFile(path, limit: 65536) else { throw PasswordError.fileMissing(path: path) }
+        guard let bytes = try FileSystem.readFile(path, limit: 65536) else { throw PasswordError.fileMissing(path: path) }
         return firstLine(bytes)
     }
 
@@ -63,23 +64,23 @@ public enum PasswordSource: Sendable, Equatable {
     static func readFromTerminal(_ promptText: String) throws -> String {
         let tty: Int32
         do {
-            tty = try FileIO.open("/dev/tty", O_RDWR | O_NOCTTY)
+            tty = try FileSystem.open("/dev/tty", O_RDWR | O_NOCTTY)
         } catch {
             throw PasswordError.noTerminal
         }
-        defer { FileIO.close(tty) }
+        defer { FileSystem.close(tty) }
         var saved = termios()
         guard tcgetattr(tty, &saved) == 0 else { throw PasswordError.noTerminal }
         var silent = saved
         silent.c_lflag &= ~tcflag_t(ECHO)
         silent.c_lflag |= tcflag_t(ECHONL)
-        try? FileIO.writeAll(tty, Array(promptText.utf8), path: "/dev/tty")
+        try? FileSystem.write(tty, Array(promptText.utf8), path: "/dev/tty")
         guard tcsetattr(tty, TCSAFLUSH, &silent) == 0 else { throw PasswordError.noTerminal }
         defer { _ = tcsetattr(tty, TCSAFLUSH, &saved) }
         var line: [UInt8] = []
         var byte: UInt8 = 0
         while line.count < 4096 {
-            let n = try withUnsafeMutableBytes(of: &byte) { try FileIO.read(tty, into: $0, path: "/dev/tty") }
+            let n = try withUnsafeMutableBytes(of: &byte) { try FileSystem.read(tty, into: $0, path: "/dev/tty") }
             if n == 0 || byte == UInt8(ascii: "\n") { break }
             line.append(byte)
         }

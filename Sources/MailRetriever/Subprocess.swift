@@ -1,3 +1,4 @@
+import SystemIO
 #if canImport(Glibc)
     import Glibc
 #elseif canImport(Musl)
@@ -64,8 +65,8 @@ enum Subprocess {
         let readEnd = pipeFDs[0]
         var writeEnd = pipeFDs[1]
         defer {
-            FileIO.close(readEnd)
-            if writeEnd >= 0 { FileIO.close(writeEnd) }
+            FileSystem.close(readEnd)
+            if writeEnd >= 0 { FileSystem.close(writeEnd) }
         }
 
         #if os(Linux)
@@ -116,7 +117,7 @@ enum Subprocess {
         #endif
         let spawned = posix_spawn(&pid, "/bin/sh", &actions, &attributes, &argv, environment)
         guard spawned == 0 else { throw MailRetrieverError.spawnFailed(command: command, errno: spawned) }
-        FileIO.close(writeEnd)
+        FileSystem.close(writeEnd)
         writeEnd = -1
 
         // Drain the pipe to EOF (so the child never blocks on it), keeping the first `limit` bytes. Past the deadline
@@ -138,7 +139,7 @@ enum Subprocess {
                 }
                 if ready < 0 && errno == EINTR { continue }
             }
-            let n = (try? chunk.withUnsafeMutableBytes { try FileIO.read(readEnd, into: $0, path: command) }) ?? 0
+            let n = (try? chunk.withUnsafeMutableBytes { try FileSystem.read(readEnd, into: $0, path: command) }) ?? 0
             if n == 0 { break }
             if output.count < limit { output.append(contentsOf: chunk[0..<min(n, limit - output.count)]) }
         }

@@ -1,4 +1,5 @@
 import Foundation
+import SystemIO
 
 #if canImport(Glibc)
     import Glibc
@@ -73,17 +74,17 @@ public final class UIDLJournal {
     }
 
     deinit {
-        if fd >= 0 { FileIO.close(fd) }
+        if fd >= 0 { FileSystem.close(fd) }
     }
 
     /// Opens (or creates) the account's journal and compacts it.
     public static func open(_ key: AccountKey, stateDirectory: String) throws -> UIDLJournal {
         let journal = UIDLJournal(
-            path: FileIO.join(stateDirectory, key.fileStem + ".journal"),
+            path: FileSystem.join(stateDirectory, key.fileStem + ".journal"),
             stateDirectory: stateDirectory,
             accountKey: key
         )
-        if let bytes = try FileIO.readFile(journal.path) {
+        if let bytes = try FileSystem.readFile(journal.path) {
             try journal.load(bytes)
         }
         try journal.compact()
@@ -162,19 +163,19 @@ public final class UIDLJournal {
         }
         if pending != nil { text += Self.pendingRecord(pending) }
         if fd >= 0 {
-            FileIO.close(fd)
+            FileSystem.close(fd)
             fd = -1
         }
-        try FileIO.atomicReplace(path, with: Array(text.utf8))
-        fd = try FileIO.open(path, O_WRONLY | O_APPEND)
+        try FileSystem.atomicReplace(path, with: Array(text.utf8))
+        fd = try FileSystem.open(path, O_WRONLY | O_APPEND)
     }
 
     // MARK: - Records
 
     private func append(_ records: String) throws {
-        if fd < 0 { fd = try FileIO.open(path, O_WRONLY | O_APPEND) }
-        try FileIO.writeAll(fd, Array(records.utf8), path: path)
-        try FileIO.sync(fd, path: path)
+        if fd < 0 { fd = try FileSystem.open(path, O_WRONLY | O_APPEND) }
+        try FileSystem.write(fd, Array(records.utf8), path: path)
+        try FileSystem.sync(fd, path: path)
     }
 
     private static func pendingRecord(_ pending: PendingAppend?) -> String {

@@ -1,4 +1,5 @@
 import Synchronization
+import SystemIO
 
 #if canImport(Glibc)
 import Glibc
@@ -41,7 +42,7 @@ struct LockFile: Sendable {
             let published: LockFile?
             do {
                 published = try Self.publish(path, contents: contents, unnamed: unnamed)
-            } catch where error.errnoValue == EEXIST {
+            } catch where error.errno == EEXIST {
                 published = nil
             }
             if let published { return .acquired(published) }
@@ -81,7 +82,7 @@ struct LockFile: Sendable {
         let fd: Int32
         do {
             fd = try FileSystem.open(FileSystem.parent(of: path), flags, mode: 0o600)
-        } catch where error.errnoValue == ENOENT {
+        } catch where error.errno == ENOENT {
             throw error  // the folder is missing: the caller creates the Maildir
         } catch {
             return nil  // EOPNOTSUPP, EISDIR, EINVAL: no unnamed files on this file system

@@ -7,6 +7,7 @@ import Darwin
 #endif
 import NIOCore
 import Synchronization
+import SystemIO
 
 /// Durable delivery into a Maildir, as maildir(5) and Dovecot's LDA do it: write `tmp/<unique>`, fsync the file,
 /// rename it to `new/<unique>,S=<size>,W=<vsize>`, fsync `new/`. The message is stored as given. The `,W=` field

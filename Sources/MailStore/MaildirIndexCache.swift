@@ -6,6 +6,7 @@ import Musl
 import Darwin
 #endif
 import Synchronization
+import SystemIO
 
 /// What stat(2) says of a file or directory, as far as telling that it changed goes.
 struct FileStamp: Equatable, Sendable {

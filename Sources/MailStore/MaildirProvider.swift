@@ -3,6 +3,7 @@ import NIOCore
 import NIOPosix
 import POP3Core
 import Synchronization
+import SystemIO
 
 /// Maildrops stored as Maildirs, compatible with Dovecot: its `dovecot-uidlist` is the index (UIDs, sizes, POP3
 /// UIDLs), so a Maildir Dovecot served keeps its UIDLs here and the other way round.

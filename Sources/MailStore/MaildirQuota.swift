@@ -1,3 +1,4 @@
+import SystemIO
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Musl)
@@ -77,7 +78,7 @@ public struct MaildirQuota: Sendable, Equatable {
         var bytes = 0, messages = 0
         for sub in ["new", "cur"] {
             let folder = MaildropLockTable.key(for: path) + "/" + sub
-            for name in try FileSystem.listDirectory(folder) ?? [] where !name.hasPrefix(".") {
+            for name in try FileSystem.files(in: folder) ?? [] where !name.hasPrefix(".") {
                 let size: Int
                 if let named = MaildirName.sizeField(UInt8(ascii: "S"), in: MaildirName.baseName(name)) {
                     size = named

@@ -6,6 +6,7 @@ import Musl
 import Darwin
 #endif
 import Logging
+import SystemIO
 
 /// One message of an indexed Maildir.
 struct MaildirEntry: Sendable, Equatable {
@@ -85,7 +86,7 @@ struct MaildirStore: Sendable {
         let contents = "\(ProcessIdentity.pid) \(ProcessIdentity.hostname)\n"
         for _ in 0..<4 {
             let attempt = Result { () throws(FileSystemError) in try LockFile.tryCreate(lockPath, contents: contents) }
-            if case .failure(let error) = attempt, error.errnoValue == ENOENT {
+            if case .failure(let error) = attempt, error.errno == ENOENT {
                 try Self.create(self.path)
                 self.logger.info("created maildir", metadata: ["path": "\(self.path)"])
                 continue
@@ -222,7 +223,7 @@ struct MaildirStore: Sendable {
     func scan() throws(FileSystemError) -> [String: ScannedFile] {
         var files: [String: ScannedFile] = [:]
         for sub in ["new", "cur"] {
-            guard let names = try FileSystem.listDirectory(self.file(sub)) else {
+            guard let names = try FileSystem.files(in: self.file(sub)) else {
                 try FileSystem.makeDirectory(self.file(sub))
                 continue
             }
@@ -249,7 +250,7 @@ struct MaildirStore: Sendable {
     /// Finds the current name of a message whose flags changed or which moved new→cur since the snapshot.
     func locate(baseName: String) throws(FileSystemError) -> String? {
         for sub in ["cur", "new"] {
-            for name in try FileSystem.listDirectory(self.file(sub)) ?? [] where MaildirName.baseName(name) == baseName {
+            for name in try FileSystem.files(in: self.file(sub)) ?? [] where MaildirName.baseName(name) == baseName {
                 return sub + "/" + name
             }
         }
@@ -313,7 +314,7 @@ struct MaildirStore: Sendable {
     static let temporaryFileLifetimeNanoseconds: Int64 = 36 * 3600 * 1_000_000_000
 
     func sweepTemporaryFiles(now: Int64 = WallClock.now()) {
-        guard let names = try? FileSystem.listDirectory(self.file("tmp")) else { return }
+        guard let names = try? FileSystem.files(in: self.file("tmp")) else { return }
         for name in names {
             let path = self.file("tmp/" + name)
             guard let st = (try? FileSystem.status(path)) ?? nil,

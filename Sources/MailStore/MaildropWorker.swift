@@ -4,6 +4,7 @@ import NIOCore
 import NIOPosix
 import POP3Core
 import Synchronization
+import SystemIO
 
 #if canImport(Glibc)
 import Glibc

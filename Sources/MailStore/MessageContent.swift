@@ -2,6 +2,7 @@ import Logging
 import NIOCore
 import NIOPosix
 import Synchronization
+import SystemIO
 
 /// The bytes of one message as stored, pulled one chunk at a time: nothing is read until the consumer asks for the
 /// next chunk, so a slow client holds at most one chunk in memory.

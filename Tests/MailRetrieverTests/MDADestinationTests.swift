@@ -1,4 +1,5 @@
 import Foundation
+import SystemIO
 import Testing
 
 @testable import MailRetriever
@@ -19,7 +20,7 @@ import Testing
         #expect(try contents(dir.file("out")) == "Subject: x\n\nline\n")
         #expect(journal.entry(for: "1")?.delivered == true)
         // The spool was unlinked at once: only the journal remains in the state directory.
-        #expect(try FileIO.listDirectory(state.path) == [testKey.fileStem + ".journal"])
+        #expect(try (FileSystem.entries(in: state.path) ?? []) == [testKey.fileStem + ".journal"])
     }
 
     @Test func nonZeroExitFailsCommitWithStatusAndStderr() throws {

@@ -1,5 +1,6 @@
 import Foundation
 import NIOCore
+import SystemIO
 import Testing
 
 @testable import MailRetriever
@@ -58,7 +59,7 @@ import Testing
 @Suite struct MaildirDestinationTests {
     func setUp(anonymousFiles: Bool = true) throws -> (TemporaryDirectory, UIDLJournal, MaildirDestination) {
         let dir = try TemporaryDirectory()
-        try FileIO.makeDirectories(dir.file("state"))
+        try FileSystem.makeDirectories(dir.file("state"))
         let journal = try UIDLJournal.open(testKey, stateDirectory: dir.file("state"))
         let maildir = MaildirDestination(path: dir.file("Mail/inbox"), accountKey: testKey, hostname: "host:a/b")
         maildir.allowsAnonymousFiles = anonymousFiles
@@ -71,14 +72,14 @@ import Testing
         try journal.noteSeen(["uid1"], now: 1)
         try deliver(["Subject: hi\r", "\n\r\nbody line\r\n", "last\r\n"], uid: "uid1", to: maildir, journal: journal)
 
-        let new = try FileIO.listDirectory(dir.file("Mail/inbox/new"))
+        let new = try (FileSystem.entries(in: dir.file("Mail/inbox/new")) ?? [])
         #expect(new.count == 1)
         let name = try #require(new.first)
         let expected = "Subject: hi\n\nbody line\nlast\n"
         #expect(try contents(dir.file("Mail/inbox/new/\(name)")) == expected)
         #expect(name.contains(".P\(maildir.digest(of: "uid1")).host\\072a\\057b,S=\(expected.utf8.count)"))
-        #expect(try FileIO.listDirectory(dir.file("Mail/inbox/tmp")).isEmpty)
-        #expect(try FileIO.listDirectory(dir.file("Mail/inbox/cur")).isEmpty)
+        #expect(try (FileSystem.entries(in: dir.file("Mail/inbox/tmp")) ?? []).isEmpty)
+        #expect(try (FileSystem.entries(in: dir.file("Mail/inbox/cur")) ?? []).isEmpty)
         for sub in ["", "/new", "/cur", "/tmp"] {
             var st = stat()
             #expect(stat(dir.file("Mail/inbox") + sub, &st) == 0 && st.st_mode & 0o777 == 0o700)
@@ -109,7 +110,7 @@ import Testing
         }
         // The user's reader has meanwhile moved m2 to cur/ and flagged it.
         let m2 = try #require(
-            try FileIO.listDirectory(dir.file("Mail/inbox/new")).first { $0.contains(maildir.digest(of: "m2")) })
+            try (FileSystem.entries(in: dir.file("Mail/inbox/new")) ?? []).first { $0.contains(maildir.digest(of: "m2")) })
         #expect(rename(dir.file("Mail/inbox/new/\(m2)"), dir.file("Mail/inbox/cur/\(m2):2,S")) == 0)
 
         let journal2 = try UIDLJournal.open(testKey, stateDirectory: dir.file("state"))
@@ -138,16 +139,16 @@ import Testing
         try dropped.write(buffer("partial"))
         let sink = try maildir.begin(uid: "m2")
         try sink.write(buffer("Subject: m2\r\n\r\nbody\r\n"))
-        #expect(try FileIO.listDirectory(dir.file("Mail/inbox/tmp")).isEmpty)
-        #expect(try FileIO.listDirectory(dir.file("Mail/inbox/new")).isEmpty)
+        #expect(try (FileSystem.entries(in: dir.file("Mail/inbox/tmp")) ?? []).isEmpty)
+        #expect(try (FileSystem.entries(in: dir.file("Mail/inbox/new")) ?? []).isEmpty)
         try sink.commit()
         try maildir.flush()
         try journal.markDelivered("m2")
-        let names = try FileIO.listDirectory(dir.file("Mail/inbox/new"))
+        let names = try (FileSystem.entries(in: dir.file("Mail/inbox/new")) ?? [])
         #expect(names.count == 1 && names[0].contains(maildir.digest(of: "m2")))
         #expect(try contents(dir.file("Mail/inbox/new/\(names[0])")) == "Subject: m2\n\nbody\n")
         withExtendedLifetime(dropped) {}
-        #expect(try FileIO.listDirectory(dir.file("Mail/inbox/tmp")).isEmpty)
+        #expect(try (FileSystem.entries(in: dir.file("Mail/inbox/tmp")) ?? []).isEmpty)
     }
 
     @Test func recoverRemovesOnlyOurStaleTmpFiles() throws {
@@ -156,10 +157,10 @@ import Testing
         try sink.write(buffer("partial"))
         // kill -9 here: the sink never commits nor aborts. Another program's tmp file sits beside ours.
         try writeFile(dir.file("Mail/inbox/tmp/1700000000.M1P2.otherhost"), "theirs")
-        #expect(try FileIO.listDirectory(dir.file("Mail/inbox/tmp")).count == 2)
+        #expect(try (FileSystem.entries(in: dir.file("Mail/inbox/tmp")) ?? []).count == 2)
         let maildir2 = MaildirDestination(path: dir.file("Mail/inbox"), accountKey: testKey)
         try maildir2.recover(journal: journal)
-        #expect(try FileIO.listDirectory(dir.file("Mail/inbox/tmp")) == ["1700000000.M1P2.otherhost"])
+        #expect(try (FileSystem.entries(in: dir.file("Mail/inbox/tmp")) ?? []) == ["1700000000.M1P2.otherhost"])
         #expect(!maildir2.isStored(uid: "m1"))
         withExtendedLifetime(sink) {}
     }
@@ -169,8 +170,8 @@ import Testing
         let sink = try maildir.begin(uid: "m1")
         try sink.write(buffer("Subject: x\r\n"))
         sink.abort()
-        #expect(try FileIO.listDirectory(dir.file("Mail/inbox/tmp")).isEmpty)
-        #expect(try FileIO.listDirectory(dir.file("Mail/inbox/new")).isEmpty)
+        #expect(try (FileSystem.entries(in: dir.file("Mail/inbox/tmp")) ?? []).isEmpty)
+        #expect(try (FileSystem.entries(in: dir.file("Mail/inbox/new")) ?? []).isEmpty)
         #expect(throws: MailRetrieverError.sinkClosed) { try sink.write(buffer("more")) }
         #expect(!maildir.isStored(uid: "m1"))
     }
@@ -187,7 +188,7 @@ import Testing
         for _ in 0..<2000 { try sink.write(buffer(line)) }  // ~2 MB through a 64 KiB buffer
         try sink.commit()
         try journal.markDelivered("big")
-        let name = try #require(try FileIO.listDirectory(dir.file("Mail/inbox/new")).first)
+        let name = try #require(try (FileSystem.entries(in: dir.file("Mail/inbox/new")) ?? []).first)
         #expect(name.hasSuffix(",S=\(2000 * 999)"))
     }
 }

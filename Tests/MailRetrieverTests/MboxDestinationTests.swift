@@ -1,6 +1,7 @@
 import Crypto
 import Foundation
 import NIOCore
+import SystemIO
 import Testing
 
 @testable import MailRetriever
@@ -35,7 +36,7 @@ import Testing
 @Suite struct MboxDestinationTests {
     func setUp(sender: String? = nil) throws -> (TemporaryDirectory, UIDLJournal, MboxDestination) {
         let dir = try TemporaryDirectory()
-        try FileIO.makeDirectories(dir.file("state"))
+        try FileSystem.makeDirectories(dir.file("state"))
         let journal = try UIDLJournal.open(testKey, stateDirectory: dir.file("state"))
         let mbox = MboxDestination(path: dir.file("inbox.mbox"), accountKey: testKey, envelopeSender: sender)
         try mbox.recover(journal: journal)

@@ -1,5 +1,6 @@
 import Foundation
 import NIOCore
+import SystemIO
 
 @testable import MailRetriever
 
@@ -29,20 +30,20 @@ func buffer(_ text: String) -> ByteBuffer {
 }
 
 func contents(_ path: String) throws -> String {
-    String(decoding: try FileIO.readFile(path) ?? [], as: UTF8.self)
+    String(decoding: try FileSystem.readFile(path) ?? [], as: UTF8.self)
 }
 
 func writeFile(_ path: String, _ text: String, mode: mode_t = 0o600) throws {
-    let fd = try FileIO.open(path, O_WRONLY | O_CREAT | O_TRUNC, mode: mode)
-    defer { FileIO.close(fd) }
-    try FileIO.writeAll(fd, Array(text.utf8), path: path)
+    let fd = try FileSystem.open(path, O_WRONLY | O_CREAT | O_TRUNC, mode: mode)
+    defer { FileSystem.close(fd) }
+    try FileSystem.write(fd, Array(text.utf8), path: path)
     fchmod(fd, mode)
 }
 
 func appendFile(_ path: String, _ text: String) throws {
-    let fd = try FileIO.open(path, O_WRONLY | O_APPEND)
-    defer { FileIO.close(fd) }
-    try FileIO.writeAll(fd, Array(text.utf8), path: path)
+    let fd = try FileSystem.open(path, O_WRONLY | O_APPEND)
+    defer { FileSystem.close(fd) }
+    try FileSystem.write(fd, Array(text.utf8), path: path)
 }
 
 /// Delivers one message given as wire-form chunks.

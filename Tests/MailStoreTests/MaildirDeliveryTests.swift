@@ -2,6 +2,7 @@ import Foundation
 import NIOConcurrencyHelpers
 import NIOCore
 import Synchronization
+import SystemIO
 import Testing
 
 @testable import MailStore

@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import POP3Core
+import SystemIO
 import Testing
 
 @testable import MailStore

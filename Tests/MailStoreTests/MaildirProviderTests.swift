@@ -3,6 +3,7 @@ import NIOCore
 import NIOPosix
 import POP3Core
 import Synchronization
+import SystemIO
 import Testing
 
 @testable import MailStore
