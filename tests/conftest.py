@@ -1,0 +1,77 @@
+"""Fixtures for the process-level suite. Generic code lives in pop3support.py (importable from every test module:
+pytest puts this folder, the rootdir conftest's, on sys.path); fixtures only wire it up.
+
+Binaries: POP3_BIN_DIR (holding pop3d and pop3), else `swift build --show-bin-path` in the repository root (that
+prints the path; it does not build).
+"""
+import os
+import subprocess
+
+import pytest
+
+import pop3support
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def pytest_runtest_setup(item):
+    if item.get_closest_marker("root") and os.geteuid() != 0:
+        pytest.skip("needs root (uid 0); CI runs as root")
+    if item.get_closest_marker("dovecot") and pop3support.dovecot_binary() is None:
+        pytest.skip("Dovecot is not installed (apt-get install dovecot-pop3d, as .ci/run does)")
+
+
+@pytest.fixture(scope="session")
+def bin_dir():
+    path = os.environ.get("POP3_BIN_DIR")
+    if not path:
+        try:
+            r = subprocess.run(["swift", "build", "--show-bin-path"], cwd=REPO, capture_output=True, text=True,
+                               timeout=300)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            pytest.fail(f"POP3_BIN_DIR is not set and `swift build --show-bin-path` failed: {e}", pytrace=False)
+        if r.returncode != 0:
+            pytest.fail(f"POP3_BIN_DIR is not set and `swift build --show-bin-path` exited {r.returncode}: "
+                        f"{r.stderr.strip()[-300:]}", pytrace=False)
+        path = r.stdout.strip().splitlines()[-1]
+    return os.path.abspath(path)
+
+
+def _binary(bin_dir, name):
+    path = os.path.join(bin_dir, name)
+    if not (os.path.isfile(path) and os.access(path, os.X_OK)):
+        pytest.fail(f"{name} not found at {path}: build first (swift build) or set POP3_BIN_DIR", pytrace=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def pop3d_bin(bin_dir):
+    return _binary(bin_dir, "pop3d")
+
+
+@pytest.fixture(scope="session")
+def pop3_bin(bin_dir):
+    return _binary(bin_dir, "pop3")
+
+
+def _dev(pop3d_bin, root):
+    dev = pop3support.Pop3dDev(pop3d_bin, root)
+    dev.start()
+    return dev
+
+
+@pytest.fixture
+def pop3d(pop3d_bin, tmp_path):
+    """A started `pop3d dev` of its own in tmp_path (demo account, 3 messages), stopped after the test."""
+    dev = _dev(pop3d_bin, tmp_path)
+    yield dev
+    dev.stop()
+
+
+@pytest.fixture(scope="module")
+def shared_pop3d(pop3d_bin, tmp_path_factory):
+    """One `pop3d dev` for a whole module, for read-mostly tests (each test must leave the demo maildrop as it
+    found it, or say what it changes)."""
+    dev = _dev(pop3d_bin, tmp_path_factory.mktemp("shared-pop3d"))
+    yield dev
+    dev.stop()

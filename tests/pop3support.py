@@ -1,0 +1,894 @@
+"""Shared helpers for the process-level tests in tests/: ports, the `pop3d dev` launcher, a raw POP3 client,
+certificates, messages, /proc samplers and a Dovecot launcher. Fixtures live in conftest.py and only wire these up.
+
+Everything here touches only loopback and only processes it started (signalled by PID). Every socket and
+subprocess call carries a timeout: the suite has no global one.
+"""
+import base64
+import datetime
+import hashlib
+import ipaddress
+import os
+import poplib
+import pwd
+import random
+import re
+import secrets
+import shutil
+import signal
+import socket
+import ssl
+import struct
+import subprocess
+import tempfile
+import threading
+import time
+
+LOCALHOST = "127.0.0.1"
+EX_NOUSER = 67
+EX_TEMPFAIL = 75
+EX_NOPERM = 77
+
+
+# ---------------------------------------------------------------- ports and processes
+
+def free_port(host=LOCALHOST):
+    """A TCP port that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def tail(path, n=8):
+    """The last n lines of a text file joined with ' | ' ('' if it cannot be read)."""
+    try:
+        with open(path, errors="replace") as f:
+            return " | ".join(line.rstrip() for line in f.readlines()[-n:])
+    except OSError:
+        return ""
+
+
+def wait_port(port, proc=None, seconds=60, host=LOCALHOST, log_path=None):
+    """Waits until host:port accepts a connection. Raises RuntimeError if `proc` exits first (with the tail of
+    `log_path`, if given) or after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while True:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process {proc.pid} exited with {proc.returncode} before listening on {port}"
+                               + (f": {tail(log_path)}" if log_path else ""))
+        try:
+            with socket.create_connection((host, port), timeout=1):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"port {port} not listening after {seconds} s"
+                                   + (f": {tail(log_path)}" if log_path else ""))
+            time.sleep(0.05)
+
+
+def stop_process(proc, grace=10):
+    """SIGTERM, then SIGKILL after `grace` seconds, a process we started (by its PID). Returns its exit status,
+    or the string "SIGKILL after N s"."""
+    if proc is None:
+        return None
+    if proc.poll() is not None:
+        return proc.returncode
+    os.kill(proc.pid, signal.SIGTERM)
+    try:
+        return proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        return f"SIGKILL after {grace} s"
+
+
+def shared_tmpdir(prefix):
+    """A fresh temporary folder with mode 0755, for servers that run as another user (pytest's tmp_path is 0700
+    all the way up, so `nobody` could not reach it)."""
+    path = tempfile.mkdtemp(prefix=prefix)
+    os.chmod(path, 0o755)
+    return path
+
+
+def write_secret(path, text):
+    """Writes text + newline to path with mode 0600; returns path."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text + "\n")
+    os.chmod(path, 0o600)
+    return path
+
+
+# ---------------------------------------------------------------- /proc samplers
+
+def proc_status(pid, field):
+    """The first number of a /proc/PID/status field (VmRSS, VmHWM, Threads, Uid, ...)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(f"{field} not in /proc/{pid}/status")
+
+
+def vm_kib(pid, field):
+    """A Vm* field of /proc/PID/status in KiB (VmRSS, VmHWM, VmPeak, ...)."""
+    return proc_status(pid, field)
+
+
+def rss_kib(pid):
+    return vm_kib(pid, "VmRSS")
+
+
+def fd_count(pid):
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def settled_fd_count(pid, seconds=2.0):
+    """The lowest descriptor count seen over a short window (NIO closes asynchronously)."""
+    low = fd_count(pid)
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        time.sleep(0.1)
+        low = min(low, fd_count(pid))
+    return low
+
+
+class RSSSampler(threading.Thread):
+    """Samples the VmRSS of `pid` every `interval` seconds while a block runs:
+
+        with RSSSampler(pid) as rss:
+            ...
+        rss.peak, rss.samples  # KiB; [(monotonic time, KiB)]
+
+    The first sample is taken on entry, the last on exit."""
+
+    def __init__(self, pid, interval=0.05):
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.interval = interval
+        self.samples = []
+        self.peak = 0
+        self._stop_event = threading.Event()
+
+    def sample(self):
+        try:
+            value = rss_kib(self.pid)
+        except (OSError, KeyError):
+            return
+        self.samples.append((time.monotonic(), value))
+        self.peak = max(self.peak, value)
+
+    def run(self):
+        while not self._stop_event.wait(self.interval):
+            self.sample()
+
+    def __enter__(self):
+        self.sample()
+        self.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop_event.set()
+        self.join(10)
+        self.sample()
+        return False
+
+
+# ---------------------------------------------------------------- messages
+
+def crlf(data):
+    """What POP3 sends for stored bytes: bare LF becomes CRLF."""
+    return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+
+def normalize(data):
+    """CRLF to LF."""
+    return data.replace(b"\r\n", b"\n")
+
+
+def pop3_size(data):
+    """Octets as served: every line ending CRLF."""
+    return len(data) + data.count(b"\n") - data.count(b"\r\n")
+
+
+def sha256(data):
+    return hashlib.sha256(data).hexdigest()
+
+
+def make_message(tag, index, body_bytes=0):
+    """(Message-ID, bytes): an LF-ended message with a unique Message-ID; the body holds about body_bytes of base64
+    lines (some starting with a dot), or two short lines (one starting with a dot) when body_bytes is 0."""
+    msgid = f"<{tag}-{index}@pop3.test>"
+    head = (f"From: tests@example.test\nTo: user@example.test\nSubject: {tag} {index}\n"
+            f"Message-ID: {msgid}\n\n").encode()
+    if body_bytes <= 0:
+        body = f"message {index} of {tag}\n.leading dot line\n".encode()
+    else:
+        rng = random.Random(f"{tag}-{index}")
+        raw = rng.randbytes(body_bytes * 3 // 4)
+        b64 = base64.encodebytes(raw)  # 76-char lines ending in LF
+        body = b64.replace(b"\nA", b"\n.A")  # some lines start with a dot (byte-stuffing on the wire)
+    return msgid, head + body
+
+
+# ---------------------------------------------------------------- passwords and certificates
+
+def sha512_crypt(password):
+    """A `{SHA512-CRYPT}$6$…` passwd-file hash (via `openssl passwd -6`)."""
+    r = subprocess.run(["openssl", "passwd", "-6", "-stdin"], input=(password + "\n").encode(), capture_output=True,
+                       timeout=30)
+    if r.returncode != 0 or not r.stdout.startswith(b"$6$"):
+        raise RuntimeError(f"openssl passwd -6 failed: {r.stderr.decode(errors='replace').strip()}")
+    return "{SHA512-CRYPT}" + r.stdout.decode().strip()
+
+
+def make_cert(folder, dns=("localhost",), ips=("127.0.0.1", "::1"), days=30):
+    """A self-signed end-entity certificate (CA:FALSE, SKI/AKI, serverAuth, SAN DNS + IP), the profile `pop3d dev`
+    writes; EC P-256. Writes folder/cert.pem and folder/key.pem (0600); returns (cert path, key path).
+    No keyUsage: BoringSSL (the client's TLS) checks a self-signed certificate's own keyUsage as its issuer's, and
+    digitalSignature alone lacks keyCertSign."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, dns[0] if dns else "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
+    san = [x509.DNSName(d) for d in dns] + [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=days))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(ski, critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False)
+            .add_extension(x509.SubjectAlternativeName(san), critical=False)
+            .sign(key, hashes.SHA256()))
+    os.makedirs(folder, exist_ok=True)
+    cert_path = os.path.join(folder, "cert.pem")
+    key_path = os.path.join(folder, "key.pem")
+    with open(cert_path, "wb") as f:
+        f.write(cert.public_bytes(serialization.Encoding.PEM))
+    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def peer_fingerprint(port, host=LOCALHOST, server_hostname="localhost"):
+    """SHA-256 of the certificate a TLS server on host:port presents (not verified)."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    with socket.create_connection((host, port), timeout=10) as s:
+        with ctx.wrap_socket(s, server_hostname=server_hostname) as t:
+            return hashlib.sha256(t.getpeercert(binary_form=True)).hexdigest()
+
+
+# ---------------------------------------------------------------- raw TLS helpers
+
+def client_hello(max_version=None):
+    """The first flight of a real client (Python's OpenSSL), offering at most max_version."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    if max_version:
+        ctx.maximum_version = max_version
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = ctx.wrap_bio(incoming, outgoing, server_hostname="localhost")
+    try:
+        obj.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    hello = outgoing.read()
+    assert hello[:1] == b"\x16" and len(hello) > 100, "could not build a ClientHello"
+    return hello
+
+
+def stls_preamble(sock):
+    """Reads the greeting, sends STLS and reads its +OK, byte by byte so nothing after the +OK line is consumed."""
+    for send in (None, b"STLS\r\n"):
+        if send:
+            sock.sendall(send)
+        line = b""
+        while not line.endswith(b"\r\n"):
+            chunk = sock.recv(1)
+            assert chunk, f"closed during STLS preamble after {line!r}"
+            line += chunk
+        assert line.startswith(b"+OK"), f"STLS preamble: {line!r}"
+
+
+def abort_connection(sock, rst=True):
+    """Closes with a TCP RST (SO_LINGER {1, 0}) or a plain FIN."""
+    if rst:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+# ---------------------------------------------------------------- a raw POP3 client
+
+class POP3Error(Exception):
+    """An -ERR where +OK was needed, or a protocol violation."""
+
+
+class ConnectionClosed(POP3Error, EOFError):
+    """The server closed (or reset) the connection."""
+
+
+def _command_bytes(command):
+    return command if isinstance(command, bytes) else command.encode()
+
+
+class POP3Session:
+    """A line-level POP3 client on a raw socket: mode "tls" (implicit TLS), "stls" (plaintext port, then STLS) or
+    "plain" (plaintext port, no TLS). `source` picks the loopback source address (127.0.0.N: the auth penalty is
+    per client address), `rcvbuf` sets SO_RCVBUF before connect (the TCP window stays small).
+
+    `server` is anything with tls_port, plain_port and ctx (a Pop3dDev or Dovecot); `port`/`ctx` override them.
+    TLS sockets do not suppress ragged EOFs: a close without close_notify raises ssl.SSLEOFError from a raw
+    `sock.recv`; line() turns that (and resets) into ConnectionClosed. Commands may be str or bytes."""
+
+    def __init__(self, server, mode="tls", source=None, timeout=15, rcvbuf=None, port=None, ctx=None,
+                 host=LOCALHOST, server_hostname="localhost"):
+        assert mode in ("tls", "stls", "plain"), mode
+        self.mode = mode
+        self.ctx = ctx or getattr(server, "ctx", None)
+        self.server_hostname = server_hostname
+        raw = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        try:
+            if rcvbuf:
+                raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)  # before connect: the window stays small
+            raw.settimeout(timeout)
+            if source:
+                raw.bind((source, 0))
+            raw.connect((host, port or (server.tls_port if mode == "tls" else server.plain_port)))
+        except BaseException:
+            raw.close()
+            raise
+        self.raw = raw
+        self.sock = self.wrap(raw) if mode == "tls" else raw
+        self.buf = b""
+        self.greeting = self.line()
+        if not self.greeting.startswith(b"+OK"):
+            raise POP3Error(f"greeting {self.greeting!r}")
+        if mode == "stls":
+            self.ok("STLS")
+            if self.buf:
+                raise POP3Error(f"bytes after the STLS reply: {self.buf[:100]!r}")
+            self.sock = self.wrap(raw)
+
+    def wrap(self, raw):
+        return self.ctx.wrap_socket(raw, server_hostname=self.server_hostname, suppress_ragged_eofs=False)
+
+    # -- lines
+
+    def send(self, data):
+        """Sends raw bytes (no CRLF added)."""
+        self.sock.sendall(data)
+
+    def recv(self, size=65536):
+        try:
+            return self.sock.recv(size)
+        except (ConnectionResetError, ssl.SSLEOFError) as e:
+            raise ConnectionClosed(f"connection closed ({type(e).__name__}); unterminated: {self.buf[:100]!r}")
+
+    def line(self):
+        """One reply line without its CRLF."""
+        while b"\r\n" not in self.buf:
+            data = self.recv()
+            if not data:
+                raise ConnectionClosed(f"connection closed; unterminated: {self.buf[:100]!r}")
+            self.buf += data
+        line, self.buf = self.buf.split(b"\r\n", 1)
+        return line
+
+    def command(self, command):
+        """Sends one command (CRLF added) and returns the first reply line."""
+        self.send(_command_bytes(command) + b"\r\n")
+        return self.line()
+
+    def pipeline(self, *commands):
+        """Sends several commands in one write; read the replies with line()."""
+        self.send(b"".join(_command_bytes(c) + b"\r\n" for c in commands))
+
+    def ok(self, command):
+        """command(), raising POP3Error unless the reply is +OK."""
+        reply = self.command(command)
+        if not reply.startswith(b"+OK"):
+            raise POP3Error(f"{_command_bytes(command).split(b' ')[0].decode(errors='replace')}: {reply!r}")
+        return reply
+
+    def lines(self):
+        """The rest of a multi-line reply up to the terminating ".": raw lines, still dot-stuffed."""
+        out = []
+        while (line := self.line()) != b".":
+            out.append(line)
+        return out
+
+    def multiline(self):
+        """The rest of a multi-line reply as bytes: dot-unstuffed, every line ending CRLF."""
+        return b"".join((line[1:] if line.startswith(b".") else line) + b"\r\n" for line in self.lines())
+
+    # -- commands
+
+    def login(self, user, password):
+        self.ok(f"USER {user}")
+        reply = self.command(f"PASS {password}")
+        if not reply.startswith(b"+OK"):
+            raise POP3Error(f"PASS for {user}: {reply!r}")
+        return self
+
+    def stat(self):
+        parts = self.ok("STAT").split()
+        return int(parts[1]), int(parts[2])
+
+    def _listing(self, command, convert):
+        self.ok(command)
+        out = {}
+        for line in self.lines():
+            n, value = line.split()
+            out[int(n)] = convert(value)
+        return out
+
+    def uidl(self):
+        """{message number: UIDL}."""
+        return self._listing("UIDL", bytes.decode)
+
+    def list(self):
+        """{message number: octets}."""
+        return self._listing("LIST", int)
+
+    def retr(self, n):
+        self.ok(f"RETR {n}")
+        return self.multiline()
+
+    def message_ids(self, numbers):
+        """{n: Message-ID or None} via pipelined TOP n 0 (200 at a time)."""
+        out = {}
+        numbers = list(numbers)
+        for start in range(0, len(numbers), 200):
+            batch = numbers[start:start + 200]
+            self.pipeline(*[f"TOP {n} 0" for n in batch])
+            for n in batch:
+                resp = self.line()
+                if not resp.startswith(b"+OK"):
+                    raise POP3Error(f"TOP {n} 0: {resp!r}")
+                head = self.multiline()
+                ids = [h.split(b":", 1)[1].strip().decode() for h in head.split(b"\r\n")
+                       if h.lower().startswith(b"message-id:")]
+                out[n] = ids[0] if ids else None
+        return out
+
+    def dele_many(self, numbers):
+        """Pipelined DELE of every number (200 at a time); POP3Error on the first -ERR."""
+        numbers = list(numbers)
+        for start in range(0, len(numbers), 200):
+            batch = numbers[start:start + 200]
+            self.pipeline(*[f"DELE {n}" for n in batch])
+            for n in batch:
+                resp = self.line()
+                if not resp.startswith(b"+OK"):
+                    raise POP3Error(f"DELE {n}: {resp!r}")
+
+    def quit(self):
+        """QUIT; returns its reply and closes."""
+        try:
+            return self.command("QUIT")
+        finally:
+            self.close()
+
+    # -- endings
+
+    def closed_within(self, seconds):
+        """True if the server ends the connection within `seconds` (no further reply line)."""
+        self.sock.settimeout(seconds)
+        try:
+            data = self.buf or self.sock.recv(65536)
+        except (ConnectionResetError, ssl.SSLEOFError):
+            return True
+        except (socket.timeout, TimeoutError):
+            return False
+        assert not data, f"unexpected bytes after the last reply: {data[:100]!r}"
+        return True
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def abort(self, writer=None):
+        """Goes away without reading or QUIT: shutdown (which also wakes a `writer` thread blocked in send), then
+        a close with SO_LINGER 0, i.e. a TCP RST."""
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        with socket.socket(fileno=os.dup(self.sock.fileno())) as same:
+            try:
+                same.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        if writer:
+            writer.join(10)
+        self.close()
+
+
+# ---------------------------------------------------------------- servers
+
+class _Accounts:
+    """What the pop3d and Dovecot launchers share: URLs, remembered passwords, password files, a STAT probe."""
+
+    name = "server"
+    ctx = None
+
+    def url(self, user, starttls=False):
+        return (f"pop3://{user}@localhost:{self.plain_port}" if starttls
+                else f"pop3s://{user}@localhost:{self.tls_port}")
+
+    def password_file(self, user):
+        """A 0600 file holding the user's password (as `pop3 fetch --password-file` wants)."""
+        return write_secret(os.path.join(self.root, f"pw-{self.name}-{user}"), self.passwords[user])
+
+    def poplib_pop3s(self, user="demo", password=None, timeout=30):
+        """A logged-in poplib.POP3_SSL over implicit TLS (raises poplib.error_proto on -ERR)."""
+        c = poplib.POP3_SSL("localhost", self.tls_port, context=self.ctx, timeout=timeout)
+        try:
+            c.user(user)
+            c.pass_(password if password is not None else self.passwords[user])
+        except BaseException:
+            c.close()
+            raise
+        return c
+
+    def stat(self, user, attempts=20):
+        """(count, octets) on the server via poplib; retried (e.g. [IN-USE] right after a killed session)."""
+        last = None
+        for _ in range(attempts):
+            try:
+                c = self.poplib_pop3s(user)
+            except poplib.error_proto as e:
+                last = e
+                time.sleep(0.25)
+                continue
+            try:
+                return c.stat()
+            finally:
+                try:
+                    c.quit()
+                except Exception:  # noqa: BLE001
+                    c.close()
+        raise RuntimeError(f"STAT for {user} failed: {last}")
+
+
+class Pop3dDev(_Accounts):
+    """`pop3d dev --data ROOT/data` on free loopback ports; restartable on the same folder and ports.
+
+    run_as: a user name (e.g. "nobody") to run pop3d and its admin commands as when we are root, so that neither
+    `dev` nor `deliver` has privileges to drop; ROOT is chowned to it and must be reachable by it (see
+    shared_tmpdir). extra_config: YAML appended to pop3d.yaml before the first start (see configure)."""
+
+    name = "pop3d"
+
+    def __init__(self, pop3d_bin, root, run_as=None, extra_config=""):
+        self.bin = pop3d_bin
+        self.root = str(root)
+        self.data = os.path.join(self.root, "data")
+        self.config = os.path.join(self.data, "pop3d.yaml")
+        self.ca = os.path.join(self.data, "tls", "cert.pem")
+        self.tls_port = free_port()
+        self.plain_port = free_port()
+        self.proc = None
+        self.starts = 0
+        self.log_path = None
+        self.password = None
+        self.passwords = {}
+        self.ctx = None
+        self.ids = {}
+        if run_as and os.geteuid() == 0:
+            p = pwd.getpwnam(run_as)
+            os.chown(self.root, p.pw_uid, p.pw_gid)
+            self.ids = {"user": p.pw_uid, "group": p.pw_gid, "extra_groups": []}
+        if extra_config:
+            self.configure(extra_config)
+
+    # -- configuration
+
+    def configure(self, text):
+        """Appends YAML to pop3d.yaml (e.g. "limits:\\n  maildrop_messages: 10\\n"); takes effect at the next
+        start. Before the first start the dev environment is created by one start and stop, as `pop3d dev` only
+        writes pop3d.yaml when it is missing. A top-level key may appear only once in the file."""
+        if not os.path.exists(self.config):
+            self.start()
+            self.stop()
+        with open(self.config, "a") as f:
+            f.write(text if text.endswith("\n") else text + "\n")
+
+    def limits(self):
+        """The effective limits, as `pop3d check-config` prints them: {name: int}."""
+        out = self.pop3d("check-config", "--config", self.config).stdout.decode()
+        return {key: int(value) for key, value in re.findall(r"^\s+(\w+): (\d+)$", out, re.M)}
+
+    # -- process
+
+    def start(self, seconds=60):
+        self.starts += 1
+        self.log_path = os.path.join(self.root, f"pop3d-{self.starts}.log")
+        with open(self.log_path, "w") as log:
+            self.proc = subprocess.Popen(
+                [self.bin, "dev", "--data", self.data, "--pop3s-port", str(self.tls_port),
+                 "--pop3-port", str(self.plain_port)],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, **self.ids)
+        wait_port(self.tls_port, self.proc, seconds, log_path=self.log_path)
+        wait_port(self.plain_port, self.proc, seconds, log_path=self.log_path)
+        if self.ctx is None:
+            with open(os.path.join(self.data, "demo-password")) as f:
+                self.password = f.read().strip()
+            self.passwords["demo"] = self.password
+            self.use_ca(self.ca)
+        return self
+
+    def use_ca(self, path):
+        """Trust `path` from now on (e.g. after replacing the certificate)."""
+        self.ca = path
+        self.ctx = ssl.create_default_context(cafile=path)
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def signal(self, signum):
+        if self.alive():
+            os.kill(self.proc.pid, signum)
+
+    def kill9(self):
+        if self.alive():
+            os.kill(self.proc.pid, signal.SIGKILL)
+        if self.proc is not None:
+            self.proc.wait(timeout=30)
+
+    def stop(self):
+        """SIGTERM; SIGKILL after 40 s. Returns the exit status (or "SIGKILL after 40 s")."""
+        return stop_process(self.proc, grace=40)
+
+    def restart(self, kill=False):
+        if kill:
+            self.kill9()
+        else:
+            self.stop()
+        return self.start()
+
+    def log_tail(self, n=8):
+        return tail(self.log_path, n) if self.log_path else ""
+
+    def log_text(self):
+        """All logs of all starts."""
+        out = []
+        for n in range(1, self.starts + 1):
+            try:
+                with open(os.path.join(self.root, f"pop3d-{n}.log"), errors="replace") as f:
+                    out.append(f.read())
+            except OSError:
+                pass
+        return "".join(out)
+
+    def log_lines(self, *needles):
+        """Lines of the logs of all starts that contain any of the needles."""
+        return [line for line in self.log_text().splitlines() if any(k in line for k in needles)]
+
+    # -- admin commands and files
+
+    def pop3d(self, *args, stdin=None, timeout=120):
+        """Runs `pop3d ARGS…` (as run_as, if set); stdin is bytes or str. Returns a CompletedProcess (bytes)."""
+        if isinstance(stdin, str):
+            stdin = stdin.encode()
+        return subprocess.run([self.bin, *args], input=stdin, capture_output=True, timeout=timeout, **self.ids)
+
+    def add_user(self, name, password):
+        r = self.pop3d("user", "add", name, "--config", self.config, stdin=password + "\n", timeout=60)
+        assert r.returncode == 0, f"user add {name}: exit {r.returncode}: {r.stderr.decode(errors='replace').strip()}"
+        self.passwords[name] = password
+
+    def deliver(self, user, data, config=None, timeout=120):
+        """`pop3d deliver USER` with data on stdin: (exit status, stderr text)."""
+        r = self.pop3d("deliver", user, "--config", config or self.config, stdin=data, timeout=timeout)
+        return r.returncode, r.stderr.decode(errors="replace").strip()
+
+    def seed(self, user, messages):
+        """Delivers every message (an iterable of bytes, or a dict of them); raises on a failed delivery."""
+        for data in (messages.values() if isinstance(messages, dict) else messages):
+            rc, err = self.deliver(user, data)
+            if rc != 0:
+                raise RuntimeError(f"pop3d deliver {user}: exit {rc}: {err}")
+
+    def maildir(self, user="demo"):
+        return os.path.join(self.data, "mail", user)
+
+    def maildir_files(self, user="demo"):
+        """{file name: bytes} of the user's new/ and cur/."""
+        out = {}
+        for sub in ("new", "cur"):
+            d = os.path.join(self.maildir(user), sub)
+            for name in os.listdir(d) if os.path.isdir(d) else []:
+                with open(os.path.join(d, name), "rb") as f:
+                    out[name] = f.read()
+        return out
+
+    # -- samplers
+
+    def rss_kib(self):
+        return rss_kib(self.pid)
+
+    def fd_count(self):
+        return fd_count(self.pid)
+
+    def session(self, **kw):
+        """A POP3Session to this server (see POP3Session for the keywords)."""
+        return POP3Session(self, **kw)
+
+
+def mail_owner():
+    """The unprivileged owner of Dovecot's mail (Dovecot refuses root): vmail if present, else nobody."""
+    for user in ("vmail", "nobody"):
+        try:
+            p = pwd.getpwnam(user)
+            return p.pw_uid, p.pw_gid
+        except KeyError:
+            pass
+    raise RuntimeError("neither a 'vmail' nor a 'nobody' user exists")
+
+
+def dovecot_binary():
+    """The dovecot binary, or None."""
+    return shutil.which("dovecot") or ("/usr/sbin/dovecot" if os.path.exists("/usr/sbin/dovecot") else None)
+
+
+class Dovecot(_Accounts):
+    """Debian's Dovecot 2.3 (dovecot-pop3d) with its own configuration in ROOT on free loopback ports: POP3 only,
+    SHA512-CRYPT passwd-file, Maildir under ROOT/mail owned by an unprivileged user. Needs root. ROOT must be
+    reachable by the mail user (shared_tmpdir). Call start(users), then seed/deliver, stop()."""
+
+    name = "dovecot"
+
+    def __init__(self, root):
+        self.root = str(root)
+        self.tls_port = free_port()
+        self.plain_port = free_port()
+        self.passwords = {}
+        self.proc = None
+        self.ca = None
+        self.ctx = None
+        self.counter = 0
+        self.log_path = os.path.join(self.root, "dovecot.log")
+        self.out_path = os.path.join(self.root, "dovecot.stdout")
+
+    def start(self, users, seconds=30):
+        """users: names (random passwords) or {name: password}."""
+        binary = dovecot_binary()
+        if binary is None:
+            raise RuntimeError("dovecot is not installed (Debian: apt-get install dovecot-pop3d)")
+        if os.geteuid() != 0:
+            raise RuntimeError("Dovecot is started as root with mail_uid set; run the tests as root")
+        os.chmod(self.root, 0o755)
+        self.uid, self.gid = mail_owner()
+        for sub in ("run", "state", "ssl"):
+            os.makedirs(os.path.join(self.root, sub), exist_ok=True)
+        self.mail = os.path.join(self.root, "mail")
+        os.makedirs(self.mail, mode=0o755, exist_ok=True)
+        os.chown(self.mail, self.uid, self.gid)
+        self.ca, key = make_cert(os.path.join(self.root, "ssl"))
+        self.ctx = ssl.create_default_context(cafile=self.ca)
+        if not isinstance(users, dict):
+            users = {user: secrets.token_urlsafe(12) for user in users}
+        lines = []
+        for user, password in users.items():
+            self.passwords[user] = password
+            lines.append(f"{user}:{sha512_crypt(password)}:{self.uid}:{self.gid}::{self.mail}/{user}::\n")
+        passwd = os.path.join(self.root, "users")
+        with open(passwd, "w") as f:
+            f.writelines(lines)
+        os.chmod(passwd, 0o644)
+        conf = os.path.join(self.root, "dovecot.conf")
+        r = self.root
+        with open(conf, "w") as f:
+            f.write(f"""# written by tests/pop3support.py
+instance_name = pop3-tests-{os.getpid()}-{self.tls_port}
+base_dir = {r}/run
+state_dir = {r}/state
+log_path = {self.log_path}
+protocols = pop3
+listen = 127.0.0.1
+shutdown_clients = yes
+ssl = required
+ssl_cert = <{self.ca}
+ssl_key = <{key}
+ssl_min_protocol = TLSv1.2
+auth_mechanisms = plain
+passdb {{
+  driver = passwd-file
+  args = scheme=SHA512-CRYPT {passwd}
+}}
+userdb {{
+  driver = passwd-file
+  args = {passwd}
+}}
+first_valid_uid = {self.uid}
+last_valid_uid = 0
+first_valid_gid = 0
+mail_uid = {self.uid}
+mail_gid = {self.gid}
+mail_location = maildir:{self.mail}/%u
+pop3_uidl_format = %08Xu%08Xv
+service pop3-login {{
+  inet_listener pop3 {{
+    address = 127.0.0.1
+    port = {self.plain_port}
+  }}
+  inet_listener pop3s {{
+    address = 127.0.0.1
+    port = {self.tls_port}
+    ssl = yes
+  }}
+}}
+""")
+        with open(self.out_path, "w") as out:
+            self.proc = subprocess.Popen([binary, "-c", conf, "-F"], stdout=out, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL)
+        try:
+            wait_port(self.tls_port, self.proc, seconds)
+            wait_port(self.plain_port, self.proc, seconds)
+        except RuntimeError as e:
+            raise RuntimeError(f"{e}; {tail(self.out_path)} {tail(self.log_path)}")
+        return self
+
+    def maildir(self, user):
+        return os.path.join(self.mail, user)
+
+    def deliver(self, user, data):
+        """Straight into the user's Maildir (tmp/ then rename into new/), owned by the mail user."""
+        base = self.maildir(user)
+        for sub in ("", "tmp", "new", "cur"):
+            d = os.path.join(base, sub)
+            if not os.path.isdir(d):
+                os.makedirs(d, mode=0o700, exist_ok=True)
+                os.chown(d, self.uid, self.gid)
+        self.counter += 1
+        name = f"{int(time.time())}.M{self.counter}P{os.getpid()}.tests"
+        tmp = os.path.join(base, "tmp", name)
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.chown(tmp, self.uid, self.gid)
+        os.rename(tmp, os.path.join(base, "new", name))
+
+    def seed(self, user, messages):
+        for data in (messages.values() if isinstance(messages, dict) else messages):
+            self.deliver(user, data)
+
+    def log_tail(self, n=8):
+        return f"{tail(self.out_path, n)} {tail(self.log_path, n)}".strip()
+
+    def stop(self):
+        """SIGTERM to the master we started (-F: the Popen PID is the master); it stops its children."""
+        return stop_process(self.proc, grace=15)
+
+
+# ---------------------------------------------------------------- openssl s_client
+
+def s_client(port, ca, args=(), stdin=None, starttls=False, quiet=False, timeout=60, host=LOCALHOST):
+    """`openssl s_client -connect host:port -CAfile ca -verify_return_error ARGS` (+ `-starttls pop3`).
+    stdin: bytes/str sent to it (None: /dev/null). Returns (exit status, text): with quiet (`-quiet`) only stdout,
+    else stdout + stderr, where the handshake details are."""
+    cmd = ["openssl", "s_client", *(["-quiet"] if quiet else []), "-connect", f"{host}:{port}", "-CAfile", ca,
+           "-verify_return_error", *args]
+    if starttls:
+        cmd += ["-starttls", "pop3"]
+    if isinstance(stdin, str):
+        stdin = stdin.encode()
+    io = {"input": stdin} if stdin is not None else {"stdin": subprocess.DEVNULL}
+    r = subprocess.run(cmd, capture_output=True, timeout=timeout, **io)
+    out = r.stdout if quiet else r.stdout + r.stderr
+    return r.returncode, out.decode("utf-8", "replace")
+# API complete
