@@ -1,0 +1,118 @@
+import Accounts
+import Foundation
+import MailStore
+
+/// One message into one account's Maildir, as `pop3d deliver` does it for an MTA: the account looked up in the
+/// passwd-file, its quota applied, root dropped to the mail owner, and success only once the message is durable
+/// (tmp, fsync, link into new/, directory fsync). Each failure says whether the MTA should retry.
+public struct LocalDelivery {
+    /// Why a delivery failed; `pop3d deliver` turns each into its sysexits(3) status.
+    public enum Failure: Error, Equatable, CustomStringConvertible {
+        /// No such account (EX_NOUSER, 67).
+        case unknownUser(String)
+        /// Larger than the size limit given (EX_CANTCREAT, 73).
+        case tooLarge(String)
+        /// Over the account's quota; nothing stored (EX_NOPERM, 77, as `dovecot-lda -e`).
+        case quotaExceeded(String)
+        /// Anything worth retrying: configuration, I/O, a full disk (EX_TEMPFAIL, 75).
+        case temporary(String)
+
+        public var description: String {
+            switch self {
+            case .unknownUser(let text), .tooLarge(let text), .quotaExceeded(let text), .temporary(let text): text
+            }
+        }
+    }
+
+    public let configuration: ServerConfiguration
+
+    public init(configuration: ServerConfiguration) {
+        self.configuration = configuration
+    }
+
+    /// Delivers what `descriptor` holds (to its end) to `user`; returns the new file's name.
+    public func deliver(user: String, readingFrom descriptor: Int32, maximumSize: Int?) throws(Failure) -> String {
+        let passwd: PasswdFile
+        do {
+            passwd = try PasswdFile.parse(
+                String(contentsOfFile: self.configuration.passwdFile, encoding: .utf8),
+                path: self.configuration.passwdFile
+            )
+        } catch {
+            throw .temporary("configuration: \(error)")
+        }
+        guard let record = passwd.record(named: user) else { throw .unknownUser("unknown user \(user)") }
+        let path: String
+        do {
+            path = try MaildirLocator(template: self.configuration.maildirTemplate).path(for: record)
+        } catch {
+            throw .temporary("no maildir for \(user): \(error)")
+        }
+        let quota: MaildirQuota
+        do {
+            quota = try MaildirQuota(extraFields: record.extraFields)
+        } catch {
+            throw .temporary("quota rule of \(user): \(error)")
+        }
+        if geteuid() == 0 {
+            try self.dropRoot(for: record, path: path, records: passwd.records)
+        }
+        // Over quota: refused before reading when already full, else the room left caps the size.
+        var sizeLimit = maximumSize
+        var quotaRoom: Int?
+        if !quota.isUnlimited {
+            let used: (bytes: Int, messages: Int)
+            do {
+                used = try MaildirQuota.usage(ofMaildir: path)
+            } catch {
+                throw .temporary("cannot measure \(user)'s Maildir for its quota: \(error)")
+            }
+            if let limit = quota.messages, used.messages >= limit {
+                throw .quotaExceeded("quota exceeded: \(user) has \(used.messages) messages (limit \(limit))")
+            }
+            if let limit = quota.storageBytes {
+                let room = limit - used.bytes
+                guard room > 0 else { throw .quotaExceeded("quota exceeded: \(user) uses \(used.bytes) of \(limit) bytes") }
+                quotaRoom = room
+                sizeLimit = min(sizeLimit ?? room, room)
+            }
+        }
+        do {
+            return try MaildirDelivery.deliver(readingFrom: descriptor, toMaildir: path, maximumSize: sizeLimit)
+        } catch let error as MaildropError where error == .permanent("message too large") {
+            if let quotaRoom, quotaRoom == sizeLimit, quotaRoom != maximumSize {
+                throw .quotaExceeded("quota exceeded: the message is larger than the \(quotaRoom) bytes left for \(user); nothing was stored")
+            }
+            throw .tooLarge("\(error)")
+        } catch {
+            throw .temporary("delivery failed, nothing was stored: \(error)")
+        }
+    }
+
+    /// As root (an MTA's local delivery), write as the mail owner: the account's uid/gid when the passwd-file gives
+    /// them, else the server's `user`/shared uid, so that the unprivileged server can read the files.
+    private func dropRoot(for record: UserRecord, path: String, records: [UserRecord]) throws(Failure) {
+        do {
+            let identity: PrivilegeDrop.Identity?
+            if let uid = record.uid, let gid = record.gid, uid != 0 {
+                // The same rule as the server's mail workers: never a system account.
+                let owner = MailOwner(uid: uid, gid: gid)
+                guard PrivilegeSeparation.allows(owner, firstValidUID: self.configuration.firstValidUID) else {
+                    throw PrivilegeDrop.Failure(
+                        description: "\(record.name)'s uid \(uid) / gid \(gid) is below first_valid_uid \(self.configuration.firstValidUID) or root's"
+                    )
+                }
+                identity = owner
+            } else if let configured = try? PrivilegeDrop.target(user: self.configuration.user, group: self.configuration.group, records: records) {
+                identity = configured
+            } else {
+                // Neither: write as the owner of the Maildir (or of its nearest existing folder), so a root-run
+                // development set-up keeps working and a vmail-owned tree stays vmail-owned.
+                identity = PrivilegeDrop.owner(ofNearestExisting: path)
+            }
+            if let identity, identity.uid != 0 { try PrivilegeDrop.drop(to: identity) }
+        } catch {
+            throw .temporary("cannot drop root privileges: \(error)")
+        }
+    }
+}
