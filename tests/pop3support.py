@@ -445,33 +445,33 @@ class POP3Session:
         self.ok(f"RETR {n}")
         return self.multiline()
 
-    def message_ids(self, numbers):
-        """{n: Message-ID or None} via pipelined TOP n 0 (200 at a time)."""
-        out = {}
+    def _pipelined(self, numbers, command):
+        """Sends `command.format(n)` for every number, 200 at a time, and yields (n, status line) once each +OK is
+        read; POP3Error on the first -ERR."""
         numbers = list(numbers)
         for start in range(0, len(numbers), 200):
             batch = numbers[start:start + 200]
-            self.pipeline(*[f"TOP {n} 0" for n in batch])
+            self.pipeline(*[command.format(n) for n in batch])
             for n in batch:
                 resp = self.line()
                 if not resp.startswith(b"+OK"):
-                    raise POP3Error(f"TOP {n} 0: {resp!r}")
-                head = self.multiline()
-                ids = [h.split(b":", 1)[1].strip().decode() for h in head.split(b"\r\n")
-                       if h.lower().startswith(b"message-id:")]
-                out[n] = ids[0] if ids else None
+                    raise POP3Error(f"{command.format(n)}: {resp!r}")
+                yield n, resp
+
+    def message_ids(self, numbers):
+        """{n: Message-ID or None} via pipelined TOP n 0 (200 at a time)."""
+        out = {}
+        for n, _ in self._pipelined(numbers, "TOP {} 0"):
+            head = self.multiline()
+            ids = [h.split(b":", 1)[1].strip().decode() for h in head.split(b"\r\n")
+                   if h.lower().startswith(b"message-id:")]
+            out[n] = ids[0] if ids else None
         return out
 
     def dele_many(self, numbers):
         """Pipelined DELE of every number (200 at a time); POP3Error on the first -ERR."""
-        numbers = list(numbers)
-        for start in range(0, len(numbers), 200):
-            batch = numbers[start:start + 200]
-            self.pipeline(*[f"DELE {n}" for n in batch])
-            for n in batch:
-                resp = self.line()
-                if not resp.startswith(b"+OK"):
-                    raise POP3Error(f"DELE {n}: {resp!r}")
+        for _ in self._pipelined(numbers, "DELE {}"):
+            pass
 
     def quit(self):
         """QUIT; returns its reply and closes."""

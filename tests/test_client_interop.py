@@ -250,6 +250,17 @@ def rc_problem(r, want=0):
     return None
 
 
+def run_problems(r, **want):
+    """The problems of one `pop3 fetch --json` run: its exit status, its JSON, and each count in `want` (fetched=,
+    deleted=) that the JSON reports otherwise. Returns (account summary or None, problems)."""
+    acc, jp = parse_json(r)
+    p = [x for x in (rc_problem(r), jp) if x]
+    if acc is not None and any(acc.get(key) != value for key, value in want.items()):
+        got = " ".join(f"{key}={acc.get(key)}" for key in want)
+        p.append(f"json says {got}, want " + " ".join(f"{key}={value}" for key, value in want.items()))
+    return acc, p
+
+
 # ---------------------------------------------------------------- servers and the client
 
 class Target:
@@ -357,10 +368,7 @@ def test_maildir_keep_json(target, rng):
     maildir = os.path.join(target.root, "maildir-keep")
     target.chain["keep"] = (msgs, maildir)
     r = target.fetch("keeper", ["--maildir", maildir], "--keep", "--json")
-    acc, jp = parse_json(r)
-    p = [x for x in (rc_problem(r), jp) if x]
-    if acc is not None and acc.get("fetched") != N:
-        p.append(f"json says fetched={acc.get('fetched')}, want {N}")
+    _, p = run_problems(r, fetched=N)
     p += compare(maildir_messages(maildir), msgs)
     if tmp_files(maildir):
         p.append(f"tmp/ not empty: {tmp_files(maildir)[:3]}")
@@ -374,10 +382,7 @@ def test_keep_rerun_fetches_nothing_new(target):
     """--keep re-run fetches nothing new."""
     msgs, maildir = after(target, "keep", "test_maildir_keep_json")
     r = target.fetch("keeper", ["--maildir", maildir], "--keep", "--json")
-    acc, jp = parse_json(r)
-    p = [x for x in (rc_problem(r), jp) if x]
-    if acc is not None and acc.get("fetched") != 0:
-        p.append(f"json says fetched={acc.get('fetched')}, want 0")
+    _, p = run_problems(r, fetched=0)
     p += compare(maildir_messages(maildir), msgs)
     count = target.stat("keeper")[0]
     if count != N:
@@ -389,10 +394,7 @@ def test_default_mode_deletes_fetched(target):
     """Default mode deletes the already-fetched messages and downloads none again."""
     msgs, maildir = after(target, "keep", "test_maildir_keep_json")
     r = target.fetch("keeper", ["--maildir", maildir], "--json")
-    acc, jp = parse_json(r)
-    p = [x for x in (rc_problem(r), jp) if x]
-    if acc is not None and (acc.get("fetched") != 0 or acc.get("deleted") != N):
-        p.append(f"json says fetched={acc.get('fetched')} deleted={acc.get('deleted')}, want 0 and {N}")
+    _, p = run_problems(r, fetched=0, deleted=N)
     p += compare(maildir_messages(maildir), msgs)
     count = target.stat("keeper")[0]
     if count != 0:
@@ -440,10 +442,7 @@ def test_keep_days_at_plus_2_days(target):
     """--keep-days 3 at +2 days (POP3_NOW): nothing deleted, nothing fetched again."""
     msgs, out, mda, now = after(target, "mda", "test_mda_keep_days")
     r = target.fetch("mda", ["--mda", mda], "--keep-days", "3", "--json", env={"POP3_NOW": str(now + 2 * 86400)})
-    acc, jp = parse_json(r)
-    p = [x for x in (rc_problem(r), jp) if x]
-    if acc is not None and (acc.get("fetched") != 0 or acc.get("deleted") != 0):
-        p.append(f"json says fetched={acc.get('fetched')} deleted={acc.get('deleted')}, want 0 and 0")
+    _, p = run_problems(r, fetched=0, deleted=0)
     count = target.stat("mda")[0]
     if count != N:
         p.append(f"server holds {count}, want {N}")
@@ -455,10 +454,7 @@ def test_keep_days_at_plus_4_days(target):
     """--keep-days 3 at +4 days (POP3_NOW): all 20 deleted, none delivered again."""
     msgs, out, mda, now = after(target, "mda", "test_mda_keep_days")
     r = target.fetch("mda", ["--mda", mda], "--keep-days", "3", "--json", env={"POP3_NOW": str(now + 4 * 86400)})
-    acc, jp = parse_json(r)
-    p = [x for x in (rc_problem(r), jp) if x]
-    if acc is not None and (acc.get("fetched") != 0 or acc.get("deleted") != N):
-        p.append(f"json says fetched={acc.get('fetched')} deleted={acc.get('deleted')}, want 0 and {N}")
+    _, p = run_problems(r, fetched=0, deleted=N)
     count = target.stat("mda")[0]
     if count != 0:
         p.append(f"server still holds {count}")
@@ -477,13 +473,10 @@ def test_max_size_skips_big_message(target, rng):
     maildir = os.path.join(target.root, "maildir-size")
     target.chain["size"] = (msgs, maildir)
     r = target.fetch("sizer", ["--maildir", maildir], "--max-size", "100000", "--json")
-    acc, jp = parse_json(r)
-    p = [x for x in (rc_problem(r), jp) if x]
+    _, p = run_problems(r, fetched=N - 1, skipped=1)
     err = r.stderr.decode(errors="replace").strip()
     if not re.search(r"skip|max-size", err, re.I):
         p.append(f"no warning about the skipped message on stderr ({err[:100]!r})")
-    if acc is not None and (acc.get("fetched") != N - 1 or acc.get("skipped") != 1):
-        p.append(f"json says fetched={acc.get('fetched')} skipped={acc.get('skipped')}, want {N - 1} and 1")
     p += compare(maildir_messages(maildir), small)
     stat = target.stat("sizer")
     if stat[0] != 1 or stat[1] < 300_000:

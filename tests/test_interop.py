@@ -236,6 +236,33 @@ def test_check_config(shared_pop3d, tmp_path):
     assert r.returncode != 0 and b"passwd_file" in r.stderr, r.stderr
 
 
+@pytest.mark.parametrize("extra, env, key, meant", [
+    ("limits:\n  idle_timout: 5\n", {}, b"limits.idle_timout", b"limits.idle_timeout"),
+    ("auth:\n  allow_cleartxt: true\n", {}, b"auth.allow_cleartxt", b"auth.allow_cleartext"),
+    ("", {"POP3D_LIMITS_IDLE_TIMOUT": "900"}, b"POP3D_LIMITS_IDLE_TIMOUT", b"POP3D_LIMITS_IDLE_TIMEOUT"),
+], ids=["yaml-limits", "yaml-auth", "environment"])
+def test_check_config_and_serve_refuse_a_misspelt_key(shared_pop3d, tmp_path, extra, env, key, meant):
+    """A misspelt key never runs on the defaults: check-config and serve exit 78 (EX_CONFIG), naming the key and the
+    one it probably meant; the same file without it passes."""
+    dev = shared_pop3d
+    with open(dev.config) as f:
+        good = f.read()
+    config = str(tmp_path / "pop3d.yaml")
+    for name in os.listdir(dev.data):  # the relative paths of the dev configuration resolve beside it
+        if not os.path.exists(tmp_path / name):
+            os.symlink(os.path.join(dev.data, name), tmp_path / name)
+    with open(config, "w") as f:
+        f.write(good + "\n" + extra)
+    for command in ("check-config", "serve"):
+        r = subprocess.run([dev.bin, command, "--config", config], capture_output=True, timeout=60,
+                           env=dict(os.environ, **env), stdin=subprocess.DEVNULL)
+        assert r.returncode == 78, (command, r.returncode, r.stderr)
+        assert key in r.stderr and b"did you mean " + meant in r.stderr, (command, r.stderr)
+    with open(config, "w") as f:
+        f.write(good)
+    assert dev.pop3d("check-config", "--config", config).returncode == 0
+
+
 # ---------------------------------------------------------------- signals
 
 def test_sighup_reloads_certificate_without_dropping_sessions(pop3d):
