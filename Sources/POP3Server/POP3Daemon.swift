@@ -51,7 +51,7 @@ public final class POP3Daemon: Sendable {
                 firstValidUID: configuration.firstValidUID
             )
             if verifier.records().contains(where: { $0.uid != nil && $0.uid != identity.uid }),
-                let reason = PrivilegeSeparation.untrustedReason(configuration.passwdFile)
+                let reason = PrivilegeSeparation.untrustedReason(configuration.passwdFile, trustedOwner: 0)
             {
                 logger.error("accounts with their own uid cannot log in until the passwd-file is protected: \(reason)")
             }
@@ -92,7 +92,7 @@ public final class POP3Daemon: Sendable {
                 logger: self.logger
             )
         } ?? local
-        let server = POP3Server(
+        let server = POP3Service(
             configuration: self.configuration,
             tls: self.tls,
             verifier: self.verifier,

@@ -85,7 +85,7 @@ public enum PrivilegeSeparation {
         }
         let user = String(parts[2])
         do throws(HelperError) {
-            if let reason = Self.untrustedReason(accounts.path) { throw HelperError(description: reason) }
+            if let reason = Self.untrustedReason(accounts.path, trustedOwner: 0) { throw HelperError(description: reason) }
             try Self.check(user: user, owner: MailOwner(uid: uid, gid: gid), records: accounts.records(), firstValidUID: firstValidUID)
         } catch {
             logger.error("mail worker refused", metadata: ["user": "\(logEscaped(user))", "reason": "\(error.description)"])
@@ -125,9 +125,10 @@ public enum PrivilegeSeparation {
     }
 
     /// Why the passwd-file cannot be trusted to name the identities workers run as, or nil: it and every folder
-    /// above it must belong to root and be writable by nobody else (a folder writable by others only with the sticky
-    /// bit), so that the unprivileged pop3d cannot add an account for somebody else's uid (as sshd's StrictModes).
-    public static func untrustedReason(_ passwdFile: String) -> String? {
+    /// above it must belong to root (or `trustedOwner`) and be writable by nobody else (a folder writable by others
+    /// only with the sticky bit), so that the unprivileged pop3d cannot add an account for somebody else's uid (as
+    /// sshd's StrictModes). The helper passes 0: root alone; tests pass their own uid to run every rule unprivileged.
+    public static func untrustedReason(_ passwdFile: String, trustedOwner: uid_t) -> String? {
         // The real file, symbolic links resolved, so that every folder on the way to it is checked.
         guard let resolved = realpath(passwdFile, nil) else { return "cannot check \(passwdFile): \(String(cString: strerror(errno)))" }
         var path = String(cString: resolved)
@@ -138,8 +139,9 @@ public enum PrivilegeSeparation {
             guard stat(path, &info) == 0 else { return "cannot check \(path): \(String(cString: strerror(errno)))" }
             let writableByOthers = info.st_mode & 0o022 != 0
             let sticky = info.st_mode & mode_t(S_ISVTX) != 0
-            if info.st_uid != 0 || (writableByOthers && (isFile || !sticky)) {
-                return "\(path) must belong to root and be writable by root only (owner uid \(info.st_uid), mode \(String(info.st_mode & 0o7777, radix: 8)))"
+            if (info.st_uid != 0 && info.st_uid != trustedOwner) || (writableByOthers && (isFile || !sticky)) {
+                let owner = trustedOwner == 0 ? "root" : "uid \(trustedOwner) or root"
+                return "\(path) must belong to \(owner) and be writable by its owner only (owner uid \(info.st_uid), mode \(String(info.st_mode & 0o7777, radix: 8)))"
             }
             guard path != "/", let slash = path.lastIndex(of: "/") else { return nil }
             path = slash == path.startIndex ? "/" : String(path[..<slash])

@@ -81,32 +81,35 @@ struct PrivilegeSeparationTests {
     }
 
     /// The helper trusts the passwd-file to name identities only while root alone can change it and every folder
-    /// above it (as sshd's StrictModes): else a compromised pop3d could add an account for anybody's uid.
+    /// above it (as sshd's StrictModes): else a compromised pop3d could add an account for anybody's uid. Every rule
+    /// runs unprivileged too: the test trusts its own uid where the helper trusts root's.
     @Test func passwdFileMustBeRootsAlone() throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("PrivSep-\(UUID().uuidString)").path
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let file = dir + "/users"
         #expect(FileManager.default.createFile(atPath: file, contents: Data("a:{PLAIN}x:3000:3000\n".utf8)))
+        let me = geteuid()
         chmod(dir, 0o755)
         chmod(file, 0o644)
-        guard geteuid() == 0 else {
-            // Not root: the file is ours, not root's.
-            #expect(PrivilegeSeparation.untrustedReason(file)?.contains("must belong to root") == true)
-            return
-        }
-        #expect(PrivilegeSeparation.untrustedReason(file) == nil)
+        #expect(PrivilegeSeparation.untrustedReason(file, trustedOwner: me) == nil)
         chmod(file, 0o664)
-        #expect(PrivilegeSeparation.untrustedReason(file)?.contains("writable by root only") == true)
+        #expect(PrivilegeSeparation.untrustedReason(file, trustedOwner: me)?.contains("writable by its owner only") == true)
         chmod(file, 0o644)
-        chown(file, 3000, 3000)
-        #expect(PrivilegeSeparation.untrustedReason(file)?.contains("owner uid 3000") == true)
-        chown(file, 0, 0)
+        if me == 0 {
+            chown(file, 3000, 3000)
+            #expect(PrivilegeSeparation.untrustedReason(file, trustedOwner: 0)?.contains("owner uid 3000") == true)
+            chown(file, 0, 0)
+        } else {
+            // The helper's own rule: a file of ours is not root's.
+            #expect(PrivilegeSeparation.untrustedReason(file, trustedOwner: 0)?.contains("must belong to root") == true)
+            #expect(PrivilegeSeparation.untrustedReason(file, trustedOwner: me + 1)?.contains("owner uid \(me)") == true)
+        }
         chmod(dir, 0o777)  // a folder others can write to (no sticky bit): they could replace the file
-        #expect(PrivilegeSeparation.untrustedReason(file)?.contains(dir) == true)
-        chmod(dir, 0o1777)  // sticky, like /tmp: others cannot replace root's file
-        #expect(PrivilegeSeparation.untrustedReason(file) == nil)
-        #expect(PrivilegeSeparation.untrustedReason(dir + "/missing")?.hasPrefix("cannot check") == true)
+        #expect(PrivilegeSeparation.untrustedReason(file, trustedOwner: me)?.contains(dir) == true)
+        chmod(dir, 0o1777)  // sticky, like /tmp: others cannot replace the owner's file
+        #expect(PrivilegeSeparation.untrustedReason(file, trustedOwner: me) == nil)
+        #expect(PrivilegeSeparation.untrustedReason(dir + "/missing", trustedOwner: me)?.hasPrefix("cannot check") == true)
     }
 
     /// `pop3_spawn` hands the child exactly one extra descriptor, as 3, and closes every other one.
