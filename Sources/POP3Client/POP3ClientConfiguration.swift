@@ -78,8 +78,8 @@ public enum POP3ClientError: Error, Sendable, Equatable, CustomStringConvertible
     case connectionClosed
     /// The server's reply was not a POP3 status line, was too long, or did not fit the command.
     case protocolViolation(String)
-    case authenticationFailed(code: String?, text: String)
-    case commandFailed(command: String, code: String?, text: String)
+    case authenticationFailed(code: ResponseCode?, text: String)
+    case commandFailed(command: String, code: ResponseCode?, text: String)
     case noUsableMechanism
 
     public var description: String {
@@ -94,13 +94,13 @@ public enum POP3ClientError: Error, Sendable, Equatable, CustomStringConvertible
         case .connectionClosed: "connection closed by the server"
         case .protocolViolation(let what): "protocol violation: \(what)"
         case .authenticationFailed(let code, let text):
-            switch code?.uppercased() {
+            switch code {
             // RFC 2449 §8.1.1 / RFC 3206: not a credentials problem; say so, so nobody changes a good password.
-            case "IN-USE": "login refused [IN-USE]: the mailbox is in use by another session; try again later (\(text))"
-            case "SYS/TEMP": "login refused [SYS/TEMP]: temporary server problem; try again later (\(text))"
-            default: "login failed\(code.map { " [\($0)]" } ?? ""): \(text)"
+            case .inUse: "login refused [IN-USE]: the mailbox is in use by another session; try again later (\(text))"
+            case .sysTemp: "login refused [SYS/TEMP]: temporary server problem; try again later (\(text))"
+            default: "login failed\(code.map { " [\($0.rawValue)]" } ?? ""): \(text)"
             }
-        case .commandFailed(let command, let code, let text): "\(command) failed\(code.map { " [\($0)]" } ?? ""): \(text)"
+        case .commandFailed(let command, let code, let text): "\(command) failed\(code.map { " [\($0.rawValue)]" } ?? ""): \(text)"
         case .noUsableMechanism: "server offers no usable login mechanism (SASL PLAIN or USER)"
         }
     }

@@ -129,19 +129,34 @@ public final class POP3Connection {
         return POP3ClientError.tlsFailed(Self.explain(error))
     }
 
-    /// A TLS failure in words a user can act on (BoringSSL's own text is kept in brackets for the expert).
+    /// A TLS failure in words a user can act on, from swift-nio-ssl's error cases. BoringSSL's packed error codes
+    /// are private to swift-nio-ssl; its reason names (CERTIFICATE_VERIFY_FAILED, …) are public only in the text of
+    /// a handshake failure's error stack, so that stack alone is read for them (and kept in brackets for the expert).
     static func explain(_ error: any Error) -> String {
-        let text = "\(error)"
         if error is HandshakeTimeoutError { return "TLS handshake timed out" }
-        if text.contains("CERTIFICATE_VERIFY_FAILED") {
-            return "certificate not trusted: unknown or self-signed issuer, or expired (use --ca-file or --pin; `pop3 probe` shows the chain)"
+        if let extra = error as? NIOSSLExtraError, extra == .failedToValidateHostname {
+            return "certificate is not valid for this host name"
         }
-        if text.contains("failedToValidateHostname") { return "certificate is not valid for this host name" }
-        if text.contains("uncleanShutdown") { return "the connection ended abruptly (closed without TLS close_notify)" }
-        if text.contains("UNSUPPORTED_PROTOCOL") || text.contains("WRONG_VERSION") || text.contains("TLSV1_ALERT_PROTOCOL_VERSION") {
-            return "no common TLS version (TLS 1.2 or later is required) [\(text.prefix(160))]"
+        guard let ssl = error as? NIOSSLError else { return String("\(error)".prefix(240)) }
+        switch ssl {
+        case .uncleanShutdown:
+            return "the connection ended abruptly (closed without TLS close_notify)"
+        case .handshakeFailed(let boring):
+            let reasons: String
+            switch boring {
+            case .sslError(let stack), .unknownError(let stack): reasons = stack.map { "\($0)" }.joined(separator: "; ")
+            default: reasons = "\(boring)"
+            }
+            if reasons.contains("CERTIFICATE_VERIFY_FAILED") {
+                return "certificate not trusted: unknown or self-signed issuer, or expired (use --ca-file or --pin; `pop3 probe` shows the chain)"
+            }
+            if ["UNSUPPORTED_PROTOCOL", "WRONG_VERSION", "TLSV1_ALERT_PROTOCOL_VERSION"].contains(where: reasons.contains) {
+                return "no common TLS version (TLS 1.2 or later is required) [\(reasons.prefix(160))]"
+            }
+            return "handshake failed [\(reasons.prefix(200))]"
+        default:
+            return String("\(ssl)".prefix(240))
         }
-        return String(text.prefix(240))
     }
 
     /// TLS handlers for this client: ServerHello sniffer (cipher suite), TLS with the trust policy, ALPN observer.

@@ -55,7 +55,10 @@ import Testing
 
     @Test func statusLines() throws {
         #expect(try ServerStatusLine.parse(Array("+OK 2 320".utf8)) == .init(kind: .ok, code: nil, text: "2 320"))
-        #expect(try ServerStatusLine.parse(Array("-ERR [IN-USE] locked".utf8)) == .init(kind: .err, code: "IN-USE", text: "locked"))
+        #expect(try ServerStatusLine.parse(Array("-ERR [IN-USE] locked".utf8)) == .init(kind: .err, code: .inUse, text: "locked"))
+        // Codes are the ResponseCode enum (case-insensitive); one this product does not know stays in the text.
+        #expect(try ServerStatusLine.parse(Array("-ERR [sys/temp] later".utf8)) == .init(kind: .err, code: .sysTemp, text: "later"))
+        #expect(try ServerStatusLine.parse(Array("-ERR [X-FOO/BAR] no".utf8)) == .init(kind: .err, code: nil, text: "[X-FOO/BAR] no"))
         #expect(try ServerStatusLine.parse(Array("+OK".utf8)) == .init(kind: .ok, code: nil, text: ""))
         #expect(try ServerStatusLine.parse(Array("+ ".utf8)).kind == .continuation)
         #expect(try ServerStatusLine.parse(Array("-ERR \u{1B}[31mred".utf8)).text == "?[31mred")

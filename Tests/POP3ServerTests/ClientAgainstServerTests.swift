@@ -103,7 +103,7 @@ import Testing
         let server = try await TestServer.start()
         defer { Task { await server.stop() } }
         let connection = try await POP3Connection.connect(self.configuration(server))
-        await #expect(throws: POP3ClientError.authenticationFailed(code: "AUTH", text: "Authentication failed.")) {
+        await #expect(throws: POP3ClientError.authenticationFailed(code: .auth, text: "Authentication failed.")) {
             try await connection.login(user: "alice", password: "wrong")
         }
         await connection.close()
