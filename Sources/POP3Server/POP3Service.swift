@@ -26,7 +26,7 @@ public struct BoundListener: Sendable {
 typealias ConnectionChannel = NIOAsyncChannel<POP3InboundFrame, POP3OutboundFrame>
 
 /// The POP3 server: listeners, connection limits, sessions, graceful shutdown.
-public final class POP3Server: Service, Sendable {
+public final class POP3Service: Service, Sendable {
     public let configuration: ServerConfiguration
     let tls: TLSProvider?
     let verifier: any CredentialVerifier

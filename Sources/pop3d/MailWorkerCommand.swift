@@ -9,37 +9,6 @@ import POP3Server
 import Glibc
 #endif
 
-/// `pop3d privsep`: the privileged helper `pop3d serve` starts (as root) before dropping privileges. Internal: it
-/// talks to its parent on descriptor 3 and refuses to run otherwise.
-struct PrivilegedHelperCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(
-        commandName: "privsep",
-        abstract: "Internal: the privileged helper of `pop3d serve` (starts mail workers as each account's uid/gid).",
-        shouldDisplay: false
-    )
-
-    @Option(name: .customLong("passwd-file")) var passwdFile: String
-    @Option(name: .customLong("first-valid-uid")) var firstValidUID: UInt32
-
-    func run() throws {
-        try requireChannel(type: SOCK_SEQPACKET, command: "privsep")
-        LoggingSystem.bootstrap(StreamLogHandler.standardError)
-        let logger = Logger(label: "pop3d.privsep")
-        do {
-            try PrivilegeSeparation.runHelper(
-                socket: 3,
-                passwdFile: self.passwdFile,
-                firstValidUID: self.firstValidUID,
-                executable: try PrivilegeSeparation.currentExecutable(),
-                logger: logger
-            )
-        } catch {
-            logger.critical("privileged helper failed: \(error)")
-            throw ExitCode(70)
-        }
-    }
-}
-
 /// `pop3d mail-worker`: serves one maildrop session, as the account's uid/gid, for `pop3d serve` on descriptor 3.
 struct MailWorkerCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -66,7 +35,7 @@ struct MailWorkerCommand: ParsableCommand {
 }
 
 /// Both internal commands are started with a Unix socket of `type` on descriptor 3; run by hand, they say so.
-private func requireChannel(type: __socket_type, command: String) throws {
+func requireChannel(type: __socket_type, command: String) throws {
     var actual: Int32 = 0
     var length = socklen_t(MemoryLayout<Int32>.size)
     guard getsockopt(3, SOL_SOCKET, SO_TYPE, &actual, &length) == 0, actual == Int32(type.rawValue) else {
