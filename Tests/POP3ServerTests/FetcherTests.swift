@@ -22,11 +22,12 @@ import Testing
     ) async throws -> FetchSummary {
         let passwordFile = folder + "/password"
         if !FileManager.default.fileExists(atPath: passwordFile) {
-            FileManager.default.createFile(
+            let created = FileManager.default.createFile(
                 atPath: passwordFile,
                 contents: Data((TestServer.users[user]! + "\n").utf8),
                 attributes: [.posixPermissions: 0o600]
             )
+            #expect(created)
         }
         try FileManager.default.createDirectory(atPath: folder + "/state", withIntermediateDirectories: true)
         let job = FetchJob(
@@ -76,7 +77,7 @@ import Testing
         for index in 1...3 { try server.deliver("alice", "Subject: \(index)\n\nbody \(index)\n") }
 
         // A destination that cannot store (its path is a file): the fetch fails and nothing is deleted.
-        FileManager.default.createFile(atPath: folder + "/not-a-folder", contents: Data())
+        #expect(FileManager.default.createFile(atPath: folder + "/not-a-folder", contents: Data()))
         let failed = try await Self.fetch(server, user: "alice", into: .maildir(folder + "/not-a-folder"), retention: .deleteAfterDownload, folder: folder)
         #expect(failed.error != nil)
         #expect(failed.deleted == 0)
