@@ -1,14 +1,11 @@
 import ArgumentParser
-import Crypto
 import Foundation
 import Logging
 import MailRetriever
 import NIOPosix
-import NIOSSL
 import POP3Client
 import POP3Core
 import POP3NIO
-import X509
 
 @main
 struct POP3Command: AsyncParsableCommand {
@@ -198,58 +195,32 @@ struct Probe: AsyncParsableCommand {
         var configuration = POP3ClientConfiguration(host: target.host, port: target.port, security: security, trust: try self.tls.trust())
         configuration.replyTimeout = .seconds(30)
         print("server: \(target.host):\(target.port) (\(security == .implicitTLS ? "implicit TLS" : security == .startTLS ? "STLS" : "plaintext"))")
-        var failure: (any Error)?
-        do {
-            let connection = try await POP3Connection.connect(configuration)
-            print("greeting: \(connection.greeting.text)")
-            if let info = connection.tls {
-                print("tls: \(info.version), cipher \(info.cipherSuite.map(cipherName) ?? "unknown"), ALPN \(info.alpn ?? "none")")
-                print("certificate: verified")
-            }
+        let report = await ServerProbe.run(configuration)
+        if let greeting = report.greeting { print("greeting: \(greeting)") }
+        if let tls = report.tls {
+            print("tls: \(tls.version), cipher \(tls.cipher ?? "unknown"), ALPN \(tls.alpn ?? "none")")
+            print("certificate: verified")
+        }
+        if report.greeting != nil {
             print("capabilities:")
-            for capability in connection.capabilities { print("  \(capability)") }
-            let mechanisms = connection.capabilities.first { $0.uppercased().hasPrefix("SASL ") }.map { String($0.dropFirst(5)) } ?? ""
-            let user = connection.capabilities.contains { $0.uppercased() == "USER" }
-            print("login: " + ([mechanisms.isEmpty ? nil : "SASL \(mechanisms)", user ? "USER/PASS" : nil].compactMap { $0 }.joined(separator: ", ").nonEmpty ?? "none offered"))
-            try? await connection.quit()
-        } catch {
-            failure = error
-            print("error: \(error)")
+            for capability in report.capabilities { print("  \(capability)") }
+            print("login: " + (report.login.joined(separator: ", ").nonEmpty ?? "none offered"))
         }
-        if security != .insecurePlaintext {
-            do {
-                let chain = try await POP3Connection.inspectCertificates(configuration)
-                print("certificate chain (as presented):")
-                for (index, der) in chain.enumerated() { describe(der, index: index) }
-            } catch {
-                print("certificate chain: unavailable (\(error))")
+        if let error = report.error { print("error: \(error)") }
+        if let chain = report.certificateChain {
+            print("certificate chain (as presented):")
+            for (index, certificate) in chain.enumerated() {
+                print("  [\(index)] sha256:\(certificate.sha256)  (certificate, for --pin)")
+                if let pin = certificate.publicKeySHA256 { print("      public key sha256:\(pin)  (for --pin)") }
+                if let subject = certificate.subject { print("      subject: \(subject)") }
+                if let issuer = certificate.issuer { print("      issuer:  \(issuer)") }
+                if let validity = certificate.validity { print("      valid:   \(validity)") }
             }
+        } else if let error = report.certificateChainError {
+            print("certificate chain: unavailable (\(error))")
         }
-        if failure != nil { throw ExitCode(1) }
+        if report.error != nil { throw ExitCode(1) }
     }
-
-    func describe(_ der: [UInt8], index: Int) {
-        let fingerprint = SHA256.hash(data: der).map { String(format: "%02x", $0) }.joined()
-        print("  [\(index)] sha256:\(fingerprint)  (certificate, for --pin)")
-        if let spki = try? NIOSSLCertificate(bytes: der, format: .der).extractPublicKey().toSPKIBytes() {
-            print("      public key sha256:\(SHA256.hash(data: spki).map { String(format: "%02x", $0) }.joined())  (for --pin)")
-        }
-        if let certificate = try? X509.Certificate(derEncoded: der) {
-            print("      subject: \(sanitize(Array(String(describing: certificate.subject).utf8)))")
-            print("      issuer:  \(sanitize(Array(String(describing: certificate.issuer).utf8)))")
-            print("      valid:   \(certificate.notValidBefore) to \(certificate.notValidAfter)")
-        }
-    }
-}
-
-func cipherName(_ code: UInt16) -> String {
-    let names: [UInt16: String] = [
-        0x1301: "TLS_AES_128_GCM_SHA256", 0x1302: "TLS_AES_256_GCM_SHA384", 0x1303: "TLS_CHACHA20_POLY1305_SHA256",
-        0xC02B: "ECDHE-ECDSA-AES128-GCM-SHA256", 0xC02C: "ECDHE-ECDSA-AES256-GCM-SHA384",
-        0xC02F: "ECDHE-RSA-AES128-GCM-SHA256", 0xC030: "ECDHE-RSA-AES256-GCM-SHA384",
-        0xCCA8: "ECDHE-RSA-CHACHA20-POLY1305", 0xCCA9: "ECDHE-ECDSA-CHACHA20-POLY1305",
-    ]
-    return names[code] ?? String(format: "0x%04X", code)
 }
 
 extension String {

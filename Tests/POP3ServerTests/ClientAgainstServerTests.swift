@@ -6,7 +6,7 @@ import POP3Client
 import Testing
 
 /// The POP3Client library against our own server (the retriever binary is tested against Dovecot and
-/// malicious servers by scripts/client_interop.py and scripts/client_security.py).
+/// malicious servers by tests/test_client_interop.py and tests/test_client_security.py).
 @Suite(.serialized) struct ClientAgainstServerTests {
     func configuration(_ server: TestServer, security: ConnectionSecurity = .implicitTLS, trust: TrustPolicy? = nil) -> POP3ClientConfiguration {
         var configuration = POP3ClientConfiguration(
@@ -142,5 +142,22 @@ import Testing
         #expect(TrustPolicy.pin(parsing: "sha1:\(hex)") == nil)
         #expect(TrustPolicy.pin(parsing: "sha256:abc") == nil)
         #expect(TrustPolicy.pin(parsing: "sha256:" + String(repeating: "zz", count: 32)) == nil)
+    }
+
+    /// What `pop3 probe` prints comes from ServerProbe: TLS, capabilities, login ways and the presented chain.
+    @Test func probeReportsWhatTheServerOffers() async throws {
+        let server = try await TestServer.start()
+        defer { Task { await server.stop() } }
+        let report = await ServerProbe.run(self.configuration(server))
+        #expect(report.error == nil)
+        #expect(report.tls?.version.lowercased().hasPrefix("tlsv1") == true)
+        #expect(report.tls?.cipher?.hasPrefix("0x") == false, "a suite of the policy has a name")
+        #expect(report.login == ["SASL PLAIN", "USER/PASS"])
+        let chain = try #require(report.certificateChain)
+        #expect(chain.count == 1)
+        #expect(chain[0].sha256.count == 64 && chain[0].publicKeySHA256?.count == 64)
+        #expect(chain[0].subject?.contains("localhost") == true)
+        #expect(TLSCipherSuite.name(0x1301) == "TLS_AES_128_GCM_SHA256")
+        #expect(TLSCipherSuite.name(0x1304) == "0x1304")
     }
 }
