@@ -34,7 +34,7 @@ final class TestServer: Sendable {
         configure(&configuration)
 
         var logger = Logger(label: "test-pop3d")
-        logger.logLevel = ProcessInfo.processInfo.environment["POP3D_TEST_LOG"] != nil ? .debug : .critical
+        logger.logLevel = ProcessInfo.processInfo.environment["POP3_TEST_LOG"] != nil ? .debug : .critical
         // The assembly `pop3d serve` runs (POP3Daemon), without the privilege drop and without taking over the
         // test process's signals; cancelling the task shuts it down.
         let daemon = try POP3Daemon(configuration: configuration, dropPrivileges: false, logger: logger)
