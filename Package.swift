@@ -35,6 +35,10 @@ let package = Package(
             dependencies: [.product(name: "NIOCore", package: "swift-nio")]
         ),
         .target(
+            name: "LMTPCore",
+            dependencies: ["POP3Core", .product(name: "NIOCore", package: "swift-nio")]
+        ),
+        .target(
             name: "POP3NIO",
             dependencies: [
                 "POP3Core",
@@ -66,7 +70,7 @@ let package = Package(
             name: "POP3Server",
             dependencies: [
                 "CPrivSep",
-                "POP3Core", "POP3NIO", "Accounts", "MailStore",
+                "POP3Core", "POP3NIO", "LMTPCore", "Accounts", "MailStore", "SystemIO",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
@@ -140,6 +144,7 @@ let package = Package(
             ]
         ),
         .testTarget(name: "POP3CoreTests", dependencies: ["POP3Core", "POP3FuzzTargets", .product(name: "NIOCore", package: "swift-nio")]),
+        .testTarget(name: "LMTPCoreTests", dependencies: ["LMTPCore", .product(name: "NIOCore", package: "swift-nio")]),
         .testTarget(name: "POP3NIOTests", dependencies: [
             "POP3NIO", "POP3Core",
             .product(name: "NIOCore", package: "swift-nio"),
@@ -159,7 +164,7 @@ let package = Package(
             .product(name: "NIOPosix", package: "swift-nio"),
         ]),
         .testTarget(name: "POP3ServerTests", dependencies: [
-            "POP3Server", "POP3Core", "Accounts", "MailStore", "POP3Client", "MailRetriever", "CPrivSep",
+            "POP3Server", "POP3Core", "LMTPCore", "Accounts", "MailStore", "POP3Client", "MailRetriever", "CPrivSep", "SystemIO",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "NIOSSL", package: "swift-nio-ssl"),

@@ -104,6 +104,12 @@ public final class PasswdFileVerifier: CredentialVerifier {
         }
     }
 
+    /// The account named `name` in the records currently served (after reloading a changed file).
+    public func record(named name: String) -> UserRecord? {
+        self.refresh()
+        return self.current.withLock { $0.file.record(named: name) }
+    }
+
     /// The records currently served (after reloading a changed file).
     public func records() -> [UserRecord] {
         self.refresh()

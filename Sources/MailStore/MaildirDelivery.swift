@@ -58,7 +58,7 @@ public enum MaildirDelivery {
         }, toMaildir: path)
     }
 
-    private static func deliver(
+    static func deliver(
         writing body: (Int32, String) throws -> MessageSize.Counter,
         toMaildir path: String
     ) throws -> String {

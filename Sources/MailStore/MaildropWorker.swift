@@ -25,19 +25,31 @@ enum WorkerMessage: Equatable, Sendable {
     case content(index: Int)
     case commit(indices: [Int])
     case release
+    /// One message into the Maildir at `path` (LMTP): `prefix` then `size` octets of the spool file attached.
+    case deliver(user: String, path: String, quota: MaildirQuota, maximumSize: Int?, prefix: [UInt8], size: Int)
     // worker → pop3d
     case opened([MaildropMessage])
     case contentFollows
     case done
     case failed(MaildropError)
+    case delivered(String)
+    case deliveryFailed(DeliveryFailure)
+
+    /// Whether a descriptor travels with this message: the message file, or the spool of a delivery.
+    var carriesDescriptor: Bool {
+        switch self {
+        case .contentFollows, .deliver: true
+        default: false
+        }
+    }
 
     /// Upper bound of one frame. The largest is `.opened` for a big maildrop: about 40 bytes per message, so this
     /// allows some 3 million messages.
     static let maximumFrameLength = 128 << 20
 
     private enum Opcode: UInt8 {
-        case open = 1, content, commit, release
-        case opened = 0x81, contentFollows, done, failed
+        case open = 1, content, commit, release, deliver
+        case opened = 0x81, contentFollows, done, failed, delivered, deliveryFailed
     }
 
     func encode() -> ByteBuffer {
@@ -58,6 +70,25 @@ enum WorkerMessage: Equatable, Sendable {
             for index in indices { buffer.writeInteger(UInt32(truncatingIfNeeded: index)) }
         case .release:
             buffer.writeInteger(Opcode.release.rawValue)
+        case .deliver(let user, let path, let quota, let maximumSize, let prefix, let size):
+            buffer.writeInteger(Opcode.deliver.rawValue)
+            Self.writeString(user, to: &buffer)
+            Self.writeString(path, to: &buffer)
+            // -1 for "no limit".
+            for limit in [quota.storageBytes, quota.messages, maximumSize] { buffer.writeInteger(Int64(limit ?? -1)) }
+            buffer.writeInteger(UInt32(prefix.count))
+            buffer.writeBytes(prefix)
+            buffer.writeInteger(UInt64(size))
+        case .delivered(let name):
+            buffer.writeInteger(Opcode.delivered.rawValue)
+            Self.writeString(name, to: &buffer)
+        case .deliveryFailed(let failure):
+            buffer.writeInteger(Opcode.deliveryFailed.rawValue)
+            switch failure {
+            case .tooLarge(let text): buffer.writeInteger(UInt8(1)); Self.writeString(text, to: &buffer)
+            case .quotaExceeded(let text): buffer.writeInteger(UInt8(2)); Self.writeString(text, to: &buffer)
+            case .temporary(let text): buffer.writeInteger(UInt8(3)); Self.writeString(text, to: &buffer)
+            }
         case .opened(let messages):
             buffer.writeInteger(Opcode.opened.rawValue)
             buffer.writeInteger(UInt32(messages.count))
@@ -111,6 +142,34 @@ enum WorkerMessage: Equatable, Sendable {
             message = .commit(indices: indices)
         case .release:
             message = .release
+        case .deliver:
+            let user = try Self.readString(&payload)
+            let path = try Self.readString(&payload)
+            var limits: [Int?] = []
+            for _ in 0..<3 {
+                let value = try Self.readInteger(&payload, as: Int64.self)
+                guard value >= -1 else { throw .malformed("negative limit") }
+                limits.append(value == -1 ? nil : Int(value))
+            }
+            let prefixLength = Int(try Self.readInteger(&payload, as: UInt32.self))
+            guard let prefix = payload.readBytes(length: prefixLength) else { throw .malformed("truncated prefix") }
+            let size = try Self.readInteger(&payload, as: UInt64.self)
+            guard size <= UInt64(Int.max) else { throw .malformed("size out of range") }
+            message = .deliver(
+                user: user, path: path, quota: MaildirQuota(storageBytes: limits[0], messages: limits[1]),
+                maximumSize: limits[2], prefix: prefix, size: Int(size)
+            )
+        case .delivered:
+            message = .delivered(try Self.readString(&payload))
+        case .deliveryFailed:
+            let kind = try Self.readInteger(&payload, as: UInt8.self)
+            let text = try Self.readString(&payload)
+            switch kind {
+            case 1: message = .deliveryFailed(.tooLarge(text))
+            case 2: message = .deliveryFailed(.quotaExceeded(text))
+            case 3: message = .deliveryFailed(.temporary(text))
+            default: throw .malformed("unknown delivery failure")
+            }
         case .opened:
             let count = Int(try Self.readInteger(&payload, as: UInt32.self))
             guard count <= payload.readableBytes / 12 else { throw .malformed("message count exceeds frame") }
@@ -236,7 +295,7 @@ final class WorkerChannel: Sendable {
             var payload = ByteBuffer(bytes: state.buffer[4..<(4 + length)])
             state.buffer.removeFirst(4 + length)
             let message = try WorkerMessage.decode(&payload)
-            guard message == .contentFollows else {
+            guard message.carriesDescriptor else {
                 guard state.descriptors.isEmpty else {
                     for stray in state.descriptors { _ = Glibc.close(stray) }
                     state.descriptors.removeAll()
@@ -306,7 +365,17 @@ public enum MaildropWorker {
         }
         do {
             while true {
-                let (request, _) = try await pool.runIfActive { try channel.receive() }
+                let (request, attached) = try await pool.runIfActive { try channel.receive() }
+                if case .deliver(let user, let path, let quota, let maximumSize, let prefix, let size) = request, maildrop == nil {
+                    guard let spool = attached else { throw WorkerChannelError.malformed("deliver without its spool file") }
+                    defer { _ = Glibc.close(spool) }
+                    let result: WorkerMessage = await Self.deliver(
+                        .spool(prefix: prefix, descriptor: spool, size: size), path: path, user: user, quota: quota,
+                        maximumSize: maximumSize, pool: pool
+                    )
+                    try await reply(result)
+                    return true
+                }
                 switch (request, maildrop) {
                 case (.open(let user, let path, let maximumMessages), nil):
                     do {
@@ -359,6 +428,56 @@ public enum MaildropWorker {
             logger.error("mail worker: \(error)")
             await maildrop?.release()
             return false
+        }
+    }
+}
+
+extension MaildropWorker {
+    static func deliver(
+        _ source: DeliverySource, path: String, user: String, quota: MaildirQuota, maximumSize: Int?, pool: NIOThreadPool
+    ) async -> WorkerMessage {
+        do {
+            let name = try await pool.runIfActive { () throws -> String in
+                try MaildirDelivery.deliver(source, toMaildir: path, user: user, quota: quota, maximumSize: maximumSize)
+            }
+            return .delivered(name)
+        } catch let failure as DeliveryFailure {
+            return .deliveryFailed(failure)
+        } catch {
+            return .deliveryFailed(.temporary("delivery failed, nothing was stored: \(error)"))
+        }
+    }
+
+    /// pop3d's side of an LMTP delivery through a mail worker (connected to `socket`, taken over and closed): the
+    /// spool descriptor is passed to the worker, which writes the copy as the account.
+    public static func deliver(
+        socket: Int32,
+        user: String,
+        path: String,
+        quota: MaildirQuota,
+        maximumSize: Int?,
+        prefix: [UInt8],
+        spool: Int32,
+        size: Int,
+        rpcPool: NIOThreadPool,
+        replyTimeoutSeconds: Int = MaildropWorker.replyTimeoutSeconds
+    ) async throws(DeliveryFailure) -> String {
+        let channel = WorkerChannel(socket: socket)
+        channel.setReceiveTimeout(seconds: replyTimeoutSeconds)
+        let reply: WorkerMessage
+        do {
+            reply = try await rpcPool.runIfActive {
+                defer { channel.close() }
+                try channel.send(.deliver(user: user, path: path, quota: quota, maximumSize: maximumSize, prefix: prefix, size: size), attaching: spool)
+                return try channel.receive().0
+            }
+        } catch {
+            throw .temporary("mail worker: \(error)")
+        }
+        switch reply {
+        case .delivered(let name): return name
+        case .deliveryFailed(let failure): throw failure
+        default: throw .temporary("mail worker: unexpected reply to deliver")
         }
     }
 }

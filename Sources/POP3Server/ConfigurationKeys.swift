@@ -7,7 +7,7 @@ public enum ConfigurationKeys {
     /// Every key `ServerConfiguration.parse` reads. `renderedYAML` prints each of them (a test holds the two
     /// together), so `pop3d check-config` shows them all.
     public static let all: [String] = [
-        "listen.pop3s", "listen.pop3",
+        "listen.pop3s", "listen.pop3", "listen.lmtp",
         "tls.certificate", "tls.key", "tls.strict_sni",
         "passwd_file", "maildir",
         "auth.allow_cleartext", "auth.failure_delay",
@@ -17,7 +17,10 @@ public enum ConfigurationKeys {
         "limits.bad_commands_before_login", "limits.bad_commands_after_login",
         "limits.pre_auth_timeout", "limits.idle_timeout", "limits.handshake_timeout",
         "limits.connections_per_address", "limits.connections", "limits.shutdown_grace",
-        "limits.index_cache_messages", "limits.maildrop_messages",
+        "limits.index_cache_messages", "limits.maildrop_messages", "limits.message_size",
+        "lmtp.socket_mode", "lmtp.trusted_networks", "lmtp.recipient_delimiter", "lmtp.domains",
+        "lmtp.quota_full_tempfail", "lmtp.max_recipients", "lmtp.idle_timeout", "lmtp.max_connections",
+        "lmtp.max_bad_commands", "lmtp.hostname",
         "log.level",
     ]
 

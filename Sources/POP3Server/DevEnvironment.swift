@@ -20,7 +20,7 @@ public struct DevEnvironment: Sendable {
     /// Lines printed when something was created.
     public private(set) var created: [String] = []
 
-    public static func prepare(folder: String, host: String, pop3sPort: Int, pop3Port: Int) throws -> DevEnvironment {
+    public static func prepare(folder: String, host: String, pop3sPort: Int, pop3Port: Int, lmtpPort: Int) throws -> DevEnvironment {
         let absolute = URL(fileURLWithPath: folder).standardizedFileURL.path
         var environment = DevEnvironment(folder: absolute)
         let fm = FileManager.default
@@ -39,6 +39,7 @@ public struct DevEnvironment: Sendable {
                 listen:
                   pop3s: "\(formatted(pop3sPort))"   # implicit TLS
                   pop3: "\(formatted(pop3Port))"    # plaintext + STLS (login only after STLS)
+                  lmtp: ["\(formatted(lmtpPort))"]  # LMTP delivery from an MTA (loopback clients only)
                 tls:
                   certificate: tls/cert.pem
                   key: tls/key.pem

@@ -12,6 +12,12 @@ public struct PreboundListener: Sendable {
     public let descriptor: CInt
 }
 
+/// An LMTP listening socket bound before the server starts (a Unix socket is created with its mode).
+public struct PreboundLMTPListener: Sendable {
+    public let address: LMTPListenAddress
+    public let descriptor: CInt
+}
+
 public enum ListenSocket {
     public static let backlog: CInt = 1024
 
@@ -49,6 +55,66 @@ public enum ListenSocket {
             let reason = String(cString: strerror(errno))
             close(fd)
             throw ConfigurationError(key: key, "cannot listen on \(target): \(reason)")
+        }
+        return fd
+    }
+
+    /// Binds every `listen.lmtp` entry (blocking; before the server starts and before root is dropped).
+    public static func bindLMTP(_ configuration: ServerConfiguration) throws -> [PreboundLMTPListener] {
+        var bound: [PreboundLMTPListener] = []
+        do {
+            for address in configuration.lmtp.listeners {
+                switch address {
+                case .tcp(let tcp):
+                    bound.append(.init(address: address, descriptor: try self.bind(tcp, key: "listen.lmtp")))
+                case .unix(let path):
+                    bound.append(.init(address: address, descriptor: try self.bindUnix(path, mode: mode_t(configuration.lmtp.socketMode))))
+                }
+            }
+        } catch {
+            for listener in bound { close(listener.descriptor) }
+            throw error
+        }
+        return bound
+    }
+
+    /// A Unix stream socket at `path` with `mode`. A stale socket (nobody accepts on it) is replaced; a live one, or
+    /// anything that is not a socket, is an error: another server's socket or an operator's file is never removed.
+    static func bindUnix(_ path: String, mode: mode_t) throws -> CInt {
+        let key = "listen.lmtp"
+        let address: SocketAddress
+        do {
+            address = try SocketAddress(unixDomainSocketPath: path)
+        } catch {
+            throw ConfigurationError(key: key, "unix:\(path): \(error)")
+        }
+        var status = stat()
+        if lstat(path, &status) == 0 {
+            guard status.st_mode & S_IFMT == S_IFSOCK else {
+                throw ConfigurationError(key: key, "unix:\(path) exists and is not a socket; not replacing it")
+            }
+            let probe = socket(AF_UNIX, CInt(SOCK_STREAM.rawValue) | CInt(SOCK_CLOEXEC.rawValue), 0)
+            let live = address.withSockAddr { pointer, size in connect(probe, pointer, socklen_t(size)) } == 0
+            close(probe)
+            if live { throw ConfigurationError(key: key, "unix:\(path) is in use by another process") }
+            unlink(path)
+        }
+        let fd = socket(AF_UNIX, CInt(SOCK_STREAM.rawValue) | CInt(SOCK_CLOEXEC.rawValue) | CInt(SOCK_NONBLOCK.rawValue), 0)
+        guard fd >= 0 else { throw ConfigurationError(key: key, "socket(): \(String(cString: strerror(errno)))") }
+        // Created with no access for anyone, then given its mode: no window in which others could connect.
+        let previous = umask(0o777)
+        let result = address.withSockAddr { pointer, size in Glibc.bind(fd, pointer, socklen_t(size)) }
+        let bindErrno = errno
+        umask(previous)
+        guard result == 0 else {
+            close(fd)
+            throw ConfigurationError(key: key, "cannot listen on unix:\(path): \(String(cString: strerror(bindErrno)))")
+        }
+        guard chmod(path, mode) == 0, Glibc.listen(fd, Self.backlog) == 0 else {
+            let reason = String(cString: strerror(errno))
+            close(fd)
+            unlink(path)
+            throw ConfigurationError(key: key, "cannot listen on unix:\(path): \(reason)")
         }
         return fd
     }

@@ -57,35 +57,14 @@ public struct LocalDelivery {
         if geteuid() == 0 {
             try self.dropRoot(for: record, path: path, records: passwd.records)
         }
-        // Over quota: refused before reading when already full, else the room left caps the size.
-        var sizeLimit = maximumSize
-        var quotaRoom: Int?
-        if !quota.isUnlimited {
-            let used: (bytes: Int, messages: Int)
-            do {
-                used = try MaildirQuota.usage(ofMaildir: path)
-            } catch {
-                throw .temporary("cannot measure \(user)'s Maildir for its quota: \(error)")
-            }
-            if let limit = quota.messages, used.messages >= limit {
-                throw .quotaExceeded("quota exceeded: \(user) has \(used.messages) messages (limit \(limit))")
-            }
-            if let limit = quota.storageBytes {
-                let room = limit - used.bytes
-                guard room > 0 else { throw .quotaExceeded("quota exceeded: \(user) uses \(used.bytes) of \(limit) bytes") }
-                quotaRoom = room
-                sizeLimit = min(sizeLimit ?? room, room)
-            }
-        }
         do {
-            return try MaildirDelivery.deliver(readingFrom: descriptor, toMaildir: path, maximumSize: sizeLimit)
-        } catch let error as MaildropError where error == .permanent("message too large") {
-            if let quotaRoom, quotaRoom == sizeLimit, quotaRoom != maximumSize {
-                throw .quotaExceeded("quota exceeded: the message is larger than the \(quotaRoom) bytes left for \(user); nothing was stored")
-            }
-            throw .tooLarge("\(error)")
+            return try MaildirDelivery.deliver(.stream(descriptor), toMaildir: path, user: user, quota: quota, maximumSize: maximumSize)
         } catch {
-            throw .temporary("delivery failed, nothing was stored: \(error)")
+            switch error {
+            case .tooLarge(let text): throw .tooLarge(text)
+            case .quotaExceeded(let text): throw .quotaExceeded(text)
+            case .temporary(let text): throw .temporary(text)
+            }
         }
     }
 

@@ -1,6 +1,7 @@
 import Accounts
 import Foundation
 import Logging
+import NIOConcurrencyHelpers
 import MailStore
 import NIOCore
 import NIOPosix
@@ -15,6 +16,9 @@ public final class POP3Daemon: Sendable {
     public let verifier: PasswdFileVerifier
     let separation: Separation?
     let prebound: [PreboundListener]
+    let preboundLMTP: [PreboundLMTPListener]
+    /// `pop3d dev` (and tests) run without dropping privileges; only then may LMTP write as root.
+    let dropsPrivileges: Bool
     let logger: Logger
 
     struct Separation: Sendable {
@@ -31,7 +35,9 @@ public final class POP3Daemon: Sendable {
         for warning in configuration.warnings {
             logger.warning("configuration: \(warning)")
         }
+        self.dropsPrivileges = dropPrivileges
         self.prebound = try ListenSocket.bindAll(configuration)
+        self.preboundLMTP = try ListenSocket.bindLMTP(configuration)
         self.tls = try configuration.tlsConfigured
             ? TLSProvider(
                 certificatePath: configuration.certificatePath!,
@@ -55,6 +61,12 @@ public final class POP3Daemon: Sendable {
             {
                 logger.error("accounts with their own uid cannot log in until the passwd-file is protected: \(reason)")
             }
+            for listener in self.preboundLMTP {
+                // The socket belongs to the user pop3d runs as; its mode (lmtp.socket_mode) says who else connects.
+                if case .unix(let path) = listener.address, chown(path, identity.uid, identity.gid) != 0 {
+                    throw ConfigurationError(key: "listen.lmtp", "cannot give unix:\(path) to \(identity): \(String(cString: strerror(errno)))")
+                }
+            }
             try PrivilegeDrop.drop(to: identity)
             logger.notice("running as \(identity) after binding", metadata: ["privileged-helper": "\(helper.pid)"])
             self.separation = Separation(helper: helper, identity: identity)
@@ -76,6 +88,18 @@ public final class POP3Daemon: Sendable {
     /// `reload()` does the same from code.
     public func run(handleSignals: Bool = true, onListening: @escaping @Sendable ([BoundListener]) -> Void = { _ in }) async throws {
         defer { self.separation?.helper.shutdown() }
+        // POP3 and LMTP bind separately; the caller hears once, with every listener.
+        let expected = self.preboundLMTP.isEmpty ? 1 : 2
+        let reported = NIOLockedValueBox<(count: Int, listeners: [BoundListener])>((0, []))
+        let userOnListening = onListening
+        let onListening: @Sendable ([BoundListener]) -> Void = { listeners in
+            let all = reported.withLockedValue { state -> [BoundListener]? in
+                state.count += 1
+                state.listeners += listeners
+                return state.count == expected ? state.listeners : nil
+            }
+            if let all { userOnListening(all) }
+        }
         let local = MaildirProvider(
             threadPool: .singleton,
             logger: self.logger,
@@ -104,6 +128,19 @@ public final class POP3Daemon: Sendable {
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
             .init(service: server, successTerminationBehavior: .gracefullyShutdownGroup)
         ]
+        if !self.preboundLMTP.isEmpty {
+            let target: any DeliveryTarget = (maildrops as? SeparatedMaildropProvider) ?? local
+            let lmtp = LMTPService(
+                configuration: self.configuration,
+                verifier: self.verifier,
+                target: target,
+                prebound: self.preboundLMTP,
+                mayWriteAsRoot: !self.dropsPrivileges,
+                logger: self.logger,
+                onListening: onListening
+            )
+            services.append(.init(service: lmtp, successTerminationBehavior: .gracefullyShutdownGroup))
+        }
         if handleSignals {
             services.append(.init(service: ReloadService(tls: self.tls, verifier: self.verifier, logger: self.logger)))
         }

@@ -14,6 +14,8 @@ public enum ListenerKind: String, Sendable {
     case pop3s
     /// Plaintext with STLS (RFC 2595), port 110.
     case pop3
+    /// LMTP delivery (RFC 2033), from an MTA.
+    case lmtp
 }
 
 /// A listener once bound (with the real port when 0 was asked for).

@@ -303,3 +303,30 @@ public final class SeparatedMaildropProvider: MaildropProvider {
         )
     }
 }
+
+extension SeparatedMaildropProvider: DeliveryTarget {
+    /// Writes the copy as its account: in this process when the account's uid/gid is this process's (or none is
+    /// given), else through a mail worker started as the account, which is handed the spool descriptor.
+    public func deliver(_ request: DeliveryRequest) async throws(DeliveryFailure) -> String {
+        guard let owner = request.owner, owner != self.identity else { return try await self.local.deliver(request) }
+        guard PrivilegeSeparation.allows(owner, firstValidUID: self.firstValidUID) else {
+            self.logger.error(
+                "account's uid/gid not allowed for mail access",
+                metadata: ["user": "\(logEscaped(request.user))", "owner": "\(owner)", "first_valid_uid": "\(self.firstValidUID)"]
+            )
+            throw .temporary("mail access not allowed for this account's uid/gid")
+        }
+        let helper = self.helper
+        let socket: Int32
+        do {
+            socket = try await self.rpcPool.runIfActive { try helper.startWorker(user: request.user, owner: owner) }
+        } catch {
+            self.logger.error("cannot start a mail worker", metadata: ["user": "\(logEscaped(request.user))", "error": "\(error)"])
+            throw .temporary("cannot start a mail worker: \(error)")
+        }
+        return try await MaildropWorker.deliver(
+            socket: socket, user: request.user, path: request.path, quota: request.quota, maximumSize: request.maximumSize,
+            prefix: request.prefix, spool: request.spool, size: request.size, rpcPool: self.rpcPool
+        )
+    }
+}

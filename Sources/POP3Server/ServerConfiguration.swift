@@ -1,5 +1,6 @@
 import Configuration
 import Foundation
+import LMTPCore
 import MailStore
 import POP3Core
 import SystemPackage
@@ -34,6 +35,42 @@ public struct ListenAddress: Sendable, Equatable, CustomStringConvertible {
     public var description: String { self.host.contains(":") ? "[\(self.host)]:\(self.port)" : "\(self.host):\(self.port)" }
 }
 
+/// An LMTP listener: a Unix socket (the usual for a local MTA) or a TCP address.
+public enum LMTPListenAddress: Sendable, Equatable, CustomStringConvertible {
+    case unix(String)
+    case tcp(ListenAddress)
+
+    public var description: String {
+        switch self {
+        case .unix(let path): "unix:\(path)"
+        case .tcp(let address): "\(address)"
+        }
+    }
+}
+
+/// LMTP delivery (RFC 2033) for MTAs: off unless `listen.lmtp` lists a listener.
+public struct LMTPConfiguration: Sendable, Equatable {
+    public var listeners: [LMTPListenAddress] = []
+    /// Mode of each Unix socket (`lmtp.socket_mode`, octal text in the file).
+    public var socketMode: UInt32 = 0o660
+    /// Besides loopback, the client networks a TCP listener serves (LMTP has no authentication).
+    public var trustedNetworks: [CIDRNetwork] = []
+    /// `user+detail@domain` is delivered to `user` (`lmtp.recipient_delimiter`; empty turns it off).
+    public var recipientDelimiter = "+"
+    /// When not empty, a recipient's domain must be one of these (case-insensitive).
+    public var domains: [String] = []
+    /// Over quota answers 452 4.2.2 (the MTA retries) instead of 552 5.2.2 (it bounces).
+    public var quotaFullTempfail = false
+    public var maximumRecipients = LMTPDefaults.maximumRecipients
+    public var idleTimeout = LMTPDefaults.idleTimeout
+    public var maximumConnections = LMTPDefaults.maximumConnections
+    public var maximumBadCommands = LMTPDefaults.maximumBadCommands
+    /// The name in the greeting and in Received: lines; the system's host name when nil.
+    public var hostname: String?
+
+    public init() {}
+}
+
 /// Every server limit, with defaults from `POP3Defaults`.
 public struct ServerLimits: Sendable, Equatable {
     public var commandLineLength = POP3Defaults.maximumCommandLineLength
@@ -52,6 +89,8 @@ public struct ServerLimits: Sendable, Equatable {
     public var indexCacheMessages = MaildirProvider.defaultIndexCacheCapacity
     /// Messages one session lists at most, the oldest first (`limits.maildrop_messages`).
     public var maildropMessages = POP3Defaults.maximumMaildropMessages
+    /// The largest message LMTP accepts, announced as SIZE (`limits.message_size`).
+    public var messageSize = LMTPDefaults.maximumMessageSize
 
     public init() {}
 }
@@ -78,6 +117,7 @@ public struct ServerConfiguration: Sendable, Equatable {
     /// names the real client; nobody else can claim an address.
     public var proxyNetworks: [CIDRNetwork] = []
     public var limits = ServerLimits()
+    public var lmtp = LMTPConfiguration()
     public var logLevel = "info"
     /// Started as root, run as this user (and group) after binding; see `PrivilegeDrop`.
     public var user: String?
@@ -204,6 +244,21 @@ extension ServerConfiguration {
         )
         result.pop3sListeners = try addresses("listen.pop3s")
         result.pop3Listeners = try addresses("listen.pop3")
+        let lmtpTexts: [String] = config.stringArray(forKey: "listen.lmtp") ?? config.string(forKey: "listen.lmtp").map { [$0] } ?? []
+        result.lmtp.listeners = try lmtpTexts.map { text in
+            if text.hasPrefix("unix:") {
+                let path = String(text.dropFirst("unix:".count))
+                guard !path.isEmpty else { throw ConfigurationError(key: "listen.lmtp", "expected unix:PATH, got \"\(text)\"") }
+                let resolved = resolve(path)
+                // sockaddr_un holds 108 bytes with the terminating NUL.
+                guard resolved.utf8.count < 108 else { throw ConfigurationError(key: "listen.lmtp", "socket path too long (over 107 bytes): \(resolved)") }
+                return .unix(resolved)
+            }
+            guard let address = ListenAddress(parsing: text) else {
+                throw ConfigurationError(key: "listen.lmtp", "expected unix:PATH, HOST:PORT or [IPv6]:PORT, got \"\(text)\"")
+            }
+            return .tcp(address)
+        }
         if result.pop3sListeners.isEmpty && result.pop3Listeners.isEmpty {
             throw ConfigurationError(key: "listen", "no listener: set listen.pop3s and/or listen.pop3")
         }
@@ -249,7 +304,34 @@ extension ServerConfiguration {
         limits.shutdownGracePeriod = try seconds("limits.shutdown_grace", 0...3_600, default: limits.shutdownGracePeriod)
         limits.indexCacheMessages = try int("limits.index_cache_messages", 0...100_000_000, default: limits.indexCacheMessages)
         limits.maildropMessages = try int("limits.maildrop_messages", 1...100_000_000, default: limits.maildropMessages)
+        limits.messageSize = try int("limits.message_size", 1_024...Int(Int32.max), default: limits.messageSize)
         result.limits = limits
+        var lmtp = result.lmtp
+        if let mode = config.string(forKey: "lmtp.socket_mode") {
+            guard mode.count <= 4, let value = UInt32(mode, radix: 8), value <= 0o777 else {
+                throw ConfigurationError(key: "lmtp.socket_mode", "expected an octal mode such as \"0660\", got \"\(mode)\"")
+            }
+            lmtp.socketMode = value
+        }
+        lmtp.trustedNetworks = try networks("lmtp.trusted_networks")
+        if let delimiter = config.string(forKey: "lmtp.recipient_delimiter") {
+            guard delimiter.count <= 1, !delimiter.contains("@") else {
+                throw ConfigurationError(key: "lmtp.recipient_delimiter", "expected one character (e.g. \"+\") or \"\"")
+            }
+            lmtp.recipientDelimiter = delimiter
+        }
+        lmtp.domains = (config.stringArray(forKey: "lmtp.domains") ?? config.string(forKey: "lmtp.domains").map { [$0] } ?? [])
+            .map { $0.lowercased() }.filter { !$0.isEmpty }
+        lmtp.quotaFullTempfail = try bool("lmtp.quota_full_tempfail", default: false)
+        lmtp.maximumRecipients = try int("lmtp.max_recipients", 100...100_000, default: lmtp.maximumRecipients)
+        lmtp.idleTimeout = try seconds("lmtp.idle_timeout", 5...3_600, default: lmtp.idleTimeout)
+        lmtp.maximumConnections = try int("lmtp.max_connections", 1...100_000, default: lmtp.maximumConnections)
+        lmtp.maximumBadCommands = try int("lmtp.max_bad_commands", 1...1_000, default: lmtp.maximumBadCommands)
+        lmtp.hostname = config.string(forKey: "lmtp.hostname").flatMap { $0.isEmpty ? nil : $0 }
+        if let name = lmtp.hostname, !name.unicodeScalars.allSatisfy({ $0.value > 0x20 && $0.value < 0x7F }) {
+            throw ConfigurationError(key: "lmtp.hostname", "expected a host name without spaces or control characters")
+        }
+        result.lmtp = lmtp
         let level = config.string(forKey: "log.level") ?? "info"
         guard ["trace", "debug", "info", "notice", "warning", "error", "critical"].contains(level) else {
             throw ConfigurationError(key: "log.level", "expected trace, debug, info, notice, warning, error or critical")
@@ -271,6 +353,7 @@ extension ServerConfiguration {
             listen:
               pop3s: \(list(self.pop3sListeners))
               pop3: \(list(self.pop3Listeners))
+              lmtp: [\(self.lmtp.listeners.map { "\"\($0)\"" }.joined(separator: ", "))]
             tls:
               certificate: \(self.certificatePath.map { "\"\($0)\"" } ?? "null")
               key: \(self.privateKeyPath.map { "\"\($0)\"" } ?? "null")
@@ -296,6 +379,18 @@ extension ServerConfiguration {
               shutdown_grace: \(self.limits.shutdownGracePeriod.components.seconds)
               index_cache_messages: \(self.limits.indexCacheMessages)
               maildrop_messages: \(self.limits.maildropMessages)
+              message_size: \(self.limits.messageSize)
+            lmtp:
+              socket_mode: "0\(String(self.lmtp.socketMode, radix: 8))"
+              trusted_networks: [\(self.lmtp.trustedNetworks.map { "\"\($0)\"" }.joined(separator: ", "))]
+              recipient_delimiter: "\(self.lmtp.recipientDelimiter)"
+              domains: [\(self.lmtp.domains.map { "\"\($0)\"" }.joined(separator: ", "))]
+              quota_full_tempfail: \(self.lmtp.quotaFullTempfail)
+              max_recipients: \(self.lmtp.maximumRecipients)
+              idle_timeout: \(self.lmtp.idleTimeout.components.seconds)
+              max_connections: \(self.lmtp.maximumConnections)
+              max_bad_commands: \(self.lmtp.maximumBadCommands)
+              hostname: \(self.lmtp.hostname.map { "\"\($0)\"" } ?? "null")
             log:
               level: \(self.logLevel)
             user: \(self.user ?? "null")

@@ -80,35 +80,43 @@ struct Dev: ParsableCommand {
     var pop3sPort = 9950
     @Option(name: .customLong("pop3-port"), help: "Plaintext + STLS port.")
     var pop3Port = 9110
+    @Option(name: .customLong("lmtp-port"), help: "LMTP port for an MTA's deliveries (loopback clients only).")
+    var lmtpPort = 9024
 
     func run() throws {
-        let environment = try DevEnvironment.prepare(folder: self.data, host: self.host, pop3sPort: self.pop3sPort, pop3Port: self.pop3Port)
+        let environment = try DevEnvironment.prepare(
+            folder: self.data, host: self.host, pop3sPort: self.pop3sPort, pop3Port: self.pop3Port, lmtpPort: self.lmtpPort
+        )
         for line in environment.created { print("created \(line)") }
         var configuration = try runBlocking { try await ServerConfiguration.load(file: environment.configurationFile) }
         // Flags given on the command line win over the file.
         configuration.pop3sListeners = [ListenAddress(host: self.host, port: self.pop3sPort)]
         configuration.pop3Listeners = [ListenAddress(host: self.host, port: self.pop3Port)]
+        configuration.lmtp.listeners = [.tcp(ListenAddress(host: self.host, port: self.lmtpPort))]
         let ca = environment.certificateFile
         let pw = environment.passwordFile
         if geteuid() == 0 {
             FileHandle.standardError.write(Data("pop3d dev: running as root (development only; `pop3d serve` drops privileges)\n".utf8))
         }
-        let host = self.host, pop3sPort = self.pop3sPort, pop3Port = self.pop3Port
+        let host = self.host, pop3sPort = self.pop3sPort, pop3Port = self.pop3Port, lmtpPort = self.lmtpPort
         try ServerRunner.run(configuration, dropPrivileges: false) { listeners in
             let tlsPort = listeners.first { $0.kind == .pop3s }?.port ?? pop3sPort
             let plainPort = listeners.first { $0.kind == .pop3 }?.port ?? pop3Port
+            let deliveryPort = listeners.first { $0.kind == .lmtp }?.port ?? lmtpPort
             let name = host == "127.0.0.1" || host == "::1" ? "localhost" : host
             print(
                 """
 
                 pop3d dev is serving \(environment.folder)
                   POP3S (implicit TLS): \(host):\(tlsPort)    POP3 + STLS: \(host):\(plainPort)
+                  LMTP (for an MTA, loopback only): \(host):\(deliveryPort)
                   user: \(DevEnvironment.demoUser)    password: in \(pw)    CA file: \(ca)
 
                 Try it:
                   curl --cacert \(ca) --user \(DevEnvironment.demoUser) pop3s://\(name):\(tlsPort)/1     (asks for the password)
                   openssl s_client -connect \(host):\(tlsPort) -CAfile \(ca) -alpn pop3 -quiet
                   python3 -c 'import poplib,ssl; c=ssl.create_default_context(cafile="\(ca)"); p=poplib.POP3_SSL("\(name)",\(tlsPort),context=c); p.user("\(DevEnvironment.demoUser)"); p.pass_(open("\(pw)").read().strip()); print(p.stat()); p.quit()'
+                  python3 -c 'import smtplib; s=smtplib.LMTP("\(host)",\(deliveryPort)); s.sendmail("me@localhost",["\(DevEnvironment.demoUser)@localhost"],"Subject: hi\\n\\nhello\\n"); s.quit()'
                 Thunderbird / Outlook: server \(name), port \(tlsPort), SSL/TLS, normal password, user \(DevEnvironment.demoUser);
                   accept (or import as an authority) the self-signed certificate \(ca).
                 Stop with Ctrl-C.
