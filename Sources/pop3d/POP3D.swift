@@ -92,7 +92,9 @@ struct Dev: ParsableCommand {
         // Flags given on the command line win over the file.
         configuration.pop3sListeners = [ListenAddress(host: self.host, port: self.pop3sPort)]
         configuration.pop3Listeners = [ListenAddress(host: self.host, port: self.pop3Port)]
-        configuration.lmtp.listeners = [.tcp(ListenAddress(host: self.host, port: self.lmtpPort))]
+        // The TCP listener comes from the flags; Unix sockets listed in the file stay.
+        configuration.lmtp.listeners = configuration.lmtp.listeners.filter { if case .unix = $0 { true } else { false } }
+            + [.tcp(ListenAddress(host: self.host, port: self.lmtpPort))]
         let ca = environment.certificateFile
         let pw = environment.passwordFile
         if geteuid() == 0 {
