@@ -274,8 +274,8 @@ struct LMTPTraceHeaders {
     var bytes: [UInt8] {
         let from: String
         switch self.clientAddress {
-        case .v4(let address): from = "\(self.clientName) ([\(address.host)])"
-        case .v6(let address): from = "\(self.clientName) ([IPv6:\(address.host)])"
+        case .v4: from = "\(self.clientName) ([\(self.clientAddress?.ipAddress ?? "")])"
+        case .v6: from = "\(self.clientName) ([IPv6:\(self.clientAddress?.ipAddress ?? "")])"
         default: from = self.clientName
         }
         let text = """

@@ -122,11 +122,11 @@ public final class LMTPService: Service, Sendable {
 
     /// Whether a TCP client may use LMTP: loopback or `lmtp.trusted_networks`. Unix-socket clients always may
     /// (the socket's mode decides who can connect).
-    func isTrusted(_ peer: SocketAddress?, listener: LMTPListenAddress) -> Bool {
+    static func isTrusted(_ peer: SocketAddress?, listener: LMTPListenAddress, trustedNetworks: [CIDRNetwork]) -> Bool {
         guard case .tcp = listener else { return true }
         guard let peer else { return false }
         if Self.isLoopback(peer) { return true }
-        return self.configuration.lmtp.trustedNetworks.contains { $0.contains(peer) }
+        return trustedNetworks.contains { $0.contains(peer) }
     }
 
     static func isLoopback(_ address: SocketAddress) -> Bool {
@@ -156,7 +156,7 @@ public final class LMTPService: Service, Sendable {
         }
         defer { if admitted { _ = self.openChannels.withLockedValue { $0.removeValue(forKey: id) } } }
         let refusal: LMTPReply? =
-            !admitted ? .tooManyConnections : !self.isTrusted(peer, listener: listener) ? .notTrusted : nil
+            !admitted ? .tooManyConnections : !Self.isTrusted(peer, listener: listener, trustedNetworks: self.configuration.lmtp.trustedNetworks) ? .notTrusted : nil
         do {
             try await connection.executeThenClose { inbound, outbound in
                 if let refusal {

@@ -85,6 +85,10 @@ final class MaildropWorkerTests: Sendable {
             .opened([]), .opened([MaildropMessage(uniqueID: "000000016553F100", size: 12), MaildropMessage(uniqueID: "x", size: Int(Int32.max) + 5)]),
             .contentFollows, .done,
             .failed(.inUse), .failed(.messageGone), .failed(.temporary("try later")), .failed(.permanent("no")),
+            .deliver(user: "u", path: "/m", quota: MaildirQuota(storageBytes: 1 << 30, messages: nil), maximumSize: 5, prefix: Array("Return-Path: <>\n".utf8), size: 1 << 33),
+            .deliver(user: "u", path: "/m", quota: MaildirQuota(), maximumSize: nil, prefix: [], size: 0),
+            .delivered("1700000001.M1P1Q1.host,S=5,W=6"),
+            .deliveryFailed(.tooLarge("a")), .deliveryFailed(.quotaExceeded("b")), .deliveryFailed(.temporary("c")),
         ]
         for message in messages {
             var frame = message.encode()
@@ -299,5 +303,53 @@ final class MaildropWorkerTests: Sendable {
         #expect(await worker.value)
         #expect(try fixture.list("cur").isEmpty, "message 2 (in cur/) was deleted")
         #expect(try fixture.list("new").count == 2)
+    }
+
+    /// A spool file holding `text`, read with pread as LMTP does.
+    func spool(_ text: String) throws -> Int32 {
+        let fd = open("/tmp", O_RDWR | O_CLOEXEC | 0o20_200_000, 0o600)
+        try #require(fd >= 0)
+        _ = Array(text.utf8).withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        return fd
+    }
+
+    func deliverThroughWorker(_ path: String, quota: MaildirQuota = MaildirQuota(), text: String) async throws -> Result<String, DeliveryFailure> {
+        let (pop3d, workerEnd) = self.socketPair()
+        let provider = self.workerProvider()
+        let worker = Task { await MaildropWorker.serve(socket: workerEnd, provider: provider, logger: Self.logger) }
+        let fd = try self.spool(text)
+        defer { close(fd) }
+        let prefix = Array("Delivered-To: <u@example.test>\n".utf8)
+        let result: Result<String, DeliveryFailure>
+        do {
+            result = .success(try await MaildropWorker.deliver(
+                socket: pop3d, user: "u", path: path, quota: quota, maximumSize: nil,
+                prefix: prefix, spool: fd, size: text.utf8.count, rpcPool: self.rpcPool
+            ))
+        } catch {
+            result = .failure(error)
+        }
+        #expect(await worker.value, "the worker ends cleanly after one delivery")
+        return result
+    }
+
+    @Test func workerDeliversFromTheSpoolItIsHanded() async throws {
+        let fixture = try MaildirFixture()
+        defer { fixture.cleanUp() }
+        let name = try await self.deliverThroughWorker(fixture.path, text: "Subject: w\n\nbody\n").get()
+        #expect(try fixture.read("new/" + name) == "Delivered-To: <u@example.test>\nSubject: w\n\nbody\n")
+        #expect(try fixture.list("tmp").isEmpty)
+    }
+
+    @Test func workerReportsQuotaAsQuotaAndStoresNothing() async throws {
+        let fixture = try MaildirFixture()
+        defer { fixture.cleanUp() }
+        let result = try await self.deliverThroughWorker(fixture.path, quota: MaildirQuota(storageBytes: 10), text: "Subject: big\n\n0123456789\n")
+        guard case .failure(.quotaExceeded) = result else {
+            Issue.record("expected quotaExceeded, got \(result)")
+            return
+        }
+        let stored = fixture.exists("new") ? try fixture.list("new") : []
+        #expect(stored.isEmpty)
     }
 }
