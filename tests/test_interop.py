@@ -613,3 +613,59 @@ def test_privilege_separation(pop3d_bin, root_base):
             break
         time.sleep(0.05)
     assert not left, f"helper or workers outlived pop3d: {left}"
+
+
+@pytest.mark.root
+def test_lmtp_writes_each_copy_as_its_account(pop3d_bin, root_base):
+    """LMTP under privilege separation: pop3d serve (root → pop3test) owns its Unix socket; a copy for an account
+    with its own uid is written by a mail worker as that uid, one without as pop3test, never as root; an account
+    below first_valid_uid gets 451 and nothing is stored."""
+    from test_lmtp import LMTPClient, stuffed
+    entry, base = root_base
+    with open(f"{base}/users", "w") as f:
+        f.write("alice:{PLAIN}alice-pw:2001:2001\nsys:{PLAIN}sys-pw:100:100\nvm:{PLAIN}vm-pw\n")
+    os.chmod(f"{base}/users", 0o644)
+    os.makedirs(f"{base}/mail", mode=0o755)
+    os.chown(f"{base}/mail", entry.pw_uid, entry.pw_gid)
+    for user, (uid, gid) in {"alice": (2001, 2001), "sys": (100, 100)}.items():
+        os.makedirs(f"{base}/mail/{user}", mode=0o700)
+        os.chown(f"{base}/mail/{user}", uid, gid)
+    for path in (f"{base}/key.pem", f"{base}/cert.pem"):
+        os.chown(path, entry.pw_uid, entry.pw_gid)
+    port, config = root_test_config(base)
+    lmtp_port = free_port()
+    with open(config) as f:
+        text = f.read()
+    text = text.replace("listen:\n", f'listen:\n  lmtp: ["unix:lmtp.sock", "127.0.0.1:{lmtp_port}"]\n', 1)
+    with open(config, "w") as f:
+        f.write(text + 'lmtp:\n  socket_mode: "0660"\n')
+    log_path = f"{base}/pop3d.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([pop3d_bin, "serve", "--config", config], stdout=log, stderr=log)
+    try:
+        wait_port(lmtp_port, proc, log_path=log_path)
+        sock = f"{base}/lmtp.sock"
+        st = os.stat(sock)
+        assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (entry.pw_uid, entry.pw_gid, 0o660), st
+        for address in (sock, ("127.0.0.1", lmtp_port)):
+            c = LMTPClient(address)
+            assert c.command("LHLO t")[0] == 250
+            assert c.command("MAIL FROM:<s@x.test>")[0] == 250
+            assert [c.command(f"RCPT TO:<{u}@x.test>")[0] for u in ("alice", "vm", "sys")] == [250, 250, 250]
+            assert c.command("DATA")[0] == 354
+            c.send(stuffed(b"Subject: privsep\r\n\r\nhello\r\n"))
+            replies = [c.reply() for _ in range(3)]
+            assert [r[0] for r in replies] == [250, 250, 451], (replies, open(log_path, errors="replace").read()[-1500:])
+            c.close()
+        owners = {}
+        for user in ("alice", "vm", "sys"):
+            new = f"{base}/mail/{user}/new"
+            owners[user] = sorted(os.stat(os.path.join(new, n)).st_uid for n in os.listdir(new)) if os.path.isdir(new) else []
+        assert owners == {"alice": [2001, 2001], "vm": [entry.pw_uid] * 2, "sys": []}, owners
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=30)
