@@ -3,10 +3,13 @@
 
 Input lines (results.txt), one per run: "server=dovecot step=sessions.C32 rc=0 mode=sessions C=32 rate=... ..."
 (popbench's RESULT fields), and for the client rows "server=pop3 step=fetch.u64 rc=0 wall_s=... cpu_s=...
-files=2000"; "server" names the program (dovecot, pop3d, pop3, mpop, fetchmail, getmail). rc other than 0
+files=2000", and for the LMTP rows "server=pop3d step=lmtp.s8 rc=0 n=10000 files=10000 wall_s=... rate=...
+us_per_msg=..."; "server" names the program (dovecot, pop3d, pop3, mpop, fetchmail, getmail). rc other than 0
 marks a failed run (rc=short: the client exited 0 but delivered fewer messages; rc=skipped: not run).
 Usage: bench_report.py RESULTS [--md BENCHMARKS.md --machine FILE --command CMD --elapsed S --notes FILE
-                                --steps sessions,retr,...]
+                                --steps sessions,retr,...] [--only-run] [--fragment FILE]
+  --only-run: leave out the rows of steps that did not run; --fragment FILE: write the table, machine and notes
+  as a Markdown fragment (for a hand-made section of BENCHMARKS.md) instead of the whole file
 """
 import argparse, statistics
 
@@ -53,6 +56,13 @@ ROWS = [
         anchor=("getmail6", "getmail"), ours="pop3"),
     row("pop3 fetch: peak memory (max RSS) fetching one 1 GiB message", "fetch.big", "maxrss_kb", "MB", "lower",
         "< 64 MB", lambda v: v < 64.0, anchor=None, ours="pop3", scale=KB_TO_MB, strict=True, kind="value"),
+    # {n}: the message count of the run (scripts/bench --lmtp-n)
+    row("LMTP {n} × 50 KB, 1 session", "lmtp.s1", "rate", "msg/s", "higher", "≥ 1.5×", lambda r: r >= 1.5,
+        strict=True),
+    row("same, 8 sessions", "lmtp.s8", "rate", "msg/s", "higher", "≥ 1.5×", lambda r: r >= 1.5, strict=True),
+    row("pop3d CPU per delivered message, 1 session (info; Dovecot: all its processes)", "lmtp.s1", "us_per_msg",
+        "µs", "lower"),
+    row("same, 8 sessions (info)", "lmtp.s8", "us_per_msg", "µs", "lower"),
 ]
 
 
@@ -113,17 +123,28 @@ def idle10k_cell(runs, spec):
 
 BENCH_STEP = {"sessions.C32": "sessions", "sessions.C1": "sessions", "retr.u64.p16": "retr", "retr.u66": "retr",
               "uidl.cold": "uidl", "uidl.warm": "uidl", "idle": "idle", "idle10k": "idle10k", "fetch.u64": "clients",
-              "fetch.big": "bigmsg"}
+              "fetch.big": "bigmsg", "lmtp.s1": "lmtp", "lmtp.s8": "lmtp"}
 
 
-def table(data, steps=None):
-    """steps: the scripts/bench steps that ran (None: all); rows of the others say 'not run'."""
+def label(spec, data):
+    """The row's label; "{n}" becomes the message count of its runs (10,000 unless scripts/bench --lmtp-n)."""
+    if "{n}" not in spec["label"]:
+        return spec["label"]
+    runs = data.get((spec["ours"], spec["step"]), []) + data.get((spec["anchor"][1], spec["anchor_step"]), [])
+    ns = sorted({int(r["n"]) for r in runs if r.get("n", "").isdigit()})
+    return spec["label"].replace("{n}", "/".join(f"{n:,}" for n in ns) or "10,000")
+
+
+def table(data, steps=None, only_run=False):
+    """steps: the scripts/bench steps that ran (None: all); rows of the others say 'not run' (only_run: left out)."""
     out = ["| measure | anchor | anchor's figure | ours (pop3d or pop3 fetch) | ratio ours/anchor | target | met |",
            "|---|---|---|---|---|---|---|"]
     for spec in ROWS:
         step, key, test = spec["step"], spec["key"], spec["test"]
         if steps is not None and BENCH_STEP.get(step) not in steps:
-            out.append(f"| {spec['label']} ({spec['unit']}, {spec['better']} is better) | "
+            if only_run:
+                continue
+            out.append(f"| {label(spec, data)} ({spec['unit']}, {spec['better']} is better) | "
                        f"{spec['anchor'][0] if spec['anchor'] else '—'} | not run | not run | n/a | {spec['target']} | - |")
             continue
         ours_runs = data.get((spec["ours"], step), [])
@@ -144,7 +165,7 @@ def table(data, steps=None):
                 met = "-" if test is None or ratio is None else ("yes" if test(ratio) else "**no**")
             if spec["strict"] and bad and met == "yes":
                 met = "**no** (failed runs)"
-        out.append(f"| {spec['label']} ({spec['unit']}, {spec['better']} is better) | {aname} | {ds} | {ps} | "
+        out.append(f"| {label(spec, data)} ({spec['unit']}, {spec['better']} is better) | {aname} | {ds} | {ps} | "
                    f"{'n/a' if ratio is None else f'{ratio:.2f}×'} | {spec['target']} | {met} |")
     return "\n".join(out)
 
@@ -159,13 +180,31 @@ def main():
     ap.add_argument("--notes")
     ap.add_argument("--date", default="")
     ap.add_argument("--steps", help="comma list of the scripts/bench steps that ran")
+    ap.add_argument("--only-run", action="store_true", help="leave out the rows of steps that did not run")
+    ap.add_argument("--fragment", help="write table + machine + notes here as a Markdown fragment")
     a = ap.parse_args()
-    t = table(parse(a.results), set(x for x in a.steps.split(",") if x) if a.steps else None)
+    t = table(parse(a.results), set(x for x in a.steps.split(",") if x) if a.steps else None, a.only_run)
     print(t)
-    if not a.md:
-        return
     machine = open(a.machine).read().strip() if a.machine else ""
     notes = open(a.notes).read().strip() if a.notes else ""
+    if a.fragment:
+        with open(a.fragment, "w") as f:
+            f.write(f"""Measured by `scripts/bench` on {a.date}. Command:
+
+```sh
+{a.command}
+```
+
+Run time: {a.elapsed}.
+
+{machine}
+
+{t}
+
+{notes}
+""")
+    if not a.md:
+        return
     md = f"""# Benchmarks: pop3d vs Dovecot, pop3 fetch vs mpop, fetchmail and getmail6 (POP3S, loopback, same run)
 
 Generated by `scripts/bench` on {a.date}. Command:
@@ -188,7 +227,8 @@ both passwd files), the same ECDSA P-256 certificate and byte-identical Maildirs
 so neither sees the other's index). Dovecot in high-performance login mode
 (`service pop3-login {{ service_count = 0 }}`). Ratio = ours / anchor: pop3d / Dovecot for the server rows,
 `pop3 fetch` / the other client for the client rows (all clients fetch from the same Dovecot in the same run);
-rows without an anchor are checked against an absolute target.
+rows without an anchor are checked against an absolute target. LMTP rows: Postfix's `smtp-source -L` into
+pop3d's `listen.lmtp` and Dovecot's lmtp service (see the notes).
 
 {t}
 

@@ -12,6 +12,12 @@ public enum Capability: Sendable, Equatable, CustomStringConvertible {
     case uidl
     case stls
     case implementation(String)
+    /// RFC 2449 §6.5: the least time between two logins of the same user, in seconds.
+    case loginDelay(Int)
+    /// RFC 6856 §2; `USER`: UTF-8 user names and passwords are accepted with USER/PASS too.
+    case utf8
+    /// RFC 6856 §3.
+    case lang
 
     public var description: String {
         switch self {
@@ -24,6 +30,9 @@ public enum Capability: Sendable, Equatable, CustomStringConvertible {
         case .uidl: "UIDL"
         case .stls: "STLS"
         case .implementation(let name): "IMPLEMENTATION \(name)"
+        case .loginDelay(let seconds): "LOGIN-DELAY \(seconds)"
+        case .utf8: "UTF8 USER"
+        case .lang: "LANG"
         }
     }
 }

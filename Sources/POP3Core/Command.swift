@@ -22,6 +22,10 @@ public enum Command: Sendable, Equatable {
     case auth(mechanism: String?, initialResponse: String?)
     /// `APOP name digest`: recognised so that it gets a precise refusal; not offered.
     case apop
+    /// RFC 6856 §2: UTF-8 mode.
+    case utf8
+    /// RFC 6856 §3: list the response languages (nil) or choose one (a tag or `*`).
+    case lang(String?)
 
     /// The command keyword, for logs and metrics (bounded set, no client data).
     public var keyword: String {
@@ -41,6 +45,8 @@ public enum Command: Sendable, Equatable {
         case .stls: "STLS"
         case .auth: "AUTH"
         case .apop: "APOP"
+        case .utf8: "UTF8"
+        case .lang: "LANG"
         }
     }
 }
@@ -153,6 +159,15 @@ public struct CommandParser: Sendable {
             )
         case "APOP":
             return .apop
+        case "UTF8":
+            return try noArguments(.utf8)
+        case "LANG":
+            guard args.count <= 1 else { throw .syntax }
+            // A language tag (RFC 5646: letters, digits, hyphens) or "*".
+            if let tag = args.first, tag != "*", !tag.utf8.allSatisfy({ ($0 >= 0x41 && $0 <= 0x5A) || ($0 >= 0x61 && $0 <= 0x7A) || ($0 >= 0x30 && $0 <= 0x39) || $0 == 0x2D }) || (args.first?.count ?? 0) > 35 {
+                throw .syntax
+            }
+            return .lang(args.first.map(String.init))
         default:
             throw .unknownCommand
         }

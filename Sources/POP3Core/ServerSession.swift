@@ -36,6 +36,10 @@ public struct ServerSession: Sendable {
         public var maximumBadCommandsAfterLogin = POP3Defaults.maximumBadCommandsAfterLogin
         /// Messages a session shows at most (the first ones of the snapshot: the store lists the oldest first).
         public var maximumMessages = POP3Defaults.maximumMaildropMessages
+        /// Announced as `LOGIN-DELAY n` when above 0 (RFC 2449 §6.5, `policy.login_delay`); the server enforces it.
+        public var loginDelaySeconds = 0
+        /// RFC 6856 UTF8 and LANG (on by default; `policy.utf8`).
+        public var utf8 = true
 
         public init() {}
     }
@@ -47,6 +51,8 @@ public struct ServerSession: Sendable {
     public enum LoginFailure: Sendable, Equatable {
         case invalidCredentials
         case maildropInUse
+        /// The same user logged in less than the announced LOGIN-DELAY ago (RFC 2449 §8.1.1).
+        case loginDelay
         case temporary
         case permanent
     }
@@ -102,7 +108,11 @@ public struct ServerSession: Sendable {
     private var state: State = .authorization(pendingUser: nil)
     public private(set) var tlsActive: Bool
     public private(set) var badCommands = 0
+    /// The client sent UTF8 (RFC 6856 §2).
+    public private(set) var utf8Mode = false
     private let parser: CommandParser
+    /// The response languages LANG offers: tag and description (RFC 6856 §3).
+    public static let languages = [("en", "English")]
 
     public init(configuration: Configuration, tlsActive: Bool) {
         self.configuration = configuration
@@ -148,6 +158,13 @@ public struct ServerSession: Sendable {
         if !self.tlsActive && self.configuration.stlsAvailable && !self.isAuthenticated {
             caps.append(.stls)
         }
+        if self.configuration.utf8 {
+            caps.append(.utf8)
+            caps.append(.lang)
+        }
+        if self.configuration.loginDelaySeconds > 0 {
+            caps.append(.loginDelay(self.configuration.loginDelaySeconds))
+        }
         caps.append(.implementation(self.configuration.implementation))
         return caps
     }
@@ -181,6 +198,9 @@ public struct ServerSession: Sendable {
         if case .capa = command {
             return .respondLines(.ok("Capability list follows."), self.capabilities.map(\.description))
         }
+        if case .lang(let tag) = command, self.configuration.utf8 {
+            return self.language(tag)
+        }
         switch self.state {
         case .authorization(let pendingUser):
             return self.authorization(command, pendingUser: pendingUser)
@@ -209,6 +229,7 @@ public struct ServerSession: Sendable {
             // A failed login counts as a bad command: one connection cannot guess without end (docs/security-cases.md 30).
             return self.badCommand(Self.authenticationFailed, closing: Self.authenticationFailed)
         case .maildropInUse: return .respond(.err("Mailbox is locked by another session.", code: .inUse))
+        case .loginDelay: return .respond(.err("Logged in too recently; try again later.", code: .loginDelay))
         case .temporary: return .respond(.err("Temporary server failure, try again later.", code: .sysTemp))
         case .permanent: return .respond(.err("Mailbox is not available.", code: .sysPerm))
         }
@@ -280,6 +301,12 @@ public struct ServerSession: Sendable {
             return self.saslPlain(response: initial)
         case .apop:
             return self.badCommand(.err("APOP is not supported."))
+        case .utf8:
+            guard self.configuration.utf8 else { return self.badCommand(.err("Unknown command.")) }
+            self.utf8Mode = true
+            return .respond(.ok("UTF-8 mode on."))
+        case .lang:
+            return self.badCommand(.err("Unknown command."))
         case .stls:
             if self.tlsActive { return self.badCommand(.err("TLS is already active.")) }
             guard self.configuration.stlsAvailable else { return self.badCommand(.err("STLS is not available.")) }
@@ -370,11 +397,24 @@ public struct ServerSession: Sendable {
         case .quit:
             self.state = .update
             return .commit(deleting: t.deleted.indices.filter { t.deleted[$0] })
-        case .user, .pass, .auth, .apop, .stls:
+        case .user, .pass, .auth, .apop, .stls, .utf8, .lang:
+            // UTF8 only before login (RFC 6856 §2); LANG is answered above when offered.
             return self.badCommand(.err("Command not valid in this state."))
         case .capa:
             preconditionFailure("handled above")
         }
+    }
+
+    /// LANG (RFC 6856 §3): with no argument the list of languages; with a tag, that language if offered, `*` the
+    /// default. Valid in any state.
+    private mutating func language(_ tag: String?) -> Action {
+        guard let tag else {
+            return .respondLines(.ok("Language listing follows."), Self.languages.map { "\($0.0) \($0.1)" })
+        }
+        if tag == "*" || Self.languages.contains(where: { $0.0.lowercased() == tag.lowercased() }) {
+            return .respond(.ok("Language changed to \(Self.languages[0].0)."))
+        }
+        return self.badCommand(.err("Unsupported language."))
     }
 
     /// Counts a bad command; past the limit for the state, answers with `closing` and ends the connection.

@@ -21,6 +21,7 @@ public enum ConfigurationKeys {
         "lmtp.socket_mode", "lmtp.trusted_networks", "lmtp.recipient_delimiter", "lmtp.domains",
         "lmtp.quota_full_tempfail", "lmtp.max_recipients", "lmtp.idle_timeout", "lmtp.max_connections",
         "lmtp.max_bad_commands", "lmtp.hostname",
+        "policy.login_delay", "policy.utf8",
         "log.level",
     ]
 

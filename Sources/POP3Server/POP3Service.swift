@@ -38,6 +38,7 @@ public final class POP3Service: Service, Sendable {
     let logger: Logger
     let limiter: ConnectionLimiter
     let penalty: AuthPenalty
+    let loginDelay: LoginDelay
     private let onListening: @Sendable ([BoundListener]) -> Void
     private let prebound: [PreboundListener]?
     private let openChannels = NIOLockedValueBox<[ObjectIdentifier: any Channel]>([:])
@@ -66,6 +67,7 @@ public final class POP3Service: Service, Sendable {
             maximumPerAddress: configuration.limits.connectionsPerAddress
         )
         self.penalty = AuthPenalty(trustedNetworks: configuration.trustedNetworks)
+        self.loginDelay = LoginDelay(delay: .seconds(configuration.policy.loginDelaySeconds))
         self.onListening = onListening
     }
 
@@ -259,6 +261,8 @@ public final class POP3Service: Service, Sendable {
         sessionConfiguration.maximumBadCommandsBeforeLogin = self.configuration.limits.badCommandsBeforeLogin
         sessionConfiguration.maximumBadCommandsAfterLogin = self.configuration.limits.badCommandsAfterLogin
         sessionConfiguration.maximumMessages = self.configuration.limits.maildropMessages
+        sessionConfiguration.loginDelaySeconds = self.configuration.policy.loginDelaySeconds
+        sessionConfiguration.utf8 = self.configuration.policy.utf8
         let driver = SessionDriver(
             session: ServerSession(configuration: sessionConfiguration, tlsActive: kind == .pop3s),
             verifier: self.verifier,
@@ -266,6 +270,7 @@ public final class POP3Service: Service, Sendable {
             locator: self.locator,
             penalty: self.penalty,
             failureDelay: self.configuration.authenticationFailureDelay,
+            loginDelay: self.loginDelay,
             clientAddress: setup.clientAddress,
             logger: logger
         )

@@ -71,6 +71,16 @@ public struct LMTPConfiguration: Sendable, Equatable {
     public init() {}
 }
 
+/// Policies announced in CAPA and enforced (RFC 2449 §6).
+public struct ServerPolicy: Sendable, Equatable {
+    /// `LOGIN-DELAY n` (`policy.login_delay`, seconds; 0 = none, not announced).
+    public var loginDelaySeconds = 0
+    /// RFC 6856 `UTF8 USER` and `LANG` (`policy.utf8`, on by default).
+    public var utf8 = true
+
+    public init() {}
+}
+
 /// Every server limit, with defaults from `POP3Defaults`.
 public struct ServerLimits: Sendable, Equatable {
     public var commandLineLength = POP3Defaults.maximumCommandLineLength
@@ -118,6 +128,7 @@ public struct ServerConfiguration: Sendable, Equatable {
     public var proxyNetworks: [CIDRNetwork] = []
     public var limits = ServerLimits()
     public var lmtp = LMTPConfiguration()
+    public var policy = ServerPolicy()
     public var logLevel = "info"
     /// Started as root, run as this user (and group) after binding; see `PrivilegeDrop`.
     public var user: String?
@@ -332,6 +343,8 @@ extension ServerConfiguration {
             throw ConfigurationError(key: "lmtp.hostname", "expected a host name without spaces or control characters")
         }
         result.lmtp = lmtp
+        result.policy.loginDelaySeconds = try int("policy.login_delay", 0...86_400, default: 0)
+        result.policy.utf8 = try bool("policy.utf8", default: true)
         let level = config.string(forKey: "log.level") ?? "info"
         guard ["trace", "debug", "info", "notice", "warning", "error", "critical"].contains(level) else {
             throw ConfigurationError(key: "log.level", "expected trace, debug, info, notice, warning, error or critical")
@@ -391,6 +404,9 @@ extension ServerConfiguration {
               max_connections: \(self.lmtp.maximumConnections)
               max_bad_commands: \(self.lmtp.maximumBadCommands)
               hostname: \(self.lmtp.hostname.map { "\"\($0)\"" } ?? "null")
+            policy:
+              login_delay: \(self.policy.loginDelaySeconds)
+              utf8: \(self.policy.utf8)
             log:
               level: \(self.logLevel)
             user: \(self.user ?? "null")

@@ -19,6 +19,7 @@ struct SessionDriver {
     let penalty: AuthPenalty
     /// The least time a failed login takes from the start of its credential check (`auth.failure_delay`).
     let failureDelay: Duration
+    let loginDelay: LoginDelay
     let clientAddress: NIOLockedValueBox<SocketAddress?>
     var logger: Logger
     private var maildrop: (any Maildrop)?
@@ -30,9 +31,11 @@ struct SessionDriver {
         locator: MaildirLocator,
         penalty: AuthPenalty,
         failureDelay: Duration,
+        loginDelay: LoginDelay,
         clientAddress: NIOLockedValueBox<SocketAddress?>,
         logger: Logger
     ) {
+        self.loginDelay = loginDelay
         self.session = session
         self.verifier = verifier
         self.maildrops = maildrops
@@ -129,10 +132,19 @@ struct SessionDriver {
         try await outbound.write(.bytes(buffer))
     }
 
-    private mutating func login(user: String, password: String, connection: ConnectionChannel) async -> ServerSession.Action {
+    private mutating func login(user rawUser: String, password rawPassword: String, connection: ConnectionChannel) async -> ServerSession.Action {
+        // RFC 6856: UTF-8 user names in NFC, passwords through SASLprep (ASCII unchanged). A password SASLprep
+        // refuses is checked as sent, so that it fails like any wrong one.
+        let user = StringPreparation.userName(rawUser)
+        let password = StringPreparation.saslPrep(rawPassword) ?? rawPassword
         // The real client (behind a trusted proxy: the one its PROXY header named).
         let peer = self.clientAddress.withLockedValue { $0 }
         self.logger[metadataKey: "client"] = "\(peer.map { "\($0)" } ?? "?")"
+        // LOGIN-DELAY is announced, so it is answered before the password is checked (RFC 2449 §8.1.1).
+        guard self.loginDelay.mayLogIn(user) else {
+            self.logger.notice("login refused: LOGIN-DELAY", metadata: ["user": "\(logEscaped(user))", "delay": "\(self.loginDelay.delay)"])
+            return self.session.loginFailed(.loginDelay)
+        }
         // The penalty is waited out before the check, so the time of a reply says nothing about the password.
         let wait = self.penalty.admit(peer)
         if wait > .zero {
@@ -167,6 +179,7 @@ struct SessionDriver {
             let maildrop = try await self.maildrops.openMaildrop(user: record.name, path: path, owner: owner)
             self.maildrop = maildrop
             self.logger[metadataKey: "user"] = "\(logEscaped(record.name))"
+            self.loginDelay.recordLogin(record.name)
             self.logger.info("logged in", metadata: ["messages": "\(maildrop.messages.count)"])
             if maildrop.messages.count > self.session.configuration.maximumMessages {
                 self.logger.notice(

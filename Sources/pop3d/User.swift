@@ -24,7 +24,7 @@ struct User: ParsableCommand {
             let options = self.options
             let configuration = try runBlocking { try await options.load() }
             let password = try readPassword(prompt: "Password for \(self.name): ")
-            try PasswdFileEditor(path: configuration.passwdFile).add(user: self.name, password: password, scheme: try parseScheme(self.scheme))
+            try PasswdFileEditor(path: configuration.passwdFile).add(user: StringPreparation.userName(self.name), password: password, scheme: try parseScheme(self.scheme))
             print("added \(self.name)")
         }
     }
@@ -40,7 +40,7 @@ struct User: ParsableCommand {
             let options = self.options
             let configuration = try runBlocking { try await options.load() }
             let password = try readPassword(prompt: "New password for \(self.name): ")
-            try PasswdFileEditor(path: configuration.passwdFile).setPassword(user: self.name, password: password, scheme: try parseScheme(self.scheme))
+            try PasswdFileEditor(path: configuration.passwdFile).setPassword(user: StringPreparation.userName(self.name), password: password, scheme: try parseScheme(self.scheme))
             print("changed password of \(self.name)")
         }
     }
@@ -100,8 +100,12 @@ func readPassword(prompt: String) throws -> String {
         bytes.append(byte)
         if byte == UInt8(ascii: "\n") || bytes.count > 4096 { break }
     }
-    guard let password = PasswordInput.firstLine(of: bytes), !password.isEmpty else {
+    guard let line = PasswordInput.firstLine(of: bytes), !line.isEmpty else {
         throw ValidationError("no password on standard input")
+    }
+    // Stored as logins compare it (RFC 6856: SASLprep; ASCII passwords are unchanged).
+    guard let password = StringPreparation.saslPrep(line) else {
+        throw ValidationError("the password holds characters SASLprep (RFC 4013) prohibits, such as control characters")
     }
     return password
 }
