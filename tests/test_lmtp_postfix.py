@@ -5,12 +5,13 @@ load generator speaking LMTP straight at pop3d.
 Each Postfix test runs a private Postfix instance of its own in a 0755 temporary folder (its own config_directory,
 queue_directory and data_directory; smtpd on a free 127.0.0.1 port; `mydestination` empty, everything for
 example.test goes to `virtual_transport`, anything else to the error transport), started with `postfix -c DIR
-start-fg` as a subprocess we own, logging to /dev/stdout, which is a file in that folder (MAILLOG_README: "logging
-to stdout" with the postlog service), stopped with `postfix -c DIR stop`. Postfix needs root (its master, the queue
-ownership, set-gid postdrop), so those tests are marked root. pop3d runs as `nobody` (`pop3d dev` as root would
-write mail as root) in another 0755 folder with its LMTP socket beside pop3d.yaml's folder (the dev data folder is
-0700, so the socket is listed as unix:../lmtp.sock) and `lmtp.socket_mode: "0666"`, so that Postfix's lmtp client
-(user postfix) can connect.
+start-fg` as a subprocess we own whose stdout is ROOT/maillog, with `maillog_file = /dev/stdout` and the postlog
+service (MAILLOG_README, "logging to stdout"): that file also gets what `postfix start` says before postlogd is up,
+which a plain maillog_file would lose. Stopped with `postfix -c DIR stop`. Postfix needs root (its master, the
+queue ownership, set-gid postdrop), so those tests are marked root. pop3d runs as `nobody` (`pop3d dev` as root
+would write mail as root) in another 0755 folder ROOT, with its LMTP socket at ROOT/lmtp.sock (the dev data folder
+ROOT/data is 0700, so pop3d.yaml lists unix:../lmtp.sock) and `lmtp.socket_mode: "0666"`, so that Postfix's lmtp
+client (user postfix) can connect.
 
 The smtp-source load test needs neither root nor a Postfix instance, only the smtp-source binary.
 
