@@ -18,7 +18,7 @@ import time
 import pytest
 
 from pop3support import (EX_NOUSER, EX_TEMPFAIL, crlf, free_port, make_cert, peer_fingerprint, s_client,
-                         shared_tmpdir, vm_kib, wait_port)
+                         shared_tmpdir, stop_process, vm_kib, wait_port)
 
 
 def retr_bytes(client, n):
@@ -663,9 +663,4 @@ def test_lmtp_writes_each_copy_as_its_account(pop3d_bin, root_base):
             owners[user] = sorted(os.stat(os.path.join(new, n)).st_uid for n in os.listdir(new)) if os.path.isdir(new) else []
         assert owners == {"alice": [2001, 2001], "vm": [entry.pw_uid] * 2, "sys": []}, owners
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=30)
+        stop_process(proc, grace=30)

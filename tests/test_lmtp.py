@@ -378,3 +378,21 @@ def test_disk_full_gives_451_and_leaves_nothing(pop3d):
         c.close()
     finally:
         unmount(maildir)
+
+
+def test_shutdown_says_421_to_idle_connections_at_once(pop3d_bin, tmp_path):
+    """SIGTERM: an MTA's idle cached connection gets 421 4.3.2 at once (not after limits.shutdown_grace), pop3d
+    exits promptly, and the Unix socket file goes with it."""
+    dev = Pop3dDev(pop3d_bin, tmp_path)
+    path = add_unix_listener(dev)
+    dev.start()
+    c = lmtp(dev)
+    assert c.command("LHLO c")[0] == 250
+    started = time.monotonic()
+    status = dev.stop()
+    took = time.monotonic() - started
+    assert status == 0 and took < 15, f"stop took {took:.1f} s (exit {status}); the idle LMTP connection held it up"
+    code, lines = c.reply()
+    assert code == 421 and lines[0].startswith("4.3.2"), (code, lines)
+    assert not os.path.exists(path), "the Unix socket file was left behind"
+    c.close()

@@ -18,6 +18,7 @@ struct LMTPConnection {
     let logger: Logger
     let session: UInt64
     let peer: SocketAddress?
+    let id: ObjectIdentifier
     private var state: LMTPSession
     private var framer = LMTPInputFramer()
     private var spool: LMTPSpool?
@@ -25,7 +26,8 @@ struct LMTPConnection {
     private var chunkOctets = 0
     private var out = ByteBuffer()
 
-    init(service: LMTPService, logger: Logger, session: UInt64, peer: SocketAddress?) {
+    init(service: LMTPService, logger: Logger, session: UInt64, peer: SocketAddress?, id: ObjectIdentifier) {
+        self.id = id
         self.service = service
         self.logger = logger
         self.session = session
@@ -45,6 +47,11 @@ struct LMTPConnection {
         defer { self.spool?.close() }
         self.state.greeting.write(into: &self.out)
         try await self.flush(outbound)
+        if self.service.connection(self.id, isIdle: true) {
+            LMTPReply.shuttingDown.write(into: &self.out)
+            try await self.flush(outbound)
+            return
+        }
         for try await bytes in inbound {
             self.framer.append(bytes)
             while let frame = self.framer.next() {
@@ -81,6 +88,12 @@ struct LMTPConnection {
                 if try await self.perform(actions, outbound) == false { return }
             }
             if self.out.readableBytes > 0 { try await self.flush(outbound) }
+            let idle = self.state.acceptsCommands && !self.state.hasOpenTransaction && !self.framer.hasBufferedInput
+            if self.service.connection(self.id, isIdle: idle), idle {
+                LMTPReply.shuttingDown.write(into: &self.out)
+                try await self.flush(outbound)
+                return
+            }
         }
         // The client went away: a transaction not yet complete stores nothing (the spool is unnamed, and closing
         // it frees it).

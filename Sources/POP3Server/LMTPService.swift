@@ -31,7 +31,9 @@ public final class LMTPService: Service, Sendable {
     let mayWriteAsRoot: Bool
     private let prebound: [PreboundLMTPListener]
     private let onListening: @Sendable ([BoundListener]) -> Void
-    private let openChannels = NIOLockedValueBox<[ObjectIdentifier: any Channel]>([:])
+    /// Open connections, and whether each is idle between transactions (waiting for a command with none open).
+    private let openChannels = NIOLockedValueBox<[ObjectIdentifier: (channel: any Channel, idle: Bool)]>([:])
+    private let shuttingDown = NIOLockedValueBox(false)
     private let sessionCounter = ManagedAtomicCounter()
     private let group: any EventLoopGroup
 
@@ -70,19 +72,45 @@ public final class LMTPService: Service, Sendable {
             self.logger.error("LMTP deliveries are refused (451) while pop3d runs as root: set user: so that mail is never written as root")
         }
         self.onListening(bound)
-        let serverChannels = listeners.map { $0.1.channel }
-        await withGracefulShutdownHandler {
-            await withDiscardingTaskGroup { group in
-                for (address, listener) in listeners {
-                    group.addTask { await self.acceptLoop(listener, address: address) }
-                }
-            }
-        } onGracefulShutdown: {
-            for channel in serverChannels { channel.close(promise: nil) }
-            let grace = self.configuration.limits.shutdownGracePeriod
-            self.group.any().scheduleTask(in: .seconds(grace.components.seconds)) {
-                for channel in self.openChannels.withLockedValue({ Array($0.values) }) { channel.close(promise: nil) }
-            }
+        await serveListeners(
+            listeners,
+            serverChannels: listeners.map { $0.1.channel },
+            grace: self.configuration.limits.shutdownGracePeriod,
+            group: self.group,
+            onShutdown: { self.closeIdleConnections() },
+            closeConnections: {
+                for entry in self.openChannels.withLockedValue({ Array($0.values) }) { entry.channel.close(promise: nil) }
+            },
+            accept: { address, listener in await self.acceptLoop(listener, address: address) }
+        )
+        // The socket files go with the server (a stale one would only say "connection refused").
+        for listener in self.prebound {
+            if case .unix(let path) = listener.address { unlink(path) }
+        }
+    }
+
+    /// Graceful shutdown: connections waiting for a command with no transaction open get 421 4.3.2 and are closed
+    /// now (an MTA's cached connection must not hold up a restart); the others when their transaction ends.
+    private func closeIdleConnections() {
+        let idle = self.openChannels.withLockedValue { open -> [any Channel] in
+            self.shuttingDown.withLockedValue { $0 = true }
+            return open.values.filter(\.idle).map(\.channel)
+        }
+        for channel in idle { Self.sayGoodbye(channel) }
+    }
+
+    static func sayGoodbye(_ channel: any Channel) {
+        var buffer = channel.allocator.buffer(capacity: 64)
+        LMTPReply.shuttingDown.write(into: &buffer)
+        channel.writeAndFlush(buffer).whenComplete { _ in channel.close(promise: nil) }
+    }
+
+    /// The driver's report between commands: true when it waits for a command with no transaction open. Returns
+    /// whether the server is shutting down (then the driver says 421 and ends).
+    func connection(_ id: ObjectIdentifier, isIdle idle: Bool) -> Bool {
+        self.openChannels.withLockedValue { open in
+            open[id]?.idle = idle
+            return self.shuttingDown.withLockedValue { $0 }
         }
     }
 
@@ -151,10 +179,16 @@ public final class LMTPService: Service, Sendable {
         logger[metadataKey: "peer"] = "\(peer.map { "\($0)" } ?? "\(listener)")"
         let admitted = self.openChannels.withLockedValue { open -> Bool in
             guard open.count < self.configuration.lmtp.maximumConnections else { return false }
-            open[id] = channel
+            open[id] = (channel, false)
             return true
         }
         defer { if admitted { _ = self.openChannels.withLockedValue { $0.removeValue(forKey: id) } } }
+        if peer == nil, case .tcp = listener {
+            // Closed before its address could be read (a port probe): nothing to answer.
+            logger.debug("LMTP connection closed at once")
+            try? await connection.executeThenClose { _, _ in }
+            return
+        }
         let refusal: LMTPReply? =
             !admitted ? .tooManyConnections : !Self.isTrusted(peer, listener: listener, trustedNetworks: self.configuration.lmtp.trustedNetworks) ? .notTrusted : nil
         do {
@@ -166,7 +200,7 @@ public final class LMTPService: Service, Sendable {
                     try await outbound.write(out)
                     return
                 }
-                var driver = LMTPConnection(service: self, logger: logger, session: session, peer: peer)
+                var driver = LMTPConnection(service: self, logger: logger, session: session, peer: peer, id: id)
                 try await driver.run(inbound: inbound, outbound: outbound)
             }
         } catch {

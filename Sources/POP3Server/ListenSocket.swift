@@ -1,4 +1,5 @@
 import NIOCore
+import ServiceLifecycle
 
 #if canImport(Glibc)
 import Glibc
@@ -117,5 +118,29 @@ public enum ListenSocket {
             throw ConfigurationError(key: key, "cannot listen on unix:\(path): \(reason)")
         }
         return fd
+    }
+}
+
+/// The part of a server's `run` that POP3 and LMTP share: one accept loop per listener until graceful shutdown,
+/// then the listeners closed at once and, after `grace`, every connection still open.
+func serveListeners<Listener: Sendable>(
+    _ listeners: [Listener],
+    serverChannels: [any Channel],
+    grace: Duration,
+    group: any EventLoopGroup,
+    onShutdown: @escaping @Sendable () -> Void = {},
+    closeConnections: @escaping @Sendable () -> Void,
+    accept: @escaping @Sendable (Listener) async -> Void
+) async {
+    await withGracefulShutdownHandler {
+        await withDiscardingTaskGroup { tasks in
+            for listener in listeners {
+                tasks.addTask { await accept(listener) }
+            }
+        }
+    } onGracefulShutdown: {
+        onShutdown()
+        for channel in serverChannels { channel.close(promise: nil) }
+        group.any().scheduleTask(in: .seconds(grace.components.seconds)) { closeConnections() }
     }
 }

@@ -93,21 +93,17 @@ public final class POP3Service: Service, Sendable {
         }
         self.onListening(bound)
 
-        let serverChannels = listeners.map { $0.1.channel }
-        await withGracefulShutdownHandler {
-            await withDiscardingTaskGroup { group in
-                for (kind, listener) in listeners {
-                    group.addTask { await self.acceptLoop(listener, kind: kind) }
-                }
-            }
-        } onGracefulShutdown: {
-            self.logger.info("shutting down: no new connections; sessions get \(self.configuration.limits.shutdownGracePeriod) to finish")
-            for channel in serverChannels { channel.close(promise: nil) }
-            let grace = self.configuration.limits.shutdownGracePeriod
-            self.group.any().scheduleTask(in: .nanoseconds(Int64(grace.components.seconds) * 1_000_000_000)) {
-                self.closeAllConnections()
-            }
-        }
+        await serveListeners(
+            listeners,
+            serverChannels: listeners.map { $0.1.channel },
+            grace: self.configuration.limits.shutdownGracePeriod,
+            group: self.group,
+            onShutdown: {
+                self.logger.info("shutting down: no new connections; sessions get \(self.configuration.limits.shutdownGracePeriod) to finish")
+            },
+            closeConnections: { self.closeAllConnections() },
+            accept: { kind, listener in await self.acceptLoop(listener, kind: kind) }
+        )
         self.logger.info("stopped")
     }
 
