@@ -645,7 +645,12 @@ def test_lmtp_writes_each_copy_as_its_account(pop3d_bin, root_base):
     try:
         wait_port(lmtp_port, proc, log_path=log_path)
         sock = f"{base}/lmtp.sock"
-        st = os.stat(sock)
+        # The ports are bound (and connectable) a moment before the socket is given away and root dropped: poll.
+        for _ in range(100):
+            st = os.stat(sock)
+            if st.st_uid == entry.pw_uid:
+                break
+            time.sleep(0.05)
         assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (entry.pw_uid, entry.pw_gid, 0o660), st
         for address in (sock, ("127.0.0.1", lmtp_port)):
             c = LMTPClient(address)
