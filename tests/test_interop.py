@@ -669,3 +669,52 @@ def test_lmtp_writes_each_copy_as_its_account(pop3d_bin, root_base):
         assert owners == {"alice": [2001, 2001], "vm": [entry.pw_uid] * 2, "sys": []}, owners
     finally:
         stop_process(proc, grace=30)
+
+
+@pytest.mark.root
+def test_expire_state_belongs_to_the_run_as_user(pop3d_bin, root_base):
+    """EXPIRE under `pop3d serve` as root: the first-retrieval log's folder is created before the drop and given to
+    the run-as user, so a session can record retrievals and EXPIRE 0 works."""
+    entry, base = root_base
+    with open(f"{base}/users", "w") as f:
+        f.write("vm:{PLAIN}vm-pw\n")
+    os.makedirs(f"{base}/mail", mode=0o755)
+    os.chown(f"{base}/mail", entry.pw_uid, entry.pw_gid)
+    for path in (f"{base}/key.pem", f"{base}/cert.pem", f"{base}/users"):
+        os.chown(path, entry.pw_uid, entry.pw_gid)
+    port, config = root_test_config(base)
+    with open(config, "a") as f:
+        f.write("policy:\n  expire_days: 0\n")
+    for body in (b"one", b"two"):
+        r = subprocess.run([pop3d_bin, "deliver", "vm", "--config", config], input=b"Subject: e\n\n" + body + b"\n",
+                           capture_output=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+    log_path = f"{base}/pop3d.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([pop3d_bin, "serve", "--config", config], stdout=log, stderr=log)
+    try:
+        wait_port(port, proc, log_path=log_path)
+        ctx = ssl.create_default_context(cafile=f"{base}/cert.pem")
+        for expected in (2, 1):
+            for _ in range(100):  # the port answers a moment before the drop
+                if os.path.isdir(f"{base}/state/retrieved"):
+                    break
+                time.sleep(0.05)
+            for _ in range(50):  # the dropped session before unlocks asynchronously: [IN-USE] is retried
+                c = poplib.POP3_SSL("localhost", port, context=ctx, timeout=30)
+                c.user("vm")
+                try:
+                    c.pass_("vm-pw")
+                    break
+                except poplib.error_proto as e:
+                    assert b"[IN-USE]" in e.args[0], e
+                    c.close()
+                    time.sleep(0.1)
+            assert c.stat()[0] == expected
+            c.retr(1)
+            c.close()  # dropped without QUIT: recorded, removed at the next login
+        st = os.stat(f"{base}/state/retrieved")
+        assert (st.st_uid, st.st_mode & 0o777) == (entry.pw_uid, 0o700), st
+        assert len(os.listdir(f"{base}/state/retrieved")) == 1
+    finally:
+        stop_process(proc, grace=30)

@@ -14,6 +14,9 @@ public enum Capability: Sendable, Equatable, CustomStringConvertible {
     case implementation(String)
     /// RFC 2449 §6.5: the least time between two logins of the same user, in seconds.
     case loginDelay(Int)
+    /// RFC 2449 §6.7: days a retrieved message stays (nil: NEVER); `perUser` adds `USER` (before login, when
+    /// accounts differ).
+    case expire(days: Int?, perUser: Bool)
     /// RFC 6856 §2; `USER`: UTF-8 user names and passwords are accepted with USER/PASS too.
     case utf8
     /// RFC 6856 §3.
@@ -31,6 +34,7 @@ public enum Capability: Sendable, Equatable, CustomStringConvertible {
         case .stls: "STLS"
         case .implementation(let name): "IMPLEMENTATION \(name)"
         case .loginDelay(let seconds): "LOGIN-DELAY \(seconds)"
+        case .expire(let days, let perUser): "EXPIRE \(days.map(String.init) ?? "NEVER")\(perUser ? " USER" : "")"
         case .utf8: "UTF8 USER"
         case .lang: "LANG"
         }

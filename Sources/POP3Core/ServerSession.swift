@@ -38,6 +38,9 @@ public struct ServerSession: Sendable {
         public var maximumMessages = POP3Defaults.maximumMaildropMessages
         /// Announced as `LOGIN-DELAY n` when above 0 (RFC 2449 §6.5, `policy.login_delay`); the server enforces it.
         public var loginDelaySeconds = 0
+        /// RFC 2449 §6.7 EXPIRE announced before login: days (nil: NEVER), and whether accounts may differ.
+        public var expireDays: Int? = nil
+        public var expirePerUser = false
         /// RFC 6856 UTF8 and LANG (on by default; `policy.utf8`).
         public var utf8 = true
 
@@ -79,6 +82,8 @@ public struct ServerSession: Sendable {
 
     struct Transaction: Sendable {
         let user: String
+        /// The user's EXPIRE (nil: NEVER). With 0, retrieved messages go at QUIT even without DELE.
+        var expireDays: Int? = nil
         let messages: [MaildropMessage]
         var deleted: [Bool]
         var deletedCount = 0
@@ -89,6 +94,9 @@ public struct ServerSession: Sendable {
             self.messages = messages
             self.deleted = Array(repeating: false, count: messages.count)
         }
+
+        /// Messages sent whole by RETR in this session (TOP does not count).
+        var retrieved: Set<Int> = []
 
         var remainingCount: Int { self.messages.count - self.deletedCount }
         var remainingSize: Int { self.messages.reduce(0) { $0 + $1.size } - self.deletedSize }
@@ -121,6 +129,9 @@ public struct ServerSession: Sendable {
     }
 
     public static let greeting = StatusResponse.ok("swift-pop3 ready.")
+
+    /// The messages RETR sent whole in this session (indices into the snapshot); kept through UPDATE.
+    public private(set) var retrievedIndices: Set<Int> = []
 
     /// The logged-in user, once in TRANSACTION state.
     public var user: String? {
@@ -161,6 +172,11 @@ public struct ServerSession: Sendable {
         if self.configuration.utf8 {
             caps.append(.utf8)
             caps.append(.lang)
+        }
+        if case .transaction(let t) = self.state {
+            caps.append(.expire(days: t.expireDays, perUser: false))
+        } else {
+            caps.append(.expire(days: self.configuration.expireDays, perUser: self.configuration.expirePerUser))
         }
         if self.configuration.loginDelaySeconds > 0 {
             caps.append(.loginDelay(self.configuration.loginDelaySeconds))
@@ -206,6 +222,7 @@ public struct ServerSession: Sendable {
             return self.authorization(command, pendingUser: pendingUser)
         case .transaction(var transaction):
             let action = self.transaction(command, &transaction)
+            self.retrievedIndices = transaction.retrieved
             if case .transaction = self.state { self.state = .transaction(transaction) }
             return action
         case .saslPlain, .loggingIn, .startingTLS, .update, .closed:
@@ -214,10 +231,13 @@ public struct ServerSession: Sendable {
         }
     }
 
-    public mutating func loginSucceeded(messages: [MaildropMessage]) -> Action {
+    /// `expireDays`: this user's EXPIRE (nil: NEVER), shown by CAPA from now on.
+    public mutating func loginSucceeded(messages: [MaildropMessage], expireDays: Int? = nil) -> Action {
         guard case .loggingIn(let user) = self.state else { preconditionFailure("loginSucceeded outside login") }
         let shown = messages.count > self.configuration.maximumMessages ? Array(messages.prefix(self.configuration.maximumMessages)) : messages
-        self.state = .transaction(Transaction(user: user, messages: shown))
+        var transaction = Transaction(user: user, messages: shown)
+        transaction.expireDays = expireDays
+        self.state = .transaction(transaction)
         return .respond(.ok("Logged in."))
     }
 
@@ -374,7 +394,8 @@ public struct ServerSession: Sendable {
             return withMessage(number) { index in .respond(.ok("\(number) \(t.messages[index].uniqueID)")) }
         case .retr(let number):
             return withMessage(number) { index in
-                .sendMessage(.ok("\(t.messages[index].size) octets"), index: index, bodyLineLimit: nil)
+                t.retrieved.insert(index)
+                return .sendMessage(.ok("\(t.messages[index].size) octets"), index: index, bodyLineLimit: nil)
             }
         case .top(let number, let lines):
             return withMessage(number) { index in
@@ -396,7 +417,9 @@ public struct ServerSession: Sendable {
             return .respond(.ok(""))
         case .quit:
             self.state = .update
-            return .commit(deleting: t.deleted.indices.filter { t.deleted[$0] })
+            // EXPIRE 0 (RFC 2449 §6.7): what was retrieved goes too, DELE or not.
+            let expiring = t.expireDays == 0 ? t.retrieved : []
+            return .commit(deleting: t.deleted.indices.filter { t.deleted[$0] || expiring.contains($0) })
         case .user, .pass, .auth, .apop, .stls, .utf8, .lang:
             // UTF8 only before login (RFC 6856 §2); LANG is answered above when offered.
             return self.badCommand(.err("Command not valid in this state."))

@@ -21,13 +21,8 @@ public enum ConfigurationKeys {
         "lmtp.socket_mode", "lmtp.trusted_networks", "lmtp.recipient_delimiter", "lmtp.domains",
         "lmtp.quota_full_tempfail", "lmtp.max_recipients", "lmtp.idle_timeout", "lmtp.max_connections",
         "lmtp.max_bad_commands", "lmtp.hostname",
-        "policy.login_delay", "policy.utf8",
+        "policy.login_delay", "policy.utf8", "policy.expire_days", "state_dir",
         "log.level",
-    ]
-
-    /// Keys of features that are planned but not built yet: refused with a message that says so, not as a typo.
-    public static let notImplemented: [String: String] = [
-        "policy.expire_days": "EXPIRE (RFC 2449 §6.7) is not implemented yet; messages stay until DELE",
     ]
 
     /// The environment variable that overrides `key`: `limits.idle_timeout` → `POP3D_LIMITS_IDLE_TIMEOUT`.
@@ -44,7 +39,6 @@ public enum ConfigurationKeys {
             return (1..<max(parts.count, 1)).map { parts[..<$0].joined(separator: ".") }
         })
         for (key, isNull) in try Self.leaves(ofYAML: yaml) where !known.contains(key) {
-            if let reason = Self.notImplemented[key] { throw ConfigurationError(key: key, reason) }
             if prefixes.contains(key) {
                 if isNull { continue }  // `listen:` with nothing under it
                 let children = Self.all.filter { $0.hasPrefix(key + ".") }
@@ -54,9 +48,6 @@ public enum ConfigurationKeys {
         }
         let names = Dictionary(uniqueKeysWithValues: Self.all.map { (Self.environmentName($0), $0) })
         for name in environment.keys.sorted() where name.hasPrefix(ServerConfiguration.environmentPrefix) && names[name] == nil {
-            if let planned = Self.notImplemented.first(where: { Self.environmentName($0.key) == name }) {
-                throw ConfigurationError(key: name, planned.value)
-            }
             let suggestion = Self.closest(to: name, among: names.keys).map { "\($0) (\(names[$0]!))" }
             throw ConfigurationError(key: name, "unknown environment variable" + Self.hint(suggestion))
         }

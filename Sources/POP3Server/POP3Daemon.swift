@@ -6,6 +6,7 @@ import MailStore
 import NIOCore
 import NIOPosix
 import ServiceLifecycle
+import SystemIO
 
 /// The whole server as `pop3d serve` runs it, assembled in one place so that the integration tests run the same
 /// assembly: listeners bound, certificate audited, passwd-file read, privilege helper started and root dropped
@@ -65,6 +66,20 @@ public final class POP3Daemon: Sendable {
                 // The socket belongs to the user pop3d runs as; its mode (lmtp.socket_mode) says who else connects.
                 if case .unix(let path) = listener.address, chown(path, identity.uid, identity.gid) != 0 {
                     throw ConfigurationError(key: "listen.lmtp", "cannot give unix:\(path) to \(identity): \(String(cString: strerror(errno)))")
+                }
+            }
+            // EXPIRE's first-retrieval log is written after the drop: its folder must be the run-as user's.
+            let usesExpire = configuration.policy.expireDays != nil
+                || verifier.records().contains { $0.extraFields.contains { $0.hasPrefix("expire_days=") } }
+            if usesExpire {
+                let folder = RetrievalLog(stateFolder: configuration.stateFolder).folder
+                do {
+                    _ = try FileSystem.makeDirectories(folder, mode: 0o700)
+                } catch {
+                    throw ConfigurationError(key: "state_dir", "cannot create \(folder): \(error)")
+                }
+                for path in [configuration.stateFolder, folder] where chown(path, identity.uid, identity.gid) != 0 {
+                    throw ConfigurationError(key: "state_dir", "cannot give \(path) to \(identity): \(String(cString: strerror(errno)))")
                 }
             }
             try PrivilegeDrop.drop(to: identity)

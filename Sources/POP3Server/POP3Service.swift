@@ -43,6 +43,7 @@ public final class POP3Service: Service, Sendable {
     private let prebound: [PreboundListener]?
     private let openChannels = NIOLockedValueBox<[ObjectIdentifier: any Channel]>([:])
     private let connectionCounter = ManagedAtomicCounter()
+    fileprivate let expirePerUserCache = NIOLockedValueBox<(at: ContinuousClock.Instant, value: Bool)?>(nil)
 
     public init(
         configuration: ServerConfiguration,
@@ -259,6 +260,8 @@ public final class POP3Service: Service, Sendable {
         sessionConfiguration.maximumMessages = self.configuration.limits.maildropMessages
         sessionConfiguration.loginDelaySeconds = self.configuration.policy.loginDelaySeconds
         sessionConfiguration.utf8 = self.configuration.policy.utf8
+        sessionConfiguration.expireDays = self.configuration.policy.expireDays
+        sessionConfiguration.expirePerUser = self.expirePerUser()
         let driver = SessionDriver(
             session: ServerSession(configuration: sessionConfiguration, tlsActive: kind == .pop3s),
             verifier: self.verifier,
@@ -267,10 +270,25 @@ public final class POP3Service: Service, Sendable {
             penalty: self.penalty,
             failureDelay: self.configuration.authenticationFailureDelay,
             loginDelay: self.loginDelay,
+            policy: self.configuration.policy,
+            retrievalLog: RetrievalLog(stateFolder: self.configuration.stateFolder),
             clientAddress: setup.clientAddress,
             logger: logger
         )
         await driver.run(connection)
+    }
+}
+
+extension POP3Service {
+    /// Whether accounts' EXPIRE may differ (a passwd-file entry sets `expire_days=`): CAPA then says `USER`.
+    /// Looked up at most every few seconds, not per connection.
+    func expirePerUser() -> Bool {
+        guard let verifier = self.verifier as? PasswdFileVerifier else { return false }
+        let now = ContinuousClock.now
+        if let cached = self.expirePerUserCache.withLockedValue({ $0 }), now - cached.at < .seconds(5) { return cached.value }
+        let value = verifier.records().contains { $0.extraFields.contains { $0.hasPrefix("expire_days=") } }
+        self.expirePerUserCache.withLockedValue { $0 = (now, value) }
+        return value
     }
 }
 

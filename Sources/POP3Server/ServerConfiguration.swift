@@ -77,8 +77,24 @@ public struct ServerPolicy: Sendable, Equatable {
     public var loginDelaySeconds = 0
     /// RFC 6856 `UTF8 USER` and `LANG` (`policy.utf8`, on by default).
     public var utf8 = true
+    /// `EXPIRE n` (`policy.expire_days`; nil = NEVER, the default): a message first retrieved n or more days ago
+    /// is removed when the user's next session starts; 0 removes retrieved messages at QUIT. A passwd-file extra
+    /// field `expire_days=N|never` overrides it per account.
+    public var expireDays: Int? = nil
 
     public init() {}
+
+    /// The EXPIRE of an account, from its passwd-file extra fields or the server's default. A value that does not
+    /// parse is ignored for the default (and logged by the caller): a typo must not delete mail sooner.
+    public func expireDays(extraFields: [String]) -> (days: Int?, invalid: String?) {
+        for field in extraFields where field.hasPrefix("expire_days=") {
+            let value = String(field.dropFirst("expire_days=".count))
+            if value.lowercased() == "never" { return (nil, nil) }
+            if let days = Int(value), (0...36_500).contains(days) { return (days, nil) }
+            return (self.expireDays, field)
+        }
+        return (self.expireDays, nil)
+    }
 }
 
 /// Every server limit, with defaults from `POP3Defaults`.
@@ -129,6 +145,8 @@ public struct ServerConfiguration: Sendable, Equatable {
     public var limits = ServerLimits()
     public var lmtp = LMTPConfiguration()
     public var policy = ServerPolicy()
+    /// pop3d's own durable state (`state_dir`): EXPIRE's first-retrieval times.
+    public var stateFolder: String
     public var logLevel = "info"
     /// Started as root, run as this user (and group) after binding; see `PrivilegeDrop`.
     public var user: String?
@@ -137,9 +155,10 @@ public struct ServerConfiguration: Sendable, Equatable {
     /// that uid/gid (see `PrivilegeSeparation`), but only from this uid up (never root).
     public var firstValidUID = PrivilegeSeparation.defaultFirstValidUID
 
-    public init(passwdFile: String, maildirTemplate: String) {
+    public init(passwdFile: String, maildirTemplate: String, stateFolder: String? = nil) {
         self.passwdFile = passwdFile
         self.maildirTemplate = maildirTemplate
+        self.stateFolder = stateFolder ?? (URL(fileURLWithPath: passwdFile).deletingLastPathComponent().path + "/state")
     }
 
     public var tlsConfigured: Bool { self.certificatePath != nil && self.privateKeyPath != nil }
@@ -345,6 +364,14 @@ extension ServerConfiguration {
         result.lmtp = lmtp
         result.policy.loginDelaySeconds = try int("policy.login_delay", 0...86_400, default: 0)
         result.policy.utf8 = try bool("policy.utf8", default: true)
+        if let text = config.string(forKey: "policy.expire_days") {
+            if text.lowercased() == "never" {
+                result.policy.expireDays = nil
+            } else {
+                result.policy.expireDays = try int("policy.expire_days", 0...36_500, default: 0)
+            }
+        }
+        result.stateFolder = resolve(config.string(forKey: "state_dir") ?? "state")
         let level = config.string(forKey: "log.level") ?? "info"
         guard ["trace", "debug", "info", "notice", "warning", "error", "critical"].contains(level) else {
             throw ConfigurationError(key: "log.level", "expected trace, debug, info, notice, warning, error or critical")
@@ -372,6 +399,7 @@ extension ServerConfiguration {
               key: \(self.privateKeyPath.map { "\"\($0)\"" } ?? "null")
               strict_sni: \(self.strictSNI)
             passwd_file: "\(self.passwdFile)"
+            state_dir: "\(self.stateFolder)"
             maildir: "\(self.maildirTemplate)"
             auth:
               allow_cleartext: \(self.allowCleartextAuthentication)
@@ -407,6 +435,7 @@ extension ServerConfiguration {
             policy:
               login_delay: \(self.policy.loginDelaySeconds)
               utf8: \(self.policy.utf8)
+              expire_days: \(self.policy.expireDays.map(String.init) ?? "never")
             log:
               level: \(self.logLevel)
             user: \(self.user ?? "null")

@@ -5,6 +5,8 @@ import MailStore
 import NIOCore
 import POP3Core
 import POP3NIO
+import NIOPosix
+import SystemIO
 
 /// Runs one connection: feeds lines to the pure `ServerSession` and carries out the actions it returns against
 /// the credential verifier and the mail store.
@@ -20,9 +22,15 @@ struct SessionDriver {
     /// The least time a failed login takes from the start of its credential check (`auth.failure_delay`).
     let failureDelay: Duration
     let loginDelay: LoginDelay
+    let policy: ServerPolicy
+    let retrievalLog: RetrievalLog
+    /// Seconds since the epoch (injected for tests).
+    let now: @Sendable () -> Int64
     let clientAddress: NIOLockedValueBox<SocketAddress?>
     var logger: Logger
     private var maildrop: (any Maildrop)?
+    /// With EXPIRE on for this user: the user's name and first-retrieval log, as loaded at login.
+    private var expiry: (user: String, log: [String: Int64])?
 
     init(
         session: ServerSession,
@@ -32,10 +40,16 @@ struct SessionDriver {
         penalty: AuthPenalty,
         failureDelay: Duration,
         loginDelay: LoginDelay,
+        policy: ServerPolicy,
+        retrievalLog: RetrievalLog,
+        now: @escaping @Sendable () -> Int64 = { WallClock.now() / 1_000_000_000 },
         clientAddress: NIOLockedValueBox<SocketAddress?>,
         logger: Logger
     ) {
         self.loginDelay = loginDelay
+        self.policy = policy
+        self.retrievalLog = retrievalLog
+        self.now = now
         self.session = session
         self.verifier = verifier
         self.maildrops = maildrops
@@ -58,6 +72,7 @@ struct SessionDriver {
         }
         // A session that did not reach UPDATE deletes nothing: just unlock the maildrop.
         if let maildrop = self.maildrop {
+            await self.recordRetrievals(maildrop, deleting: [])
             await maildrop.release()
             self.maildrop = nil
         }
@@ -174,9 +189,16 @@ struct SessionDriver {
             self.logger.error("no maildir for user", metadata: ["user": "\(logEscaped(user))", "error": "\(error)"])
             return self.session.loginFailed(.permanent)
         }
+        let (expireDays, invalidExpire) = self.policy.expireDays(extraFields: record.extraFields)
+        if let invalidExpire {
+            self.logger.warning("passwd-file expire_days not understood; using the server's", metadata: ["user": "\(logEscaped(user))", "field": "\(logEscaped(invalidExpire))"])
+        }
         do {
             let owner = record.uid.flatMap { uid in record.gid.map { MailOwner(uid: uid, gid: $0) } }
-            let maildrop = try await self.maildrops.openMaildrop(user: record.name, path: path, owner: owner)
+            var maildrop = try await self.maildrops.openMaildrop(user: record.name, path: path, owner: owner)
+            if let expireDays {
+                maildrop = try await self.expire(maildrop, user: record.name, days: expireDays, path: path, owner: owner)
+            }
             self.maildrop = maildrop
             self.logger[metadataKey: "user"] = "\(logEscaped(record.name))"
             self.loginDelay.recordLogin(record.name)
@@ -188,7 +210,7 @@ struct SessionDriver {
                 )
             }
             connection.channel.pipeline.fireUserInboundEventTriggered(SessionAuthenticatedEvent())
-            return self.session.loginSucceeded(messages: maildrop.messages)
+            return self.session.loginSucceeded(messages: maildrop.messages, expireDays: expireDays)
         } catch MaildropError.inUse {
             self.logger.notice("maildrop in use", metadata: ["user": "\(logEscaped(user))"])
             return self.session.loginFailed(.maildropInUse)
@@ -237,8 +259,45 @@ struct SessionDriver {
         try await outbound.write(.bytes(out))
     }
 
+    /// EXPIRE at login (RFC 2449 §6.7): messages first retrieved `days` or more days ago are removed before the
+    /// session lists anything, then the maildrop is opened again for the session.
+    private mutating func expire(_ maildrop: any Maildrop, user: String, days: Int, path: String, owner: MailOwner?) async throws -> any Maildrop {
+        let retrievalLog = self.retrievalLog
+        let log: [String: Int64]
+        do {
+            log = try await NIOThreadPool.singleton.runIfActive { try retrievalLog.load(user: user) }
+        } catch {
+            self.logger.error("cannot read the first-retrieval log: nothing expires this session", metadata: ["error": "\(error)"])
+            return maildrop
+        }
+        self.expiry = (user, log)
+        let expired = RetrievalLog.expired(maildrop.messages.map(\.uniqueID), log: log, days: days, now: self.now())
+        guard !expired.isEmpty else { return maildrop }
+        try await maildrop.commit(deleting: expired)
+        self.logger.info("expired messages removed", metadata: ["expired": "\(expired.count)", "expire_days": "\(days)"])
+        return try await self.maildrops.openMaildrop(user: user, path: path, owner: owner)
+    }
+
+    /// With EXPIRE on: records the first retrieval of what this session RETR'd, drops entries of messages that are
+    /// gone, while the maildrop is still locked. A failure is logged: messages then expire later, never sooner.
+    private func recordRetrievals(_ maildrop: any Maildrop, deleting: Set<Int>) async {
+        guard let expiry = self.expiry else { return }
+        let uniqueIDs = maildrop.messages.map(\.uniqueID)
+        let retrieved = self.session.retrievedIndices.filter { $0 < uniqueIDs.count }.map { uniqueIDs[$0] }
+        let remaining = Set(uniqueIDs.indices.filter { !deleting.contains($0) }.map { uniqueIDs[$0] })
+        let updated = RetrievalLog.updated(expiry.log, retrieved: retrieved, remaining: remaining, now: self.now())
+        guard updated != expiry.log else { return }
+        let retrievalLog = self.retrievalLog
+        do {
+            try await NIOThreadPool.singleton.runIfActive { try retrievalLog.save(updated, user: expiry.user) }
+        } catch {
+            self.logger.error("cannot write the first-retrieval log", metadata: ["error": "\(error)"])
+        }
+    }
+
     private mutating func commit(deleting indices: [Int]) async -> ServerSession.Action {
         guard let maildrop = self.maildrop else { return self.session.updateFinished(success: true) }
+        await self.recordRetrievals(maildrop, deleting: Set(indices))
         do {
             try await maildrop.commit(deleting: Set(indices))
             self.maildrop = nil

@@ -52,3 +52,41 @@ import Testing
         #expect(errResponse(session.send("LANG")) != nil)
     }
 }
+
+@Suite struct ExpireTests {
+    static let messages = [MaildropMessage(uniqueID: "a", size: 10), MaildropMessage(uniqueID: "b", size: 20), MaildropMessage(uniqueID: "c", size: 30)]
+
+    func loggedIn(expireDays: Int?, configuration: ServerSession.Configuration = .init()) -> ServerSession {
+        var session = ServerSession(configuration: configuration, tlsActive: true)
+        _ = session.send("USER u")
+        _ = session.send("PASS p")
+        _ = session.loginSucceeded(messages: Self.messages, expireDays: expireDays)
+        return session
+    }
+
+    @Test func capaSaysNeverOrDaysWithUserBeforeLoginAndTheUsersValueAfter() {
+        var configuration = ServerSession.Configuration()
+        #expect(ServerSession(configuration: configuration, tlsActive: true).capabilities.map(\.description).contains("EXPIRE NEVER"))
+        configuration.expireDays = 30
+        configuration.expirePerUser = true
+        #expect(ServerSession(configuration: configuration, tlsActive: true).capabilities.map(\.description).contains("EXPIRE 30 USER"))
+        let session = self.loggedIn(expireDays: 7, configuration: configuration)
+        #expect(session.capabilities.map(\.description).contains("EXPIRE 7"))
+    }
+
+    @Test func expireZeroDeletesWhatWasRetrievedAtQuitWithoutDele() {
+        var session = self.loggedIn(expireDays: 0)
+        _ = session.send("RETR 2")
+        _ = session.send("TOP 3 0")  // TOP is not a retrieval
+        _ = session.send("DELE 1")
+        #expect(session.send("QUIT") == .commit(deleting: [0, 1]))
+        #expect(session.retrievedIndices == [1])
+    }
+
+    @Test func withoutExpireZeroOnlyDeleDeletes() {
+        var session = self.loggedIn(expireDays: 5)
+        _ = session.send("RETR 2")
+        #expect(session.send("QUIT") == .commit(deleting: []))
+        #expect(session.retrievedIndices == [1], "kept through UPDATE for the first-retrieval log")
+    }
+}

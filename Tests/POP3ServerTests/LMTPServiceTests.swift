@@ -47,15 +47,3 @@ import Testing
             """)
     }
 }
-
-@Suite struct PlannedKeyTests {
-    @Test func aPlannedKeySaysItIsNotImplementedNotMisspelt() {
-        #expect(throws: ConfigurationError.self) { try ConfigurationKeys.check(yaml: "policy:\n  expire_days: 30\n", environment: [:]) }
-        do {
-            try ConfigurationKeys.check(yaml: "", environment: ["POP3D_POLICY_EXPIRE_DAYS": "3"])
-            Issue.record("accepted")
-        } catch {
-            #expect("\(error)".contains("not implemented yet"))
-        }
-    }
-}
