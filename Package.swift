@@ -70,7 +70,7 @@ let package = Package(
             name: "POP3Server",
             dependencies: [
                 "CPrivSep",
-                "POP3Core", "POP3NIO", "LMTPCore", "Accounts", "MailStore", "SystemIO",
+                "POP3Core", "POP3NIO", "LMTPCore", "Accounts", "MailStore", "SystemIO", "POP3Client",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
@@ -134,7 +134,7 @@ let package = Package(
         .executableTarget(
             name: "pop3d",
             dependencies: [
-                "POP3Server", "Accounts", "MailStore",
+                "POP3Server", "Accounts", "MailStore", "POP3Client", "MailRetriever",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),

@@ -767,8 +767,8 @@ class Dovecot(_Accounts):
         self.log_path = os.path.join(self.root, "dovecot.log")
         self.out_path = os.path.join(self.root, "dovecot.stdout")
 
-    def start(self, users, seconds=30):
-        """users: names (random passwords) or {name: password}."""
+    def start(self, users, seconds=30, uidl_format="%08Xu%08Xv"):
+        """users: names (random passwords) or {name: password}; uidl_format: Dovecot's pop3_uidl_format."""
         binary = dovecot_binary()
         if binary is None:
             raise RuntimeError("dovecot is not installed (Debian: apt-get install dovecot-pop3d)")
@@ -823,7 +823,7 @@ first_valid_gid = 0
 mail_uid = {self.uid}
 mail_gid = {self.gid}
 mail_location = maildir:{self.mail}/%u
-pop3_uidl_format = %08Xu%08Xv
+pop3_uidl_format = {uidl_format}
 service pop3-login {{
   inet_listener pop3 {{
     address = 127.0.0.1

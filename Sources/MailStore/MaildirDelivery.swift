@@ -60,7 +60,8 @@ public enum MaildirDelivery {
 
     static func deliver(
         writing body: (Int32, String) throws -> MessageSize.Counter,
-        toMaildir path: String
+        toMaildir path: String,
+        nameField: String = ""
     ) throws -> String {
         let maildir = MaildropLockTable.key(for: path)
         do {
@@ -78,7 +79,7 @@ public enum MaildirDelivery {
                 throw error
             }
             FileSystem.close(fd)
-            let name = "\(unique),S=\(counter.octets),W=\(counter.pop3Size)"
+            let name = "\(unique),S=\(counter.octets),W=\(counter.pop3Size)\(nameField)"
             // link(2), not rename(2): a name that exists already (another host, a clock step) is never replaced
             // (maildir(5); docs/security-cases.md 58). tmp/ is then cleared.
             guard link(tempPath, maildir + "/new/" + name) == 0 else {

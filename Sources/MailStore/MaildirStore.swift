@@ -309,6 +309,20 @@ struct MaildirStore: Sendable {
         return entries
     }
 
+    /// Imported messages keep their old server's UIDL: sets the `P` extension (Dovecot's POP3 UIDL field) of each
+    /// named file's record in dovecot-uidlist, indexing new files first, under the uidlist lock.
+    func setUniqueIDs(_ byBaseName: [String: String]) throws {
+        let lock = try self.acquireUIDListLock()
+        defer { self.release(lock) }
+        var list = try self.readUIDList() ?? Self.newUIDList()
+        if list.mailboxGUID.isEmpty { list.mailboxGUID = DovecotUIDList.generateGUID() }
+        _ = try self.update(try self.scan(), in: &list)
+        for index in list.records.indices {
+            if let uniqueID = byBaseName[list.records[index].baseName] { list.records[index].setExtension("P", uniqueID) }
+        }
+        try self.writeUIDList(list)
+    }
+
     /// Files left in tmp/ by deliveries that died are removed after 36 hours, as maildir(5) and Dovecot do. Runs when
     /// the index is rewritten (new mail arrived), so a quiet maildrop costs nothing.
     static let temporaryFileLifetimeNanoseconds: Int64 = 36 * 3600 * 1_000_000_000

@@ -30,8 +30,9 @@ public struct LocalDelivery {
         self.configuration = configuration
     }
 
-    /// Delivers what `descriptor` holds (to its end) to `user`; returns the new file's name.
-    public func deliver(user: String, readingFrom descriptor: Int32, maximumSize: Int?) throws(Failure) -> String {
+    /// `user`'s passwd-file record and Maildir; as root, the process then runs as the mail owner (see `dropRoot`).
+    /// Call it on the main thread before any other thread could act as root.
+    public func openAccount(_ user: String) throws(Failure) -> (record: UserRecord, maildir: String) {
         let passwd: PasswdFile
         do {
             passwd = try PasswdFile.parse(
@@ -48,14 +49,20 @@ public struct LocalDelivery {
         } catch {
             throw .temporary("no maildir for \(user): \(error)")
         }
+        if geteuid() == 0 {
+            try self.dropRoot(for: record, path: path, records: passwd.records)
+        }
+        return (record, path)
+    }
+
+    /// Delivers what `descriptor` holds (to its end) to `user`; returns the new file's name.
+    public func deliver(user: String, readingFrom descriptor: Int32, maximumSize: Int?) throws(Failure) -> String {
+        let (record, path) = try self.openAccount(user)
         let quota: MaildirQuota
         do {
             quota = try MaildirQuota(extraFields: record.extraFields)
         } catch {
             throw .temporary("quota rule of \(user): \(error)")
-        }
-        if geteuid() == 0 {
-            try self.dropRoot(for: record, path: path, records: passwd.records)
         }
         do {
             return try MaildirDelivery.deliver(.stream(descriptor), toMaildir: path, user: user, quota: quota, maximumSize: maximumSize)

@@ -1,0 +1,140 @@
+import Logging
+import MailStore
+import NIOCore
+import POP3Client
+import SystemIO
+
+/// `pop3d import`: copies every message of a remote POP3 maildrop into a local Maildir, keeping the remote's UIDL
+/// for each, so that pop3d then serves exactly the UIDLs the old server served and no client downloads anything
+/// twice. The remote is left unchanged (no DELE). Each message is durable before its UIDL is recorded, and a file
+/// stored but not yet recorded is found again by its name tag, so an import killed at any point resumes without
+/// copying anything twice.
+public struct MaildropImporter: Sendable {
+    public struct Report: Sendable, Equatable {
+        /// Copied in this run.
+        public var copied = 0
+        /// Already served locally with the same UIDL (an earlier run, or the same message delivered otherwise).
+        public var alreadyThere = 0
+        /// Stored by an earlier run that stopped before recording their UIDLs.
+        public var resumed = 0
+        public var octets = 0
+        public init() {}
+    }
+
+    /// One difference between the remote and the local listing (`--verify`).
+    public enum Difference: Sendable, Equatable, CustomStringConvertible {
+        case missingLocally(uniqueID: String)
+        case onlyLocally(uniqueID: String)
+        case sizeDiffers(uniqueID: String, remote: Int, local: Int)
+
+        public var description: String {
+            switch self {
+            case .missingLocally(let uid): "missing here: \(uid)"
+            case .onlyLocally(let uid): "only here: \(uid)"
+            case .sizeDiffers(let uid, let remote, let local): "size of \(uid): remote \(remote), here \(local)"
+            }
+        }
+    }
+
+    public let maildir: MaildirImport
+    public let client: POP3ClientConfiguration
+    public let logger: Logger
+    /// UIDLs recorded in dovecot-uidlist after this many copies (and at the end).
+    public var recordEvery = 200
+
+    public init(maildir: String, client: POP3ClientConfiguration, logger: Logger) {
+        self.maildir = MaildirImport(maildir: maildir, logger: logger)
+        self.client = client
+        self.logger = logger
+    }
+
+    /// Logs in and copies what is missing; with `verify`, compares the listings afterwards.
+    public func run(user: String, password: String, verify: Bool) async throws -> (Report, [Difference]) {
+        let connection = try await POP3Connection.connect(self.client, logger: self.logger)
+        do {
+            try await connection.login(user: user, password: password)
+            let uidls = try await connection.uidl()
+            let sizes = try await connection.list()
+            let report = try await self.copy(uidls, from: connection)
+            let differences = verify ? try self.compare(uidls.map { ($0.uid, sizes[$0.number] ?? -1) }) : []
+            try await connection.quit()
+            return (report, differences)
+        } catch {
+            await connection.close()
+            throw error
+        }
+    }
+
+    func copy(_ remote: [(number: Int, uid: String)], from connection: POP3Connection) async throws -> Report {
+        var report = Report()
+        let served = Set(try self.maildir.listing().map(\.uniqueID))
+        let tagged = try self.maildir.taggedFiles()
+        var pending: [String: String] = [:]  // base name → UIDL, not yet in dovecot-uidlist
+        var wanted: [Int: String] = [:]
+        for (number, uid) in remote {
+            if served.contains(uid) {
+                report.alreadyThere += 1
+            } else if let base = tagged[MaildirImport.tag(uid)] {
+                pending[base] = uid
+                report.resumed += 1
+            } else {
+                wanted[number] = uid
+            }
+        }
+        try self.maildir.recordUniqueIDs(pending)
+        pending = [:]
+        let numbers = remote.map(\.number).filter { wanted[$0] != nil }
+        guard !numbers.isEmpty else { return report }
+        var spool: Int32 = -1
+        var size = 0
+        defer { if spool >= 0 { FileSystem.close(spool) } }
+        let maildir = self.maildir
+        try await connection.retrieve(
+            numbers,
+            begin: { _ in
+                if spool >= 0 { FileSystem.close(spool) }
+                spool = try Self.unnamedFile()
+                size = 0
+            },
+            chunk: { _, piece in
+                try piece.withUnsafeReadableBytes { raw in
+                    try Result { () throws(FileSystemError) in try FileSystem.write(spool, raw, path: "<import spool>") }.get()
+                }
+                size += piece.readableBytes
+            },
+            end: { number in
+                let uid = wanted[number]!
+                let base = try maildir.store(spool: spool, size: size, uniqueID: uid)
+                pending[base] = uid
+                report.copied += 1
+                report.octets += size
+                if pending.count >= self.recordEvery {
+                    try maildir.recordUniqueIDs(pending)
+                    pending = [:]
+                }
+            }
+        )
+        try self.maildir.recordUniqueIDs(pending)
+        return report
+    }
+
+    /// The remote listing against the local one: every UIDL on both sides with the same size, nothing extra.
+    public func compare(_ remote: [(uid: String, size: Int)]) throws -> [Difference] {
+        let local = Dictionary(try self.maildir.listing().map { ($0.uniqueID, $0.size) }, uniquingKeysWith: { a, _ in a })
+        var differences: [Difference] = []
+        for (uid, size) in remote {
+            guard let here = local[uid] else {
+                differences.append(.missingLocally(uniqueID: uid))
+                continue
+            }
+            if here != size { differences.append(.sizeDiffers(uniqueID: uid, remote: size, local: here)) }
+        }
+        let remoteIDs = Set(remote.map(\.uid))
+        for uid in local.keys.sorted() where !remoteIDs.contains(uid) { differences.append(.onlyLocally(uniqueID: uid)) }
+        return differences
+    }
+
+    static func unnamedFile() throws -> Int32 {
+        try LMTPSpool.openUnnamed()
+    }
+}
