@@ -602,3 +602,41 @@ def test_smtp_source_lmtp_load_200_messages(pop3d_bin):
     finally:
         dev.stop()
         shutil.rmtree(dev.root, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- 6. disk full
+
+@pytest.mark.root
+def test_postfix_defers_on_a_full_disk_and_delivers_once_there_is_room(lmtp_pop3d, postfix_instance):
+    """The recipient's Maildir on a 1 MiB tmpfs: a 2 MB message gets 451 4.3.0 (Postfix defers, nothing partial
+    is stored); once the file system is gone (room again), the queued message is delivered exactly once."""
+    dev = lmtp_pop3d()
+    dev.add_user("full", "full-pw")
+    maildir = dev.maildir("full")
+    os.makedirs(maildir, exist_ok=True)
+    uid, gid = dev.ids.get("user", os.getuid()), dev.ids.get("group", os.getgid())
+    os.chown(maildir, uid, gid)  # what is left when the tmpfs goes
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size=1m,mode=0700,uid={uid},gid={gid}", "tmpfs", maildir],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, f"cannot mount a tmpfs: {r.stderr.strip()} — the check did not run"
+    mounted = True
+    try:
+        pf = postfix_instance(f"lmtp:inet:127.0.0.1:{dev.lmtp_port}")
+        rcpt = "full@example.test"
+        big_id, big = message("disk-full", extra_body=(b"f" * 99 + b"\n") * 20_000)
+        queue_id = pf.smtp([rcpt], big)
+        entry = status_of(pf, rcpt, queue_id, seconds=30, pop3d=dev)
+        assert entry[4] == "deferred" and entry[3] == "4.3.0" and "451 4.3.0" in entry[5], (
+            f"a full disk must be a temporary failure: {entry}\n{logs(pf, dev)}")
+        for sub in ("new", "tmp"):
+            folder = os.path.join(maildir, sub)
+            assert not os.path.isdir(folder) or os.listdir(folder) == [], f"{sub}/ holds {os.listdir(folder)}"
+        subprocess.run(["umount", maildir], capture_output=True, timeout=30, check=True)
+        mounted = False
+        pf.flush()
+        entry = status_of(pf, rcpt, queue_id, seconds=60, pop3d=dev, wanted="sent")
+        assert entry[4] == "sent", f"after room returned: {entry}\n{logs(pf, dev)}"
+        assert len(files_with(dev, big_id, "full")) == 1
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", maildir], capture_output=True, timeout=30)
