@@ -27,6 +27,8 @@ public final class LMTPService: Service, Sendable {
     let locator: MaildirLocator
     let logger: Logger
     let hostname: String
+    /// Threads that write LMTP copies (each blocks in fsync while its copy reaches the disk).
+    public static let deliveryThreads = 16
     /// Whether copies may be written as root (`pop3d dev` started as root); `serve` never does.
     let mayWriteAsRoot: Bool
     private let prebound: [PreboundLMTPListener]

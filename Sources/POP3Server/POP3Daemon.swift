@@ -143,8 +143,25 @@ public final class POP3Daemon: Sendable {
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
             .init(service: server, successTerminationBehavior: .gracefullyShutdownGroup)
         ]
+        var deliveryPool: NIOThreadPool?
         if !self.preboundLMTP.isEmpty {
-            let target: any DeliveryTarget = (maildrops as? SeparatedMaildropProvider) ?? local
+            // Deliveries block in fsync: they get threads of their own, so that concurrent sessions' copies reach
+            // the disk together instead of queueing behind the shared pool (as many threads as cores).
+            let pool = NIOThreadPool(numberOfThreads: LMTPService.deliveryThreads)
+            pool.start()
+            deliveryPool = pool
+            let writer = MaildirProvider(threadPool: pool, logger: self.logger, indexCacheCapacity: 0)
+            let target: any DeliveryTarget = self.separation.map {
+                SeparatedMaildropProvider(
+                    local: writer,
+                    helper: $0.helper,
+                    identity: $0.identity,
+                    firstValidUID: self.configuration.firstValidUID,
+                    maximumMessages: self.configuration.limits.maildropMessages,
+                    readPool: .singleton,
+                    logger: self.logger
+                )
+            } ?? writer
             let lmtp = LMTPService(
                 configuration: self.configuration,
                 verifier: self.verifier,
@@ -166,7 +183,13 @@ public final class POP3Daemon: Sendable {
                 logger: self.logger
             )
         )
-        try await group.run()
+        do {
+            try await group.run()
+        } catch {
+            try? await deliveryPool?.shutdownGracefully()
+            throw error
+        }
+        try? await deliveryPool?.shutdownGracefully()
     }
 
     /// What `pop3d check-config` checks beyond loading: the certificate and key load and pass the audit, the
