@@ -134,7 +134,7 @@ let package = Package(
         .executableTarget(
             name: "pop3d",
             dependencies: [
-                "POP3Server", "Accounts", "MailStore", "POP3Client", "MailRetriever",
+                "POP3Server", "Accounts", "MailStore", "POP3Client", "MailRetriever", "SystemIO",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),

@@ -55,10 +55,9 @@ public enum PasswordSource: Sendable, Equatable {
         return firstLine(bytes)
     }
 
+    /// The first line without its line break; invalid UTF-8 reads as no password.
     static func firstLine(_ bytes: [UInt8]) -> String {
-        var line = bytes.prefix { $0 != UInt8(ascii: "\n") }
-        while line.last == UInt8(ascii: "\r") { line = line.dropLast() }
-        return String(decoding: line, as: UTF8.self)
+        PasswordInput.firstLine(of: bytes) ?? ""
     }
 
     static func readFromTerminal(_ promptText: String) throws -> String {
@@ -69,21 +68,8 @@ public enum PasswordSource: Sendable, Equatable {
             throw PasswordError.noTerminal
         }
         defer { FileSystem.close(tty) }
-        var saved = termios()
-        guard tcgetattr(tty, &saved) == 0 else { throw PasswordError.noTerminal }
-        var silent = saved
-        silent.c_lflag &= ~tcflag_t(ECHO)
-        silent.c_lflag |= tcflag_t(ECHONL)
-        try? FileSystem.write(tty, Array(promptText.utf8), path: "/dev/tty")
-        guard tcsetattr(tty, TCSAFLUSH, &silent) == 0 else { throw PasswordError.noTerminal }
-        defer { _ = tcsetattr(tty, TCSAFLUSH, &saved) }
-        var line: [UInt8] = []
-        var byte: UInt8 = 0
-        while line.count < 4096 {
-            let n = try withUnsafeMutableBytes(of: &byte) { try FileSystem.read(tty, into: $0, path: "/dev/tty") }
-            if n == 0 || byte == UInt8(ascii: "\n") { break }
-            line.append(byte)
-        }
+        guard isatty(tty) == 1 else { throw PasswordError.noTerminal }
+        let line = try PasswordInput.readLine(from: tty, prompt: promptText, promptFD: tty)
         return firstLine(line)
     }
 }

@@ -2,6 +2,7 @@ import Accounts
 import ArgumentParser
 import Foundation
 import POP3Server
+import SystemIO
 
 #if canImport(Glibc)
 import Glibc
@@ -79,27 +80,7 @@ func parseScheme(_ text: String) throws -> PasswordScheme {
 
 /// Reads one line from stdin; on a terminal it prompts on stderr and turns echo off.
 func readPassword(prompt: String) throws -> String {
-    let isTTY = isatty(STDIN_FILENO) == 1
-    var saved = termios()
-    if isTTY {
-        FileHandle.standardError.write(Data(prompt.utf8))
-        tcgetattr(STDIN_FILENO, &saved)
-        var silent = saved
-        silent.c_lflag &= ~tcflag_t(ECHO)
-        tcsetattr(STDIN_FILENO, TCSAFLUSH, &silent)
-    }
-    defer {
-        if isTTY {
-            tcsetattr(STDIN_FILENO, TCSAFLUSH, &saved)
-            FileHandle.standardError.write(Data("\n".utf8))
-        }
-    }
-    var bytes: [UInt8] = []
-    var byte: UInt8 = 0
-    while read(STDIN_FILENO, &byte, 1) == 1 {
-        bytes.append(byte)
-        if byte == UInt8(ascii: "\n") || bytes.count > 4096 { break }
-    }
+    let bytes = try PasswordInput.readLine(from: STDIN_FILENO, prompt: prompt, promptFD: STDERR_FILENO)
     guard let line = PasswordInput.firstLine(of: bytes), !line.isEmpty else {
         throw ValidationError("no password on standard input")
     }

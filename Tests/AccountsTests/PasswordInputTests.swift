@@ -1,4 +1,4 @@
-import Accounts
+import SystemIO
 import Testing
 
 struct PasswordInputTests {
