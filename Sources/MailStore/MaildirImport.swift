@@ -53,26 +53,7 @@ public struct MaildirImport: Sendable {
     /// Stores `size` octets of `spool` (read with pread from 0) durably, named with `uniqueID`'s tag; returns the
     /// base name.
     public func store(spool: Int32, size: Int, uniqueID: String) throws -> String {
-        let name = try MaildirDelivery.deliver(
-            writing: { fd, tempPath throws -> MessageSize.Counter in
-                var counter = MessageSize.Counter()
-                let chunk = UnsafeMutableRawBufferPointer.allocate(byteCount: 256 * 1024, alignment: 16)
-                defer { chunk.deallocate() }
-                var offset = 0
-                while offset < size {
-                    let want = min(chunk.count, size - offset)
-                    let n = try FileSystem.pread(spool, into: UnsafeMutableRawBufferPointer(rebasing: chunk[..<want]), at: UInt64(offset), path: "<spool>")
-                    guard n > 0 else { throw MaildirDeliveryError(underlying: "the spool file is shorter than its \(size) bytes") }
-                    let bytes = UnsafeRawBufferPointer(rebasing: chunk[..<n])
-                    counter.update(bytes)
-                    try FileSystem.write(fd, bytes, path: tempPath)
-                    offset += n
-                }
-                return counter
-            },
-            toMaildir: self.path,
-            nameField: ",I=" + Self.tag(uniqueID)
-        )
+        let name = try MaildirDelivery.deliver(prefix: [], spool: spool, size: size, toMaildir: self.path, nameField: ",I=" + Self.tag(uniqueID))
         return String(MaildirName.baseName(name))
     }
 

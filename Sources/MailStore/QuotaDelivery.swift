@@ -89,7 +89,7 @@ extension MaildirDelivery {
     }
 
     /// `prefix` then `size` octets of `spool` (pread from offset 0) as one new message.
-    static func deliver(prefix: [UInt8], spool: Int32, size: Int, toMaildir path: String) throws -> String {
+    static func deliver(prefix: [UInt8], spool: Int32, size: Int, toMaildir path: String, nameField: String = "") throws -> String {
         try Self.deliver(writing: { fd, tempPath throws -> MessageSize.Counter in
             var counter = MessageSize.Counter()
             try prefix.withUnsafeBytes { raw in
@@ -109,7 +109,7 @@ extension MaildirDelivery {
                 offset += n
             }
             return counter
-        }, toMaildir: path)
+        }, toMaildir: path, nameField: nameField)
     }
 }
 

@@ -120,17 +120,21 @@ public final class POP3Daemon: Sendable {
             logger: self.logger,
             indexCacheCapacity: self.configuration.limits.indexCacheMessages
         )
-        let maildrops: any MaildropProvider = self.separation.map {
-            SeparatedMaildropProvider(
-                local: local,
-                helper: $0.helper,
-                identity: $0.identity,
-                firstValidUID: self.configuration.firstValidUID,
-                maximumMessages: self.configuration.limits.maildropMessages,
-                readPool: .singleton,
-                logger: self.logger
-            )
-        } ?? local
+        /// Accounts with their own uid are served (and written) by mail workers; the rest by `local`.
+        func separated(_ local: MaildirProvider) -> SeparatedMaildropProvider? {
+            self.separation.map {
+                SeparatedMaildropProvider(
+                    local: local,
+                    helper: $0.helper,
+                    identity: $0.identity,
+                    firstValidUID: self.configuration.firstValidUID,
+                    maximumMessages: self.configuration.limits.maildropMessages,
+                    readPool: .singleton,
+                    logger: self.logger
+                )
+            }
+        }
+        let maildrops: any MaildropProvider = separated(local) ?? local
         let server = POP3Service(
             configuration: self.configuration,
             tls: self.tls,
@@ -151,17 +155,7 @@ public final class POP3Daemon: Sendable {
             pool.start()
             deliveryPool = pool
             let writer = MaildirProvider(threadPool: pool, logger: self.logger, indexCacheCapacity: 0)
-            let target: any DeliveryTarget = self.separation.map {
-                SeparatedMaildropProvider(
-                    local: writer,
-                    helper: $0.helper,
-                    identity: $0.identity,
-                    firstValidUID: self.configuration.firstValidUID,
-                    maximumMessages: self.configuration.limits.maildropMessages,
-                    readPool: .singleton,
-                    logger: self.logger
-                )
-            } ?? writer
+            let target: any DeliveryTarget = separated(writer) ?? writer
             let lmtp = LMTPService(
                 configuration: self.configuration,
                 verifier: self.verifier,
