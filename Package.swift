@@ -112,7 +112,7 @@ let package = Package(
         ),
         .target(
             name: "POP3FuzzTargets",
-            dependencies: ["POP3Core", .product(name: "NIOCore", package: "swift-nio")]
+            dependencies: ["POP3Core", "LMTPCore", .product(name: "NIOCore", package: "swift-nio")]
         ),
         .executableTarget(
             name: "POP3Fuzzer",

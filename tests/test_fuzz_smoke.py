@@ -17,7 +17,7 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRATCH = os.path.join(REPO, ".build-fuzz")
-TARGETS = ["command", "response", "sasl", "dotstuffing", "handshake"]  # Sources/POP3FuzzTargets
+TARGETS = ["command", "response", "sasl", "dotstuffing", "handshake", "lmtp"]  # Sources/POP3FuzzTargets
 SECONDS = int(os.environ.get("POP3_FUZZ_SECONDS", "45"))
 
 pytestmark = pytest.mark.fuzz

@@ -715,6 +715,12 @@ def test_expire_state_belongs_to_the_run_as_user(pop3d_bin, root_base):
             c.close()  # dropped without QUIT: recorded, removed at the next login
         st = os.stat(f"{base}/state/retrieved")
         assert (st.st_uid, st.st_mode & 0o777) == (entry.pw_uid, 0o700), st
-        assert len(os.listdir(f"{base}/state/retrieved")) == 1
+        # The last (dropped) session writes its record as it notices the drop: wait for the atomic replace.
+        for _ in range(100):
+            files = os.listdir(f"{base}/state/retrieved")
+            if len(files) == 1:
+                break
+            time.sleep(0.05)
+        assert len(files) == 1 and not files[0].endswith(".tmp"), files
     finally:
         stop_process(proc, grace=30)

@@ -1,3 +1,4 @@
+import LMTPCore
 import NIOCore
 import POP3Core
 
@@ -16,6 +17,8 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
     case dotstuffing
     /// TLS ClientHello parsing (strict ALPN/SNI) and PROXY v2 headers.
     case handshake
+    /// An LMTP conversation: the input framer (lines, DATA, BDAT) and the session state machine, fed in pieces.
+    case lmtp
 
     public func run(_ data: [UInt8]) {
         switch self {
@@ -24,6 +27,66 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
         case .sasl: Self.sasl(data)
         case .dotstuffing: Self.dotstuffing(data)
         case .handshake: Self.handshake(data)
+        case .lmtp: Self.lmtp(data)
+        }
+    }
+
+    /// Drives the framer and the session as the server does; the first byte picks the piece size. Every transaction
+    /// that reaches `deliver` must be answered with one reply per recipient, and content is only ever received when
+    /// the session asked for it.
+    static func lmtp(_ data: [UInt8]) {
+        guard let first = data.first else { return }
+        let piece = Int(first % 64) + 1
+        var session = LMTPSession(configuration: .init(hostname: "fuzz", maximumMessageSize: 4_096, maximumRecipients: 5, maximumBadCommands: 20))
+        var framer = LMTPInputFramer(maximumLineLength: 128)
+        var receiving = false
+        var octets = 0
+        var offset = 1
+        func perform(_ actions: [LMTPSession.Action]) -> Bool {
+            var queue = actions[...]
+            while let action = queue.popFirst() {
+                switch action {
+                case .reply: break
+                case .lookUp(let address): queue.append(contentsOf: session.recipientLookedUp(address.count % 2 == 0 ? "user" : nil))
+                case .receiveData:
+                    framer.startData()
+                    receiving = true
+                case .receiveChunk(let size, _):
+                    framer.startChunk(size: size)
+                    receiving = true
+                case .deliver(let transaction):
+                    precondition(!transaction.recipients.isEmpty, "a delivery without recipients")
+                    let replies = session.delivered(transaction.recipients.map { _ in LMTPReply.delivered })
+                    precondition(replies.count == transaction.recipients.count, "not one reply per recipient")
+                case .close: return false
+                }
+            }
+            return true
+        }
+        while offset < data.count {
+            let end = min(offset + piece, data.count)
+            framer.append(ByteBuffer(bytes: data[offset..<end]))
+            offset = end
+            while let frame = framer.next() {
+                let actions: [LMTPSession.Action]
+                switch frame {
+                case .line(let line):
+                    precondition(!receiving, "a command line while content was expected")
+                    actions = session.receive(line: line.readableBytesView)
+                case .lineTooLong:
+                    actions = session.lineTooLong()
+                case .content(let bytes):
+                    precondition(receiving, "content nobody asked for")
+                    octets += bytes.readableBytes
+                    continue
+                case .endOfContent:
+                    precondition(receiving, "an end of content nobody asked for")
+                    receiving = false
+                    actions = session.contentEnded(octets: octets, tooLarge: octets > 4_096)
+                    octets = 0
+                }
+                if !perform(actions) { return }
+            }
         }
     }
 
