@@ -74,7 +74,6 @@ public struct LMTPSession: Sendable {
     private var sender = ""
     private var parameters = LMTPCommand.MailParameters()
     private var recipients: [Recipient] = []
-    private var chunkOctets = 0
     public private(set) var badCommands = 0
 
     public init(configuration: Configuration) {
@@ -158,7 +157,6 @@ public struct LMTPSession: Sendable {
             self.sender = from
             self.parameters = parameters
             self.recipients = []
-            self.chunkOctets = 0
             self.state = .mail(bdat: false)
             return [.reply(.senderOK)]
         case .rcpt(let to):
@@ -214,7 +212,6 @@ public struct LMTPSession: Sendable {
                 }
                 return [.reply(refusal)]
             }
-            self.chunkOctets += octets
             if last { return self.finish(tooLarge: tooLarge) }
             self.state = .mail(bdat: true)
             return [.reply(LMTPReply(250, "2.0.0", "\(octets) octets received"))]
@@ -247,7 +244,6 @@ public struct LMTPSession: Sendable {
         self.sender = ""
         self.parameters = LMTPCommand.MailParameters()
         self.recipients = []
-        self.chunkOctets = 0
     }
 
     private mutating func bad(_ reply: LMTPReply) -> [Action] {
