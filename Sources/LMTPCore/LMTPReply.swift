@@ -21,7 +21,6 @@ public struct LMTPReply: Sendable, Equatable, CustomStringConvertible {
         self.lines = lines.isEmpty ? [""] : lines
     }
 
-    public var isPositive: Bool { self.code < 400 }
     public var isTemporary: Bool { (400..<500).contains(self.code) }
 
     /// `250-first` … `250 last`, each line with the enhanced code when there is one.

@@ -208,7 +208,7 @@ struct LMTPSpool {
 
     init(maximumSize: Int) throws {
         self.maximumSize = maximumSize
-        self.descriptor = try Self.openUnnamed()
+        self.descriptor = try FileSystem.openUnnamedTemporaryFile()
     }
 
     /// A spool that could not be created: the transaction is read to its end, then every recipient gets 451.
@@ -256,19 +256,6 @@ struct LMTPSpool {
 
     func close() {
         if self.descriptor >= 0 { FileSystem.close(self.descriptor) }
-    }
-
-    /// A file with no name in the temporary folder (`TMPDIR`, else /tmp): nothing to clean up after a crash.
-    static func openUnnamed() throws -> Int32 {
-        let folder = ProcessInfo.processInfo.environment["TMPDIR"].flatMap { $0.isEmpty ? nil : $0 } ?? "/tmp"
-        let fd = open(folder, O_RDWR | O_CLOEXEC | 0o20_200_000 /* O_TMPFILE */, 0o600)
-        if fd >= 0 { return fd }
-        // No O_TMPFILE (some file systems): create and unlink at once.
-        var template = Array((folder + "/pop3d-lmtp-XXXXXX").utf8CString)
-        let made = template.withUnsafeMutableBufferPointer { mkstemp($0.baseAddress!) }
-        guard made >= 0 else { throw FileSystem.fail("mkostemp", folder, errno) }
-        _ = template.withUnsafeBufferPointer { unlink($0.baseAddress!) }
-        return made
     }
 }
 

@@ -93,7 +93,7 @@ public struct MaildropImporter: Sendable {
             numbers,
             begin: { _ in
                 if spool >= 0 { FileSystem.close(spool) }
-                spool = try Self.unnamedFile()
+                spool = try FileSystem.openUnnamedTemporaryFile()
                 size = 0
             },
             chunk: { _, piece in
@@ -132,9 +132,5 @@ public struct MaildropImporter: Sendable {
         let remoteIDs = Set(remote.map(\.uid))
         for uid in local.keys.sorted() where !remoteIDs.contains(uid) { differences.append(.onlyLocally(uniqueID: uid)) }
         return differences
-    }
-
-    static func unnamedFile() throws -> Int32 {
-        try LMTPSpool.openUnnamed()
     }
 }

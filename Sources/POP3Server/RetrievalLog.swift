@@ -7,6 +7,8 @@ import SystemIO
 /// a crash before the write only makes a message expire later, never sooner.
 public struct RetrievalLog: Sendable {
     public let folder: String
+    /// A log larger than this is refused as corrupt (about 40 bytes per message: over a million messages).
+    public static let maximumFileSize = 64 << 20
 
     public init(stateFolder: String) {
         self.folder = stateFolder + "/retrieved"
@@ -20,7 +22,7 @@ public struct RetrievalLog: Sendable {
     /// UIDL → first retrieval (seconds since the epoch). A missing file is an empty log; unreadable lines are
     /// skipped (the message then counts as never retrieved: it expires later, not sooner).
     public func load(user: String) throws(FileSystemError) -> [String: Int64] {
-        guard let bytes = try FileSystem.readFile(self.path(for: user), limit: 64 << 20) else { return [:] }
+        guard let bytes = try FileSystem.readFile(self.path(for: user), limit: Self.maximumFileSize) else { return [:] }
         var result: [String: Int64] = [:]
         for line in bytes.split(separator: UInt8(ascii: "\n")) {
             let fields = line.split(separator: UInt8(ascii: " "))

@@ -177,6 +177,24 @@ public enum FileSystem {
         return bytes
     }
 
+    /// A read-write file with no name in the temporary folder (`TMPDIR`, else /tmp), for spooling: nothing to clean
+    /// up after a crash, and it is gone once closed. O_TMPFILE, else create and unlink at once.
+    public static func openUnnamedTemporaryFile() throws(FileSystemError) -> Int32 {
+        let environment = getenv("TMPDIR").map { String(cString: $0) }
+        let folder = environment.flatMap { $0.isEmpty ? nil : $0 } ?? "/tmp"
+        #if os(Linux)
+        // O_TMPFILE (__O_TMPFILE | O_DIRECTORY): Glibc does not export the macro to Swift.
+        let fd = Glibc.open(folder, O_RDWR | O_CLOEXEC | 0o20_200_000, 0o600)
+        if fd >= 0 { return fd }
+        #endif
+        var template = Array((folder + "/pop3d-spool-XXXXXX").utf8CString)
+        let made = template.withUnsafeMutableBufferPointer { mkstemp($0.baseAddress!) }
+        guard made >= 0 else { throw Self.fail("mkstemp", folder, errno) }
+        _ = fcntl(made, F_SETFD, FD_CLOEXEC)
+        _ = systemUnlink(String(cString: template))
+        return made
+    }
+
     /// Replaces `path` atomically: a temporary file beside it, fsync, rename, fsync of the directory.
     public static func atomicReplace(_ path: String, with bytes: [UInt8], mode: mode_t = 0o600) throws(FileSystemError) {
         let temporary = path + ".tmp"

@@ -3,6 +3,7 @@ import Logging
 import NIOCore
 import NIOPosix
 import POP3Core
+import SystemIO
 import Testing
 
 @testable import MailStore
@@ -307,8 +308,7 @@ final class MaildropWorkerTests: Sendable {
 
     /// A spool file holding `text`, read with pread as LMTP does.
     func spool(_ text: String) throws -> Int32 {
-        let fd = open("/tmp", O_RDWR | O_CLOEXEC | 0o20_200_000, 0o600)
-        try #require(fd >= 0)
+        let fd = try FileSystem.openUnnamedTemporaryFile()
         _ = Array(text.utf8).withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
         return fd
     }
