@@ -35,6 +35,15 @@ let package = Package(
             dependencies: [.product(name: "NIOCore", package: "swift-nio")]
         ),
         .target(
+            name: "SASL",
+            dependencies: [
+                "POP3Core",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "CryptoExtras", package: "swift-crypto"),
+                .product(name: "X509", package: "swift-certificates"),
+            ]
+        ),
+        .target(
             name: "LMTPCore",
             dependencies: ["POP3Core", .product(name: "NIOCore", package: "swift-nio")]
         ),
@@ -50,7 +59,7 @@ let package = Package(
         .target(
             name: "Accounts",
             dependencies: [
-                "CCrypt", "SystemIO",
+                "CCrypt", "SystemIO", "SASL",
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -70,7 +79,7 @@ let package = Package(
             name: "POP3Server",
             dependencies: [
                 "CPrivSep",
-                "POP3Core", "POP3NIO", "LMTPCore", "Accounts", "MailStore", "SystemIO", "POP3Client",
+                "POP3Core", "POP3NIO", "LMTPCore", "SASL", "Accounts", "MailStore", "SystemIO", "POP3Client",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
@@ -90,7 +99,7 @@ let package = Package(
         .target(
             name: "POP3Client",
             dependencies: [
-                "POP3Core", "POP3NIO",
+                "POP3Core", "POP3NIO", "SASL",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
@@ -121,7 +130,7 @@ let package = Package(
         .executableTarget(
             name: "pop3",
             dependencies: [
-                "POP3Client", "POP3Core", "POP3NIO", "MailRetriever",
+                "POP3Client", "SASL", "POP3Core", "POP3NIO", "MailRetriever",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "Logging", package: "swift-log"),
@@ -134,7 +143,7 @@ let package = Package(
         .executableTarget(
             name: "pop3d",
             dependencies: [
-                "POP3Server", "Accounts", "MailStore", "POP3Client", "MailRetriever", "SystemIO",
+                "POP3Server", "SASL", "Accounts", "MailStore", "POP3Client", "MailRetriever", "SystemIO",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -144,6 +153,7 @@ let package = Package(
             ]
         ),
         .testTarget(name: "POP3CoreTests", dependencies: ["POP3Core", "POP3FuzzTargets", .product(name: "NIOCore", package: "swift-nio")]),
+        .testTarget(name: "SASLTests", dependencies: ["SASL"]),
         .testTarget(name: "LMTPCoreTests", dependencies: ["LMTPCore", .product(name: "NIOCore", package: "swift-nio")]),
         .testTarget(name: "POP3NIOTests", dependencies: [
             "POP3NIO", "POP3Core",
@@ -152,7 +162,7 @@ let package = Package(
             .product(name: "NIOTestUtils", package: "swift-nio"),
         ]),
         .testTarget(name: "AccountsTests", dependencies: [
-            "Accounts", "SystemIO",
+            "Accounts", "SASL", "SystemIO",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "NIOPosix", package: "swift-nio"),
         ]),
@@ -164,7 +174,7 @@ let package = Package(
             .product(name: "NIOPosix", package: "swift-nio"),
         ]),
         .testTarget(name: "POP3ServerTests", dependencies: [
-            "POP3Server", "POP3Core", "LMTPCore", "Accounts", "MailStore", "POP3Client", "MailRetriever", "CPrivSep", "SystemIO",
+            "POP3Server", "POP3Core", "LMTPCore", "SASL", "Accounts", "MailStore", "POP3Client", "MailRetriever", "CPrivSep", "SystemIO",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "NIOSSL", package: "swift-nio-ssl"),

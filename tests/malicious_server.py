@@ -169,6 +169,62 @@ def login(c, sasl_reply=b"+OK logged in\r\n"):
             c.send(b"-ERR\r\n")
 
 
+def scram_login(c, sasl=b"SCRAM-SHA-256", mutate=None):
+    """Answers CAPA (offering `sasl`) and runs the server side of one SCRAM-SHA-256 exchange for PASSWORD, with
+    one deliberate fault: mutate(step, value) may replace the server-first attributes (step "first", a dict) or
+    the server-final message (step "final", bytes), or return "ok-now" at "final" to accept the login without
+    proving anything. Returns True when the client went on to log in."""
+    import base64
+    import hashlib
+    import hmac
+    while True:
+        line = c.line()
+        if line is None:
+            return False
+        cmd = line.split(b" ")[0].upper()
+        if cmd == b"CAPA":
+            c.send(b"+OK\r\nUIDL\r\nPIPELINING\r\nSASL " + sasl + b"\r\n.\r\n")
+            continue
+        if cmd != b"AUTH" or not line.upper().startswith(b"AUTH SCRAM-SHA-256"):
+            c.send(b"-ERR not offered\r\n")
+            continue
+        parts = line.split(b" ")
+        first = base64.b64decode(parts[2]) if len(parts) > 2 else None
+        if first is None:
+            c.send(b"+ \r\n")
+            first = base64.b64decode(c.line())
+        gs2, _, bare = first.decode().partition(",,")
+        client_nonce = dict(kv.split("=", 1) for kv in bare.split(","))["r"]
+        attrs = {"r": client_nonce + "srvNONCE", "s": base64.b64encode(b"salty-salt").decode(), "i": "4096"}
+        if mutate:
+            attrs = mutate("first", attrs) or attrs
+        server_first = ",".join(f"{k}={v}" for k, v in attrs.items())
+        c.send(b"+ " + base64.b64encode(server_first.encode()) + b"\r\n")
+        final = c.line()
+        if final is None or final == b"*":
+            c.send(b"-ERR cancelled\r\n")
+            return False
+        final = base64.b64decode(final).decode()
+        without_proof = final.rsplit(",p=", 1)[0]
+        salted = hashlib.pbkdf2_hmac("sha256", PASSWORD.encode(), b"salty-salt", 4096)
+        auth_message = f"{bare},{server_first},{without_proof}".encode()
+        server_key = hmac.new(salted, b"Server Key", "sha256").digest()
+        server_final = b"v=" + base64.b64encode(hmac.new(server_key, auth_message, "sha256").digest())
+        if mutate:
+            changed = mutate("final", server_final)
+            if changed == "ok-now":
+                c.send(b"+OK logged in\r\n")
+                return True
+            server_final = changed or server_final
+        c.send(b"+ " + base64.b64encode(server_final) + b"\r\n")
+        ack = c.line()
+        if ack != b"":
+            c.send(b"-ERR cancelled\r\n")
+            return False
+        c.send(b"+OK logged in\r\n")
+        return True
+
+
 def transaction(c, uidl=None, retr=None, quit_reply=b"+OK bye\r\n", dele_ok=True, messages=MESSAGES, replies=None):
     """A normal TRANSACTION state with `messages`, with optional overrides; `replies` maps a command to a function
     that answers it instead (returning "close" ends the connection)."""

@@ -10,6 +10,7 @@ ServerHello (case 87).
 
 Each test builds its scenario afresh (from CASES), so scenarios keep no state between tests.
 """
+import base64
 import socket
 import ssl
 import subprocess
@@ -18,8 +19,8 @@ import time
 
 import pytest
 
-from malicious_server import (Certs, Conn, Scenario, greet, login, normal, relay, run_scenario, stored_files,
-                              transaction)
+from malicious_server import (Certs, Conn, Scenario, greet, login, normal, relay, run_scenario, scram_login,
+                              stored_files, transaction)
 from pop3support import free_port
 
 CASES = []
@@ -854,6 +855,98 @@ def _(k):
     return Scenario("79 probe of a self-signed server: exit 1, never reported as TLS or verified",
                     probe_server({}), tls=k.ctx("self_signed"), command="probe", connections=2,
                     check=probe_claims_nothing)
+
+
+# ---------------------------------------------------------------- SCRAM: a server that cannot prove itself
+
+MAIL_COMMANDS = (b"STAT", b"LIST", b"UIDL", b"RETR", b"TOP", b"DELE")
+
+
+def scram_server(mutate=None, sasl=b"SCRAM-SHA-256"):
+    def behave(c):
+        greet(c)
+        if scram_login(c, sasl=sasl, mutate=mutate):
+            transaction(c)
+    return behave
+
+
+def no_mail_commands_and(*needles):
+    """The client sent no mail command after the failed exchange, never the password in any form, and said why."""
+    def check(r, log, maildir):
+        problems = []
+        if any(line.upper().startswith(MAIL_COMMANDS) for line in log):
+            problems.append("a mail command was sent after SCRAM failed")
+        if any(line.upper().startswith((b"USER", b"PASS", b"AUTH PLAIN")) for line in log):
+            problems.append("fell back to a mechanism that sends the password")
+        sent = b"\n".join(log)
+        if b"s3cret" in sent or base64.b64encode(b"s3cret-password") in sent:
+            problems.append("the password was sent")
+        err = r.stderr.decode(errors="replace")
+        if not all(n.lower() in err.lower() for n in needles):
+            problems.append(f"stderr does not say {needles!r}: {err[:300]!r}")
+        return problems
+    return check
+
+
+def scram_scenario(name, mutate, *needles, **kw):
+    return Scenario(name, scram_server(mutate, kw.pop("sasl", b"SCRAM-SHA-256")), credentials_allowed=True,
+                    check=no_mail_commands_and(*needles), max_seconds=kw.pop("max_seconds", 30), **kw)
+
+
+@case("scram-nonce-not-extended")
+def _(k):
+    return scram_scenario("SCRAM: the server's nonce does not extend the client's: abort, no mail command",
+                          lambda step, v: dict(v, r="someoneElsesNonce") if step == "first" else None,
+                          "nonce", tls=k.ctx("good"))
+
+
+@case("scram-bad-server-signature")
+def _(k):
+    return scram_scenario("SCRAM: a server signature that does not verify: abort before any mail command",
+                          lambda step, v: b"v=" + base64.b64encode(b"x" * 32) if step == "final" else None,
+                          "signature", tls=k.ctx("good"))
+
+
+@case("scram-no-server-final")
+def _(k):
+    return scram_scenario("SCRAM: +OK without the server-final proof: abort before any mail command",
+                          lambda step, v: "ok-now" if step == "final" else None,
+                          "without proving", tls=k.ctx("good"))
+
+
+@case("scram-iterations-zero")
+def _(k):
+    return scram_scenario("SCRAM: an iteration count of 0: refused",
+                          lambda step, v: dict(v, i="0") if step == "first" else None,
+                          "iterations", tls=k.ctx("good"), max_seconds=15)
+
+
+@case("scram-iterations-huge")
+def _(k):
+    return scram_scenario("SCRAM: an iteration count of 10^9: refused at once, no CPU burnt for the server",
+                          lambda step, v: dict(v, i="1000000000") if step == "first" else None,
+                          "iterations", tls=k.ctx("good"), max_seconds=15)
+
+
+@case("scram-plus-offered-without-tls")
+def _(k):
+    return Scenario("SCRAM-PLUS offered on a plaintext connection: --auth scram-sha-256-plus sends nothing",
+                    scram_server(sasl=b"SCRAM-SHA-256-PLUS"), insecure=True,
+                    extra_args=("--auth", "scram-sha-256-plus"),
+                    check=no_mail_commands_and("does not offer SCRAM-SHA-256-PLUS"))
+
+
+@case("scram-explicit-not-downgraded")
+def _(k):
+    return Scenario("--auth scram-sha-256 against a PLAIN-only server: refused, PLAIN never tried",
+                    normal, tls=k.ctx("good"), extra_args=("--auth", "scram-sha-256"),
+                    check=no_mail_commands_and("does not offer SCRAM-SHA-256"))
+
+
+@case("control-scram")
+def _(k):
+    return Scenario("control: a SCRAM-SHA-256 server that proves itself is fetched", scram_server(),
+                    tls=k.ctx("good"), expect_exit=0, credentials_allowed=True, dele_allowed=True, stored=2)
 
 
 # ---------------------------------------------------------------- controls

@@ -1,3 +1,4 @@
+import SASL
 import SystemIO
 #if canImport(Glibc)
 import Glibc
@@ -26,13 +27,14 @@ public struct PasswdFileEditor: Sendable {
         user: String,
         password: String,
         scheme: PasswordScheme = .sha512Crypt,
+        iterations: Int = SCRAMDefaults.iterations,
         uid: UInt32? = nil,
         gid: UInt32? = nil,
         home: String? = nil
     ) throws {
         guard UserName.isValid(user) else { throw PasswdFileError.invalidUserName(user) }
         if let home { try Self.validateHome(home) }
-        let field = try Self.makeField(password: password, scheme: scheme)
+        let field = try Self.makeField(password: password, scheme: scheme, iterations: iterations)
         var fields = [user, field, uid.map(String.init) ?? "", gid.map(String.init) ?? "", "", home ?? ""]
         while fields.last == "" { fields.removeLast() }
         let newLine = Array(fields.joined(separator: ":").utf8) + [UInt8(ascii: "\n")]
@@ -49,9 +51,9 @@ public struct PasswdFileEditor: Sendable {
     }
 
     /// Replaces the password of `user` (the line that counts: the first one), leaving every other column as it was.
-    public func setPassword(user: String, password: String, scheme: PasswordScheme = .sha512Crypt) throws {
+    public func setPassword(user: String, password: String, scheme: PasswordScheme = .sha512Crypt, iterations: Int = SCRAMDefaults.iterations) throws {
         guard UserName.isValid(user) else { throw PasswdFileError.invalidUserName(user) }
-        let field = Array(try Self.makeField(password: password, scheme: scheme).utf8)
+        let field = Array(try Self.makeField(password: password, scheme: scheme, iterations: iterations).utf8)
         try self.withExclusiveLock { target in
             let existing = try Self.read(target, missingIsEmpty: false)!
             let lines = try Self.parsedLines(existing.bytes, path: self.path)
@@ -93,15 +95,17 @@ public struct PasswdFileEditor: Sendable {
 
     // MARK: - Internals
 
-    private static func makeField(password: String, scheme: PasswordScheme) throws -> String {
+    private static func makeField(password: String, scheme: PasswordScheme, iterations: Int) throws -> String {
         let breaksTheFormat: Set<UInt8> = [UInt8(ascii: ":"), UInt8(ascii: "\n"), UInt8(ascii: "\r")]
         if scheme == .plain, password.utf8.contains(where: breaksTheFormat.contains) {
             throw PasswdFileError.invalidPassword(reason: "a {PLAIN} password cannot contain ':' or a line break")
         }
         do {
-            return try PasswordHash.make(password: password, scheme: scheme)
+            return try PasswordHash.make(password: password, scheme: scheme, iterations: iterations)
         } catch PasswordHashError.passwordContainsNUL {
             throw PasswdFileError.invalidPassword(reason: "the password contains a NUL byte")
+        } catch PasswordHashError.tooFewIterations(let count) {
+            throw PasswdFileError.invalidPassword(reason: "\(count) SCRAM iterations are too few (at least \(SCRAMDefaults.minimumIterations))")
         }
     }
 

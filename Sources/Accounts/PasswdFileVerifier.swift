@@ -1,4 +1,5 @@
 import Logging
+import SASL
 import NIOCore
 import NIOPosix
 import Synchronization
@@ -23,6 +24,10 @@ public final class PasswdFileVerifier: CredentialVerifier {
     /// Held for the whole of a reload, so concurrent callers read a changed file once; remembers the last failure
     /// so a broken file is logged once, not on every login.
     private let reloadState: Mutex<ReloadFailure?>
+    /// SCRAM iterations for dummy exchanges and for keys derived from `{PLAIN}` fields (`auth.scram_iterations`).
+    private let scramIterations: Int
+    /// Keys the salts of dummy exchanges and of `{PLAIN}`-derived keys; random per process.
+    private let scramSecret: [UInt8]
 
     private struct Snapshot: Sendable {
         var file: PasswdFile
@@ -47,9 +52,12 @@ public final class PasswdFileVerifier: CredentialVerifier {
         path: String,
         threadPool: NIOThreadPool,
         logger: Logger,
-        maximumConcurrentHashes: Int = System.coreCount
+        maximumConcurrentHashes: Int = System.coreCount,
+        scramIterations: Int = SCRAMDefaults.iterations
     ) throws {
         self.path = path
+        self.scramIterations = max(SCRAMDefaults.minimumIterations, scramIterations)
+        self.scramSecret = SCRAM.randomSalt() + SCRAM.randomSalt()
         self.threadPool = threadPool
         self.logger = logger
         self.limiter = ConcurrencyLimiter(limit: max(1, maximumConcurrentHashes))
@@ -60,12 +68,18 @@ public final class PasswdFileVerifier: CredentialVerifier {
     }
 
     /// Uses `NIOThreadPool.singleton`.
-    public convenience init(path: String, logger: Logger, maximumConcurrentHashes: Int = System.coreCount) throws {
+    public convenience init(
+        path: String,
+        logger: Logger,
+        maximumConcurrentHashes: Int = System.coreCount,
+        scramIterations: Int = SCRAMDefaults.iterations
+    ) throws {
         try self.init(
             path: path,
             threadPool: .singleton,
             logger: logger,
-            maximumConcurrentHashes: maximumConcurrentHashes
+            maximumConcurrentHashes: maximumConcurrentHashes,
+            scramIterations: scramIterations
         )
     }
 
@@ -131,6 +145,22 @@ public final class PasswdFileVerifier: CredentialVerifier {
         }
     }
 
+    public func scramKeys(user: String, algorithm: SCRAMAlgorithm) async throws -> SCRAMLookup {
+        try await self.limiter.withPermit {
+            try await self.threadPool.runIfActive { [self] in
+                self.refresh()
+                let record = self.current.withLock { $0.file.record(named: user) }
+                let dummy = SCRAMServerExchange.dummyKeys(user: user, algorithm: algorithm, iterations: self.scramIterations, secret: self.scramSecret)
+                if let record,
+                    let keys = PasswordHash.scramKeys(field: record.passwordField, algorithm: algorithm, plaintextSalt: dummy.salt, iterations: self.scramIterations)
+                {
+                    return SCRAMLookup(record: record, keys: keys)
+                }
+                return SCRAMLookup(record: nil, keys: dummy)
+            }
+        }
+    }
+
     // MARK: - Internals
 
     /// Blocking: stats (maybe reads) the file and runs crypt_r. Only on the thread pool.
@@ -162,6 +192,13 @@ public final class PasswdFileVerifier: CredentialVerifier {
 
     private func logLoaded(_ file: PasswdFile) {
         self.logger.info("passwd-file loaded", metadata: ["path": "\(self.path)", "users": "\(file.records.count)"])
+        let argon2Users = file.records.filter { PasswordHash.splitScheme($0.passwordField).scheme?.hasPrefix("ARGON2") == true }
+        if let first = argon2Users.first, let reason = Argon2.unavailableReason {
+            self.logger.error(
+                "passwd-file has ARGON2 hashes that cannot be checked: those users cannot log in",
+                metadata: ["path": "\(self.path)", "users": "\(argon2Users.count)", "first": "\(String(reflecting: first.name))", "reason": "\(reason)"]
+            )
+        }
         for duplicate in file.duplicates {
             self.logger.warning(
                 "passwd-file defines a user more than once; the first line wins",
@@ -209,6 +246,22 @@ public final class PasswdFileVerifier: CredentialVerifier {
     /// for fields that do not go through crypt_r or can never match.
     static func costClass(_ field: String) -> String? {
         let (scheme, hash) = PasswordHash.splitScheme(field)
+        switch scheme {
+        case "SCRAM-SHA-256", "SCRAM-SHA-1":
+            // The iteration count comes first: "4096,salt,…".
+            return hash.split(separator: ",").first.map { "\(scheme!):\($0)" }
+        case "PBKDF2":
+            let parts = hash.split(separator: "$")
+            return parts.count >= 3 ? "PBKDF2:\(parts[2])" : nil
+        case "ARGON2ID", "ARGON2I":
+            // "$argon2id$v=19$m=65536,t=3,p=1$salt$hash": version and parameters.
+            let parts = hash.split(separator: "$")
+            return parts.count >= 3 ? "$\(parts[0])$\(parts[1])$\(parts[2])$" : nil
+        case let name? where DigestScheme(scheme: name) != nil:
+            return name
+        default:
+            break
+        }
         let cryptSchemes: [String?] = [nil, "CRYPT", "SHA512-CRYPT", "SHA256-CRYPT", "BLF-CRYPT", "MD5-CRYPT"]
         guard cryptSchemes.contains(scheme) else { return nil }
         let parts = hash.split(separator: "$", omittingEmptySubsequences: false)

@@ -1,4 +1,8 @@
 import CCrypt
+import Crypto
+import CryptoExtras
+import POP3Core
+import SASL
 
 #if canImport(Glibc)
 import Glibc
@@ -6,7 +10,9 @@ import Glibc
 import Musl
 #endif
 
-/// Password schemes `pop3d user add` can write. Verification also accepts `{MD5-CRYPT}` and `{CLEARTEXT}`.
+/// Password schemes `pop3d user add` can write. Verification also accepts what `doveadm pw` writes for
+/// `{MD5-CRYPT}`, `{CLEARTEXT}`, `{PBKDF2}`, `{SSHA512}`, `{SSHA256}`, `{SSHA}`, `{SHA512}`, `{SHA256}`, `{SHA}`/`{SHA1}`,
+/// and `{ARGON2ID}`/`{ARGON2I}` (through the system's libargon2, see ``Argon2``).
 ///
 /// Names are Dovecot's (`doveadm pw -s SCHEME`), so a passwd-file moves between Dovecot and pop3d unchanged.
 public enum PasswordScheme: String, Sendable, CaseIterable {
@@ -18,6 +24,11 @@ public enum PasswordScheme: String, Sendable, CaseIterable {
     case blfCrypt = "BLF-CRYPT"
     /// libxcrypt's preferred method (yescrypt `$y$` on Debian), as `crypt_gensalt_rn(NULL, …)` chooses it.
     case crypt = "CRYPT"
+    /// Dovecot's SCRAM format: iterations, salt, StoredKey, ServerKey. Works for SCRAM-SHA-256(-PLUS) logins, which
+    /// never send the password, as well as for USER/PASS and PLAIN.
+    case scramSHA256 = "SCRAM-SHA-256"
+    /// The same for SCRAM-SHA-1 (offered only when `auth.mechanisms` names it).
+    case scramSHA1 = "SCRAM-SHA-1"
     /// The password itself. For tests and demos only.
     case plain = "PLAIN"
 
@@ -28,7 +39,16 @@ public enum PasswordScheme: String, Sendable, CaseIterable {
         case .sha256Crypt: return ("$5$", 0)
         case .blfCrypt: return ("$2y$", 10)
         case .crypt: return (nil, 0)  // libxcrypt's default method and cost
-        case .plain: return nil
+        case .plain, .scramSHA256, .scramSHA1: return nil
+        }
+    }
+
+    /// The SCRAM hash of a SCRAM scheme.
+    var scramAlgorithm: SCRAMAlgorithm? {
+        switch self {
+        case .scramSHA256: .sha256
+        case .scramSHA1: .sha1
+        default: nil
         }
     }
 }
@@ -38,12 +58,16 @@ public enum PasswordHashError: Error, Sendable, Equatable, CustomStringConvertib
     /// crypt(3) takes C strings, so a password with a NUL byte cannot be hashed faithfully.
     case passwordContainsNUL
     case saltGenerationFailed(scheme: PasswordScheme, reason: String)
+    /// A SCRAM iteration count below `SCRAMDefaults.minimumIterations` (RFC 7677 §4).
+    case tooFewIterations(Int)
     case hashingFailed(scheme: PasswordScheme, reason: String)
 
     public var description: String {
         switch self {
         case .passwordContainsNUL:
             return "password contains a NUL byte"
+        case .tooFewIterations(let count):
+            return "\(count) SCRAM iterations are too few (at least \(SCRAMDefaults.minimumIterations))"
         case .saltGenerationFailed(let scheme, let reason):
             return "cannot generate a salt for \(scheme.rawValue): \(reason)"
         case .hashingFailed(let scheme, let reason):
@@ -58,11 +82,23 @@ public enum PasswordHash {
     ///
     /// - SHA512-CRYPT: `$6$` with a 16-character salt (5000 rounds, like `doveadm pw`);
     /// - SHA256-CRYPT: `$5$`; BLF-CRYPT: `$2y$` cost 10; CRYPT: yescrypt `$y$` (libxcrypt's default);
+    /// - SCRAM-SHA-256, SCRAM-SHA-1: `iterations` (at least 4096), a 16-byte salt, of the SASLprep'ed password;
     /// - PLAIN: the password itself.
     ///
-    /// Salts come from `crypt_gensalt_rn`'s own entropy source (`getentropy`/`getrandom`, a CSPRNG).
-    public static func make(password: String, scheme: PasswordScheme) throws -> String {
+    /// Salts come from `crypt_gensalt_rn`'s own entropy source (`getentropy`/`getrandom`, a CSPRNG), SCRAM salts from
+    /// the system random number generator.
+    public static func make(password: String, scheme: PasswordScheme, iterations: Int = SCRAMDefaults.iterations) throws -> String {
         guard !password.utf8.contains(0) else { throw PasswordHashError.passwordContainsNUL }
+        if let algorithm = scheme.scramAlgorithm {
+            guard iterations >= SCRAMDefaults.minimumIterations else { throw PasswordHashError.tooFewIterations(iterations) }
+            let keys = SCRAMKeys.derive(
+                password: StringPreparation.saslPrep(password) ?? password,
+                salt: SCRAM.randomSalt(),
+                iterations: iterations,
+                algorithm: algorithm
+            )
+            return "{\(scheme.rawValue)}\(keys.dovecotEncoded)"
+        }
         guard let parameters = scheme.gensaltParameters else {
             return "{\(scheme.rawValue)}\(password)"
         }
@@ -112,7 +148,15 @@ public enum PasswordHash {
             allowedPrefixes = ["$1$"]
         case "PLAIN", "CLEARTEXT":
             return Self.constantTimeEquals(Array(password.utf8), Array(hash.utf8)) ? .match : .mismatch
+        case "SCRAM-SHA-256", "SCRAM-SHA-1":
+            guard let keys = Self.scramKeys(scheme: scheme!, hash: hash) else { return .unusable }
+            return keys.matches(password: password) ? .match : .mismatch
+        case "PBKDF2":
+            return DigestScheme.checkPBKDF2(password: password, hash: hash)
+        case "ARGON2ID", "ARGON2I":
+            return Argon2.verify(password: password, encoded: hash, scheme: scheme!)
         default:
+            if let digest = DigestScheme(scheme: scheme!) { return digest.check(password: password, hash: hash) }
             return .unusable
         }
         guard let first = hash.utf8.first, first != UInt8(ascii: "*"), first != UInt8(ascii: "!") else {
@@ -128,6 +172,32 @@ public enum PasswordHash {
             return Self.constantTimeEquals(output, expected) ? .match : .mismatch
         }
         return outcome
+    }
+
+    /// The SCRAM keys a stored field holds for `algorithm`: the field's own keys for `{SCRAM-…}` of that hash, keys
+    /// derived from the password for `{PLAIN}`/`{CLEARTEXT}` (with `salt` and `iterations`), else nil — the user
+    /// then fails SCRAM as a wrong password does.
+    public static func scramKeys(
+        field: String,
+        algorithm: SCRAMAlgorithm,
+        plaintextSalt salt: [UInt8],
+        iterations: Int
+    ) -> SCRAMKeys? {
+        let (scheme, hash) = Self.splitScheme(field)
+        switch scheme {
+        case algorithm.rawValue:
+            return Self.scramKeys(scheme: algorithm.rawValue, hash: hash)
+        case "PLAIN", "CLEARTEXT":
+            guard !hash.isEmpty else { return nil }
+            return SCRAMKeys.derive(password: StringPreparation.saslPrep(hash) ?? hash, salt: salt, iterations: iterations, algorithm: algorithm)
+        default:
+            return nil
+        }
+    }
+
+    private static func scramKeys(scheme: String, hash: String) -> SCRAMKeys? {
+        guard let algorithm = SCRAMAlgorithm(rawValue: scheme) else { return nil }
+        return SCRAMKeys(dovecotEncoded: hash, algorithm: algorithm)
     }
 
     /// `("SCHEME" upper-cased, rest)` for `{SCHEME}rest`, else `(nil, field)`.

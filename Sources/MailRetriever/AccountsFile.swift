@@ -16,6 +16,8 @@ public struct AccountConfiguration: Sendable, Equatable {
     public var keepDays: Int?
     /// Messages larger than this (octets, as LIST reports) are skipped.
     public var maxSize: Int?
+    /// `auth:` (or the URL's `;AUTH=`); `auto` by default.
+    public var authentication: AuthenticationMethod
 
     public init(
         name: String,
@@ -27,8 +29,10 @@ public struct AccountConfiguration: Sendable, Equatable {
         destination: LocalDestination,
         keep: Bool = false,
         keepDays: Int? = nil,
-        maxSize: Int? = nil
+        maxSize: Int? = nil,
+        authentication: AuthenticationMethod = .auto
     ) {
+        self.authentication = authentication
         self.name = name
         self.url = url
         self.passwordSource = passwordSource
@@ -88,7 +92,7 @@ public struct AccountsFileError: Error, Sendable, Equatable, CustomStringConvert
 public enum AccountsFile {
     static let keys: Set<String> = [
         "url", "password_file", "password_command", "ca_file", "pin", "starttls", "insecure_plaintext",
-        "maildir", "mbox", "mda", "keep", "keep_days", "max_size",
+        "maildir", "mbox", "mda", "keep", "keep_days", "max_size", "auth",
     ]
 
     public static func defaultPath(environment: [String: String] = ProcessInfo.processInfo.environment) -> String {
@@ -279,8 +283,23 @@ private struct AccountReader {
             destination: destinations[0],
             keep: try bool("keep") ?? false,
             keepDays: keepDays,
-            maxSize: maxSize
+            maxSize: maxSize,
+            authentication: try self.authentication(url: url)
         )
+    }
+
+    /// `auth:` wins over the URL's `;AUTH=`; neither means auto.
+    private func authentication(url: POP3URL) throws -> AuthenticationMethod {
+        if let text = try string("auth") {
+            guard let method = AuthenticationMethod(parsing: text) else {
+                throw error("auth", "unknown method \"\(text)\"; one of \(AuthenticationMethod.allCases.map(\.rawValue).joined(separator: ", "))")
+            }
+            return method
+        }
+        switch Result(catching: { () throws(POP3URL.ParseError) in try url.authentication() }) {
+        case .success(let method): return method
+        case .failure(let parseError): throw error("url", parseError.reason)
+        }
     }
 
     private func scalar(_ key: String) throws -> Node.Scalar? {

@@ -90,6 +90,8 @@ public struct FetchJob: Sendable {
     public var timeout: Int
     /// The local address to connect from (`POP3_BIND_ADDRESS` in `pop3 fetch`), nil for any.
     public var localAddress: String?
+    /// How to log in (`--auth`, `auth:`, a URL's `;AUTH=`); `auto` by default.
+    public var authentication: AuthenticationMethod
 
     public init(
         name: String,
@@ -102,8 +104,10 @@ public struct FetchJob: Sendable {
         maximumSize: Int? = nil,
         checkpoint: Int? = nil,
         timeout: Int = 60,
-        localAddress: String? = nil
+        localAddress: String? = nil,
+        authentication: AuthenticationMethod = .auto
     ) {
+        self.authentication = authentication
         self.name = name
         self.url = url
         self.password = password
@@ -124,7 +128,8 @@ public struct FetchJob: Sendable {
         maximumSize: Int? = nil,
         checkpoint: Int? = nil,
         timeout: Int = 60,
-        localAddress: String? = nil
+        localAddress: String? = nil,
+        authentication: AuthenticationMethod? = nil
     ) throws(FetchSetupError) {
         self.init(
             name: account.name,
@@ -137,7 +142,8 @@ public struct FetchJob: Sendable {
             maximumSize: maximumSize ?? account.maxSize,
             checkpoint: checkpoint,
             timeout: timeout,
-            localAddress: localAddress
+            localAddress: localAddress,
+            authentication: authentication ?? account.authentication
         )
     }
 }
@@ -202,6 +208,7 @@ public struct Fetcher: Sendable {
             trust: self.job.trust
         )
         configuration.localAddress = self.job.localAddress
+        configuration.authentication = self.job.authentication
         configuration.eventLoopGroup = self.eventLoop
         configuration.connectTimeout = .seconds(Int64(self.job.timeout))
         configuration.replyTimeout = .seconds(Int64(self.job.timeout))

@@ -1,3 +1,4 @@
+import POP3Client
 /// A POP3 URL: `pop3s://USER@HOST[:PORT]` or `pop3://USER@HOST[:PORT]`.
 ///
 /// The user is required and percent-decoded (`alice%40corp` is `alice@corp`); an optional `;AUTH=MECH` after it
@@ -149,5 +150,17 @@ public struct POP3URL: Sendable, Hashable, CustomStringConvertible {
             }
         }
         return result
+    }
+}
+
+extension POP3URL {
+    /// The login method the URL's `;AUTH=` names (RFC 2384 §3: a SASL mechanism, `*` any, `+APOP`); auto without it.
+    public func authentication() throws(ParseError) -> AuthenticationMethod {
+        guard let name = self.authMechanism else { return .auto }
+        if name == "+APOP" { throw ParseError(reason: ";AUTH=+APOP: APOP (MD5 of a shared secret) is not supported") }
+        guard let method = AuthenticationMethod(parsing: name) else {
+            throw ParseError(reason: ";AUTH=\(name) is not a mechanism pop3 speaks (\(AuthenticationMethod.allCases.map { $0.rawValue.uppercased() }.joined(separator: ", ")))")
+        }
+        return method
     }
 }

@@ -39,6 +39,49 @@ public enum TrustPolicy: Sendable, Equatable {
     }
 }
 
+/// How the client logs in (`pop3 fetch --auth`, accounts file `auth:`).
+public enum AuthenticationMethod: String, Sendable, CaseIterable, CustomStringConvertible {
+    /// The strongest mechanism the server offers: SCRAM-SHA-256-PLUS, SCRAM-SHA-256, PLAIN, then USER/PASS.
+    case auto
+    case scramSHA256Plus = "scram-sha-256-plus"
+    case scramSHA256 = "scram-sha-256"
+    case plain
+    case user
+    /// OAuth 2.0 (RFC 7628). Not implemented in this version: selecting it fails with a message saying so.
+    case oauthBearer = "oauthbearer"
+    /// Google's and Microsoft's OAuth 2.0 mechanism. Not implemented in this version.
+    case xoauth2
+
+    public var description: String { self.rawValue }
+
+    /// `--auth`/`auth:` names (`scram-sha-256`), SASL names in any case (`SCRAM-SHA-256`, as in a URL's `;AUTH=`),
+    /// `*` for auto (RFC 2384).
+    public init?(parsing text: String) {
+        let lowered = text.lowercased()
+        if lowered == "*" {
+            self = .auto
+            return
+        }
+        guard let method = AuthenticationMethod(rawValue: lowered) else { return nil }
+        self = method
+    }
+
+    /// Mechanisms `auto` tries, strongest first.
+    static let automaticOrder: [AuthenticationMethod] = [.scramSHA256Plus, .scramSHA256, .plain, .user]
+
+    /// The SASL name, nil for USER/PASS and auto.
+    var saslName: String? {
+        switch self {
+        case .auto, .user: nil
+        case .scramSHA256Plus: "SCRAM-SHA-256-PLUS"
+        case .scramSHA256: "SCRAM-SHA-256"
+        case .plain: "PLAIN"
+        case .oauthBearer: "OAUTHBEARER"
+        case .xoauth2: "XOAUTH2"
+        }
+    }
+}
+
 public struct POP3ClientConfiguration: Sendable {
     public var host: String
     public var port: Int
@@ -55,6 +98,7 @@ public struct POP3ClientConfiguration: Sendable {
     public var maximumCapabilityLines = POP3Defaults.maximumCapabilityLines
     /// Local address to bind to (tests play several client hosts on loopback).
     public var localAddress: String?
+    public var authentication = AuthenticationMethod.auto
     /// Where the connection's channel lives; an `EventLoop` pins it to one thread (see `EventLoopTaskExecutor`).
     public var eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton
 
@@ -81,6 +125,11 @@ public enum POP3ClientError: Error, Sendable, Equatable, CustomStringConvertible
     case authenticationFailed(code: ResponseCode?, text: String)
     case commandFailed(command: String, code: ResponseCode?, text: String)
     case noUsableMechanism
+    /// The mechanism asked for is not among those the server offers (there is no fallback to a weaker one).
+    case mechanismNotOffered(String)
+    case notImplemented(String)
+    /// The server failed SCRAM's checks of it (its signature, nonce or parameters): it may not be the real server.
+    case serverAuthenticationFailed(String)
 
     public var description: String {
         switch self {
@@ -101,7 +150,10 @@ public enum POP3ClientError: Error, Sendable, Equatable, CustomStringConvertible
             default: "login failed\(code.map { " [\($0.rawValue)]" } ?? ""): \(text)"
             }
         case .commandFailed(let command, let code, let text): "\(command) failed\(code.map { " [\($0.rawValue)]" } ?? ""): \(text)"
-        case .noUsableMechanism: "server offers no usable login mechanism (SASL PLAIN or USER)"
+        case .noUsableMechanism: "server offers no usable login mechanism (SCRAM-SHA-256(-PLUS), PLAIN or USER)"
+        case .mechanismNotOffered(let name): "server does not offer \(name) (asked for explicitly; no fallback to another mechanism)"
+        case .notImplemented(let what): "\(what) is not implemented in this version of pop3"
+        case .serverAuthenticationFailed(let why): "server failed authentication, login aborted: \(why)"
         }
     }
 }

@@ -6,6 +6,7 @@ import NIOPosix
 import NIOSSL
 import POP3Core
 import POP3NIO
+import SASL
 
 /// What TLS negotiated, for `pop3 probe` and logs.
 public struct TLSSessionInfo: Sendable {
@@ -231,23 +232,131 @@ public final class POP3Connection {
         self.capabilities = capabilities
     }
 
-    /// Logs in with SASL PLAIN when offered, else USER/PASS. Refuses on a connection without TLS unless the
-    /// configuration is explicitly insecure.
-    public func login(user: String, password: String) async throws {
-        let sasl = self.capabilities.first { $0.uppercased().hasPrefix("SASL ") }?.uppercased().split(separator: " ").dropFirst() ?? []
-        if sasl.contains("PLAIN") {
-            let response = SASLPlainCredentials(authenticationID: user, password: password).encodedResponse()
-            try await self.send("AUTH PLAIN \(response)", redacted: "AUTH PLAIN <redacted>")
-            let reply = try await self.readStatus()
-            guard reply.kind == .ok else {
-                if reply.kind == .continuation {
-                    try await self.send("*")
-                    _ = try? await self.readStatus()
-                }
-                throw POP3ClientError.authenticationFailed(code: reply.code, text: reply.text)
+    /// The SASL mechanisms CAPA announced, upper-cased.
+    public var saslMechanisms: [String] {
+        let line = self.capabilities.first { $0.uppercased().hasPrefix("SASL ") }?.uppercased() ?? ""
+        return line.split(separator: " ").dropFirst().map(String.init)
+    }
+
+    /// What `method` resolves to on this connection: `auto` becomes the strongest mechanism offered (SCRAM-PLUS
+    /// only with TLS); an explicit one must be offered (USER is assumed when CAPA says nothing, as RFC 1939 servers
+    /// do not list it). Nil when nothing fits.
+    public func resolve(_ method: AuthenticationMethod) -> AuthenticationMethod? {
+        let offered = self.saslMechanisms
+        func available(_ candidate: AuthenticationMethod) -> Bool {
+            switch candidate {
+            case .auto: return false
+            case .user: return self.capabilities.isEmpty || self.capabilities.contains { $0.uppercased() == "USER" }
+            case .scramSHA256Plus: return self.tls != nil && offered.contains("SCRAM-SHA-256-PLUS")
+            default: return offered.contains(candidate.saslName!)
             }
-            return
         }
+        if method == .auto { return AuthenticationMethod.automaticOrder.first(where: available) }
+        return available(method) ? method : nil
+    }
+
+    /// Logs in with `configuration.authentication` (by default the strongest mechanism offered). Refuses on a
+    /// connection without TLS unless the configuration is explicitly insecure.
+    public func login(user: String, password: String) async throws {
+        let method = self.configuration.authentication
+        if method == .oauthBearer || method == .xoauth2 { throw POP3ClientError.notImplemented("OAuth 2.0 (--auth \(method))") }
+        guard let chosen = self.resolve(method) else {
+            if method == .auto { throw POP3ClientError.noUsableMechanism }
+            throw POP3ClientError.mechanismNotOffered(method.saslName ?? "USER")
+        }
+        self.logger.debug("login mechanism", metadata: ["mechanism": "\(chosen)"])
+        switch chosen {
+        case .scramSHA256Plus:
+            try await self.loginSCRAM(.scramSHA256Plus, user: user, password: password)
+        case .scramSHA256:
+            try await self.loginSCRAM(.scramSHA256, user: user, password: password)
+        case .plain:
+            try await self.loginPlain(user: user, password: password)
+        default:
+            try await self.loginUserPass(user: user, password: password)
+        }
+    }
+
+    private func loginPlain(user: String, password: String) async throws {
+        let response = SASLPlainCredentials(authenticationID: user, password: password).encodedResponse()
+        try await self.send("AUTH PLAIN \(response)", redacted: "AUTH PLAIN <redacted>")
+        let reply = try await self.readStatus()
+        guard reply.kind == .ok else {
+            if reply.kind == .continuation { try await self.cancelSASL() }
+            throw POP3ClientError.authenticationFailed(code: reply.code, text: reply.text)
+        }
+    }
+
+    /// SCRAM (RFC 5802, RFC 7677) over POP3 AUTH (RFC 5034). The server must prove it holds the account's keys
+    /// (its signature in server-final) before the client sends anything else; with -PLUS the exchange is bound
+    /// to this TLS connection's server certificate (`tls-server-end-point`), so a TLS-terminating man in the middle
+    /// cannot relay it.
+    private func loginSCRAM(_ mechanism: SASLMechanism, user: String, password: String) async throws {
+        var binding: ChannelBinding?
+        if mechanism.usesChannelBinding {
+            guard let leaf = self.tls?.peerCertificates.first, let endPoint = ChannelBinding.tlsServerEndPoint(certificateDER: leaf) else {
+                throw POP3ClientError.serverAuthenticationFailed("no server certificate to bind SCRAM-SHA-256-PLUS to")
+            }
+            binding = endPoint
+        }
+        var exchange = SCRAMClientExchange(
+            mechanism: mechanism,
+            user: user,
+            password: StringPreparation.saslPrep(password) ?? password,
+            channelBinding: binding,
+            tlsActive: self.tls != nil,
+            serverOffersPlus: self.saslMechanisms.contains(mechanism.plusVariant.rawValue)
+        )
+        try await self.send("AUTH \(mechanism.rawValue) \(Base64.encode(exchange.clientFirst()))", redacted: "AUTH \(mechanism.rawValue) <client-first>")
+        let serverFirst = try await self.readChallenge()
+        let clientFinal: [UInt8]
+        do {
+            clientFinal = try exchange.receiveServerFirst(serverFirst)
+        } catch {
+            try await self.cancelSASL()
+            throw POP3ClientError.serverAuthenticationFailed(error.description)
+        }
+        try await self.send(Base64.encode(clientFinal), redacted: "<client-final>")
+        let serverFinal = try await self.readChallenge()
+        do {
+            try exchange.receiveServerFinal(serverFinal)
+        } catch {
+            try await self.cancelSASL()
+            throw POP3ClientError.serverAuthenticationFailed(error.description)
+        }
+        // Server-final came as a challenge (POP3 has no "additional data with success"); an empty response ends it.
+        try await self.send("")
+        let reply = try await self.readStatus()
+        guard reply.kind == .ok else {
+            throw POP3ClientError.authenticationFailed(code: reply.code, text: reply.text)
+        }
+    }
+
+    /// Reads a SASL challenge (`+ base64`); a -ERR is a failed login, a +OK before the exchange is over a server
+    /// that skipped the proof of its identity.
+    private func readChallenge() async throws -> [UInt8] {
+        let reply = try await self.readStatus()
+        switch reply.kind {
+        case .continuation:
+            guard let bytes = reply.text.isEmpty ? [] : Base64.decode(reply.text) else {
+                try await self.cancelSASL()
+                throw POP3ClientError.protocolViolation("SASL challenge is not base64")
+            }
+            return bytes
+        case .err:
+            throw POP3ClientError.authenticationFailed(code: reply.code, text: reply.text)
+        case .ok:
+            throw POP3ClientError.serverAuthenticationFailed("the server accepted the login without proving it knows the password")
+        }
+    }
+
+    /// Ends a SASL exchange from our side (`*`, RFC 5034 §4) and reads the server's -ERR.
+    private func cancelSASL() async throws {
+        try await self.send("*")
+        _ = try? await self.readStatus()
+    }
+
+    private func loginUserPass(user: String, password: String) async throws {
         try await self.send("USER \(user)")
         let userReply = try await self.readStatus()
         guard userReply.kind == .ok else { throw POP3ClientError.authenticationFailed(code: userReply.code, text: userReply.text) }

@@ -18,6 +18,8 @@ public struct ProbeReport: Sendable, Equatable {
     public var capabilities: [String] = []
     /// The ways to log in the server announces, e.g. `SASL PLAIN`, `USER/PASS`.
     public var login: [String] = []
+    /// What `--auth auto` would use on this server (nil: nothing usable).
+    public var automaticMethod: AuthenticationMethod?
     /// Why the session failed, if it did.
     public var error: String?
     /// The chain as the server presented it (nil without TLS), or why it could not be read.
@@ -88,6 +90,7 @@ public enum ServerProbe {
             let mechanisms = connection.capabilities.first { $0.uppercased().hasPrefix("SASL ") }.map { String($0.dropFirst(5)) } ?? ""
             if !mechanisms.isEmpty { report.login.append("SASL \(mechanisms)") }
             if connection.capabilities.contains(where: { $0.uppercased() == "USER" }) { report.login.append("USER/PASS") }
+            report.automaticMethod = connection.resolve(.auto)
             try? await connection.quit()
         } catch {
             report.error = "\(error)"

@@ -43,6 +43,9 @@ public struct ServerSession: Sendable {
         public var expirePerUser = false
         /// RFC 6856 UTF8 and LANG (on by default; `policy.utf8`).
         public var utf8 = true
+        /// The SASL mechanisms offered, in CAPA order (`auth.mechanisms`). PLAIN is handled here; the others go to
+        /// the driver as `saslStep` actions. Names ending in `-PLUS` (channel binding) are announced only with TLS.
+        public var saslMechanisms = ["PLAIN"]
 
         public init() {}
     }
@@ -73,8 +76,12 @@ public struct ServerSession: Sendable {
         /// Send the status line in plaintext, discard anything the client sent after STLS, start the TLS handshake,
         /// then call `tlsEstablished`.
         case startTLS(StatusResponse)
-        /// SASL continuation: `+ ` with an empty challenge.
-        case saslContinuation
+        /// SASL continuation: `+ ` and the challenge in base64 (an empty challenge for PLAIN).
+        case saslContinuation([UInt8])
+        /// One step of a multi-step SASL mechanism the driver runs (e.g. SCRAM). `response` is the client's decoded
+        /// response, nil when AUTH came without an initial response; `first` starts a new exchange. The driver
+        /// answers with `saslChallenge`, `saslAuthenticated` (then `loginSucceeded`/`loginFailed`) or `saslFailed`.
+        case saslStep(mechanism: String, response: [UInt8]?, first: Bool)
         /// UPDATE state: delete these messages, release the maildrop, then call `updateFinished`.
         case commit(deleting: [Int])
         case respondAndClose(StatusResponse)
@@ -105,6 +112,10 @@ public struct ServerSession: Sendable {
     enum State: Sendable {
         case authorization(pendingUser: String?)
         case saslPlain
+        /// Waiting for the client's next response in a driver-run mechanism.
+        case saslExchange(mechanism: String)
+        /// The driver is working on a step.
+        case saslStepping(mechanism: String)
         case loggingIn(user: String)
         case startingTLS
         case transaction(Transaction)
@@ -149,8 +160,10 @@ public struct ServerSession: Sendable {
 
     /// Whether the next line is a SASL response rather than a command (its limit differs).
     public var expectsSASLResponse: Bool {
-        if case .saslPlain = self.state { return true }
-        return false
+        switch self.state {
+        case .saslPlain, .saslExchange: true
+        default: false
+        }
     }
 
     public var maximumLineLength: Int {
@@ -159,12 +172,17 @@ public struct ServerSession: Sendable {
 
     private var mayAuthenticate: Bool { self.tlsActive || self.configuration.allowCleartextAuthentication }
 
+    /// The mechanisms announced now: the configured ones, `-PLUS` only with TLS (there is no channel to bind to).
+    public var offeredMechanisms: [String] {
+        self.configuration.saslMechanisms.filter { self.tlsActive || !$0.hasSuffix("-PLUS") }
+    }
+
     /// Capabilities for the current state (DESIGN: three lists; STLS only before TLS, USER/SASL only where auth is allowed).
     public var capabilities: [Capability] {
         var caps: [Capability] = [.top, .uidl, .respCodes, .authRespCode, .pipelining]
         if self.mayAuthenticate {
             caps.append(.user)
-            caps.append(.sasl(["PLAIN"]))
+            caps.append(.sasl(self.offeredMechanisms))
         }
         if !self.tlsActive && self.configuration.stlsAvailable && !self.isAuthenticated {
             caps.append(.stls)
@@ -189,7 +207,7 @@ public struct ServerSession: Sendable {
 
     /// A line longer than the framing limit arrived (and was discarded up to its LF).
     public mutating func receiveOverlongLine() -> Action {
-        if case .saslPlain = self.state {
+        if self.expectsSASLResponse {
             self.state = .authorization(pendingUser: nil)
             return self.badCommand(.err("Authentication failed: response too long.", code: .auth))
         }
@@ -198,8 +216,10 @@ public struct ServerSession: Sendable {
 
     /// One line from the client, without its line break.
     public mutating func receive(line: ByteBuffer) -> Action {
-        if case .saslPlain = self.state {
-            return self.receiveSASLResponse(line)
+        switch self.state {
+        case .saslPlain: return self.receiveSASLResponse(line, mechanism: nil)
+        case .saslExchange(let mechanism): return self.receiveSASLResponse(line, mechanism: mechanism)
+        default: break
         }
         let command: Command
         do {
@@ -225,7 +245,7 @@ public struct ServerSession: Sendable {
             self.retrievedIndices = transaction.retrieved
             if case .transaction = self.state { self.state = .transaction(transaction) }
             return action
-        case .saslPlain, .loggingIn, .startingTLS, .update, .closed:
+        case .saslPlain, .saslExchange, .saslStepping, .loggingIn, .startingTLS, .update, .closed:
             // The driver does not feed commands while an operation is in flight.
             return self.badCommand(.err("Command not valid in this state."))
         }
@@ -253,6 +273,26 @@ public struct ServerSession: Sendable {
         case .temporary: return .respond(.err("Temporary server failure, try again later.", code: .sysTemp))
         case .permanent: return .respond(.err("Mailbox is not available.", code: .sysPerm))
         }
+    }
+
+    /// The driver's mechanism has a challenge for the client; the next line is the client's response.
+    public mutating func saslChallenge(_ challenge: [UInt8]) -> Action {
+        guard case .saslStepping(let mechanism) = self.state else { preconditionFailure("saslChallenge outside SASL") }
+        self.state = .saslExchange(mechanism: mechanism)
+        return .saslContinuation(challenge)
+    }
+
+    /// The driver's mechanism authenticated `user`; open the maildrop, then call `loginSucceeded` or `loginFailed`.
+    public mutating func saslAuthenticated(user: String) {
+        guard case .saslStepping = self.state else { preconditionFailure("saslAuthenticated outside SASL") }
+        self.state = .loggingIn(user: user)
+    }
+
+    /// The driver's mechanism failed: the same reply and count as a wrong password (docs/security-cases.md).
+    public mutating func saslFailed() -> Action {
+        guard case .saslStepping = self.state else { preconditionFailure("saslFailed outside SASL") }
+        self.state = .authorization(pendingUser: nil)
+        return self.badCommand(Self.authenticationFailed, closing: Self.authenticationFailed)
     }
 
     public mutating func tlsEstablished() {
@@ -308,17 +348,30 @@ public struct ServerSession: Sendable {
             self.state = .loggingIn(user: user)
             return .login(user: user, password: password)
         case .auth(nil, _):
-            return .respondLines(.ok("Supported mechanisms follow."), self.mayAuthenticate ? ["PLAIN"] : [])
-        case .auth(let mechanism?, let initial):
-            guard mechanism == "PLAIN" else {
+            return .respondLines(.ok("Supported mechanisms follow."), self.mayAuthenticate ? self.offeredMechanisms : [])
+        case .auth(let requested?, let initial):
+            // Configured mechanisms are accepted even when not announced (a -PLUS one without TLS), so that such a
+            // client fails the exchange like a wrong password instead of learning what the server would do.
+            guard let mechanism = self.configuration.saslMechanisms.first(where: { $0.uppercased() == requested.uppercased() }) else {
                 return self.badCommand(.err("Unsupported authentication mechanism."))
             }
             guard self.mayAuthenticate else { return .respond(Self.cleartextRefused) }
-            guard let initial else {
-                self.state = .saslPlain
-                return .saslContinuation
+            if mechanism == "PLAIN" {
+                guard let initial else {
+                    self.state = .saslPlain
+                    return .saslContinuation([])
+                }
+                return self.saslPlain(response: initial)
             }
-            return self.saslPlain(response: initial)
+            var response: [UInt8]?
+            if let initial {
+                guard let decoded = initial == "=" ? [] : Base64.decode(initial) else {
+                    return self.badCommand(.err("Authentication failed: invalid base64 data.", code: .auth))
+                }
+                response = decoded
+            }
+            self.state = .saslStepping(mechanism: mechanism)
+            return .saslStep(mechanism: mechanism, response: response, first: true)
         case .apop:
             return self.badCommand(.err("APOP is not supported."))
         case .utf8:
@@ -342,7 +395,8 @@ public struct ServerSession: Sendable {
         }
     }
 
-    private mutating func receiveSASLResponse(_ line: ByteBuffer) -> Action {
+    /// A response line in a SASL exchange: PLAIN's (mechanism nil) or a driver-run mechanism's.
+    private mutating func receiveSASLResponse(_ line: ByteBuffer, mechanism: String?) -> Action {
         self.state = .authorization(pendingUser: nil)
         guard line.readableBytes + 2 <= self.configuration.maximumSASLLineLength else {
             return self.badCommand(.err("Authentication failed: response too long.", code: .auth))
@@ -353,7 +407,13 @@ public struct ServerSession: Sendable {
         if text == "*" {
             return .respond(.err("Authentication cancelled."))
         }
-        return self.saslPlain(response: text)
+        guard let mechanism else { return self.saslPlain(response: text) }
+        // An empty line answers a challenge with nothing (e.g. after SCRAM's server-final message).
+        guard let decoded = text.isEmpty || text == "=" ? [] : Base64.decode(text) else {
+            return self.badCommand(.err("Authentication failed: invalid base64 data.", code: .auth))
+        }
+        self.state = .saslStepping(mechanism: mechanism)
+        return .saslStep(mechanism: mechanism, response: decoded, first: false)
     }
 
     private mutating func saslPlain(response: String) -> Action {

@@ -10,7 +10,7 @@ public enum ConfigurationKeys {
         "listen.pop3s", "listen.pop3", "listen.lmtp",
         "tls.certificate", "tls.key", "tls.strict_sni",
         "passwd_file", "maildir",
-        "auth.allow_cleartext", "auth.failure_delay",
+        "auth.allow_cleartext", "auth.failure_delay", "auth.mechanisms", "auth.scram_iterations",
         "trusted_networks", "proxy.trusted_networks",
         "user", "group", "first_valid_uid",
         "limits.command_line_length", "limits.sasl_line_length",

@@ -53,7 +53,7 @@ public struct DevEnvironment: Sendable {
         let passwd = absolute + "/users"
         if !fm.fileExists(atPath: passwd) {
             let password = Self.randomPassword()
-            try PasswdFileEditor(path: passwd).add(user: Self.demoUser, password: password, scheme: .sha512Crypt)
+            try PasswdFileEditor(path: passwd).add(user: Self.demoUser, password: password, scheme: .scramSHA256)
             try Self.write(password + "\n", to: environment.passwordFile, mode: 0o600)
             environment.created.append("account \(Self.demoUser), password in \(environment.passwordFile)")
             let maildir = absolute + "/mail/" + Self.demoUser

@@ -48,7 +48,12 @@ public final class POP3Daemon: Sendable {
         for warning in self.tls?.certificateWarnings ?? [] {
             logger.warning("TLS certificate: \(warning.text)")
         }
-        let verifier = try PasswdFileVerifier(path: configuration.passwdFile, threadPool: .singleton, logger: logger)
+        let verifier = try PasswdFileVerifier(
+            path: configuration.passwdFile,
+            threadPool: .singleton,
+            logger: logger,
+            scramIterations: configuration.scramIterations
+        )
         self.verifier = verifier
         if dropPrivileges, let identity = try PrivilegeDrop.target(user: configuration.user, group: configuration.group, records: verifier.records()) {
             // Started before the drop: the helper stays root to start mail workers as each account's uid/gid.

@@ -6,6 +6,7 @@ import NIOCore
 import NIOPosix
 import POP3Core
 import POP3NIO
+import SASL
 import ServiceLifecycle
 
 /// The kind of a listener.
@@ -122,6 +123,8 @@ public final class POP3Service: Service, Sendable {
         let admission: ConnectionLimiter.Decision
         /// The client's address: the peer's, or the one a trusted proxy's PROXY v2 header names.
         let clientAddress: NIOLockedValueBox<SocketAddress?>
+        /// The TLS channel binding, set when TLS handlers are added (at accept for POP3S, at STLS otherwise).
+        let channelBinding: NIOLockedValueBox<ChannelBinding?>
     }
 
     enum BindTarget {
@@ -140,13 +143,6 @@ public final class POP3Service: Service, Sendable {
         let tls = self.tls
         let lineLimit = max(limits.commandLineLength, limits.saslLineLength)
         let handshakeTimeout = TimeAmount.seconds(limits.handshakeTimeout.components.seconds)
-        var stlsFactory: OutboundFrameHandler.TLSHandlerFactory? = nil
-        if kind == .pop3, let tls {
-            stlsFactory = { (_: any Channel) throws -> [any ChannelHandler] in
-                try tls.makeHandlers(handshakeTimeout: handshakeTimeout)
-            }
-        }
-        let factory = stlsFactory
         let limiter = self.limiter
         let openChannels = self.openChannels
         let proxyNetworks = self.configuration.proxyNetworks
@@ -162,6 +158,13 @@ public final class POP3Service: Service, Sendable {
                     let fromProxy = proxyNetworks.contains { $0.contains(channel.remoteAddress) }
                     let admission = limiter.admit(channel.remoteAddress, perAddress: !fromProxy)
                     let clientAddress = NIOLockedValueBox<SocketAddress?>(fromProxy ? nil : channel.remoteAddress)
+                    let channelBinding = NIOLockedValueBox<ChannelBinding?>(nil)
+                    var factory: OutboundFrameHandler.TLSHandlerFactory? = nil
+                    if kind == .pop3, let tls {
+                        factory = { (_: any Channel) throws -> [any ChannelHandler] in
+                            try tls.makeHandlers(handshakeTimeout: handshakeTimeout, channelBinding: channelBinding)
+                        }
+                    }
                     if case .admitted(let key) = admission {
                         let id = ObjectIdentifier(channel)
                         openChannels.withLockedValue { $0[id] = channel }
@@ -181,7 +184,7 @@ public final class POP3Service: Service, Sendable {
                         )
                     }
                     if kind == .pop3s, let tls {
-                        try sync.addHandlers(try tls.makeHandlers(handshakeTimeout: handshakeTimeout))
+                        try sync.addHandlers(try tls.makeHandlers(handshakeTimeout: handshakeTimeout, channelBinding: channelBinding))
                     }
                     try sync.addHandler(
                         SessionTimeoutHandler(
@@ -191,7 +194,7 @@ public final class POP3Service: Service, Sendable {
                     )
                     try sync.addHandler(ByteToMessageHandler(LineFrameDecoder(maximumLineLength: lineLimit)))
                     try sync.addHandler(OutboundFrameHandler(maximumLineLength: lineLimit, makeTLSHandlers: factory))
-                    return ConnectionSetup(channel: channel, admission: admission, clientAddress: clientAddress)
+                    return ConnectionSetup(channel: channel, admission: admission, clientAddress: clientAddress, channelBinding: channelBinding)
                 }
             }
             switch target {
@@ -262,6 +265,7 @@ public final class POP3Service: Service, Sendable {
         sessionConfiguration.utf8 = self.configuration.policy.utf8
         sessionConfiguration.expireDays = self.configuration.policy.expireDays
         sessionConfiguration.expirePerUser = self.expirePerUser()
+        sessionConfiguration.saslMechanisms = self.configuration.saslMechanisms.map(\.rawValue)
         let driver = SessionDriver(
             session: ServerSession(configuration: sessionConfiguration, tlsActive: kind == .pop3s),
             verifier: self.verifier,
@@ -273,6 +277,7 @@ public final class POP3Service: Service, Sendable {
             policy: self.configuration.policy,
             retrievalLog: RetrievalLog(stateFolder: self.configuration.stateFolder),
             clientAddress: setup.clientAddress,
+            channelBinding: setup.channelBinding,
             logger: logger
         )
         await driver.run(connection)

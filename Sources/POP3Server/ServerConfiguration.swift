@@ -3,6 +3,7 @@ import Foundation
 import LMTPCore
 import MailStore
 import POP3Core
+import SASL
 import SystemPackage
 
 /// A listening address, `host:port` or `[v6]:port`.
@@ -137,6 +138,12 @@ public struct ServerConfiguration: Sendable, Equatable {
     /// as Dovecot's `auth_failure_delay`); on top of the escalating per-address penalty. A right password is
     /// never delayed by it.
     public var authenticationFailureDelay: Duration = .seconds(2)
+    /// SASL mechanisms offered, in CAPA order (`auth.mechanisms`).
+    public var saslMechanisms: [SASLMechanism] = ServerConfiguration.defaultSASLMechanisms
+    public static let defaultSASLMechanisms: [SASLMechanism] = [.plain, .scramSHA256Plus, .scramSHA256]
+    /// PBKDF2 iterations of new SCRAM hashes (`pop3d user add --scheme SCRAM-SHA-256`) and of dummy exchanges
+    /// (`auth.scram_iterations`, at least 4096).
+    public var scramIterations = SCRAMDefaults.iterations
     /// Client networks exempt from the authentication penalty (loopback is not trusted by default).
     public var trustedNetworks: [CIDRNetwork] = []
     /// Proxies (e.g. HAProxy with `send-proxy-v2`) whose connections must start with a PROXY v2 header that
@@ -303,6 +310,32 @@ extension ServerConfiguration {
         result.strictSNI = try bool("tls.strict_sni", default: true)
         result.allowCleartextAuthentication = try bool("auth.allow_cleartext", default: false)
         result.authenticationFailureDelay = try seconds("auth.failure_delay", 0...60, default: result.authenticationFailureDelay)
+        result.scramIterations = try int(
+            "auth.scram_iterations",
+            SCRAMDefaults.minimumIterations...SCRAMDefaults.maximumIterations,
+            default: result.scramIterations
+        )
+        var mechanismNames: [String]? = config.stringArray(forKey: "auth.mechanisms")
+        if mechanismNames == nil, let text = config.string(forKey: "auth.mechanisms") {
+            mechanismNames = text.split(whereSeparator: { (c: Character) -> Bool in c == "," || c == " " }).map { String($0) }
+        }
+        if let names = mechanismNames {
+            var mechanisms: [SASLMechanism] = []
+            for name in names {
+                guard let mechanism = SASLMechanism(name: name) else {
+                    throw ConfigurationError(
+                        key: "auth.mechanisms",
+                        "unknown mechanism \"\(name)\"; known: \(SASLMechanism.allCases.map(\.rawValue).joined(separator: ", "))"
+                    )
+                }
+                if mechanism == .oauthBearer || mechanism == .xoauth2 {
+                    throw ConfigurationError(key: "auth.mechanisms", "\(mechanism) needs auth.oauth2, which this version does not implement yet")
+                }
+                if !mechanisms.contains(mechanism) { mechanisms.append(mechanism) }
+            }
+            guard !mechanisms.isEmpty else { throw ConfigurationError(key: "auth.mechanisms", "empty: list at least one mechanism (USER/PASS is always offered)") }
+            result.saslMechanisms = mechanisms
+        }
         func networks(_ key: String) throws -> [CIDRNetwork] {
             let texts: [String] = config.stringArray(forKey: ConfigKey(key)) ?? config.string(forKey: ConfigKey(key)).map { [$0] } ?? []
             return try texts.map { text in
@@ -404,6 +437,8 @@ extension ServerConfiguration {
             auth:
               allow_cleartext: \(self.allowCleartextAuthentication)
               failure_delay: \(self.authenticationFailureDelay.components.seconds)
+              mechanisms: [\(self.saslMechanisms.map { "\"\($0)\"" }.joined(separator: ", "))]
+              scram_iterations: \(self.scramIterations)
             trusted_networks: [\(self.trustedNetworks.map { "\"\($0)\"" }.joined(separator: ", "))]
             proxy:
               trusted_networks: [\(self.proxyNetworks.map { "\"\($0)\"" }.joined(separator: ", "))]

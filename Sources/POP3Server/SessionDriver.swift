@@ -6,6 +6,7 @@ import NIOCore
 import POP3Core
 import POP3NIO
 import NIOPosix
+import SASL
 import SystemIO
 
 /// Runs one connection: feeds lines to the pure `ServerSession` and carries out the actions it returns against
@@ -27,8 +28,12 @@ struct SessionDriver {
     /// Seconds since the epoch (injected for tests).
     let now: @Sendable () -> Int64
     let clientAddress: NIOLockedValueBox<SocketAddress?>
+    /// The TLS channel binding of this connection once TLS is up (`tls-server-end-point` of our certificate).
+    let channelBinding: NIOLockedValueBox<ChannelBinding?>
     var logger: Logger
     private var maildrop: (any Maildrop)?
+    /// The SCRAM exchange in progress, if any.
+    private var scram: SCRAMExchangeState?
     /// With EXPIRE on for this user: the user's name and first-retrieval log, as loaded at login.
     private var expiry: (user: String, log: [String: Int64])?
 
@@ -44,8 +49,10 @@ struct SessionDriver {
         retrievalLog: RetrievalLog,
         now: @escaping @Sendable () -> Int64 = { WallClock.now() / 1_000_000_000 },
         clientAddress: NIOLockedValueBox<SocketAddress?>,
+        channelBinding: NIOLockedValueBox<ChannelBinding?> = NIOLockedValueBox(nil),
         logger: Logger
     ) {
+        self.channelBinding = channelBinding
         self.loginDelay = loginDelay
         self.policy = policy
         self.retrievalLog = retrievalLog
@@ -109,8 +116,11 @@ struct SessionDriver {
                     status.write(into: &buffer)
                     self.session.writeScanListing(kind, into: &buffer)
                     try await outbound.write(.bytes(buffer))
-                case .saslContinuation:
-                    try await outbound.write(.bytes(ByteBuffer(staticString: "+ \r\n")))
+                case .saslContinuation(let challenge):
+                    try await outbound.write(.bytes(ByteBuffer(string: "+ \(Base64.encode(challenge))\r\n")))
+                case .saslStep(let mechanism, let response, let first):
+                    action = await self.saslStep(mechanism, response: response, first: first, connection: connection)
+                    continue
                 case .login(let user, let password):
                     action = await self.login(user: user, password: password, connection: connection)
                     continue
@@ -152,29 +162,12 @@ struct SessionDriver {
         // refuses is checked as sent, so that it fails like any wrong one.
         let user = StringPreparation.userName(rawUser)
         let password = StringPreparation.saslPrep(rawPassword) ?? rawPassword
-        // The real client (behind a trusted proxy: the one its PROXY header named).
-        let peer = self.clientAddress.withLockedValue { $0 }
-        self.logger[metadataKey: "client"] = "\(peer.map { "\($0)" } ?? "?")"
-        // LOGIN-DELAY is announced, so it is answered before the password is checked (RFC 2449 §8.1.1).
-        guard self.loginDelay.mayLogIn(user) else {
-            self.logger.notice("login refused: LOGIN-DELAY", metadata: ["user": "\(logEscaped(user))", "delay": "\(self.loginDelay.delay)"])
-            return self.session.loginFailed(.loginDelay)
-        }
-        // The penalty is waited out before the check, so the time of a reply says nothing about the password.
-        let wait = self.penalty.admit(peer)
-        if wait > .zero {
-            self.logger.notice("auth penalty", metadata: ["delay": "\(wait)", "failures": "\(self.penalty.failures(for: peer))"])
-            try? await Task.sleep(for: wait)
-        }
+        if let refusal = await self.admit(user: user) { return refusal }
         let record: UserRecord
         let checkStarted = ContinuousClock.now
         do {
             guard case .success(let found) = try await self.verifier.authenticate(user: user, password: password) else {
-                self.penalty.recordFailure(peer, user: user, password: password)
-                self.logger.notice("login failed", metadata: ["user": "\(logEscaped(user))"])
-                // Every failure waits out the failure delay, the first one too (Dovecot's auth_failure_delay); the
-                // escalating penalty above comes on top for the next attempts.
-                try? await Task.sleep(until: checkStarted + self.failureDelay, clock: .continuous)
+                await self.failed(user: user, credential: password, since: checkStarted, reason: "wrong password or unknown user")
                 return self.session.loginFailed(.invalidCredentials)
             }
             record = found
@@ -182,6 +175,51 @@ struct SessionDriver {
             self.logger.error("credential check failed", metadata: ["user": "\(logEscaped(user))", "error": "\(error)"])
             return self.session.loginFailed(.temporary)
         }
+        return await self.openSession(record, connection: connection)
+    }
+
+    /// Before any credential check: LOGIN-DELAY (announced, so it is answered before the password is checked,
+    /// RFC 2449 §8.1.1; the caller is then in `.loggingIn` state) and the penalty wait (waited out first, so the time
+    /// of a reply says nothing about the password). Returns the refusal, or nil to go on.
+    private mutating func admit(user: String) async -> ServerSession.Action? {
+        guard self.loginDelayAllows(user) else { return self.session.loginFailed(.loginDelay) }
+        await self.waitOutPenalty()
+        return nil
+    }
+
+    private mutating func loginDelayAllows(_ user: String) -> Bool {
+        // The real client (behind a trusted proxy: the one its PROXY header named).
+        let peer = self.clientAddress.withLockedValue { $0 }
+        self.logger[metadataKey: "client"] = "\(peer.map { "\($0)" } ?? "?")"
+        guard self.loginDelay.mayLogIn(user) else {
+            self.logger.notice("login refused: LOGIN-DELAY", metadata: ["user": "\(logEscaped(user))", "delay": "\(self.loginDelay.delay)"])
+            return false
+        }
+        return true
+    }
+
+    private func waitOutPenalty() async {
+        let peer = self.clientAddress.withLockedValue { $0 }
+        let wait = self.penalty.admit(peer)
+        if wait > .zero {
+            self.logger.notice("auth penalty", metadata: ["delay": "\(wait)", "failures": "\(self.penalty.failures(for: peer))"])
+            try? await Task.sleep(for: wait)
+        }
+    }
+
+    /// A failed credential check of any kind: counts toward the penalty, logs (never the credential), and waits out
+    /// the failure delay from `since` (Dovecot's auth_failure_delay; the escalating penalty comes on top for the next
+    /// attempts). The caller then answers as for a wrong password.
+    private func failed(user: String, credential: String, since checkStarted: ContinuousClock.Instant, reason: String) async {
+        let peer = self.clientAddress.withLockedValue { $0 }
+        self.penalty.recordFailure(peer, user: user, password: credential)
+        self.logger.notice("login failed", metadata: ["user": "\(logEscaped(user))", "reason": "\(reason)"])
+        try? await Task.sleep(until: checkStarted + self.failureDelay, clock: .continuous)
+    }
+
+    /// Opens and locks the maildrop of an authenticated account; answers `loginSucceeded` or `loginFailed`.
+    private mutating func openSession(_ record: UserRecord, connection: ConnectionChannel) async -> ServerSession.Action {
+        let user = record.name
         let path: String
         do {
             path = try self.locator.path(for: record)
@@ -220,6 +258,76 @@ struct SessionDriver {
         } catch {
             self.logger.error("cannot open maildrop", metadata: ["user": "\(logEscaped(user))", "error": "\(error)"])
             return self.session.loginFailed(.temporary)
+        }
+    }
+
+    /// One SCRAM step (RFC 5802 over RFC 5034): client-first → server-first, client-final → server-final (sent as a
+    /// challenge, since POP3 has no "additional data with success"), the client's empty reply → login. Every failure,
+    /// whichever check it fails, is answered and counted as a wrong password.
+    private mutating func saslStep(_ name: String, response: [UInt8]?, first: Bool, connection: ConnectionChannel) async -> ServerSession.Action {
+        if first { self.scram = nil }
+        guard let mechanism = SASLMechanism(name: name), mechanism.scramAlgorithm != nil else {
+            // ServerConfiguration refuses mechanisms this build cannot run; nothing else reaches here.
+            self.logger.error("SASL mechanism configured but not available", metadata: ["mechanism": "\(name)"])
+            return self.session.saslFailed()
+        }
+        guard let response else {
+            // AUTH without an initial response: an empty challenge asks for client-first.
+            self.scram = .awaitingClientFirst(mechanism)
+            return self.session.saslChallenge([])
+        }
+        let state = self.scram ?? .awaitingClientFirst(mechanism)
+        self.scram = nil
+        switch state {
+        case .awaitingClientFirst(let mechanism):
+            let binding = self.session.tlsActive ? self.channelBinding.withLockedValue { $0 } : nil
+            let plusOffered = self.session.offeredMechanisms.contains { $0.hasSuffix("-PLUS") }
+            var exchange = SCRAMServerExchange(mechanism: mechanism, channelBinding: binding, plusOffered: plusOffered)
+            let rawUser: String
+            do {
+                rawUser = try exchange.receiveClientFirst(response)
+            } catch {
+                await self.failed(user: "?", credential: SCRAM.makeNonce(), since: .now, reason: "SCRAM: \(error)")
+                return self.session.saslFailed()
+            }
+            let user = StringPreparation.userName(rawUser)
+            guard self.loginDelayAllows(user) else {
+                self.session.saslAuthenticated(user: user)
+                return self.session.loginFailed(.loginDelay)
+            }
+            await self.waitOutPenalty()
+            let started = ContinuousClock.now
+            let lookup: SCRAMLookup
+            do {
+                lookup = try await self.verifier.scramKeys(user: user, algorithm: mechanism.scramAlgorithm!)
+            } catch {
+                self.logger.error("credential check failed", metadata: ["user": "\(logEscaped(user))", "error": "\(error)"])
+                self.session.saslAuthenticated(user: user)
+                return self.session.loginFailed(.temporary)
+            }
+            let serverFirst = exchange.serverFirst(keys: lookup.keys)
+            self.scram = .awaitingClientFinal(exchange, user: user, lookup: lookup, started: started)
+            return self.session.saslChallenge(serverFirst)
+        case .awaitingClientFinal(var exchange, let user, let lookup, let started):
+            let serverFinal: [UInt8]
+            do {
+                serverFinal = try exchange.receiveClientFinal(response)
+            } catch {
+                // A proof made with someone else's keys never verifies, so an unknown user ends here too.
+                let reason = lookup.record == nil ? "unknown user or no SCRAM credentials" : "SCRAM: \(error)"
+                await self.failed(user: user, credential: SCRAM.makeNonce(), since: started, reason: reason)
+                return self.session.saslFailed()
+            }
+            guard let record = lookup.record else { preconditionFailure("dummy SCRAM keys verified a proof") }
+            self.scram = .awaitingAcknowledgement(record)
+            return self.session.saslChallenge(serverFinal)
+        case .awaitingAcknowledgement(let record):
+            guard response.isEmpty else {
+                await self.failed(user: record.name, credential: SCRAM.makeNonce(), since: .now, reason: "SCRAM: data after server-final")
+                return self.session.saslFailed()
+            }
+            self.session.saslAuthenticated(user: record.name)
+            return await self.openSession(record, connection: connection)
         }
     }
 
@@ -310,4 +418,12 @@ struct SessionDriver {
             return self.session.updateFinished(success: false)
         }
     }
+}
+
+/// Where a SCRAM exchange stands between two client lines.
+private enum SCRAMExchangeState {
+    case awaitingClientFirst(SASLMechanism)
+    case awaitingClientFinal(SCRAMServerExchange, user: String, lookup: SCRAMLookup, started: ContinuousClock.Instant)
+    /// Server-final sent as a challenge; the client answers with an empty line.
+    case awaitingAcknowledgement(UserRecord)
 }

@@ -3,6 +3,7 @@ import NIOConcurrencyHelpers
 import NIOCore
 import NIOSSL
 import POP3NIO
+import SASL
 import X509
 
 /// The server's TLS policy: TLS 1.2+, Mozilla "intermediate" suites, ALPN `pop3`, strict SNI.
@@ -29,6 +30,8 @@ public final class TLSProvider: Sendable {
         let serverNames: [String]
         /// What `CertificateAudit` found short of an error (errors refuse the certificate).
         let warnings: [CertificateAudit.Finding]
+        /// `tls-server-end-point` of the leaf certificate, for SCRAM-…-PLUS.
+        let channelBinding: ChannelBinding?
     }
 
     public let certificatePath: String
@@ -95,7 +98,8 @@ public final class TLSProvider: Sendable {
                 if case .dnsName(let dns) = name { names.append(dns.lowercased()) }
             }
         }
-        return Material(context: context, serverNames: names, warnings: findings)
+        let binding = (try? chain[0].toDERBytes()).flatMap(ChannelBinding.tlsServerEndPoint(certificateDER:))
+        return Material(context: context, serverNames: names, warnings: findings, channelBinding: binding)
     }
 
     static func firstPEMBlock(_ text: String) -> String {
@@ -124,9 +128,11 @@ public final class TLSProvider: Sendable {
         return false
     }
 
-    /// The handlers that start a TLS server session: ClientHello guard, TLS, handshake deadline.
-    public func makeHandlers(handshakeTimeout: TimeAmount) throws -> [ChannelHandler] {
-        let context = self.material.withLockedValue { $0.context }
+    /// The handlers that start a TLS server session: ClientHello guard, TLS, handshake deadline. `channelBinding`
+    /// receives the binding of the certificate this session presents (a reload may change it for later ones).
+    public func makeHandlers(handshakeTimeout: TimeAmount, channelBinding: NIOLockedValueBox<ChannelBinding?>? = nil) throws -> [ChannelHandler] {
+        let (context, binding) = self.material.withLockedValue { ($0.context, $0.channelBinding) }
+        channelBinding?.withLockedValue { $0 = binding }
         return [
             ClientHelloGuard(acceptsServerName: { [self] in self.accepts(serverName: $0) }),
             NIOSSLServerHandler(context: context),

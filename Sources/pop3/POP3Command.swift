@@ -67,6 +67,8 @@ struct Fetch: AsyncParsableCommand {
     @Option(name: .customLong("max-size"), help: "Skip messages larger than this many octets (a warning, not an error).")
     var maxSize: Int?
     @OptionGroup var tls: TLSOptions
+    @Option(help: "Login method: auto (the strongest the server offers: scram-sha-256-plus, scram-sha-256, plain, user), scram-sha-256-plus, scram-sha-256, plain, user; oauthbearer and xoauth2 are not implemented yet. An explicit method is never replaced by a weaker one.")
+    var auth: String?
     @Option(name: .customLong("password-file"), help: "File whose first line is the password (mode 0600).")
     var passwordFile: String?
     @Option(help: "Deliver into this Maildir.")
@@ -132,6 +134,13 @@ struct Fetch: AsyncParsableCommand {
 
     func jobs() throws -> [FetchJob] {
         let retention = RetentionPolicy(keep: self.keep, keepDays: self.keepDays)
+        var authentication: AuthenticationMethod?
+        if let text = self.auth {
+            guard let method = AuthenticationMethod(parsing: text) else {
+                throw ValidationError("--auth \(text): one of \(AuthenticationMethod.allCases.map(\.rawValue).joined(separator: ", "))")
+            }
+            authentication = method
+        }
         let localAddress = ProcessInfo.processInfo.environment["POP3_BIND_ADDRESS"]
         if let first = self.targets.first, first.contains("://") {
             guard self.targets.count == 1 else { throw ValidationError("one URL at a time") }
@@ -151,7 +160,8 @@ struct Fetch: AsyncParsableCommand {
                     maximumSize: self.maxSize,
                     checkpoint: self.checkpoint,
                     timeout: self.timeout,
-                    localAddress: localAddress
+                    localAddress: localAddress,
+                    authentication: try authentication ?? url.authentication()
                 )
             ]
         }
@@ -170,7 +180,8 @@ struct Fetch: AsyncParsableCommand {
                     maximumSize: self.maxSize,
                     checkpoint: self.checkpoint,
                     timeout: self.timeout,
-                    localAddress: localAddress
+                    localAddress: localAddress,
+                    authentication: authentication
                 )
             } catch {
                 throw ValidationError("\(account.name): \(error)")
@@ -205,6 +216,7 @@ struct Probe: AsyncParsableCommand {
             print("capabilities:")
             for capability in report.capabilities { print("  \(capability)") }
             print("login: " + (report.login.joined(separator: ", ").nonEmpty ?? "none offered"))
+            print("auth auto: " + (report.automaticMethod.map { "\($0)" } ?? "none usable"))
         }
         if let error = report.error { print("error: \(error)") }
         if let chain = report.certificateChain {

@@ -2,6 +2,7 @@ import Accounts
 import ArgumentParser
 import Foundation
 import POP3Server
+import SASL
 import SystemIO
 
 #if canImport(Glibc)
@@ -18,14 +19,19 @@ struct User: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Add a user; the password is one line on stdin.")
         @Argument var name: String
         @OptionGroup var options: ConfigOption
-        @Option(help: "Password scheme: SHA512-CRYPT (default), BLF-CRYPT, CRYPT (yescrypt), SHA256-CRYPT, PLAIN.")
+        @Option(help: "Password scheme: SHA512-CRYPT (default), BLF-CRYPT, CRYPT (yescrypt), SHA256-CRYPT, SCRAM-SHA-256 (needed for SCRAM logins; also works for PLAIN and USER/PASS), SCRAM-SHA-1, PLAIN.")
         var scheme = "SHA512-CRYPT"
 
         func run() throws {
             let options = self.options
             let configuration = try runBlocking { try await options.load() }
             let password = try readPassword(prompt: "Password for \(self.name): ")
-            try PasswdFileEditor(path: configuration.passwdFile).add(user: StringPreparation.userName(self.name), password: password, scheme: try parseScheme(self.scheme))
+            try PasswdFileEditor(path: configuration.passwdFile).add(
+                user: StringPreparation.userName(self.name),
+                password: password,
+                scheme: try parseScheme(self.scheme),
+                iterations: configuration.scramIterations
+            )
             print("added \(self.name)")
         }
     }
@@ -41,7 +47,12 @@ struct User: ParsableCommand {
             let options = self.options
             let configuration = try runBlocking { try await options.load() }
             let password = try readPassword(prompt: "New password for \(self.name): ")
-            try PasswdFileEditor(path: configuration.passwdFile).setPassword(user: StringPreparation.userName(self.name), password: password, scheme: try parseScheme(self.scheme))
+            try PasswdFileEditor(path: configuration.passwdFile).setPassword(
+                user: StringPreparation.userName(self.name),
+                password: password,
+                scheme: try parseScheme(self.scheme),
+                iterations: configuration.scramIterations
+            )
             print("changed password of \(self.name)")
         }
     }

@@ -90,7 +90,33 @@ struct PasswdFileVerifierTests {
         #expect(PasswdFileVerifier.costClass("$6$rounds=9000$s$h") == "$6$rounds=9000$")
         #expect(PasswdFileVerifier.costClass("{CRYPT}$y$j9T$s$h") == "$y$j9T$")
         #expect(PasswdFileVerifier.costClass("{PLAIN}x") == nil)
+        #expect(PasswdFileVerifier.costClass("{SCRAM-SHA-256}4096,a,b,c") == "SCRAM-SHA-256:4096")
+        #expect(PasswdFileVerifier.costClass("{PBKDF2}$1$salt$5000$00") == "PBKDF2:5000")
+        #expect(PasswdFileVerifier.costClass("{ARGON2ID}$argon2id$v=19$m=65536,t=3,p=1$s$h") == "$argon2id$v=19$m=65536,t=3,p=1$")
+        #expect(PasswdFileVerifier.costClass("{SSHA512}x") == "SSHA512")
+        let scramUsers = try PasswdFile.parse("a:{SCRAM-SHA-256}4096,x,y,z\nb:{SCRAM-SHA-256}4096,x,y,z\n\(Self.bob)\n", path: "p")
+        #expect(PasswdFileVerifier.costReference(scramUsers).hasPrefix("{SCRAM-SHA-256}4096,"))
         #expect(PasswordHash.check(password: "x", against: PasswdFileVerifier.dummySHA512Crypt) == .mismatch)
+    }
+
+    /// SCRAM lookups: a SCRAM user's own keys, keys derived for {PLAIN}, and for everyone else dummy keys with a
+    /// stable salt that no proof matches.
+    @Test func scramKeysForEveryKindOfUser() async throws {
+        let scram = "carol@example.com:{SCRAM-SHA-256}4096,m1k6GC8TT2hPI103PqjDVg==,zEkVFdpS2QHklU2DDnnHYNWLLjLzkJ6ZA5BoSrUaanw=,VIohQ6klkNhv53s7MS16A09+zjLwQokFWX+nK7LDtn0="
+        try await self.withVerifier("\(Self.bob)\n\(Self.alice)\n\(scram)\n") { verifier, _, _ in
+            let carol = try await verifier.scramKeys(user: "carol@example.com", algorithm: .sha256)
+            #expect(carol.record?.name == "carol@example.com")
+            #expect(carol.keys.matches(password: "pencil"))
+            #expect(try await verifier.authenticate(user: "carol@example.com", password: "pencil") != .failure)
+            // SCRAM-SHA-1 from a SHA-256 field: dummy.
+            #expect(try await verifier.scramKeys(user: "carol@example.com", algorithm: .sha1).record == nil)
+            let bob = try await verifier.scramKeys(user: "bob", algorithm: .sha256)
+            #expect(bob.record == nil)
+            let ghost = try await verifier.scramKeys(user: "ghost", algorithm: .sha256)
+            #expect(ghost.record == nil)
+            #expect(try await verifier.scramKeys(user: "ghost", algorithm: .sha256).keys.salt == ghost.keys.salt)
+            #expect(ghost.keys.iterations == bob.keys.iterations)
+        }
     }
 
     @Test func reloadsWhenTheFileChanges() async throws {

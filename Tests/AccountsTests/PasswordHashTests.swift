@@ -78,8 +78,91 @@ struct PasswordHashTests {
             password: "pa55 word!"
         ),
         ForeignHash(tool: "plain", field: "{PLAIN}hunter2", password: "hunter2"),
+        // `doveadm pw -s SCHEME -p pencil` (Dovecot 2.3.19, Debian 12).
+        ForeignHash(
+            tool: "doveadm SCRAM-SHA-256",
+            field: "{SCRAM-SHA-256}4096,m1k6GC8TT2hPI103PqjDVg==,zEkVFdpS2QHklU2DDnnHYNWLLjLzkJ6ZA5BoSrUaanw=,VIohQ6klkNhv53s7MS16A09+zjLwQokFWX+nK7LDtn0=",
+            password: "pencil"
+        ),
+        ForeignHash(
+            tool: "doveadm SCRAM-SHA-1",
+            field: "{SCRAM-SHA-1}4096,Swl56Up8nOYqCUvIejLY/Q==,mzOKUYkvE4UucTbkuPQl3/E+DjQ=,uhrjQRPNWsnKrR1ikGrVs+7hfKY=",
+            password: "pencil"
+        ),
+        ForeignHash(tool: "doveadm PBKDF2", field: "{PBKDF2}$1$w1pUzDJ2TN4paJmL$5000$640b89b4ba8666735143b9f739dfe9745195ca19", password: "pencil"),
+        ForeignHash(
+            tool: "doveadm SSHA512",
+            field: "{SSHA512}ExySLZeLcycAFr25YbmmkTyEtNi6fTNfkCWyfomZZtcHSqf4ws6eeGXlcfpXybkp/advr4SbzPoSP7/EQF6aImSkrAs=",
+            password: "pencil"
+        ),
+        ForeignHash(tool: "doveadm SSHA256", field: "{SSHA256}+79GS15i/OqBA/m8fXrQUUwVKReRUC0sAL1F0KBuwlCFHPut", password: "pencil"),
+        ForeignHash(tool: "doveadm SSHA", field: "{SSHA}QbF6atPDx/braXGzW3bcXYWS9da/71xe", password: "pencil"),
+        ForeignHash(
+            tool: "doveadm SHA512",
+            field: "{SHA512}Gd8Bqrgo+NUINrp1cJcTrtInM1344YZDkYXAbJF6Kn03cat24wfPo7a4nvGmaC1mgd3xGISHDl3hPnk/uVXu6w==",
+            password: "pencil"
+        ),
+        ForeignHash(tool: "doveadm SHA256", field: "{SHA256}E4CWaPtDY4Zwb2fcsFLtWEoEuhaowCoX1m00ww/O2iE=", password: "pencil"),
+        ForeignHash(tool: "doveadm SHA1", field: "{SHA1}0vxRJJChUDZGC1SJQBQ51tpUB/o=", password: "pencil"),
+        ForeignHash(tool: "doveadm SHA256.HEX", field: "{SHA256.HEX}13809668fb436386706f67dcb052ed584a04ba16a8c02a17d66d34c30fceda21", password: "pencil"),
+        ForeignHash(
+            tool: "doveadm SSHA512.HEX",
+            field: "{SSHA512.HEX}63714737e3251ff689cb8bd819ed1083ed2dc6078f24b5db4a2d0a4a9fe3defc13af1ea2f27c0ca04ab78adbdf5e93a2a3ea6b3fa601fedf39811cf1b39cdfee5c926f83",
+            password: "pencil"
+        ),
         ForeignHash(tool: "cleartext", field: "{CLEARTEXT}a:b c", password: "a:b c"),
     ]
+
+    /// Checked through the system's libargon2 (Debian `libargon2-1`, which Dovecot itself depends on).
+    static let argon2Hashes: [ForeignHash] = [
+        ForeignHash(
+            tool: "doveadm ARGON2ID",
+            field: "{ARGON2ID}$argon2id$v=19$m=65536,t=3,p=1$TrGSWJd6lzeVb20idoxU2Q$QI0OC5KMHxTZLU1hpKuAOLUJr+RGmkyW5RjYFMEYE7M",
+            password: "pencil"
+        ),
+        ForeignHash(
+            tool: "doveadm ARGON2I",
+            field: "{ARGON2I}$argon2i$v=19$m=32768,t=4,p=1$jhNFChDrKk6O7L5oMsTyLA$IKkeH7xz4as+1Ez+XzLGvz8L+eeJ+xsWr9/CEqu3vTs",
+            password: "pencil"
+        ),
+    ]
+
+    @Test(arguments: argon2Hashes)
+    func argon2Verifies(_ fixture: ForeignHash) throws {
+        try #require(Argon2.unavailableReason == nil, "libargon2 is not installed: \(Argon2.unavailableReason ?? "")")
+        #expect(PasswordHash.verify(password: fixture.password, against: fixture.field))
+        #expect(!PasswordHash.verify(password: fixture.password + "x", against: fixture.field))
+        // The scheme must match the encoding's own variant.
+        let swapped = fixture.field.hasPrefix("{ARGON2ID}") ? "{ARGON2I}" + fixture.field.dropFirst(10) : "{ARGON2ID}" + fixture.field.dropFirst(9)
+        #expect(!PasswordHash.verify(password: fixture.password, against: String(swapped)))
+    }
+
+    @Test func malformedNewSchemeFieldsNeverMatch() {
+        for field in [
+            "{SCRAM-SHA-256}4096,AAAA", "{SCRAM-SHA-256}", "{PBKDF2}$1$salt$0$00", "{PBKDF2}$2$salt$5000$640b89b4ba8666735143b9f739dfe9745195ca19",
+            "{SSHA512}AAAA", "{SHA256}", "{SHA256.XYZ}E4CWaPtDY4Zwb2fcsFLtWEoEuhaowCoX1m00ww/O2iE=", "{ARGON2ID}$argon2id$garbage",
+        ] {
+            #expect(PasswordHash.check(password: "pencil", against: field) == .unusable, "\(field)")
+        }
+    }
+
+    /// SCRAM keys from a stored field: its own for the same hash, derived for {PLAIN}, none otherwise.
+    @Test func scramKeysFromFields() throws {
+        let salt: [UInt8] = [1, 2, 3, 4]
+        let scram = "{SCRAM-SHA-256}4096,m1k6GC8TT2hPI103PqjDVg==,zEkVFdpS2QHklU2DDnnHYNWLLjLzkJ6ZA5BoSrUaanw=,VIohQ6klkNhv53s7MS16A09+zjLwQokFWX+nK7LDtn0="
+        #expect(PasswordHash.scramKeys(field: scram, algorithm: .sha256, plaintextSalt: salt, iterations: 4096)?.matches(password: "pencil") == true)
+        #expect(PasswordHash.scramKeys(field: scram, algorithm: .sha1, plaintextSalt: salt, iterations: 4096) == nil)
+        let plain = try #require(PasswordHash.scramKeys(field: "{PLAIN}pencil", algorithm: .sha256, plaintextSalt: salt, iterations: 4096))
+        #expect(plain.salt == salt && plain.matches(password: "pencil"))
+        #expect(PasswordHash.scramKeys(field: "{SHA512-CRYPT}$6$x$y", algorithm: .sha256, plaintextSalt: salt, iterations: 4096) == nil)
+        #expect(PasswordHash.scramKeys(field: "{PLAIN}", algorithm: .sha256, plaintextSalt: salt, iterations: 4096) == nil)
+    }
+
+    @Test func scramIterationsAreConfigurableButAtLeast4096() throws {
+        let field = try PasswordHash.make(password: "pw", scheme: .scramSHA256, iterations: 10_000)
+        #expect(field.hasPrefix("{SCRAM-SHA-256}10000,"))
+        #expect(throws: PasswordHashError.tooFewIterations(1000)) { try PasswordHash.make(password: "pw", scheme: .scramSHA256, iterations: 1000) }
+    }
 
     @Test(arguments: foreignHashes)
     func foreignHashVerifies(_ fixture: ForeignHash) {
@@ -110,6 +193,8 @@ struct PasswordHashTests {
         (PasswordScheme.blfCrypt, #"\{BLF-CRYPT\}\$2y\$10\$[./0-9A-Za-z]{53}"#),
         (PasswordScheme.crypt, #"\{CRYPT\}\$y\$[./0-9A-Za-z]+\$[./0-9A-Za-z]+\$[./0-9A-Za-z]{43}"#),
         (PasswordScheme.plain, #"\{PLAIN\}pw"#),
+        (PasswordScheme.scramSHA256, #"\{SCRAM-SHA-256\}4096,[+/0-9A-Za-z]{22}==,[+/0-9A-Za-z]{43}=,[+/0-9A-Za-z]{43}="#),
+        (PasswordScheme.scramSHA1, #"\{SCRAM-SHA-1\}4096,[+/0-9A-Za-z]{22}==,[+/0-9A-Za-z]{27}=,[+/0-9A-Za-z]{27}="#),
     ])
     func madeHashHasTheExpectedShape(_ scheme: PasswordScheme, _ pattern: String) throws {
         let field = try PasswordHash.make(password: "pw", scheme: scheme)

@@ -138,15 +138,74 @@ func errResponse(_ action: ServerSession.Action) -> StatusResponse? {
 
     @Test func saslPlain() {
         var session = ServerSession(configuration: .init(), tlsActive: true)
-        #expect(session.send("AUTH PLAIN") == .saslContinuation)
+        #expect(session.send("AUTH PLAIN") == .saslContinuation([]))
         #expect(session.expectsSASLResponse)
         let response = SASLPlainCredentials(authenticationID: "alice", password: "pw").encodedResponse()
         #expect(session.send(response) == .login(user: "alice", password: "pw"))
         #expect(session.loginFailed(.invalidCredentials) == .respond(.err("Authentication failed.", code: .auth)))
 
-        #expect(session.send("AUTH PLAIN") == .saslContinuation)
+        #expect(session.send("AUTH PLAIN") == .saslContinuation([]))
         #expect(session.send("*") == .respond(.err("Authentication cancelled.")))
         #expect(session.send("AUTH PLAIN \(response)") == .login(user: "alice", password: "pw"))
+    }
+
+    static func scramConfiguration() -> ServerSession.Configuration {
+        var configuration = ServerSession.Configuration()
+        configuration.saslMechanisms = ["PLAIN", "SCRAM-SHA-256-PLUS", "SCRAM-SHA-256"]
+        return configuration
+    }
+
+    /// A driver-run mechanism: each client line becomes a step; challenges, success and failure come back.
+    @Test func saslExchangeSteps() {
+        var session = ServerSession(configuration: Self.scramConfiguration(), tlsActive: true)
+        #expect(session.send("AUTH scram-sha-256") == .saslStep(mechanism: "SCRAM-SHA-256", response: nil, first: true))
+        #expect(session.saslChallenge([]) == .saslContinuation([]))
+        #expect(session.expectsSASLResponse)
+        #expect(session.send(Base64.encode(Array("n,,n=u,r=x".utf8))) == .saslStep(mechanism: "SCRAM-SHA-256", response: Array("n,,n=u,r=x".utf8), first: false))
+        #expect(session.saslChallenge([1, 2]) == .saslContinuation([1, 2]))
+        // An empty line is an empty response (the answer to SCRAM's server-final challenge).
+        #expect(session.send("") == .saslStep(mechanism: "SCRAM-SHA-256", response: [], first: false))
+        session.saslAuthenticated(user: "u")
+        #expect(session.user == "u")
+        _ = session.loginSucceeded(messages: [])
+        #expect(session.isAuthenticated)
+    }
+
+    @Test func saslExchangeFailureCountsAsWrongPassword() {
+        var configuration = Self.scramConfiguration()
+        configuration.maximumBadCommandsBeforeLogin = 2
+        var session = ServerSession(configuration: configuration, tlsActive: true)
+        #expect(session.send("AUTH SCRAM-SHA-256 \(Base64.encode(Array("n,,n=u,r=x".utf8)))") == .saslStep(mechanism: "SCRAM-SHA-256", response: Array("n,,n=u,r=x".utf8), first: true))
+        #expect(session.saslFailed() == .respond(.err("Authentication failed.", code: .auth)))
+        _ = session.send("AUTH SCRAM-SHA-256 =")
+        #expect(session.saslFailed() == .respondAndClose(.err("Authentication failed.", code: .auth)))
+    }
+
+    @Test func saslExchangeCancelAndBadData() {
+        var session = ServerSession(configuration: Self.scramConfiguration(), tlsActive: true)
+        _ = session.send("AUTH SCRAM-SHA-256")
+        _ = session.saslChallenge([])
+        #expect(session.send("*") == .respond(.err("Authentication cancelled.")))
+        #expect(!session.expectsSASLResponse)
+        _ = session.send("AUTH SCRAM-SHA-256")
+        _ = session.saslChallenge([])
+        #expect(errResponse(session.send("%%%"))?.text == "Authentication failed: invalid base64 data.")
+        #expect(errResponse(session.send("AUTH SCRAM-SHA-256 %%%"))?.text == "Authentication failed: invalid base64 data.")
+        var other = ServerSession(configuration: Self.scramConfiguration(), tlsActive: true)
+        #expect(errResponse(other.send("AUTH CRAM-MD5"))?.text == "Unsupported authentication mechanism.")
+    }
+
+    /// -PLUS is announced only with TLS, but a configured -PLUS mechanism still runs (and fails like a wrong
+    /// password in the driver) when cleartext auth is allowed.
+    @Test func plusMechanismsOnlyAnnouncedWithTLS() {
+        var configuration = Self.scramConfiguration()
+        configuration.allowCleartextAuthentication = true
+        var plain = ServerSession(configuration: configuration, tlsActive: false)
+        #expect(plain.capabilities.contains(.sasl(["PLAIN", "SCRAM-SHA-256"])))
+        if case .respondLines(_, let lines) = plain.send("AUTH") { #expect(lines == ["PLAIN", "SCRAM-SHA-256"]) } else { Issue.record("AUTH list") }
+        #expect(plain.send("AUTH SCRAM-SHA-256-PLUS") == .saslStep(mechanism: "SCRAM-SHA-256-PLUS", response: nil, first: true))
+        let tls = ServerSession(configuration: configuration, tlsActive: true)
+        #expect(tls.capabilities.contains(.sasl(["PLAIN", "SCRAM-SHA-256-PLUS", "SCRAM-SHA-256"])))
     }
 
     @Test func saslBadBase64() {

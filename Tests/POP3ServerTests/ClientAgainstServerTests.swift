@@ -109,6 +109,45 @@ import Testing
         await connection.close()
     }
 
+    /// Every login method of the client against our server, over implicit TLS and STLS (SCRAM-PLUS binds to the
+    /// certificate either way); the users' {PLAIN} fields give SCRAM keys derived on the fly.
+    @Test(arguments: [AuthenticationMethod.scramSHA256Plus, .scramSHA256, .plain, .user, .auto])
+    func everyLoginMethod(_ method: AuthenticationMethod) async throws {
+        let server = try await TestServer.start()
+        defer { Task { await server.stop() } }
+        for security in [ConnectionSecurity.implicitTLS, .startTLS] {
+            var configuration = self.configuration(server, security: security)
+            configuration.authentication = method
+            let connection = try await POP3Connection.connect(configuration)
+            #expect(connection.resolve(.auto) == .scramSHA256Plus)
+            try await connection.login(user: "bob", password: "bob pw with spaces")
+            #expect(try await connection.stat().count == 0)
+            try await connection.quit()
+            var wrong = configuration
+            wrong.authentication = method
+            let failing = try await POP3Connection.connect(wrong)
+            await #expect(throws: POP3ClientError.authenticationFailed(code: .auth, text: "Authentication failed.")) {
+                try await failing.login(user: "bob", password: "bob pw")
+            }
+            await failing.close()
+        }
+    }
+
+    /// `auto` takes the strongest offered; an explicit mechanism the server does not offer is an error, never a
+    /// weaker one.
+    @Test func explicitMechanismIsNeverDowngraded() async throws {
+        let server = try await TestServer.start { $0.saslMechanisms = [.plain, .scramSHA256] }
+        defer { Task { await server.stop() } }
+        var configuration = self.configuration(server)
+        configuration.authentication = .scramSHA256Plus
+        let connection = try await POP3Connection.connect(configuration)
+        #expect(connection.resolve(.auto) == .scramSHA256)
+        await #expect(throws: POP3ClientError.mechanismNotOffered("SCRAM-SHA-256-PLUS")) {
+            try await connection.login(user: "alice", password: "alice-pw")
+        }
+        await connection.close()
+    }
+
     @Test func certificatePins() async throws {
         let server = try await TestServer.start()
         defer { Task { await server.stop() } }
@@ -152,7 +191,8 @@ import Testing
         #expect(report.error == nil)
         #expect(report.tls?.version.lowercased().hasPrefix("tlsv1") == true)
         #expect(report.tls?.cipher?.hasPrefix("0x") == false, "a suite of the policy has a name")
-        #expect(report.login == ["SASL PLAIN", "USER/PASS"])
+        #expect(report.login == ["SASL PLAIN SCRAM-SHA-256-PLUS SCRAM-SHA-256", "USER/PASS"])
+        #expect(report.automaticMethod == .scramSHA256Plus)
         let chain = try #require(report.certificateChain)
         #expect(chain.count == 1)
         #expect(chain[0].sha256.count == 64 && chain[0].publicKeySHA256?.count == 64)

@@ -1,4 +1,4 @@
-import Accounts
+import SASL
 import Testing
 
 @Suite struct StringPreparationTests {
