@@ -121,7 +121,7 @@ let package = Package(
         ),
         .target(
             name: "POP3FuzzTargets",
-            dependencies: ["POP3Core", "LMTPCore", .product(name: "NIOCore", package: "swift-nio")]
+            dependencies: ["POP3Core", "LMTPCore", "SASL", .product(name: "NIOCore", package: "swift-nio")]
         ),
         .executableTarget(
             name: "POP3Fuzzer",

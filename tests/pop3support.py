@@ -7,6 +7,7 @@ subprocess call carries a timeout: the suite has no global one.
 import base64
 import datetime
 import hashlib
+import hmac
 import ipaddress
 import os
 import poplib
@@ -743,6 +744,58 @@ def mail_owner():
     raise RuntimeError("neither a 'vmail' nor a 'nobody' user exists")
 
 
+def doveadm_pw(scheme, password):
+    """`doveadm pw -s SCHEME` with the password on stdin (never on a command line): "{SCHEME}…"."""
+    r = subprocess.run(["doveadm", "pw", "-s", scheme], input=f"{password}\n{password}\n".encode(),
+                       capture_output=True, timeout=60)
+    if r.returncode != 0:
+        raise RuntimeError(f"doveadm pw -s {scheme}: exit {r.returncode}: {r.stderr.decode(errors='replace')}")
+    return r.stdout.decode().strip()
+
+
+def scram_login(session, user, password, mechanism="SCRAM-SHA-256", gs2=None, cb_data=None, initial=True):
+    """Runs SCRAM (RFC 5802) on a POP3Session with an implementation of its own (hashlib/hmac), to test pop3d
+    against a client that is not ours. gs2: the GS2 header ("n,," / "y,," / "p=tls-server-end-point,,");
+    cb_data: the channel binding bytes for -PLUS (by default tls-server-end-point: SHA-256 of the server's
+    certificate, right for the SHA-256-signed test certificates). Returns (final reply line, server-first
+    attributes or None); raises if the server's signature does not verify."""
+    hashname = "sha1" if mechanism.startswith("SCRAM-SHA-1") else "sha256"
+    plus = mechanism.endswith("-PLUS")
+    if gs2 is None:
+        gs2 = "p=tls-server-end-point,," if plus else "n,,"
+    if cb_data is None:
+        cb_data = hashlib.sha256(session.sock.getpeercert(binary_form=True)).digest() if gs2.startswith("p=") else b""
+    nonce = base64.b64encode(os.urandom(18)).decode()
+    bare = f"n={user.replace('=', '=3D').replace(',', '=2C')},r={nonce}"
+    first = base64.b64encode((gs2 + bare).encode()).decode()
+    if initial:
+        reply = session.command(f"AUTH {mechanism} {first}")
+    else:
+        reply = session.command(f"AUTH {mechanism}")
+        if reply != b"+ ":
+            return reply, None
+        reply = session.command(first)
+    if not reply.startswith(b"+ "):
+        return reply, None
+    server_first = base64.b64decode(reply[2:]).decode()
+    attrs = dict(kv.split("=", 1) for kv in server_first.split(","))
+    salted = hashlib.pbkdf2_hmac(hashname, password.encode(), base64.b64decode(attrs["s"]), int(attrs["i"]))
+    client_key = hmac.new(salted, b"Client Key", hashname).digest()
+    stored_key = hashlib.new(hashname, client_key).digest()
+    without_proof = f"c={base64.b64encode(gs2.encode() + cb_data).decode()},r={attrs['r']}"
+    auth_message = f"{bare},{server_first},{without_proof}".encode()
+    signature = hmac.new(stored_key, auth_message, hashname).digest()
+    proof = bytes(a ^ b for a, b in zip(client_key, signature))
+    reply = session.command(base64.b64encode(f"{without_proof},p={base64.b64encode(proof).decode()}".encode()))
+    if not reply.startswith(b"+ "):
+        return reply, attrs
+    server_key = hmac.new(salted, b"Server Key", hashname).digest()
+    expected = b"v=" + base64.b64encode(hmac.new(server_key, auth_message, hashname).digest())
+    if base64.b64decode(reply[2:]) != expected:
+        raise POP3Error(f"server signature does not verify: {reply!r}")
+    return session.command(""), attrs
+
+
 def dovecot_binary():
     """The dovecot binary, or None."""
     return shutil.which("dovecot") or ("/usr/sbin/dovecot" if os.path.exists("/usr/sbin/dovecot") else None)
@@ -767,8 +820,10 @@ class Dovecot(_Accounts):
         self.log_path = os.path.join(self.root, "dovecot.log")
         self.out_path = os.path.join(self.root, "dovecot.stdout")
 
-    def start(self, users, seconds=30, uidl_format="%08Xu%08Xv"):
-        """users: names (random passwords) or {name: password}; uidl_format: Dovecot's pop3_uidl_format."""
+    def start(self, users, seconds=30, uidl_format="%08Xu%08Xv", scheme="SHA512-CRYPT", mechanisms="plain"):
+        """users: names (random passwords) or {name: password}; uidl_format: Dovecot's pop3_uidl_format; scheme:
+        how the passwd-file stores passwords (SHA512-CRYPT via openssl, anything else via `doveadm pw`);
+        mechanisms: Dovecot's auth_mechanisms."""
         binary = dovecot_binary()
         if binary is None:
             raise RuntimeError("dovecot is not installed (Debian: apt-get install dovecot-pop3d)")
@@ -788,7 +843,8 @@ class Dovecot(_Accounts):
         lines = []
         for user, password in users.items():
             self.passwords[user] = password
-            lines.append(f"{user}:{sha512_crypt(password)}:{self.uid}:{self.gid}::{self.mail}/{user}::\n")
+            field = sha512_crypt(password) if scheme == "SHA512-CRYPT" else doveadm_pw(scheme, password)
+            lines.append(f"{user}:{field}:{self.uid}:{self.gid}::{self.mail}/{user}::\n")
         passwd = os.path.join(self.root, "users")
         with open(passwd, "w") as f:
             f.writelines(lines)
@@ -808,10 +864,10 @@ ssl = required
 ssl_cert = <{self.ca}
 ssl_key = <{key}
 ssl_min_protocol = TLSv1.2
-auth_mechanisms = plain
+auth_mechanisms = {mechanisms}
 passdb {{
   driver = passwd-file
-  args = scheme=SHA512-CRYPT {passwd}
+  args = scheme={scheme} {passwd}
 }}
 userdb {{
   driver = passwd-file

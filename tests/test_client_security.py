@@ -893,52 +893,52 @@ def scram_scenario(name, mutate, *needles, **kw):
                     check=no_mail_commands_and(*needles), max_seconds=kw.pop("max_seconds", 30), **kw)
 
 
-@case("scram-nonce-not-extended")
+@case("115-scram-nonce-not-extended")
 def _(k):
-    return scram_scenario("SCRAM: the server's nonce does not extend the client's: abort, no mail command",
+    return scram_scenario("115 SCRAM: the server's nonce does not extend the client's: abort, no mail command",
                           lambda step, v: dict(v, r="someoneElsesNonce") if step == "first" else None,
                           "nonce", tls=k.ctx("good"))
 
 
-@case("scram-bad-server-signature")
+@case("116-scram-bad-server-signature")
 def _(k):
-    return scram_scenario("SCRAM: a server signature that does not verify: abort before any mail command",
+    return scram_scenario("116 SCRAM: a server signature that does not verify: abort before any mail command",
                           lambda step, v: b"v=" + base64.b64encode(b"x" * 32) if step == "final" else None,
                           "signature", tls=k.ctx("good"))
 
 
-@case("scram-no-server-final")
+@case("116-scram-no-server-final")
 def _(k):
-    return scram_scenario("SCRAM: +OK without the server-final proof: abort before any mail command",
+    return scram_scenario("116 SCRAM: +OK without the server-final proof: abort before any mail command",
                           lambda step, v: "ok-now" if step == "final" else None,
                           "without proving", tls=k.ctx("good"))
 
 
-@case("scram-iterations-zero")
+@case("117-scram-iterations-zero")
 def _(k):
-    return scram_scenario("SCRAM: an iteration count of 0: refused",
+    return scram_scenario("117 SCRAM: an iteration count of 0: refused",
                           lambda step, v: dict(v, i="0") if step == "first" else None,
                           "iterations", tls=k.ctx("good"), max_seconds=15)
 
 
-@case("scram-iterations-huge")
+@case("117-scram-iterations-huge")
 def _(k):
-    return scram_scenario("SCRAM: an iteration count of 10^9: refused at once, no CPU burnt for the server",
+    return scram_scenario("117 SCRAM: an iteration count of 10^9: refused at once, no CPU burnt for the server",
                           lambda step, v: dict(v, i="1000000000") if step == "first" else None,
                           "iterations", tls=k.ctx("good"), max_seconds=15)
 
 
-@case("scram-plus-offered-without-tls")
+@case("118-scram-plus-offered-without-tls")
 def _(k):
-    return Scenario("SCRAM-PLUS offered on a plaintext connection: --auth scram-sha-256-plus sends nothing",
+    return Scenario("118 SCRAM-PLUS offered on a plaintext connection: --auth scram-sha-256-plus sends nothing",
                     scram_server(sasl=b"SCRAM-SHA-256-PLUS"), insecure=True,
                     extra_args=("--auth", "scram-sha-256-plus"),
                     check=no_mail_commands_and("does not offer SCRAM-SHA-256-PLUS"))
 
 
-@case("scram-explicit-not-downgraded")
+@case("118-scram-explicit-not-downgraded")
 def _(k):
-    return Scenario("--auth scram-sha-256 against a PLAIN-only server: refused, PLAIN never tried",
+    return Scenario("118 --auth scram-sha-256 against a PLAIN-only server: refused, PLAIN never tried",
                     normal, tls=k.ctx("good"), extra_args=("--auth", "scram-sha-256"),
                     check=no_mail_commands_and("does not offer SCRAM-SHA-256"))
 

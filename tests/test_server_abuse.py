@@ -115,7 +115,7 @@ def test_case32_sasl_limits_unknown_mechanism_auth_after_login(shared_pop3d):
     assert s.command(b"AUTH PLAIN") == b"+ "
     reply = s.command(b"Q" * (limit - 1))  # limit + 1 octets with CRLF
     assert reply == b"-ERR [AUTH] Authentication failed: response too long.", reply
-    assert s.command(b"CAPA").startswith(b"+OK") and "SASL PLAIN" in [l.decode() for l in s.lines()]
+    assert s.command(b"CAPA").startswith(b"+OK") and any(l.startswith(b"SASL PLAIN") for l in s.lines())
     assert s.command(b"AUTH PLAIN") == b"+ "
     reply = s.command(b"A" * (limit - 2))  # exactly the limit with CRLF: read as a line (then bad base64), not "too long"
     assert reply.startswith(b"-ERR [AUTH]") and b"too long" not in reply, reply

@@ -1,6 +1,7 @@
 import LMTPCore
 import NIOCore
 import POP3Core
+import SASL
 
 /// The code paths fed with arbitrary bytes by `POP3Fuzzer` (libFuzzer) and replayed by the regression tests.
 ///
@@ -11,7 +12,7 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
     case command
     /// Server status lines and multi-line bodies, as the client reads them.
     case response
-    /// SASL PLAIN responses and base64.
+    /// SASL PLAIN responses, base64, and the server side of SCRAM (client-first, then client-final after a 0 byte).
     case sasl
     /// Byte-unstuffing over arbitrary chunkings, and the stuff → unstuff round trip.
     case dotstuffing
@@ -138,6 +139,19 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
             precondition(Base64.encode(decoded) == text, "base64 decoding accepted a non-canonical form")
         }
         precondition(Base64.decode(Base64.encode(data)) == data, "base64 round trip")
+        // SCRAM as the server sees it: the first byte picks mechanism and binding; a NUL splits client-first from
+        // client-final. A proof made without the keys must never verify.
+        guard let first = data.first else { return }
+        let mechanism: SASLMechanism = first & 1 == 0 ? .scramSHA256 : .scramSHA256Plus
+        let binding = first & 2 == 0 ? nil : ChannelBinding(kind: .tlsServerEndPoint, data: [1, 2, 3])
+        let parts = data.dropFirst().split(separator: 0, maxSplits: 1, omittingEmptySubsequences: false)
+        var server = SCRAMServerExchange(mechanism: mechanism, channelBinding: binding, plusOffered: first & 4 == 0, serverNonce: "fuzz")
+        guard (try? server.receiveClientFirst(Array(parts[0]))) != nil else { return }
+        let keys = SCRAMServerExchange.dummyKeys(user: "u", algorithm: .sha256, iterations: 4096, secret: [7])
+        _ = server.serverFirst(keys: keys)
+        if parts.count > 1 {
+            precondition((try? server.receiveClientFinal(Array(parts[1]))) == nil, "a SCRAM proof verified against dummy keys")
+        }
     }
 
     static func dotstuffing(_ data: [UInt8]) {

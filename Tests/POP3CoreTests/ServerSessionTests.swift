@@ -191,6 +191,13 @@ func errResponse(_ action: ServerSession.Action) -> StatusResponse? {
         _ = session.saslChallenge([])
         #expect(errResponse(session.send("%%%"))?.text == "Authentication failed: invalid base64 data.")
         #expect(errResponse(session.send("AUTH SCRAM-SHA-256 %%%"))?.text == "Authentication failed: invalid base64 data.")
+        // A response over limits.sasl_line_length ends the exchange like PLAIN's.
+        var long = ServerSession(configuration: Self.scramConfiguration(), tlsActive: true)
+        _ = long.send("AUTH SCRAM-SHA-256")
+        _ = long.saslChallenge([])
+        #expect(long.maximumLineLength == long.configuration.maximumSASLLineLength)
+        #expect(errResponse(long.receiveOverlongLine())?.text == "Authentication failed: response too long.")
+        #expect(!long.expectsSASLResponse)
         var other = ServerSession(configuration: Self.scramConfiguration(), tlsActive: true)
         #expect(errResponse(other.send("AUTH CRAM-MD5"))?.text == "Unsupported authentication mechanism.")
     }
