@@ -950,3 +950,110 @@ def s_client(port, ca, args=(), stdin=None, starttls=False, quiet=False, timeout
     out = r.stdout if quiet else r.stdout + r.stderr
     return r.returncode, out.decode("utf-8", "replace")
 # API complete
+
+
+# ---------------------------------------------------------------- OAuth 2.0 test issuer
+
+def b64url(data):
+    if isinstance(data, str):
+        data = data.encode()
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+class OAuthIssuer:
+    """A stand-in authorization server's signing side: ES256, RS256 and EdDSA keys (with kids), their JWKS written
+    to `path`, and signed JWT access tokens (cryptography, not our code). `rotate()` replaces the keys."""
+
+    ISSUER = "https://idp.example.test/realms/mail"
+    AUDIENCE = "pop3"
+
+    def __init__(self, path):
+        self.path = path
+        self.generation = 0
+        self.rotate()
+
+    def rotate(self):
+        from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+        self.generation += 1
+        g = self.generation
+        self.keys = {f"es-{g}": ("ES256", ec.generate_private_key(ec.SECP256R1())),
+                     f"rs-{g}": ("RS256", rsa.generate_private_key(public_exponent=65537, key_size=2048)),
+                     f"ed-{g}": ("EdDSA", ed25519.Ed25519PrivateKey.generate())}
+        self.write_jwks([self.jwk(kid) for kid in self.keys])
+
+    def jwk(self, kid):
+        alg, key = self.keys[kid]
+        public = key.public_key()
+        if alg == "ES256":
+            numbers = public.public_numbers()
+            return {"kty": "EC", "crv": "P-256", "kid": kid, "alg": alg, "use": "sig",
+                    "x": b64url(numbers.x.to_bytes(32, "big")), "y": b64url(numbers.y.to_bytes(32, "big"))}
+        if alg == "RS256":
+            numbers = public.public_numbers()
+            return {"kty": "RSA", "kid": kid, "alg": alg, "use": "sig",
+                    "n": b64url(numbers.n.to_bytes((numbers.n.bit_length() + 7) // 8, "big")),
+                    "e": b64url(numbers.e.to_bytes(3, "big"))}
+        from cryptography.hazmat.primitives import serialization
+        raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        return {"kty": "OKP", "crv": "Ed25519", "kid": kid, "alg": alg, "use": "sig", "x": b64url(raw)}
+
+    def write_jwks(self, keys):
+        import json
+        with open(self.path, "w") as f:
+            json.dump({"keys": keys}, f)
+
+    def kid(self, alg):
+        return next(kid for kid, (a, _) in self.keys.items() if a == alg)
+
+    def token(self, user, alg="ES256", kid=None, lifetime=600, claims=None, header=None, drop=()):
+        """A signed JWT for `user` (the email claim); `claims`/`header` override or add fields, `drop` removes
+        claims. alg "none" gives an unsigned token; "HS256" signs with the RSA public key's PEM as the HMAC secret
+        (the algorithm-confusion attack)."""
+        import json
+        import time as _time
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec, padding
+        from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+        now = int(_time.time())
+        body = {"iss": self.ISSUER, "aud": [self.AUDIENCE, "account"], "sub": "id-" + user, "email": user,
+                "iat": now, "nbf": now - 5, "exp": now + lifetime, "scope": "pop3"}
+        body.update(claims or {})
+        for name in drop:
+            body.pop(name, None)
+        sign_alg = alg
+        kid = kid or (self.kid("RS256") if alg in ("HS256", "none") else self.kid(alg))
+        head = {"alg": alg, "typ": "at+jwt", "kid": kid}
+        head.update(header or {})
+        signing_input = f"{b64url(json.dumps(head))}.{b64url(json.dumps(body))}".encode()
+        if sign_alg == "none":
+            return signing_input.decode() + "."
+        if sign_alg == "HS256":
+            secret = self.keys[self.kid("RS256")][1].public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+            return signing_input.decode() + "." + b64url(hmac.new(secret, signing_input, "sha256").digest())
+        _, key = self.keys[self.kid(sign_alg)]
+        if sign_alg == "ES256":
+            r, s = decode_dss_signature(key.sign(signing_input, ec.ECDSA(hashes.SHA256())))
+            signature = r.to_bytes(32, "big") + s.to_bytes(32, "big")
+        elif sign_alg == "RS256":
+            signature = key.sign(signing_input, padding.PKCS1v15(), hashes.SHA256())
+        else:
+            signature = key.sign(signing_input)
+        return signing_input.decode() + "." + b64url(signature)
+
+
+def oauth_login(session, token, user=None, mechanism="OAUTHBEARER"):
+    """AUTH OAUTHBEARER/XOAUTH2 with `token` on a POP3Session, the way RFC 7628 clients do it (continuation, since a
+    JWT does not fit a 255-octet command line). Returns (final reply, the decoded error JSON or None)."""
+    import json
+    if mechanism == "OAUTHBEARER":
+        message = f"n,{'a=' + user if user else ''},\x01host=localhost\x01port=995\x01auth=Bearer {token}\x01\x01"
+    else:
+        message = f"user={user}\x01auth=Bearer {token}\x01\x01"
+    if session.command(f"AUTH {mechanism}") != b"+ ":
+        raise POP3Error("no empty challenge")
+    reply = session.command(base64.b64encode(message.encode()))
+    if not reply.startswith(b"+ "):
+        return reply, None
+    error = json.loads(base64.b64decode(reply[2:]))
+    return session.command(base64.b64encode(b"\x01").decode() if mechanism == "OAUTHBEARER" else ""), error

@@ -92,7 +92,7 @@ public struct AccountsFileError: Error, Sendable, Equatable, CustomStringConvert
 public enum AccountsFile {
     static let keys: Set<String> = [
         "url", "password_file", "password_command", "ca_file", "pin", "starttls", "insecure_plaintext",
-        "maildir", "mbox", "mda", "keep", "keep_days", "max_size", "auth",
+        "maildir", "mbox", "mda", "keep", "keep_days", "max_size", "auth", "oauth2_token_command",
     ]
 
     public static func defaultPath(environment: [String: String] = ProcessInfo.processInfo.environment) -> String {
@@ -214,9 +214,15 @@ private struct AccountReader {
         }
 
         let passwordSource: PasswordSource
+        let tokenCommand = try string("oauth2_token_command")
         switch (try string("password_file"), try string("password_command")) {
         case (.some, .some):
             throw error("password_command", "give either password_file or password_command, not both")
+        case (.some, _) where tokenCommand != nil, (_, .some) where tokenCommand != nil:
+            throw error("oauth2_token_command", "an OAuth account has a token, not a password: drop password_file/password_command")
+        case (nil, nil) where tokenCommand != nil:
+            guard !tokenCommand!.trimmingSpaces.isEmpty else { throw error("oauth2_token_command", "empty command") }
+            passwordSource = .command(tokenCommand!)
         case (.some(let file), nil):
             let expanded = StatePaths.expandTilde(file, environment: environment)
             do {
@@ -284,8 +290,20 @@ private struct AccountReader {
             keep: try bool("keep") ?? false,
             keepDays: keepDays,
             maxSize: maxSize,
-            authentication: try self.authentication(url: url)
+            authentication: try self.checkedAuthentication(url: url, tokenCommand: tokenCommand != nil)
         )
+    }
+
+    /// An OAuth method needs a token source; a token source needs an OAuth method.
+    private func checkedAuthentication(url: POP3URL, tokenCommand: Bool) throws -> AuthenticationMethod {
+        let method = try self.authentication(url: url)
+        if tokenCommand && !method.usesBearerToken {
+            throw error("oauth2_token_command", "goes with auth: oauthbearer or auth: xoauth2")
+        }
+        if method.usesBearerToken && !tokenCommand {
+            throw error("auth", "\(method) needs oauth2_token_command (pop3 oauth2 login and provider presets are not implemented yet)")
+        }
+        return method
     }
 
     /// `auth:` wins over the URL's `;AUTH=`; neither means auto.

@@ -199,6 +199,12 @@ public struct Fetcher: Sendable {
         case .mda(let command): destination = MDADestination(command: command)
         }
         try destination.recover(journal: journal)
+        // With OAuth the source gives an access token (oauth2_token_command), read once per run.
+        if self.job.authentication.usesBearerToken, self.job.password == .prompt {
+            throw FetchSetupError(
+                "--auth \(self.job.authentication) needs an access token: oauth2_token_command in the accounts file or --oauth2-token-command (pop3 oauth2 login and provider presets are not implemented yet)"
+            )
+        }
         let password = try self.job.password.readPassword()
 
         var configuration = POP3ClientConfiguration(
@@ -245,7 +251,11 @@ public struct Fetcher: Sendable {
     ) async throws -> Bool {
         let connection = try await POP3Connection.connect(configuration, logger: self.logger)
         do {
-            try await connection.login(user: self.job.url.user, password: password)
+            if self.job.authentication.usesBearerToken {
+                try await connection.login(user: self.job.url.user, bearerToken: password)
+            } else {
+                try await connection.login(user: self.job.url.user, password: password)
+            }
             let uidl = try await connection.uidl()
             let sizes = try await connection.list()
             if first { summary.onServer = uidl.count }

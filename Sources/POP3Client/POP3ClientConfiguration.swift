@@ -47,9 +47,9 @@ public enum AuthenticationMethod: String, Sendable, CaseIterable, CustomStringCo
     case scramSHA256 = "scram-sha-256"
     case plain
     case user
-    /// OAuth 2.0 (RFC 7628). Not implemented in this version: selecting it fails with a message saying so.
+    /// OAuth 2.0 (RFC 7628) with an access token instead of a password.
     case oauthBearer = "oauthbearer"
-    /// Google's and Microsoft's OAuth 2.0 mechanism. Not implemented in this version.
+    /// Google's and Microsoft's OAuth 2.0 mechanism.
     case xoauth2
 
     public var description: String { self.rawValue }
@@ -65,6 +65,9 @@ public enum AuthenticationMethod: String, Sendable, CaseIterable, CustomStringCo
         guard let method = AuthenticationMethod(rawValue: lowered) else { return nil }
         self = method
     }
+
+    /// OAuth: log in with an access token (`login(user:bearerToken:)`), not a password.
+    public var usesBearerToken: Bool { self == .oauthBearer || self == .xoauth2 }
 
     /// Mechanisms `auto` tries, strongest first.
     static let automaticOrder: [AuthenticationMethod] = [.scramSHA256Plus, .scramSHA256, .plain, .user]
@@ -127,7 +130,6 @@ public enum POP3ClientError: Error, Sendable, Equatable, CustomStringConvertible
     case noUsableMechanism
     /// The mechanism asked for is not among those the server offers (there is no fallback to a weaker one).
     case mechanismNotOffered(String)
-    case notImplemented(String)
     /// The server failed SCRAM's checks of it (its signature, nonce or parameters): it may not be the real server.
     case serverAuthenticationFailed(String)
 
@@ -152,7 +154,6 @@ public enum POP3ClientError: Error, Sendable, Equatable, CustomStringConvertible
         case .commandFailed(let command, let code, let text): "\(command) failed\(code.map { " [\($0.rawValue)]" } ?? ""): \(text)"
         case .noUsableMechanism: "server offers no usable login mechanism (SCRAM-SHA-256(-PLUS), PLAIN or USER)"
         case .mechanismNotOffered(let name): "server does not offer \(name) (asked for explicitly; no fallback to another mechanism)"
-        case .notImplemented(let what): "\(what) is not implemented in this version of pop3"
         case .serverAuthenticationFailed(let why): "server failed authentication, login aborted: \(why)"
         }
     }

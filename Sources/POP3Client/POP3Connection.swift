@@ -259,7 +259,7 @@ public final class POP3Connection {
     /// connection without TLS unless the configuration is explicitly insecure.
     public func login(user: String, password: String) async throws {
         let method = self.configuration.authentication
-        if method == .oauthBearer || method == .xoauth2 { throw POP3ClientError.notImplemented("OAuth 2.0 (--auth \(method))") }
+        precondition(!method.usesBearerToken, "OAuth methods log in with login(user:bearerToken:)")
         guard let chosen = self.resolve(method) else {
             if method == .auto { throw POP3ClientError.noUsableMechanism }
             throw POP3ClientError.mechanismNotOffered(method.saslName ?? "USER")
@@ -275,6 +275,51 @@ public final class POP3Connection {
         default:
             try await self.loginUserPass(user: user, password: password)
         }
+    }
+
+    /// Logs in with an OAuth 2.0 access token: OAUTHBEARER (RFC 7628) or XOAUTH2, as `configuration.authentication`
+    /// says (which must be one of them and offered). A refused token's JSON error is acknowledged and reported.
+    public func login(user: String, bearerToken token: String) async throws {
+        let method = self.configuration.authentication
+        precondition(method.usesBearerToken, "login(user:bearerToken:) is for oauthbearer and xoauth2")
+        guard self.resolve(method) != nil else { throw POP3ClientError.mechanismNotOffered(method.saslName!) }
+        let mechanism: SASLMechanism = method == .oauthBearer ? .oauthBearer : .xoauth2
+        let message =
+            mechanism == .oauthBearer
+            ? OAuthBearerMessage.oauthBearer(user: user, token: token, host: self.configuration.host, port: self.configuration.port)
+            : OAuthBearerMessage.xoauth2(user: user, token: token)
+        try await self.startSASL(mechanism, initialResponse: message, redacted: "<token>")
+        let reply = try await self.readStatus()
+        switch reply.kind {
+        case .ok:
+            return
+        case .err:
+            throw POP3ClientError.authenticationFailed(code: reply.code, text: reply.text)
+        case .continuation:
+            // The error challenge: JSON with a status (RFC 7628 §3.2.2); acknowledge it, then the server says -ERR.
+            let detail = Base64.decode(reply.text).map { sanitize($0) } ?? ""
+            try await self.send(Base64.encode(OAuthBearerMessage.errorAcknowledgement(mechanism: mechanism)))
+            let final = try await self.readStatus()
+            let text = final.kind == .err ? final.text : "unexpected \(final.kind) after the OAuth error"
+            throw POP3ClientError.authenticationFailed(code: final.code, text: detail.isEmpty ? text : "\(text) \(detail)")
+        }
+    }
+
+    /// Sends `AUTH MECH` with the initial response inline when the command fits the 255-octet line of RFC 2449 §4,
+    /// else `AUTH MECH` alone and the response after the server's empty challenge (RFC 5034 §4).
+    private func startSASL(_ mechanism: SASLMechanism, initialResponse: [UInt8], redacted: String) async throws {
+        let encoded = initialResponse.isEmpty ? "=" : Base64.encode(initialResponse)
+        let inline = "AUTH \(mechanism.rawValue) \(encoded)"
+        if inline.utf8.count + 2 <= POP3Defaults.maximumCommandLineLength {
+            try await self.send(inline, redacted: "AUTH \(mechanism.rawValue) \(redacted)")
+            return
+        }
+        try await self.send("AUTH \(mechanism.rawValue)")
+        let challenge = try await self.readStatus()
+        guard challenge.kind == .continuation else {
+            throw POP3ClientError.authenticationFailed(code: challenge.code, text: challenge.text)
+        }
+        try await self.send(encoded, redacted: redacted)
     }
 
     private func loginPlain(user: String, password: String) async throws {
@@ -307,7 +352,7 @@ public final class POP3Connection {
             tlsActive: self.tls != nil,
             serverOffersPlus: self.saslMechanisms.contains(mechanism.plusVariant.rawValue)
         )
-        try await self.send("AUTH \(mechanism.rawValue) \(Base64.encode(exchange.clientFirst()))", redacted: "AUTH \(mechanism.rawValue) <client-first>")
+        try await self.startSASL(mechanism, initialResponse: exchange.clientFirst(), redacted: "<client-first>")
         let serverFirst = try await self.readChallenge()
         let clientFinal: [UInt8]
         do {

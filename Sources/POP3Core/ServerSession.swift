@@ -130,6 +130,9 @@ public struct ServerSession: Sendable {
     /// The client sent UTF8 (RFC 6856 §2).
     public private(set) var utf8Mode = false
     private let parser: CommandParser
+    /// AUTH with an initial response may be as long as a SASL response: OAuth tokens do not fit 255 octets, and
+    /// clients (mpop, Thunderbird) send them inline anyway, as Dovecot accepts.
+    private let authParser: CommandParser
     /// The response languages LANG offers: tag and description (RFC 6856 §3).
     public static let languages = [("en", "English")]
 
@@ -137,6 +140,7 @@ public struct ServerSession: Sendable {
         self.configuration = configuration
         self.tlsActive = tlsActive
         self.parser = CommandParser(maximumLineLength: configuration.maximumCommandLineLength)
+        self.authParser = CommandParser(maximumLineLength: max(configuration.maximumCommandLineLength, configuration.maximumSASLLineLength))
     }
 
     public static let greeting = StatusResponse.ok("swift-pop3 ready.")
@@ -224,6 +228,12 @@ public struct ServerSession: Sendable {
         let command: Command
         do {
             command = try self.parser.parse(line)
+        } catch .lineTooLong where Self.isAuthCommand(line) {
+            do {
+                command = try self.authParser.parse(line)
+            } catch {
+                return self.badCommand(Self.response(for: error))
+            }
         } catch {
             return self.badCommand(Self.response(for: error))
         }
@@ -511,6 +521,11 @@ public struct ServerSession: Sendable {
             return .respondAndClose(closing)
         }
         return .respond(response)
+    }
+
+    static func isAuthCommand(_ line: ByteBuffer) -> Bool {
+        guard let prefix = line.getBytes(at: line.readerIndex, length: 5) else { return false }
+        return prefix[..<4].map { $0 & 0xDF } == Array("AUTH".utf8) && prefix[4] == UInt8(ascii: " ")
     }
 
     /// The one place that maps a parse error to the wire. No reply contains client bytes.

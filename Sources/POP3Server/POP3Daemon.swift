@@ -15,6 +15,7 @@ public final class POP3Daemon: Sendable {
     public let configuration: ServerConfiguration
     public let tls: TLSProvider?
     public let verifier: PasswdFileVerifier
+    public let oauth: OAuth2Validator?
     let separation: Separation?
     let prebound: [PreboundListener]
     let preboundLMTP: [PreboundLMTPListener]
@@ -55,6 +56,14 @@ public final class POP3Daemon: Sendable {
             scramIterations: configuration.scramIterations
         )
         self.verifier = verifier
+        do {
+            self.oauth = try configuration.oauth2.map { try OAuth2Validator(settings: $0) }
+        } catch {
+            throw ConfigurationError(key: "auth.oauth2.jwks", "\(error)")
+        }
+        if let oauth = self.oauth {
+            logger.info("OAuth 2.0 keys loaded", metadata: ["jwks": "\(oauth.settings.jwksPath)", "keys": "\(oauth.keyCount)"])
+        }
         if dropPrivileges, let identity = try PrivilegeDrop.target(user: configuration.user, group: configuration.group, records: verifier.records()) {
             // Started before the drop: the helper stays root to start mail workers as each account's uid/gid.
             let helper = try PrivilegedHelper.launch(
@@ -144,6 +153,7 @@ public final class POP3Daemon: Sendable {
             configuration: self.configuration,
             tls: self.tls,
             verifier: self.verifier,
+            oauth: self.oauth,
             maildrops: maildrops,
             logger: self.logger,
             prebound: self.prebound,
@@ -173,7 +183,7 @@ public final class POP3Daemon: Sendable {
             services.append(.init(service: lmtp, successTerminationBehavior: .gracefullyShutdownGroup))
         }
         if handleSignals {
-            services.append(.init(service: ReloadService(tls: self.tls, verifier: self.verifier, logger: self.logger)))
+            services.append(.init(service: ReloadService(tls: self.tls, verifier: self.verifier, oauth: self.oauth, logger: self.logger)))
         }
         let group = ServiceGroup(
             configuration: .init(
@@ -208,11 +218,18 @@ public final class POP3Daemon: Sendable {
         } catch {
             throw ConfigurationError(key: "passwd_file", "\(error)")
         }
+        if let settings = configuration.oauth2 {
+            do {
+                _ = try OAuth2Validator(settings: settings)
+            } catch {
+                throw ConfigurationError(key: "auth.oauth2.jwks", "\(error)")
+            }
+        }
         return warnings
     }
 
     /// What SIGHUP does: re-reads the certificate, key and passwd-file without dropping sessions.
     public func reload() {
-        ReloadService(tls: self.tls, verifier: self.verifier, logger: self.logger).reload()
+        ReloadService(tls: self.tls, verifier: self.verifier, oauth: self.oauth, logger: self.logger).reload()
     }
 }

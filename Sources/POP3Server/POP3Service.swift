@@ -33,6 +33,8 @@ public final class POP3Service: Service, Sendable {
     public let configuration: ServerConfiguration
     let tls: TLSProvider?
     let verifier: any CredentialVerifier
+    /// OAUTHBEARER/XOAUTH2 bearer token validation, when `auth.oauth2` is configured.
+    let oauth: OAuth2Validator?
     let maildrops: any MaildropProvider
     let locator: MaildirLocator
     let group: any EventLoopGroup
@@ -50,6 +52,7 @@ public final class POP3Service: Service, Sendable {
         configuration: ServerConfiguration,
         tls: TLSProvider?,
         verifier: any CredentialVerifier,
+        oauth: OAuth2Validator? = nil,
         maildrops: any MaildropProvider,
         group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
         logger: Logger,
@@ -60,6 +63,7 @@ public final class POP3Service: Service, Sendable {
         self.configuration = configuration
         self.tls = tls
         self.verifier = verifier
+        self.oauth = oauth
         self.maildrops = maildrops
         self.locator = MaildirLocator(template: configuration.maildirTemplate)
         self.group = group
@@ -269,6 +273,7 @@ public final class POP3Service: Service, Sendable {
         let driver = SessionDriver(
             session: ServerSession(configuration: sessionConfiguration, tlsActive: kind == .pop3s),
             verifier: self.verifier,
+            oauth: self.oauth,
             maildrops: self.maildrops,
             locator: self.locator,
             penalty: self.penalty,

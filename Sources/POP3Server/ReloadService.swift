@@ -3,15 +3,17 @@ import Logging
 import ServiceLifecycle
 import UnixSignals
 
-/// Re-reads the TLS certificate and key and the passwd-file on SIGHUP, without dropping sessions.
+/// Re-reads the TLS certificate and key, the passwd-file and the OAuth 2.0 JWKS on SIGHUP, without dropping sessions.
 public struct ReloadService: Service {
     let tls: TLSProvider?
     let verifier: PasswdFileVerifier?
+    let oauth: OAuth2Validator?
     let logger: Logger
 
-    public init(tls: TLSProvider?, verifier: PasswdFileVerifier?, logger: Logger) {
+    public init(tls: TLSProvider?, verifier: PasswdFileVerifier?, oauth: OAuth2Validator? = nil, logger: Logger) {
         self.tls = tls
         self.verifier = verifier
+        self.oauth = oauth
         self.logger = logger
     }
 
@@ -39,6 +41,14 @@ public struct ReloadService: Service {
                 self.logger.notice("SIGHUP: passwd-file checked", metadata: ["changed": "\(changed)"])
             } catch {
                 self.logger.error("SIGHUP: passwd-file reload failed, keeping the previous one", metadata: ["error": "\(error)"])
+            }
+        }
+        if let oauth = self.oauth {
+            do {
+                try oauth.reload()
+                self.logger.notice("SIGHUP: OAuth 2.0 JWKS reloaded", metadata: ["keys": "\(oauth.keyCount)"])
+            } catch {
+                self.logger.error("SIGHUP: JWKS reload failed, keeping the previous keys", metadata: ["error": "\(error)"])
             }
         }
     }

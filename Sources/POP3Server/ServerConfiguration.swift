@@ -1,3 +1,4 @@
+import Accounts
 import Configuration
 import Foundation
 import LMTPCore
@@ -144,6 +145,8 @@ public struct ServerConfiguration: Sendable, Equatable {
     /// PBKDF2 iterations of new SCRAM hashes (`pop3d user add --scheme SCRAM-SHA-256`) and of dummy exchanges
     /// (`auth.scram_iterations`, at least 4096).
     public var scramIterations = SCRAMDefaults.iterations
+    /// OAuth 2.0 resource server (`auth.oauth2`): JWT bearer tokens for OAUTHBEARER and XOAUTH2.
+    public var oauth2: OAuth2Settings?
     /// Client networks exempt from the authentication penalty (loopback is not trusted by default).
     public var trustedNetworks: [CIDRNetwork] = []
     /// Proxies (e.g. HAProxy with `send-proxy-v2`) whose connections must start with a PROXY v2 header that
@@ -315,6 +318,33 @@ extension ServerConfiguration {
             SCRAMDefaults.minimumIterations...SCRAMDefaults.maximumIterations,
             default: result.scramIterations
         )
+        if let jwks = config.string(forKey: "auth.oauth2.jwks"), !jwks.isEmpty {
+            guard !jwks.lowercased().hasPrefix("http://"), !jwks.lowercased().hasPrefix("https://") else {
+                throw ConfigurationError(key: "auth.oauth2.jwks", "JWKS from a URL is not implemented yet; save the issuer's JWKS to a file and name it here (re-read on SIGHUP)")
+            }
+            guard let issuer = config.string(forKey: "auth.oauth2.issuer"), !issuer.isEmpty else {
+                throw ConfigurationError(key: "auth.oauth2.issuer", "required with auth.oauth2.jwks: the exact iss of the tokens")
+            }
+            guard let audience = config.string(forKey: "auth.oauth2.audience"), !audience.isEmpty else {
+                throw ConfigurationError(key: "auth.oauth2.audience", "required with auth.oauth2.jwks: a value the tokens' aud must contain")
+            }
+            if let introspection = config.string(forKey: "auth.oauth2.introspection_url"), !introspection.isEmpty {
+                throw ConfigurationError(key: "auth.oauth2.introspection_url", "token introspection (RFC 7662, opaque tokens) is not implemented yet; only JWT access tokens are accepted")
+            }
+            result.oauth2 = OAuth2Settings(
+                jwksPath: resolve(jwks),
+                issuer: issuer,
+                audience: audience,
+                usernameClaim: config.string(forKey: "auth.oauth2.username_claim") ?? "email",
+                clockSkew: try int("auth.oauth2.clock_skew", 0...600, default: OAuth2Settings.defaultClockSkew)
+            )
+            result.saslMechanisms += [.oauthBearer, .xoauth2]
+        } else {
+            for key in ["auth.oauth2.issuer", "auth.oauth2.audience", "auth.oauth2.username_claim", "auth.oauth2.introspection_url", "auth.oauth2.clock_skew"]
+            where config.string(forKey: ConfigKey(key)) != nil {
+                throw ConfigurationError(key: key, "needs auth.oauth2.jwks")
+            }
+        }
         var mechanismNames: [String]? = config.stringArray(forKey: "auth.mechanisms")
         if mechanismNames == nil, let text = config.string(forKey: "auth.mechanisms") {
             mechanismNames = text.split(whereSeparator: { (c: Character) -> Bool in c == "," || c == " " }).map { String($0) }
@@ -328,8 +358,8 @@ extension ServerConfiguration {
                         "unknown mechanism \"\(name)\"; known: \(SASLMechanism.allCases.map(\.rawValue).joined(separator: ", "))"
                     )
                 }
-                if mechanism == .oauthBearer || mechanism == .xoauth2 {
-                    throw ConfigurationError(key: "auth.mechanisms", "\(mechanism) needs auth.oauth2, which this version does not implement yet")
+                if (mechanism == .oauthBearer || mechanism == .xoauth2) && result.oauth2 == nil {
+                    throw ConfigurationError(key: "auth.mechanisms", "\(mechanism) needs auth.oauth2 (jwks, issuer, audience)")
                 }
                 if !mechanisms.contains(mechanism) { mechanisms.append(mechanism) }
             }
@@ -439,6 +469,13 @@ extension ServerConfiguration {
               failure_delay: \(self.authenticationFailureDelay.components.seconds)
               mechanisms: [\(self.saslMechanisms.map { "\"\($0)\"" }.joined(separator: ", "))]
               scram_iterations: \(self.scramIterations)
+              oauth2:
+                jwks: \(self.oauth2.map { "\"\($0.jwksPath)\"" } ?? "null")
+                issuer: \(self.oauth2.map { "\"\($0.issuer)\"" } ?? "null")
+                audience: \(self.oauth2.map { "\"\($0.audience)\"" } ?? "null")
+                username_claim: "\(self.oauth2?.usernameClaim ?? "email")"
+                introspection_url: null
+                clock_skew: \(self.oauth2?.clockSkew ?? OAuth2Settings.defaultClockSkew)
             trusted_networks: [\(self.trustedNetworks.map { "\"\($0)\"" }.joined(separator: ", "))]
             proxy:
               trusted_networks: [\(self.proxyNetworks.map { "\"\($0)\"" }.joined(separator: ", "))]

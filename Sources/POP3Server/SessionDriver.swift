@@ -17,6 +17,7 @@ struct SessionDriver {
 
     var session: ServerSession
     let verifier: any CredentialVerifier
+    let oauth: OAuth2Validator?
     let maildrops: any MaildropProvider
     let locator: MaildirLocator
     let penalty: AuthPenalty
@@ -32,14 +33,15 @@ struct SessionDriver {
     let channelBinding: NIOLockedValueBox<ChannelBinding?>
     var logger: Logger
     private var maildrop: (any Maildrop)?
-    /// The SCRAM exchange in progress, if any.
-    private var scram: SCRAMExchangeState?
+    /// The multi-step SASL exchange in progress (SCRAM, OAuth), if any.
+    private var exchange: SASLExchangeState?
     /// With EXPIRE on for this user: the user's name and first-retrieval log, as loaded at login.
     private var expiry: (user: String, log: [String: Int64])?
 
     init(
         session: ServerSession,
         verifier: any CredentialVerifier,
+        oauth: OAuth2Validator? = nil,
         maildrops: any MaildropProvider,
         locator: MaildirLocator,
         penalty: AuthPenalty,
@@ -59,6 +61,7 @@ struct SessionDriver {
         self.now = now
         self.session = session
         self.verifier = verifier
+        self.oauth = oauth
         self.maildrops = maildrops
         self.locator = locator
         self.penalty = penalty
@@ -265,7 +268,10 @@ struct SessionDriver {
     /// challenge, since POP3 has no "additional data with success"), the client's empty reply → login. Every failure,
     /// whichever check it fails, is answered and counted as a wrong password.
     private mutating func saslStep(_ name: String, response: [UInt8]?, first: Bool, connection: ConnectionChannel) async -> ServerSession.Action {
-        if first { self.scram = nil }
+        if first { self.exchange = nil }
+        if let mechanism = SASLMechanism(name: name), mechanism == .oauthBearer || mechanism == .xoauth2 {
+            return await self.oauthStep(mechanism, response: response, connection: connection)
+        }
         guard let mechanism = SASLMechanism(name: name), mechanism.scramAlgorithm != nil else {
             // ServerConfiguration refuses mechanisms this build cannot run; nothing else reaches here.
             self.logger.error("SASL mechanism configured but not available", metadata: ["mechanism": "\(name)"])
@@ -273,11 +279,11 @@ struct SessionDriver {
         }
         guard let response else {
             // AUTH without an initial response: an empty challenge asks for client-first.
-            self.scram = .awaitingClientFirst(mechanism)
+            self.exchange = .awaitingClientFirst(mechanism)
             return self.session.saslChallenge([])
         }
-        let state = self.scram ?? .awaitingClientFirst(mechanism)
-        self.scram = nil
+        let state = self.exchange ?? .awaitingClientFirst(mechanism)
+        self.exchange = nil
         switch state {
         case .awaitingClientFirst(let mechanism):
             let binding = self.session.tlsActive ? self.channelBinding.withLockedValue { $0 } : nil
@@ -306,7 +312,7 @@ struct SessionDriver {
                 return self.session.loginFailed(.temporary)
             }
             let serverFirst = exchange.serverFirst(keys: lookup.keys)
-            self.scram = .awaitingClientFinal(exchange, user: user, lookup: lookup, started: started)
+            self.exchange = .awaitingClientFinal(exchange, user: user, lookup: lookup, started: started)
             return self.session.saslChallenge(serverFirst)
         case .awaitingClientFinal(var exchange, let user, let lookup, let started):
             let serverFinal: [UInt8]
@@ -319,8 +325,10 @@ struct SessionDriver {
                 return self.session.saslFailed()
             }
             guard let record = lookup.record else { preconditionFailure("dummy SCRAM keys verified a proof") }
-            self.scram = .awaitingAcknowledgement(record)
+            self.exchange = .awaitingAcknowledgement(record)
             return self.session.saslChallenge(serverFinal)
+        case .awaitingOAuthMessage, .awaitingOAuthAcknowledgement:
+            preconditionFailure("an OAuth exchange state in a SCRAM step")
         case .awaitingAcknowledgement(let record):
             guard response.isEmpty else {
                 await self.failed(user: record.name, credential: SCRAM.makeNonce(), since: .now, reason: "SCRAM: data after server-final")
@@ -329,6 +337,61 @@ struct SessionDriver {
             self.session.saslAuthenticated(user: record.name)
             return await self.openSession(record, connection: connection)
         }
+    }
+
+    /// OAUTHBEARER (RFC 7628) and XOAUTH2: one client message with a bearer token. A refused token gets the JSON
+    /// error challenge, the client's acknowledgement, then the same -ERR as a wrong password, after the same delay
+    /// and penalty. The token is never logged.
+    private mutating func oauthStep(_ mechanism: SASLMechanism, response: [UInt8]?, connection: ConnectionChannel) async -> ServerSession.Action {
+        guard let response else {
+            self.exchange = .awaitingOAuthMessage
+            return self.session.saslChallenge([])
+        }
+        if case .awaitingOAuthAcknowledgement = self.exchange {
+            self.exchange = nil
+            return self.session.saslFailed()
+        }
+        self.exchange = nil
+        guard let oauth = self.oauth else {
+            // ServerConfiguration offers these mechanisms only with auth.oauth2.
+            self.logger.error("OAuth mechanism offered without auth.oauth2")
+            return self.session.saslFailed()
+        }
+        let started = ContinuousClock.now
+        await self.waitOutPenalty()
+        func refuse(_ user: String, _ reason: String, credential: String) async -> ServerSession.Action {
+            await self.failed(user: user, credential: credential, since: started, reason: "\(mechanism): \(reason)")
+            self.exchange = .awaitingOAuthAcknowledgement
+            return self.session.saslChallenge(OAuthBearerMessage.errorChallenge(mechanism: mechanism))
+        }
+        guard let message = OAuthBearerMessage.parse(response, mechanism: mechanism) else {
+            return await refuse("?", "malformed client message", credential: SCRAM.makeNonce())
+        }
+        let user: String
+        switch await oauth.validate(message.token) {
+        case .failure(let failure):
+            return await refuse(message.user.map(StringPreparation.userName) ?? "?", failure.description, credential: message.token)
+        case .success(let name):
+            user = StringPreparation.userName(name)
+        }
+        if let named = message.user, StringPreparation.userName(named) != user {
+            return await refuse(user, "the message names another user than the token", credential: message.token)
+        }
+        let record: UserRecord?
+        do {
+            record = try await self.verifier.lookup(user: user)
+        } catch {
+            self.logger.error("account lookup failed", metadata: ["user": "\(logEscaped(user))", "error": "\(error)"])
+            self.session.saslAuthenticated(user: user)
+            return self.session.loginFailed(.temporary)
+        }
+        guard let record else { return await refuse(user, "no such account", credential: message.token) }
+        guard self.loginDelayAllows(user) else {
+            self.session.saslAuthenticated(user: user)
+            return self.session.loginFailed(.loginDelay)
+        }
+        self.session.saslAuthenticated(user: record.name)
+        return await self.openSession(record, connection: connection)
     }
 
     /// RETR/TOP: streams the message through the dot-stuffer with backpressure (each write waits while the
@@ -420,10 +483,14 @@ struct SessionDriver {
     }
 }
 
-/// Where a SCRAM exchange stands between two client lines.
-private enum SCRAMExchangeState {
+/// Where a SCRAM or OAuth exchange stands between two client lines.
+private enum SASLExchangeState {
     case awaitingClientFirst(SASLMechanism)
     case awaitingClientFinal(SCRAMServerExchange, user: String, lookup: SCRAMLookup, started: ContinuousClock.Instant)
     /// Server-final sent as a challenge; the client answers with an empty line.
     case awaitingAcknowledgement(UserRecord)
+    /// OAUTHBEARER/XOAUTH2 without an initial response: the next line is the client message.
+    case awaitingOAuthMessage
+    /// The error challenge was sent; the client's answer ends the exchange with -ERR.
+    case awaitingOAuthAcknowledgement
 }

@@ -213,6 +213,12 @@ public struct GS2Header: Sendable, Equatable {
     public var binding: Binding
     public var authorizationID: String?
 
+    /// The channel binding name of `p=`, nil for `n` and `y`.
+    public var bindingName: String? {
+        if case .used(let name) = self.binding { return name }
+        return nil
+    }
+
     public init(binding: Binding, authorizationID: String? = nil) {
         self.binding = binding
         self.authorizationID = authorizationID

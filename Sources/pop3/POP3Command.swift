@@ -69,6 +69,8 @@ struct Fetch: AsyncParsableCommand {
     @OptionGroup var tls: TLSOptions
     @Option(help: "Login method: auto (the strongest the server offers: scram-sha-256-plus, scram-sha-256, plain, user), scram-sha-256-plus, scram-sha-256, plain, user; oauthbearer and xoauth2 are not implemented yet. An explicit method is never replaced by a weaker one.")
     var auth: String?
+    @Option(name: .customLong("oauth2-token-command"), help: "With --auth oauthbearer or xoauth2: a command (via sh -c) whose first output line is the OAuth 2.0 access token, e.g. oama access ACCOUNT.")
+    var oauth2TokenCommand: String?
     @Option(name: .customLong("password-file"), help: "File whose first line is the password (mode 0600).")
     var passwordFile: String?
     @Option(help: "Deliver into this Maildir.")
@@ -145,14 +147,24 @@ struct Fetch: AsyncParsableCommand {
         if let first = self.targets.first, first.contains("://") {
             guard self.targets.count == 1 else { throw ValidationError("one URL at a time") }
             let url = try POP3URL.parse(first)
-            guard let passwordFile = self.passwordFile else { throw ValidationError("--password-file FILE is required with a URL") }
+            let secret: PasswordSource
+            switch (self.passwordFile, self.oauth2TokenCommand) {
+            case (let file?, nil): secret = .file(file)
+            case (nil, let command?): secret = .command(command)
+            case (.some, .some): throw ValidationError("give --password-file or --oauth2-token-command, not both")
+            case (nil, nil): throw ValidationError("--password-file FILE (or, with OAuth, --oauth2-token-command) is required with a URL")
+            }
+            let method = try authentication ?? url.authentication()
+            if method.usesBearerToken != (self.oauth2TokenCommand != nil) {
+                throw ValidationError("--oauth2-token-command goes with --auth oauthbearer or xoauth2, and they need it")
+            }
             let destinations = [self.maildir.map { LocalDestination.maildir($0) }, self.mbox.map { .mbox($0) }, self.mda.map { .mda($0) }].compactMap { $0 }
             guard destinations.count == 1 else { throw ValidationError("give exactly one of --maildir, --mbox, --mda") }
             return [
                 FetchJob(
                     name: "\(url.user)@\(url.host)",
                     url: url,
-                    password: .file(passwordFile),
+                    password: secret,
                     trust: try self.tls.trust(),
                     security: try self.tls.security(for: url),
                     destination: destinations[0],
@@ -161,7 +173,7 @@ struct Fetch: AsyncParsableCommand {
                     checkpoint: self.checkpoint,
                     timeout: self.timeout,
                     localAddress: localAddress,
-                    authentication: try authentication ?? url.authentication()
+                    authentication: method
                 )
             ]
         }

@@ -215,6 +215,18 @@ func errResponse(_ action: ServerSession.Action) -> StatusResponse? {
         #expect(tls.capabilities.contains(.sasl(["PLAIN", "SCRAM-SHA-256-PLUS", "SCRAM-SHA-256"])))
     }
 
+    /// An AUTH line with an initial response may be as long as a SASL response (OAuth tokens); every other command
+    /// keeps the 255-octet limit.
+    @Test func longAuthLinesUpToTheSASLLimit() {
+        var session = ServerSession(configuration: Self.scramConfiguration(), tlsActive: true)
+        let long = Base64.encode(Array(repeating: UInt8(ascii: "x"), count: 600))
+        #expect(session.send("AUTH SCRAM-SHA-256 \(long)") == .saslStep(mechanism: "SCRAM-SHA-256", response: Array(repeating: UInt8(ascii: "x"), count: 600), first: true))
+        var other = ServerSession(configuration: .init(), tlsActive: true)
+        #expect(errResponse(other.send("USER " + String(repeating: "u", count: 300)))?.text == "Line too long.")
+        let tooLong = String(repeating: "A", count: other.configuration.maximumSASLLineLength)
+        #expect(errResponse(other.send("AUTH PLAIN \(tooLong)"))?.text == "Line too long.")
+    }
+
     @Test func saslBadBase64() {
         var session = ServerSession(configuration: .init(), tlsActive: true)
         _ = session.send("AUTH PLAIN")

@@ -1,0 +1,204 @@
+"""OAuth 2.0 (issue 12): pop3d as a resource server for OAUTHBEARER (RFC 7628) and XOAUTH2, validating JWT access
+tokens locally against a JWKS file; `pop3 fetch --auth oauthbearer|xoauth2` with a token command. Peers: an
+independent client (pop3support.oauth_login), curl (`--oauth2-bearer`, from a config file so the token is on no
+command line), mpop 1.4 (GNU SASL). Tokens are made by pop3support.OAuthIssuer with the cryptography package.
+
+Every refused token gets the RFC 7628 JSON error, then `-ERR [AUTH] Authentication failed.`, counts toward the
+penalty (failing cases use their own source addresses) and never appears in a log.
+"""
+import os
+import shutil
+import signal
+import subprocess
+import time
+
+import pytest
+
+from pop3support import OAuthIssuer, POP3Session, Pop3dDev, oauth_login, write_secret
+
+AUTH_FAILED = b"-ERR [AUTH] Authentication failed."
+USER = "carol@example.com"
+
+
+@pytest.fixture(scope="module")
+def oauth(pop3d_bin, tmp_path_factory):
+    """pop3d dev with auth.oauth2 and a user who has no password (carol@example.com, as the email claim says)."""
+    root = tmp_path_factory.mktemp("oauth")
+    issuer = OAuthIssuer(os.path.join(str(root), "jwks.json"))
+    dev = Pop3dDev(pop3d_bin, root, extra_config=(
+        f"auth:\n  oauth2:\n    jwks: {issuer.path}\n    issuer: \"{issuer.ISSUER}\"\n    audience: {issuer.AUDIENCE}\n"))
+    with open(os.path.join(dev.data, "users"), "a") as f:
+        f.write(f"{USER}:\n")
+    dev.start()
+    dev.issuer = issuer
+    yield dev
+    dev.stop()
+
+
+def capa(session):
+    session.ok("CAPA")
+    return [line.decode() for line in session.lines()]
+
+
+def test_capa_adds_the_oauth_mechanisms(oauth):
+    s = POP3Session(oauth)
+    assert "SASL PLAIN SCRAM-SHA-256-PLUS SCRAM-SHA-256 OAUTHBEARER XOAUTH2" in capa(s)
+    s.ok("QUIT")
+
+
+@pytest.mark.parametrize("alg", ["ES256", "RS256", "EdDSA"])
+@pytest.mark.parametrize("mechanism", ["OAUTHBEARER", "XOAUTH2"])
+def test_valid_tokens_log_in(oauth, alg, mechanism):
+    """A user without a password logs in with a JWT of each allowed algorithm, by either mechanism."""
+    s = POP3Session(oauth)
+    reply, error = oauth_login(s, oauth.issuer.token(USER, alg=alg), user=USER, mechanism=mechanism)
+    assert reply == b"+OK Logged in." and error is None, (reply, error)
+    assert s.stat()[0] == 0
+    s.ok("QUIT")
+
+
+BAD_TOKENS = [
+    ("expired", dict(lifetime=-3600)),
+    ("not-yet-valid", dict(claims={"nbf": int(time.time()) + 3600})),
+    ("wrong-issuer", dict(claims={"iss": "https://evil.example/"})),
+    ("wrong-audience", dict(claims={"aud": "imap"})),
+    ("no-exp", dict(drop=("exp",))),
+    ("no-email-claim", dict(drop=("email",))),
+    ("alg-none", dict(alg="none")),
+    ("hs256-with-the-rsa-public-key", dict(alg="HS256")),
+    ("unknown-kid", dict(kid="nobody-knows")),
+    ("no-kid", dict(header={"kid": None})),
+    ("user-not-in-passwd-file", dict(user="mallory@example.com")),
+]
+
+
+@pytest.mark.parametrize("case,kwargs", BAD_TOKENS, ids=[c for c, _ in BAD_TOKENS])
+def test_bad_tokens_are_refused_like_a_wrong_password(oauth, case, kwargs):
+    kwargs = dict(kwargs)
+    user = kwargs.pop("user", USER)
+    token = oauth.issuer.token(user, **kwargs)
+    source = f"127.0.1.{BAD_TOKENS.index(next(b for b in BAD_TOKENS if b[0] == case)) + 10}"
+    s = POP3Session(oauth, source=source)
+    reply, error = oauth_login(s, token, user=user)
+    assert reply == AUTH_FAILED, (case, reply)
+    assert error == {"status": "invalid_token", "schemes": "bearer"}, error
+    s.ok("QUIT")
+    log = oauth.log_text()
+    signature = token.split(".")[2]
+    assert token not in log and (not signature or signature not in log)
+    assert "OAUTHBEARER:" in log
+
+
+def test_tampered_signature_and_foreign_user(oauth):
+    """A token whose payload was changed after signing, and an authzid naming another user than the token."""
+    token = oauth.issuer.token(USER)
+    head, body, sig = token.split(".")
+    forged = oauth.issuer.token("demo").split(".")[1]
+    s = POP3Session(oauth, source="127.0.1.40")
+    assert oauth_login(s, f"{head}.{forged}.{sig}", user="demo")[0] == AUTH_FAILED
+    s.ok("QUIT")
+    s = POP3Session(oauth, source="127.0.1.41")
+    assert oauth_login(s, token, user="demo", mechanism="XOAUTH2")[0] == AUTH_FAILED
+    s.ok("QUIT")
+
+
+@pytest.mark.parametrize("jwk_change,needle", [
+    ({"kty": "oct", "k": "c2VjcmV0"}, "key type"),
+    ({"alg": "none"}, "algorithm"),
+    ({"alg": "HS256"}, "algorithm"),
+    ({"d": "AAAA"}, "private"),
+])
+def test_dangerous_jwks_is_refused_at_start(pop3d_bin, tmp_path, jwk_change, needle):
+    """A JWKS with an HMAC key, `none` or HS256 for an RSA kid, or private key material: check-config and serve
+    refuse it, naming auth.oauth2.jwks."""
+    issuer = OAuthIssuer(os.path.join(str(tmp_path), "jwks.json"))
+    keys = [issuer.jwk(kid) for kid in issuer.keys]
+    keys[1].update(jwk_change)
+    issuer.write_jwks(keys)
+    dev = Pop3dDev(pop3d_bin, tmp_path, extra_config=(
+        f"auth:\n  oauth2:\n    jwks: {issuer.path}\n    issuer: x\n    audience: pop3\n"))
+    r = dev.pop3d("check-config", "--config", dev.config)
+    err = (r.stdout + r.stderr).decode()
+    assert r.returncode != 0 and "auth.oauth2.jwks" in err and needle in err, err
+
+
+def test_jwks_is_reloaded_on_sighup(oauth):
+    """Rotated keys take effect at SIGHUP: the old key's tokens fail, the new key's work."""
+    old = oauth.issuer.token(USER)
+    oauth.issuer.rotate()
+    new = oauth.issuer.token(USER)
+    oauth.signal(signal.SIGHUP)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and "OAuth 2.0 JWKS reloaded" not in oauth.log_text():
+        time.sleep(0.1)
+    s = POP3Session(oauth)
+    assert oauth_login(s, new, user=USER)[0] == b"+OK Logged in."
+    s.ok("QUIT")
+    s = POP3Session(oauth, source="127.0.1.42")
+    assert oauth_login(s, old, user=USER)[0] == AUTH_FAILED
+    s.ok("QUIT")
+
+
+@pytest.mark.parametrize("mechanism", ["OAUTHBEARER", "XOAUTH2"])
+def test_curl_oauth2_bearer(oauth, tmp_path, mechanism):
+    """curl --oauth2-bearer (from a -K config file) lists the maildrop with each mechanism."""
+    config = write_secret(os.path.join(str(tmp_path), "curlrc"),
+                          f'oauth2-bearer = "{oauth.issuer.token(USER)}"\nuser = "{USER}:"\n')
+    r = subprocess.run(["curl", "-sS", "--cacert", oauth.ca, "-K", config, "--login-options", f"AUTH={mechanism}",
+                        f"pop3s://localhost:{oauth.tls_port}/"], capture_output=True, timeout=60)
+    assert r.returncode == 0, r.stderr.decode()
+
+
+@pytest.mark.parametrize("auth", ["oauthbearer", "xoauth2"])
+def test_mpop_oauth(oauth, tmp_path, auth):
+    """mpop 1.4 with `auth oauthbearer` / `auth xoauth2`, the token from passwordeval."""
+    if shutil.which("mpop") is None:
+        pytest.skip("mpop is not installed (apt-get install mpop, as scripts/test-deps does)")
+    folder = str(tmp_path)
+    token = write_secret(os.path.join(folder, "token"), oauth.issuer.token(USER))
+    maildir = os.path.join(folder, "Maildir")
+    for sub in ("new", "cur", "tmp"):
+        os.makedirs(os.path.join(maildir, sub))
+    rc = write_secret(os.path.join(folder, "mpoprc"), f"""account test
+host 127.0.0.1
+port {oauth.tls_port}
+tls on
+tls_starttls off
+tls_trust_file {oauth.ca}
+tls_host_override localhost
+user {USER}
+auth {auth}
+passwordeval cat {token}
+keep on
+uidls_file {folder}/uidls
+delivery maildir {maildir}
+""")
+    r = subprocess.run(["mpop", "-C", rc, "-d", "test"], capture_output=True, timeout=120)
+    out = (r.stdout + r.stderr).decode(errors="replace")
+    assert r.returncode == 0, out[-2000:]
+    assert f"AUTH {auth.upper()}" in out
+
+
+@pytest.mark.parametrize("auth", ["oauthbearer", "xoauth2"])
+def test_pop3_fetch_with_a_token_command(oauth, pop3_bin, tmp_path, auth):
+    """pop3 fetch --auth oauthbearer|xoauth2 --oauth2-token-command: logs in; a refused token fails the account with
+    the server's reason; the token is never in --verbose output; --auth auto never picks OAuth."""
+    folder = str(tmp_path)
+    good = write_secret(os.path.join(folder, "token"), oauth.issuer.token(USER))
+    bad = write_secret(os.path.join(folder, "expired"), oauth.issuer.token(USER, lifetime=-3600))
+    env = dict(os.environ, XDG_STATE_HOME=os.path.join(folder, "state"))
+
+    def fetch(token_file, source=None):
+        cmd = [pop3_bin, "fetch", "--ca-file", oauth.ca, "--auth", auth, "--oauth2-token-command", f"cat {token_file}",
+               "--maildir", os.path.join(folder, "md"), "--verbose", oauth.url(USER.replace("@", "%40"))]
+        e = dict(env, POP3_BIND_ADDRESS=source) if source else env
+        return subprocess.run(cmd, capture_output=True, timeout=120, env=e)
+
+    r = fetch(good)
+    err = r.stderr.decode(errors="replace")
+    assert r.returncode == 0, err[-1500:]
+    assert f"AUTH {auth.upper()}" in err and open(good).read().strip() not in err
+    r = fetch(bad, source="127.0.1.50" if auth == "oauthbearer" else "127.0.1.51")
+    err = r.stderr.decode(errors="replace")
+    assert r.returncode == 1 and "login failed" in err and ("invalid_token" in err or "401" in err), err[-1500:]
+    assert open(bad).read().strip() not in err
