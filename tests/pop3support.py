@@ -1057,3 +1057,107 @@ def oauth_login(session, token, user=None, mechanism="OAUTHBEARER"):
         return reply, None
     error = json.loads(base64.b64decode(reply[2:]))
     return session.command(base64.b64encode(b"\x01").decode() if mechanism == "OAUTHBEARER" else ""), error
+
+
+class AuthorizationServer:
+    """A local OAuth 2.0 authorization server on 127.0.0.1 (http, which pop3 allows on loopback only) for the
+    client's flows: device authorization (RFC 8628: the first poll gets authorization_pending, the second slow_down,
+    then tokens, or access_denied when `deny` is set), authorization code with PKCE (RFC 7636: /authorize redirects
+    at once to the redirect_uri; the token request must carry the matching S256 verifier), and refresh (rotating the
+    refresh token; `revoke_all()` makes every refresh token invalid_grant). Access tokens are JWTs of `issuer`.
+    `requests` records (path, form) of every request."""
+
+    def __init__(self, issuer, user, lifetime=600):
+        import http.server
+        import json
+        import urllib.parse
+        self.issuer, self.user, self.lifetime = issuer, user, lifetime
+        self.requests, self.polls, self.deny = [], 0, False
+        self.refresh_tokens, self.codes = set(), {}
+        self.issued = []  # every access and refresh token handed out (to check none is printed)
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def reply(self, status, body, headers=()):
+                data = json.dumps(body).encode() if body is not None else b""
+                self.send_response(status)
+                for name, value in headers:
+                    self.send_header(name, value)
+                if body is not None:
+                    self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):
+                url = urllib.parse.urlparse(self.path)
+                query = dict(urllib.parse.parse_qsl(url.query))
+                server.requests.append((url.path, query))
+                if url.path != "/authorize":
+                    return self.reply(404, {"error": "not_found"})
+                code = secrets.token_urlsafe(16)
+                server.codes[code] = query
+                target = f"{query['redirect_uri']}?code={code}&state={urllib.parse.quote(query['state'])}"
+                self.reply(302, None, [("Location", target)])
+
+            def do_POST(self):
+                length = int(self.headers.get("Content-Length", "0"))
+                form = dict(urllib.parse.parse_qsl(self.rfile.read(length).decode()))
+                server.requests.append((self.path, form))
+                if self.path == "/device":
+                    return self.reply(200, {"device_code": "dev-code-1", "user_code": "ABCD-EFGH",
+                                            "verification_uri": f"{server.url}/activate", "interval": 1,
+                                            "expires_in": 120})
+                if self.path != "/token":
+                    return self.reply(404, {"error": "not_found"})
+                grant = form.get("grant_type")
+                if grant == "urn:ietf:params:oauth:grant-type:device_code":
+                    server.polls += 1
+                    if server.deny:
+                        return self.reply(400, {"error": "access_denied", "error_description": "the user said no"})
+                    if server.polls == 1:
+                        return self.reply(400, {"error": "authorization_pending"})
+                    if server.polls == 2:
+                        return self.reply(400, {"error": "slow_down"})
+                    return self.reply(200, server.tokens())
+                if grant == "authorization_code":
+                    request = server.codes.pop(form.get("code"), None)
+                    verifier = form.get("code_verifier", "")
+                    challenge = b64url(hashlib.sha256(verifier.encode()).digest())
+                    if (request is None or request.get("code_challenge_method") != "S256"
+                            or request.get("code_challenge") != challenge
+                            or request.get("redirect_uri") != form.get("redirect_uri")):
+                        return self.reply(400, {"error": "invalid_grant", "error_description": "PKCE or code mismatch"})
+                    return self.reply(200, server.tokens())
+                if grant == "refresh_token":
+                    if form.get("refresh_token") not in server.refresh_tokens:
+                        return self.reply(400, {"error": "invalid_grant", "error_description": "token revoked"})
+                    server.refresh_tokens.discard(form["refresh_token"])
+                    return self.reply(200, server.tokens())
+                return self.reply(400, {"error": "unsupported_grant_type"})
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def tokens(self):
+        access = self.issuer.token(self.user, lifetime=self.lifetime)
+        refresh = "rt-" + secrets.token_urlsafe(24)
+        self.refresh_tokens.add(refresh)
+        self.issued += [access, refresh]
+        return {"access_token": access, "token_type": "Bearer", "expires_in": self.lifetime, "refresh_token": refresh,
+                "scope": "pop3"}
+
+    def revoke_all(self):
+        self.refresh_tokens.clear()
+
+    def grants(self, grant):
+        return [form for path, form in self.requests if path == "/token" and form.get("grant_type") == grant]
+
+    def stop(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()

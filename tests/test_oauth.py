@@ -202,3 +202,137 @@ def test_pop3_fetch_with_a_token_command(oauth, pop3_bin, tmp_path, auth):
     err = r.stderr.decode(errors="replace")
     assert r.returncode == 1 and "login failed" in err and ("invalid_token" in err or "401" in err), err[-1500:]
     assert open(bad).read().strip() not in err
+
+
+# ---------------------------------------------------------------- the client's own flows (pop3 oauth2 login)
+
+def accounts_file(folder, oauth, server, flow):
+    endpoints = (f"    oauth2_device_endpoint: {server.url}/device\n" if flow == "device"
+                 else f"    oauth2_authorization_endpoint: {server.url}/authorize\n")
+    path = os.path.join(folder, "accounts.yaml")
+    with open(path, "w") as f:
+        f.write(f"""accounts:
+  corp:
+    url: pop3s://{USER.replace('@', '%40')}@localhost:{oauth.tls_port}
+    provider: custom
+    oauth2_client_id: pop3-tests
+    oauth2_token_endpoint: {server.url}/token
+{endpoints}    oauth2_scope: "openid pop3"
+    ca_file: {oauth.ca}
+    maildir: {folder}/Maildir
+    keep: true
+""")
+    return path
+
+
+def run_pop3(pop3_bin, folder, *args, timeout=120):
+    env = dict(os.environ, XDG_STATE_HOME=os.path.join(folder, "state"))
+    return subprocess.run([pop3_bin, *args], capture_output=True, timeout=timeout, env=env)
+
+
+def token_file(folder):
+    base = os.path.join(folder, "state", "pop3", "oauth2")
+    names = os.listdir(base)
+    assert len(names) == 1, names
+    return os.path.join(base, names[0])
+
+
+def no_token_printed(server, *results):
+    out = b"".join(r.stdout + r.stderr for r in results).decode(errors="replace")
+    leaked = [t for t in server.issued if t in out]
+    assert not leaked, "a token was printed"
+
+
+def test_device_flow_login_then_fetch_refreshes_and_reports_revocation(oauth, pop3_bin, tmp_path):
+    """pop3 oauth2 login (device flow: it prints the URL and code, waits through authorization_pending and
+    slow_down) keeps the tokens 0600; pop3 fetch uses the access token, refreshes it once it has expired (the
+    rotated refresh token is kept), and after revocation fails the account telling the user to log in again."""
+    from pop3support import AuthorizationServer
+    server = AuthorizationServer(oauth.issuer, USER)
+    try:
+        folder = str(tmp_path)
+        config = accounts_file(folder, oauth, server, "device")
+        r = run_pop3(pop3_bin, folder, "oauth2", "login", "corp", "--config", config)
+        err = r.stderr.decode(errors="replace")
+        assert r.returncode == 0, err
+        assert f"Open {server.url}/activate and enter the code ABCD-EFGH" in err
+        assert server.polls == 3 and len(server.grants("urn:ietf:params:oauth:grant-type:device_code")) == 3
+        path = token_file(folder)
+        assert os.stat(path).st_mode & 0o777 == 0o600
+
+        fetched = run_pop3(pop3_bin, folder, "fetch", "--config", config, "--verbose")
+        assert fetched.returncode == 0, fetched.stderr.decode(errors="replace")[-1500:]
+        assert not server.grants("refresh_token"), "refreshed although the access token was fresh"
+
+        import json
+        with open(path) as f:
+            stored = json.load(f)
+        stored["expires_at"] = 1000
+        with open(path, "w") as f:
+            json.dump(stored, f)
+        refreshed = run_pop3(pop3_bin, folder, "fetch", "--config", config)
+        assert refreshed.returncode == 0, refreshed.stderr.decode(errors="replace")
+        assert len(server.grants("refresh_token")) == 1
+        with open(path) as f:
+            rotated = json.load(f)
+        assert rotated["refresh_token"] != stored["refresh_token"] and rotated["expires_at"] > 1000
+
+        server.revoke_all()
+        rotated["expires_at"] = 1000
+        with open(path, "w") as f:
+            json.dump(rotated, f)
+        revoked = run_pop3(pop3_bin, folder, "fetch", "--config", config)
+        err = revoked.stderr.decode(errors="replace")
+        assert revoked.returncode == 1 and "pop3 oauth2 login corp" in err and "revoked" in err, err
+        no_token_printed(server, r, fetched, refreshed, revoked)
+    finally:
+        server.stop()
+
+
+def test_device_flow_denied(oauth, pop3_bin, tmp_path):
+    from pop3support import AuthorizationServer
+    server = AuthorizationServer(oauth.issuer, USER)
+    server.deny = True
+    try:
+        folder = str(tmp_path)
+        r = run_pop3(pop3_bin, folder, "oauth2", "login", "corp", "--config", accounts_file(folder, oauth, server, "device"))
+        err = r.stderr.decode(errors="replace")
+        assert r.returncode == 1 and "authorization denied" in err and "the user said no" in err, err
+        assert not os.path.isdir(os.path.join(folder, "state", "pop3", "oauth2")) or not os.listdir(
+            os.path.join(folder, "state", "pop3", "oauth2"))
+        fetch = run_pop3(pop3_bin, folder, "fetch", "--config", os.path.join(folder, "accounts.yaml"))
+        assert fetch.returncode == 1 and "pop3 oauth2 login corp" in fetch.stderr.decode()
+    finally:
+        server.stop()
+
+
+def test_authorization_code_flow_with_pkce(oauth, pop3_bin, tmp_path):
+    """The authorization-code flow (Google's): pop3 prints the URL and listens on 127.0.0.1; the "browser" (urllib)
+    follows the server's redirect to it; the code is exchanged with the PKCE verifier (S256, checked by the server);
+    then pop3 fetch logs in."""
+    import urllib.request
+    from pop3support import AuthorizationServer
+    server = AuthorizationServer(oauth.issuer, USER)
+    try:
+        folder = str(tmp_path)
+        config = accounts_file(folder, oauth, server, "authorization-code")
+        env = dict(os.environ, XDG_STATE_HOME=os.path.join(folder, "state"))
+        proc = subprocess.Popen([pop3_bin, "oauth2", "login", "corp", "--config", config], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, env=env)
+        url = None
+        deadline = time.monotonic() + 60
+        while url is None and time.monotonic() < deadline:
+            line = proc.stderr.readline().decode()
+            if line.startswith(server.url + "/authorize?"):
+                url = line.strip()
+        assert url, "no authorization URL printed"
+        assert "code_challenge_method=S256" in url and ("redirect_uri=http://127.0.0.1:" in url or "redirect_uri=http%3A%2F%2F127.0.0.1%3A" in url)
+        with urllib.request.urlopen(url, timeout=30) as page:
+            assert b"Authorized" in page.read()
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err.decode(errors="replace")
+        assert len(server.grants("authorization_code")) == 1
+        fetched = run_pop3(pop3_bin, folder, "fetch", "--config", config)
+        assert fetched.returncode == 0, fetched.stderr.decode(errors="replace")
+    finally:
+        server.stop()

@@ -18,6 +18,8 @@ public struct AccountConfiguration: Sendable, Equatable {
     public var maxSize: Int?
     /// `auth:` (or the URL's `;AUTH=`); `auto` by default.
     public var authentication: AuthenticationMethod
+    /// `provider:` and the `oauth2_*` keys: tokens from `pop3 oauth2 login`.
+    public var oauth2: OAuth2Provider?
 
     public init(
         name: String,
@@ -30,9 +32,11 @@ public struct AccountConfiguration: Sendable, Equatable {
         keep: Bool = false,
         keepDays: Int? = nil,
         maxSize: Int? = nil,
-        authentication: AuthenticationMethod = .auto
+        authentication: AuthenticationMethod = .auto,
+        oauth2: OAuth2Provider? = nil
     ) {
         self.authentication = authentication
+        self.oauth2 = oauth2
         self.name = name
         self.url = url
         self.passwordSource = passwordSource
@@ -93,6 +97,8 @@ public enum AccountsFile {
     static let keys: Set<String> = [
         "url", "password_file", "password_command", "ca_file", "pin", "starttls", "insecure_plaintext",
         "maildir", "mbox", "mda", "keep", "keep_days", "max_size", "auth", "oauth2_token_command",
+        "provider", "oauth2_client_id", "oauth2_client_secret_file", "oauth2_tenant", "oauth2_token_endpoint",
+        "oauth2_device_endpoint", "oauth2_authorization_endpoint", "oauth2_scope",
     ]
 
     public static func defaultPath(environment: [String: String] = ProcessInfo.processInfo.environment) -> String {
@@ -214,7 +220,13 @@ private struct AccountReader {
         }
 
         let passwordSource: PasswordSource
+        let provider = try self.provider()
         let tokenCommand = try string("oauth2_token_command")
+        if provider != nil {
+            for key in ["password_file", "password_command", "oauth2_token_command"] where values[key] != nil {
+                throw error(key, "an account with provider: gets its tokens from pop3 oauth2 login; drop \(key)")
+            }
+        }
         switch (try string("password_file"), try string("password_command")) {
         case (.some, .some):
             throw error("password_command", "give either password_file or password_command, not both")
@@ -290,18 +302,83 @@ private struct AccountReader {
             keep: try bool("keep") ?? false,
             keepDays: keepDays,
             maxSize: maxSize,
-            authentication: try self.checkedAuthentication(url: url, tokenCommand: tokenCommand != nil)
+            authentication: try self.checkedAuthentication(url: url, tokenCommand: tokenCommand != nil, provider: provider),
+            oauth2: provider
         )
     }
 
+    /// `provider: microsoft | google | custom` with its `oauth2_*` keys; nil without `provider:`.
+    private func provider() throws -> OAuth2Provider? {
+        let oauthKeys = ["oauth2_client_id", "oauth2_client_secret_file", "oauth2_tenant", "oauth2_token_endpoint",
+                         "oauth2_device_endpoint", "oauth2_authorization_endpoint", "oauth2_scope"]
+        guard let name = try string("provider") else {
+            if let key = oauthKeys.first(where: { values[$0] != nil }) { throw error(key, "needs provider: microsoft, google or custom") }
+            return nil
+        }
+        guard let clientID = try string("oauth2_client_id"), !clientID.isEmpty else {
+            throw error("oauth2_client_id", "required with provider: (the client id of an application registered with the provider)")
+        }
+        var secret: String?
+        if let file = try string("oauth2_client_secret_file") {
+            let expanded = StatePaths.expandTilde(file, environment: environment)
+            do {
+                secret = try PasswordSource.file(expanded).readPassword()
+            } catch let problem {
+                throw error("oauth2_client_secret_file", "\(problem)")
+            }
+        }
+        func endpoint(_ key: String) throws -> String? {
+            guard let url = try string(key) else { return nil }
+            if let problem = OAuth2Provider.checkEndpoint(url) { throw error(key, problem) }
+            return url
+        }
+        var provider: OAuth2Provider
+        switch name {
+        case "microsoft":
+            provider = .microsoft(clientID: clientID, clientSecret: secret, tenant: try string("oauth2_tenant") ?? "common")
+        case "google":
+            provider = .google(clientID: clientID, clientSecret: secret)
+        case "custom":
+            guard let token = try endpoint("oauth2_token_endpoint") else {
+                throw error("oauth2_token_endpoint", "required with provider: custom")
+            }
+            let device = try endpoint("oauth2_device_endpoint")
+            let authorization = try endpoint("oauth2_authorization_endpoint")
+            guard device != nil || authorization != nil else {
+                throw error("oauth2_device_endpoint", "provider: custom needs oauth2_device_endpoint or oauth2_authorization_endpoint")
+            }
+            provider = OAuth2Provider(
+                name: "custom", tokenEndpoint: token, deviceEndpoint: device, authorizationEndpoint: authorization,
+                scope: try string("oauth2_scope") ?? "", clientID: clientID, clientSecret: secret,
+                flow: device != nil ? .device : .authorizationCode
+            )
+        default:
+            throw error("provider", "unknown provider \"\(name)\"; one of microsoft, google, custom")
+        }
+        if name != "custom" {
+            for key in ["oauth2_token_endpoint", "oauth2_device_endpoint", "oauth2_authorization_endpoint"] where values[key] != nil {
+                throw error(key, "only with provider: custom (\(name)'s endpoints are built in)")
+            }
+            if let scope = try string("oauth2_scope") { provider.scope = scope }
+        }
+        if name != "microsoft", values["oauth2_tenant"] != nil { throw error("oauth2_tenant", "only with provider: microsoft") }
+        return provider
+    }
+
     /// An OAuth method needs a token source; a token source needs an OAuth method.
-    private func checkedAuthentication(url: POP3URL, tokenCommand: Bool) throws -> AuthenticationMethod {
+    private func checkedAuthentication(url: POP3URL, tokenCommand: Bool, provider: OAuth2Provider?) throws -> AuthenticationMethod {
+        if let provider {
+            guard values["auth"] != nil || url.authMechanism != nil else { return provider.defaultMechanism }
+            let method = try self.authentication(url: url)
+            guard method.usesBearerToken else { throw error("auth", "an account with provider: logs in with oauthbearer or xoauth2") }
+            return method
+        }
         let method = try self.authentication(url: url)
         if tokenCommand && !method.usesBearerToken {
             throw error("oauth2_token_command", "goes with auth: oauthbearer or auth: xoauth2")
         }
         if method.usesBearerToken && !tokenCommand {
-            throw error("auth", "\(method) needs oauth2_token_command (pop3 oauth2 login and provider presets are not implemented yet)")
+            throw error("auth", "\(method) needs provider: (tokens from pop3 oauth2 login) or oauth2_token_command")
         }
         return method
     }

@@ -92,6 +92,8 @@ public struct FetchJob: Sendable {
     public var localAddress: String?
     /// How to log in (`--auth`, `auth:`, a URL's `;AUTH=`); `auto` by default.
     public var authentication: AuthenticationMethod
+    /// With a provider (`provider:` in the accounts file): tokens from `pop3 oauth2 login`, refreshed here.
+    public var oauth2: OAuth2Provider?
 
     public init(
         name: String,
@@ -145,6 +147,7 @@ public struct FetchJob: Sendable {
             localAddress: localAddress,
             authentication: authentication ?? account.authentication
         )
+        self.oauth2 = account.oauth2
     }
 }
 
@@ -199,13 +202,19 @@ public struct Fetcher: Sendable {
         case .mda(let command): destination = MDADestination(command: command)
         }
         try destination.recover(journal: journal)
-        // With OAuth the source gives an access token (oauth2_token_command), read once per run.
-        if self.job.authentication.usesBearerToken, self.job.password == .prompt {
+        // With OAuth the source gives an access token (oauth2_token_command, or the provider's tokens, refreshed
+        // when needed), got once per run.
+        if self.job.authentication.usesBearerToken, self.job.password == .prompt, self.job.oauth2 == nil {
             throw FetchSetupError(
                 "--auth \(self.job.authentication) needs an access token: oauth2_token_command in the accounts file or --oauth2-token-command (pop3 oauth2 login and provider presets are not implemented yet)"
             )
         }
-        let password = try self.job.password.readPassword()
+        let password: String
+        if let provider = self.job.oauth2 {
+            password = try await self.accessToken(provider, key: key)
+        } else {
+            password = try self.job.password.readPassword()
+        }
 
         var configuration = POP3ClientConfiguration(
             host: self.job.url.host,
@@ -236,6 +245,21 @@ public struct Fetcher: Sendable {
                 break
             }
         }
+    }
+
+    /// The stored access token while it is valid for another minute, else one refresh (the new tokens saved first).
+    private func accessToken(_ provider: OAuth2Provider, key: AccountKey) async throws -> String {
+        let now = self.clock.unixSeconds()
+        guard let tokens = try OAuth2Tokens.load(key, stateDirectory: self.stateDirectory) else {
+            throw OAuth2Error.notLoggedIn(account: self.job.name)
+        }
+        if let token = tokens.usableAccessToken(now: now) { return token }
+        guard let refreshToken = tokens.refreshToken else { throw OAuth2Error.notLoggedIn(account: self.job.name) }
+        self.logger.debug("refreshing the OAuth 2.0 access token", metadata: ["provider": "\(provider.name)"])
+        let fresh = try await OAuth2Flows(provider: provider, say: { _ in }).refresh(refreshToken, account: self.job.name, now: now)
+        try fresh.save(key, stateDirectory: self.stateDirectory)
+        guard let token = fresh.accessToken else { throw OAuth2Error.server("no access token") }
+        return token
     }
 
     /// One connection: logs in, fetches what is not yet delivered (at most `job.checkpoint` messages), deletes what

@@ -164,7 +164,72 @@ import Testing
         .init(settings: base + "\n    mda: [a, b]", key: "mda"),
         .init(settings: "url: pop3s://alice@h\n    maildir: ~", key: "maildir"),
         .init(settings: "url: pop3s://alice@h\n    mbox:", key: "mbox"),
+        // Login methods and OAuth 2.0.
+        .init(settings: base + "\n    auth: cram-md5", key: "auth"),
+        .init(settings: "url: pop3s://alice;AUTH=+APOP@h\n    maildir: /tmp/m", key: "url"),
+        .init(settings: base + "\n    auth: xoauth2", key: "auth"),
+        .init(settings: base + "\n    oauth2_token_command: oama access a", key: "oauth2_token_command"),
+        .init(settings: base + "\n    auth: xoauth2\n    oauth2_token_command: x\n    password_command: y", key: "oauth2_token_command"),
+        .init(settings: base + "\n    provider: yahoo\n    oauth2_client_id: c", key: "provider"),
+        .init(settings: base + "\n    provider: microsoft", key: "oauth2_client_id"),
+        .init(settings: base + "\n    oauth2_client_id: c", key: "oauth2_client_id"),
+        .init(settings: base + "\n    provider: google\n    oauth2_client_id: c\n    password_command: x", key: "password_command"),
+        .init(settings: base + "\n    provider: microsoft\n    oauth2_client_id: c\n    auth: plain", key: "auth"),
+        .init(settings: base + "\n    provider: custom\n    oauth2_client_id: c", key: "oauth2_token_endpoint"),
+        .init(settings: base + "\n    provider: custom\n    oauth2_client_id: c\n    oauth2_token_endpoint: https://as/t", key: "oauth2_device_endpoint"),
+        .init(settings: base + "\n    provider: custom\n    oauth2_client_id: c\n    oauth2_token_endpoint: http://as.example/t\n    oauth2_device_endpoint: https://as/d", key: "oauth2_token_endpoint"),
+        .init(settings: base + "\n    provider: google\n    oauth2_client_id: c\n    oauth2_token_endpoint: https://as/t", key: "oauth2_token_endpoint"),
+        .init(settings: base + "\n    provider: google\n    oauth2_client_id: c\n    oauth2_tenant: x", key: "oauth2_tenant"),
     ]
+
+    /// Providers: presets with their endpoints and XOAUTH2, custom with its own and OAUTHBEARER; http only on loopback.
+    @Test func oauthProviders() throws {
+        let accounts = try load(
+            """
+            accounts:
+              outlook:
+                \(Self.base)
+                provider: microsoft
+                oauth2_client_id: 0000-app
+                oauth2_tenant: consumers
+              gmail:
+                \(Self.base)
+                provider: google
+                oauth2_client_id: g.apps
+              corp:
+                \(Self.base)
+                provider: custom
+                oauth2_client_id: pop3
+                oauth2_token_endpoint: http://127.0.0.1:8080/token
+                oauth2_device_endpoint: http://localhost:8080/device
+                oauth2_scope: openid pop3
+              token:
+                \(Self.base)
+                auth: oauthbearer
+                oauth2_token_command: oama access a
+            """)
+        let outlook = try #require(accounts.first { $0.name == "outlook" })
+        #expect(outlook.authentication == .xoauth2)
+        #expect(outlook.oauth2?.tokenEndpoint == "https://login.microsoftonline.com/consumers/oauth2/v2.0/token")
+        #expect(outlook.oauth2?.flow == .device && outlook.oauth2?.scope.contains("offline_access") == true)
+        let gmail = try #require(accounts.first { $0.name == "gmail" })
+        #expect(gmail.oauth2?.flow == .authorizationCode && gmail.authentication == .xoauth2)
+        let corp = try #require(accounts.first { $0.name == "corp" })
+        #expect(corp.authentication == .oauthBearer && corp.oauth2?.flow == .device && corp.oauth2?.scope == "openid pop3")
+        let token = try #require(accounts.first { $0.name == "token" })
+        #expect(token.oauth2 == nil && token.passwordSource == .command("oama access a"))
+    }
+
+    @Test func storedAccessTokenIsUsedOnlyWithAMinuteLeft() {
+        let tokens = OAuth2Tokens(refreshToken: "r", accessToken: "a", expiresAt: 1_000)
+        #expect(tokens.usableAccessToken(now: 900) == "a")
+        #expect(tokens.usableAccessToken(now: 941) == nil)
+        #expect(OAuth2Tokens(refreshToken: "r", accessToken: nil, expiresAt: 5_000).usableAccessToken(now: 0) == nil)
+        #expect(OAuth2Provider.checkEndpoint("https://login.example/token") == nil)
+        #expect(OAuth2Provider.checkEndpoint("http://[::1]:99/t") == nil)
+        #expect(OAuth2Provider.checkEndpoint("http://login.example/token") != nil)
+        #expect(OAuth2Provider.checkEndpoint("ftp://x/y") != nil)
+    }
 
     @Test(arguments: bad)
     func badKeyIsNamed(_ bad: Bad) throws {
