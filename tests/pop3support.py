@@ -820,10 +820,12 @@ class Dovecot(_Accounts):
         self.log_path = os.path.join(self.root, "dovecot.log")
         self.out_path = os.path.join(self.root, "dovecot.stdout")
 
-    def start(self, users, seconds=30, uidl_format="%08Xu%08Xv", scheme="SHA512-CRYPT", mechanisms="plain"):
+    def start(self, users, seconds=30, uidl_format="%08Xu%08Xv", scheme="SHA512-CRYPT", mechanisms="plain",
+              perf=False):
         """users: names (random passwords) or {name: password}; uidl_format: Dovecot's pop3_uidl_format; scheme:
         how the passwd-file stores passwords (SHA512-CRYPT via openssl, anything else via `doveadm pw`);
-        mechanisms: Dovecot's auth_mechanisms."""
+        mechanisms: Dovecot's auth_mechanisms; perf: the high-performance login mode and limits of
+        ../shared/bench/anchor-dovecot.sh (for benchmarks)."""
         binary = dovecot_binary()
         if binary is None:
             raise RuntimeError("dovecot is not installed (Debian: apt-get install dovecot-pop3d)")
@@ -851,6 +853,12 @@ class Dovecot(_Accounts):
         os.chmod(passwd, 0o644)
         conf = os.path.join(self.root, "dovecot.conf")
         r = self.root
+        login_tuning = (f"  service_count = 0\n  process_min_avail = {os.cpu_count()}\n  process_limit = 16\n"
+                        "  client_limit = 4000\n  vsz_limit = 1G\n") if perf else ""
+        limits = ("default_client_limit = 4000\ndefault_process_limit = 4000\n"
+                  "protocol pop3 {\n  mail_max_userip_connections = 10000\n}\nservice pop3 {\n  process_limit = 4000\n}\n"
+                  "service anvil {\n  client_limit = 12000\n}\nservice auth {\n  client_limit = 12000\n}\n"
+                  "service stats {\n  client_limit = 12000\n}\n") if perf else ""
         with open(conf, "w") as f:
             f.write(f"""# written by tests/pop3support.py
 instance_name = pop3-tests-{os.getpid()}-{self.tls_port}
@@ -890,8 +898,8 @@ service pop3-login {{
     port = {self.tls_port}
     ssl = yes
   }}
-}}
-""")
+{login_tuning}}}
+{limits}""")
         with open(self.out_path, "w") as out:
             self.proc = subprocess.Popen([binary, "-c", conf, "-F"], stdout=out, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL)
