@@ -83,6 +83,7 @@ let package = Package(
             dependencies: [
                 "CPrivSep",
                 "POP3Core", "POP3NIO", "LMTPCore", "SASL", "Accounts", "MailStore", "SystemIO", "POP3Client",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
@@ -115,7 +116,7 @@ let package = Package(
         .target(
             name: "MailRetriever",
             dependencies: [
-                "POP3Client", "SystemIO",
+                "POP3Client", "SASL", "SystemIO",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

@@ -690,8 +690,10 @@ class Pop3dDev(_Accounts):
             stdin = stdin.encode()
         return subprocess.run([self.bin, *args], input=stdin, capture_output=True, timeout=timeout, **self.ids)
 
-    def add_user(self, name, password):
-        r = self.pop3d("user", "add", name, "--config", self.config, stdin=password + "\n", timeout=60)
+    def add_user(self, name, password, scheme=None):
+        """`pop3d user add` (its default scheme, SCRAM-SHA-256, unless `scheme` names another)."""
+        extra = ["--scheme", scheme] if scheme else []
+        r = self.pop3d("user", "add", name, "--config", self.config, *extra, stdin=password + "\n", timeout=60)
         assert r.returncode == 0, f"user add {name}: exit {r.returncode}: {r.stderr.decode(errors='replace').strip()}"
         self.passwords[name] = password
 
@@ -1082,6 +1084,8 @@ class AuthorizationServer:
         self.issuer, self.user, self.lifetime = issuer, user, lifetime
         self.requests, self.polls, self.deny = [], 0, False
         self.refresh_tokens, self.codes = set(), {}
+        # RFC 7662: opaque token -> introspection answer; the resource server's Basic credentials.
+        self.opaque, self.introspection_client = {}, ("pop3d", "rs-secret")
         self.issued = []  # every access and refresh token handed out (to check none is printed)
         server = self
 
@@ -1104,6 +1108,9 @@ class AuthorizationServer:
                 url = urllib.parse.urlparse(self.path)
                 query = dict(urllib.parse.parse_qsl(url.query))
                 server.requests.append((url.path, query))
+                if url.path == "/jwks":
+                    with open(server.issuer.path) as f:
+                        return self.reply(200, json.load(f))
                 if url.path != "/authorize":
                     return self.reply(404, {"error": "not_found"})
                 code = secrets.token_urlsafe(16)
@@ -1119,6 +1126,11 @@ class AuthorizationServer:
                     return self.reply(200, {"device_code": "dev-code-1", "user_code": "ABCD-EFGH",
                                             "verification_uri": f"{server.url}/activate", "interval": 1,
                                             "expires_in": 120})
+                if self.path == "/introspect":
+                    expected = "Basic " + base64.b64encode(":".join(server.introspection_client).encode()).decode()
+                    if self.headers.get("Authorization") != expected:
+                        return self.reply(401, {"error": "invalid_client"})
+                    return self.reply(200, server.opaque.get(form.get("token"), {"active": False}))
                 if self.path != "/token":
                     return self.reply(404, {"error": "not_found"})
                 grant = form.get("grant_type")

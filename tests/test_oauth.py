@@ -28,7 +28,7 @@ def oauth(pop3d_bin, tmp_path_factory):
     dev = Pop3dDev(pop3d_bin, root, extra_config=(
         f"auth:\n  oauth2:\n    jwks: {issuer.path}\n    issuer: \"{issuer.ISSUER}\"\n    audience: {issuer.AUDIENCE}\n"))
     with open(os.path.join(dev.data, "users"), "a") as f:
-        f.write(f"{USER}:\n")
+        f.write(f"{USER}:\nlocked@example.com:!\n")
     dev.start()
     dev.issuer = issuer
     yield dev
@@ -69,6 +69,9 @@ BAD_TOKENS = [
     ("unknown-kid", dict(kid="nobody-knows")),
     ("no-kid", dict(header={"kid": None})),
     ("user-not-in-passwd-file", dict(user="mallory@example.com")),
+    ("account-locked", dict(user="locked@example.com")),
+    ("id-token", dict(claims={"typ": "ID"})),
+    ("email-not-verified", dict(claims={"email_verified": False})),
 ]
 
 
@@ -334,5 +337,67 @@ def test_authorization_code_flow_with_pkce(oauth, pop3_bin, tmp_path):
         assert len(server.grants("authorization_code")) == 1
         fetched = run_pop3(pop3_bin, folder, "fetch", "--config", config)
         assert fetched.returncode == 0, fetched.stderr.decode(errors="replace")
+    finally:
+        server.stop()
+
+
+# ---------------------------------------------------------------- JWKS from a URL, introspection of opaque tokens
+
+def test_jwks_url_and_introspection(pop3d_bin, tmp_path):
+    """auth.oauth2.jwks as a URL (fetched at start and on SIGHUP) and introspection_url with client credentials
+    from a 0600 file: JWTs are checked against the fetched keys, opaque tokens by asking the authorization server
+    (active, exp, iss, aud and the user claim of its answer are checked as for a JWT)."""
+    from pop3support import AuthorizationServer
+    issuer = OAuthIssuer(os.path.join(str(tmp_path), "jwks.json"))
+    server = AuthorizationServer(issuer, USER)
+    try:
+        credentials = write_secret(os.path.join(str(tmp_path), "rs-credentials"), "pop3d:rs-secret\n")
+        dev = Pop3dDev(pop3d_bin, tmp_path, extra_config=(
+            f"auth:\n  oauth2:\n    jwks: {server.url}/jwks\n    issuer: \"{issuer.ISSUER}\"\n    audience: pop3\n"
+            f"    introspection_url: {server.url}/introspect\n    client_credentials_file: {credentials}\n"))
+        with open(os.path.join(dev.data, "users"), "a") as f:
+            f.write(f"{USER}:\n")
+        dev.start()
+        try:
+            deadline = time.monotonic() + 20
+            while "OAuth 2.0 JWKS fetched" not in dev.log_text() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            s = POP3Session(dev)
+            assert oauth_login(s, issuer.token(USER), user=USER)[0] == b"+OK Logged in."
+            s.ok("QUIT")
+            # Rotated keys: fetched again on SIGHUP.
+            issuer.rotate()
+            dev.signal(signal.SIGHUP)
+            deadline = time.monotonic() + 20
+            while "SIGHUP: OAuth 2.0 JWKS reloaded" not in dev.log_text() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            s = POP3Session(dev)
+            assert oauth_login(s, issuer.token(USER, alg="RS256"), user=USER)[0] == b"+OK Logged in."
+            s.ok("QUIT")
+            # Opaque tokens.
+            now = int(time.time())
+            good = {"active": True, "iss": issuer.ISSUER, "aud": "pop3", "email": USER, "exp": now + 600}
+            server.opaque = {"opaque-good": good, "opaque-inactive": dict(good, active=False),
+                             "opaque-expired": dict(good, exp=now - 3600), "opaque-other-aud": dict(good, aud="imap")}
+            s = POP3Session(dev)
+            assert oauth_login(s, "opaque-good", user=USER, mechanism="XOAUTH2")[0] == b"+OK Logged in."
+            s.ok("QUIT")
+            for n, token in enumerate(["opaque-inactive", "opaque-expired", "opaque-other-aud", "opaque-unknown"]):
+                s = POP3Session(dev, source=f"127.0.1.{60 + n}")
+                assert oauth_login(s, token, user=USER)[0] == AUTH_FAILED, token
+                s.ok("QUIT")
+            assert len([p for p, _ in server.requests if p == "/introspect"]) == 5
+            # Wrong client credentials: the server refuses to answer, so does pop3d.
+            server.introspection_client = ("pop3d", "changed")
+            s = POP3Session(dev, source="127.0.1.70")
+            assert oauth_login(s, "opaque-good", user=USER)[0] == AUTH_FAILED
+            s.ok("QUIT")
+            assert "rs-secret" not in dev.log_text() and "opaque-good" not in dev.log_text()
+        finally:
+            dev.stop()
+        os.chmod(credentials, 0o644)
+        r = dev.pop3d("check-config", "--config", dev.config)
+        err = (r.stdout + r.stderr).decode()
+        assert r.returncode != 0 and "client_credentials_file" in err and "chmod 600" in err, err
     finally:
         server.stop()

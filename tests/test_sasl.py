@@ -108,7 +108,7 @@ def test_unknown_users_and_non_scram_hashes_fail_like_a_wrong_password(pop3d_bin
     reply after the proof. bob still logs in with PLAIN and USER/PASS."""
     dev = Pop3dDev(pop3d_bin, tmp_path).start()
     try:
-        dev.add_user("bob", "bob-secret")
+        dev.add_user("bob", "bob-secret", scheme="SHA512-CRYPT")
         salts = {}
         for index, (user, password) in enumerate([("demo", "wrong"), ("ghost", "x"), ("ghost", "y"),
                                                   ("bob", "bob-secret")]):

@@ -136,7 +136,7 @@ def setup_accounts(server):
     and, per session user, {UIDL: sha256 of the message as stored (LF endings)}."""
     server.start()
     server.stop()
-    server.add_user("soakhash", PASSWORD)
+    server.add_user("soakhash", PASSWORD, scheme="SHA512-CRYPT")
     users_path = os.path.join(server.data, "users")
     with open(users_path) as f:
         lines = f.read().splitlines()

@@ -26,7 +26,8 @@ public final class PasswdFileVerifier: CredentialVerifier {
     private let reloadState: Mutex<ReloadFailure?>
     /// SCRAM iterations for dummy exchanges and for keys derived from `{PLAIN}` fields (`auth.scram_iterations`).
     private let scramIterations: Int
-    /// Keys the salts of dummy exchanges and of `{PLAIN}`-derived keys; random per process.
+    /// Keys the salts of dummy exchanges and of `{PLAIN}`-derived keys; the daemon keeps it in `state_dir` so that
+    /// salts stay the same across restarts, as stored ones do (random per process otherwise).
     private let scramSecret: [UInt8]
 
     private struct Snapshot: Sendable {
@@ -34,6 +35,26 @@ public final class PasswdFileVerifier: CredentialVerifier {
         var fingerprint: FileFingerprint
         /// The field verified for unknown users and unusable hashes, to spend the same time as a real check.
         var costReference: String
+        /// The iteration count most stored SCRAM keys of each hash have, for dummy exchanges (so `i=` does not tell
+        /// an unknown user from a real one).
+        var scramIterations: [SCRAMAlgorithm: Int] = [:]
+
+        init(file: PasswdFile, fingerprint: FileFingerprint) {
+            self.file = file
+            self.fingerprint = fingerprint
+            self.costReference = PasswdFileVerifier.costReference(file)
+            for algorithm in SCRAMAlgorithm.allCases {
+                var counts: [Int: Int] = [:]
+                for record in file.records {
+                    let (scheme, hash) = PasswordHash.splitScheme(record.passwordField)
+                    guard scheme == algorithm.rawValue, let keys = SCRAMKeys(dovecotEncoded: hash, algorithm: algorithm) else { continue }
+                    counts[keys.iterations, default: 0] += 1
+                }
+                if let common = counts.max(by: { $0.value != $1.value ? $0.value < $1.value : $0.key > $1.key }) {
+                    self.scramIterations[algorithm] = common.key
+                }
+            }
+        }
     }
 
     private struct ReloadFailure {
@@ -53,16 +74,17 @@ public final class PasswdFileVerifier: CredentialVerifier {
         threadPool: NIOThreadPool,
         logger: Logger,
         maximumConcurrentHashes: Int = System.coreCount,
-        scramIterations: Int = SCRAMDefaults.iterations
+        scramIterations: Int = SCRAMDefaults.iterations,
+        scramSecret: [UInt8]? = nil
     ) throws {
         self.path = path
         self.scramIterations = max(SCRAMDefaults.minimumIterations, scramIterations)
-        self.scramSecret = SCRAM.randomSalt() + SCRAM.randomSalt()
+        self.scramSecret = scramSecret ?? (SCRAM.randomSalt() + SCRAM.randomSalt())
         self.threadPool = threadPool
         self.logger = logger
         self.limiter = ConcurrencyLimiter(limit: max(1, maximumConcurrentHashes))
         let (file, fingerprint) = try Self.load(path: path)
-        self.current = Mutex(Snapshot(file: file, fingerprint: fingerprint, costReference: Self.costReference(file)))
+        self.current = Mutex(Snapshot(file: file, fingerprint: fingerprint))
         self.reloadState = Mutex(nil)
         self.logLoaded(file)
     }
@@ -102,7 +124,7 @@ public final class PasswdFileVerifier: CredentialVerifier {
             if let failure, failure.fingerprint == seen { throw failure.error }
             do throws(PasswdFileError) {
                 let (file, fingerprint) = try Self.load(path: self.path)
-                let snapshot = Snapshot(file: file, fingerprint: fingerprint, costReference: Self.costReference(file))
+                let snapshot = Snapshot(file: file, fingerprint: fingerprint)
                 self.current.withLock { $0 = snapshot }
                 failure = nil
                 self.logLoaded(file)
@@ -149,8 +171,13 @@ public final class PasswdFileVerifier: CredentialVerifier {
         try await self.limiter.withPermit {
             try await self.threadPool.runIfActive { [self] in
                 self.refresh()
-                let record = self.current.withLock { $0.file.record(named: user) }
-                let dummy = SCRAMServerExchange.dummyKeys(user: user, algorithm: algorithm, iterations: self.scramIterations, secret: self.scramSecret)
+                let (record, iterations) = self.current.withLock { ($0.file.record(named: user), $0.scramIterations[algorithm]) }
+                let dummy = SCRAMServerExchange.dummyKeys(
+                    user: user,
+                    algorithm: algorithm,
+                    iterations: iterations ?? self.scramIterations,
+                    secret: self.scramSecret
+                )
                 if let record,
                     let keys = PasswordHash.scramKeys(field: record.passwordField, algorithm: algorithm, plaintextSalt: dummy.salt, iterations: self.scramIterations)
                 {

@@ -206,7 +206,7 @@ public struct Fetcher: Sendable {
         // when needed), got once per run.
         if self.job.authentication.usesBearerToken, self.job.password == .prompt, self.job.oauth2 == nil {
             throw FetchSetupError(
-                "--auth \(self.job.authentication) needs an access token: oauth2_token_command in the accounts file or --oauth2-token-command (pop3 oauth2 login and provider presets are not implemented yet)"
+                "--auth \(self.job.authentication) needs an access token: provider: (and pop3 oauth2 login) or oauth2_token_command in the accounts file, or --oauth2-token-command"
             )
         }
         let password: String

@@ -5,6 +5,7 @@ import NIOCore
 import NIOHTTP1
 import NIOPosix
 import POP3Core
+import SystemIO
 
 /// The OAuth 2.0 client flows of `pop3`: device authorization (RFC 8628), authorization code with PKCE on a loopback
 /// redirect (RFC 7636, RFC 8252), and refresh (RFC 6749 §6). Token endpoint replies are bounded (64 KiB) and parsed
@@ -38,6 +39,12 @@ public struct OAuth2Flows: Sendable {
     }
 
     static let maximumReplyBytes = 64 * 1024
+    /// No redirects: a 307 would re-send the form (refresh token, client secret, code verifier) to wherever it points.
+    static let client: HTTPClient = {
+        var configuration = HTTPClient.Configuration()
+        configuration.redirectConfiguration = .disallow
+        return HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
+    }()
 
     /// POSTs a form and reads the JSON reply (any status: OAuth errors come as 400 with JSON).
     func post(_ url: String, _ form: [(String, String)]) async throws -> Reply {
@@ -49,8 +56,12 @@ public struct OAuth2Flows: Sendable {
         let response: HTTPClientResponse
         let body: ByteBuffer
         do {
-            response = try await HTTPClient.shared.execute(request, timeout: self.timeout)
-            body = try await response.body.collect(upTo: Self.maximumReplyBytes)
+            let seconds = self.timeout.nanoseconds / 1_000_000_000
+            let prepared = request
+            (response, body) = try await withDeadline(.seconds(seconds)) {
+                let response = try await Self.client.execute(prepared, timeout: .seconds(seconds))
+                return (response, try await response.body.collect(upTo: Self.maximumReplyBytes))
+            }
         } catch {
             throw OAuth2Error.http("\(url): \(error)")
         }
@@ -80,11 +91,12 @@ public struct OAuth2Flows: Sendable {
         if let type = reply.string("token_type"), type.lowercased() != "bearer" {
             throw OAuth2Error.server("token type \(sanitize(Array(type.utf8.prefix(20)))) is not Bearer")
         }
-        let lifetime = Int64(reply.int("expires_in") ?? 3600)
+        // Bounded: a server's number must not overflow the clock arithmetic.
+        let lifetime = Int64(min(max(reply.int("expires_in") ?? 3600, 0), 86_400 * 365))
         return OAuth2Tokens(
             refreshToken: reply.string("refresh_token") ?? previousRefreshToken,
             accessToken: access,
-            expiresAt: now + max(0, lifetime)
+            expiresAt: now + lifetime
         )
     }
 
@@ -112,7 +124,7 @@ public struct OAuth2Flows: Sendable {
         guard start.status == 200, let deviceCode = start.string("device_code"), let userCode = start.string("user_code"),
             let uri = start.string("verification_uri") ?? start.string("verification_url")
         else { throw OAuth2Error.server(start.errorText) }
-        var interval = max(1, start.int("interval") ?? 5)
+        var interval = min(max(1, start.int("interval") ?? 5), 60)
         let deadline = now() + Int64(min(start.int("expires_in") ?? 900, 3600))
         if let complete = start.string("verification_uri_complete") {
             self.say("Open \(sanitize(Array(complete.utf8))) (or \(sanitize(Array(uri.utf8))) and enter the code \(sanitize(Array(userCode.utf8))))")
@@ -128,7 +140,7 @@ public struct OAuth2Flows: Sendable {
             if reply.status == 200 { return try self.tokens(reply, previousRefreshToken: nil, now: now()) }
             switch reply.string("error") {
             case "authorization_pending": continue
-            case "slow_down": interval += 5
+            case "slow_down": interval = min(interval + 5, 60)
             case "access_denied": throw OAuth2Error.denied(reply.errorText)
             case "expired_token": throw OAuth2Error.expired
             default: throw OAuth2Error.server(reply.errorText)
@@ -146,7 +158,7 @@ public struct OAuth2Flows: Sendable {
         let verifier = Self.randomURLSafe(32)
         let challenge = Self.base64URL(Array(SHA256.hash(data: Array(verifier.utf8))))
         let state = Self.randomURLSafe(16)
-        let redirect = try await LoopbackRedirect.start()
+        let redirect = try await LoopbackRedirect.start(state: state)
         defer { redirect.close() }
         let redirectURI = "http://127.0.0.1:\(redirect.port)/"
         guard var components = URLComponents(string: endpoint) else { throw OAuth2Error.server("bad authorization endpoint") }
@@ -200,14 +212,16 @@ final class LoopbackRedirect: Sendable {
         self.result = result
     }
 
-    static func start() async throws -> LoopbackRedirect {
+    /// Only a request carrying `state` ends the wait: anything else on 127.0.0.1 (another process, a web page) is
+    /// answered and ignored.
+    static func start(state: String) async throws -> LoopbackRedirect {
         let group = MultiThreadedEventLoopGroup.singleton
         let result = group.next().makePromise(of: [String: String].self)
         let channel = try await ServerBootstrap(group: group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { channel in
                 channel.pipeline.configureHTTPServerPipeline().flatMap {
-                    channel.pipeline.addHandler(RedirectHandler(result: result))
+                    channel.pipeline.addHandler(RedirectHandler(result: result, state: state))
                 }
             }
             .bind(host: "127.0.0.1", port: 0).get()
@@ -231,8 +245,12 @@ final class LoopbackRedirect: Sendable {
         typealias InboundIn = HTTPServerRequestPart
         typealias OutboundOut = HTTPServerResponsePart
         let result: EventLoopPromise<[String: String]>
+        let state: String
 
-        init(result: EventLoopPromise<[String: String]>) { self.result = result }
+        init(result: EventLoopPromise<[String: String]>, state: String) {
+            self.result = result
+            self.state = state
+        }
 
         func channelRead(context: ChannelHandlerContext, data: NIOAny) {
             guard case .head(let head) = self.unwrapInboundIn(data) else { return }
@@ -240,15 +258,16 @@ final class LoopbackRedirect: Sendable {
             for item in URLComponents(string: head.uri)?.queryItems ?? [] {
                 if let value = item.value { query[item.name] = value }
             }
-            let page = query["code"] != nil ? "Authorized. You can close this window and return to pop3." : "Authorization did not complete."
+            let ours = query["state"] == self.state
+            let page = ours && query["code"] != nil ? "Authorized. You can close this window and return to pop3." : "Authorization did not complete."
             var headers = HTTPHeaders()
             headers.add(name: "Content-Type", value: "text/plain; charset=utf-8")
             headers.add(name: "Connection", value: "close")
             context.write(self.wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: .ok, headers: headers))), promise: nil)
             context.write(self.wrapOutboundOut(.body(.byteBuffer(ByteBuffer(string: page)))), promise: nil)
             context.writeAndFlush(self.wrapOutboundOut(.end(nil))).whenComplete { _ in context.close(promise: nil) }
-            // Only a request with state counts (a browser may ask for /favicon.ico first).
-            if query["state"] != nil { self.result.succeed(query) }
+            // Only our state counts (a browser may ask for /favicon.ico first; others may knock).
+            if ours { self.result.succeed(query) }
         }
     }
 }

@@ -1,5 +1,6 @@
 import Foundation
 import POP3Client
+import SASL
 import SystemIO
 
 /// Where an account's OAuth 2.0 tokens come from: a provider preset or a custom authorization server, the client
@@ -73,15 +74,7 @@ public struct OAuth2Provider: Sendable, Equatable {
     public var defaultMechanism: AuthenticationMethod { self.name == "custom" ? .oauthBearer : .xoauth2 }
 
     /// Endpoints must be https, except on loopback (a local authorization server, tests).
-    public static func checkEndpoint(_ url: String) -> String? {
-        guard let components = URLComponents(string: url), let scheme = components.scheme?.lowercased(),
-            let host = components.host, !host.isEmpty
-        else { return "not a URL" }
-        if scheme == "https" { return nil }
-        let loopback = host == "localhost" || host.hasPrefix("127.") || host == "::1" || host == "[::1]"
-        if scheme == "http" && loopback { return nil }
-        return "must be an https:// URL (http:// only on loopback)"
-    }
+    public static func checkEndpoint(_ url: String) -> String? { OAuth2URL.problem(url) }
 }
 
 /// The tokens of one account, kept in `$XDG_STATE_HOME/pop3/oauth2/ACCOUNT.json` (mode 0600, replaced atomically).

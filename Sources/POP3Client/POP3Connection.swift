@@ -266,10 +266,16 @@ public final class POP3Connection {
         }
         self.logger.debug("login mechanism", metadata: ["mechanism": "\(chosen)"])
         switch chosen {
-        case .scramSHA256Plus:
-            try await self.loginSCRAM(.scramSHA256Plus, user: user, password: password)
-        case .scramSHA256:
-            try await self.loginSCRAM(.scramSHA256, user: user, password: password)
+        case .scramSHA256Plus, .scramSHA256:
+            do {
+                try await self.loginSCRAM(chosen == .scramSHA256Plus ? .scramSHA256Plus : .scramSHA256, user: user, password: password)
+            } catch POP3ClientError.authenticationFailed(let code, let text) where method == .auto && code == .auth {
+                // Not retried with PLAIN: a -PLUS failure can be a man in the middle, who must not get the password.
+                throw POP3ClientError.authenticationFailed(
+                    code: code,
+                    text: "\(text) (\(chosen.saslName!) was chosen automatically; if the account has no SCRAM credentials on the server, use --auth plain)"
+                )
+            }
         case .plain:
             try await self.loginPlain(user: user, password: password)
         default:

@@ -12,7 +12,7 @@ public enum ConfigurationKeys {
         "passwd_file", "maildir",
         "auth.allow_cleartext", "auth.failure_delay", "auth.mechanisms", "auth.scram_iterations",
         "auth.oauth2.jwks", "auth.oauth2.issuer", "auth.oauth2.audience", "auth.oauth2.username_claim",
-        "auth.oauth2.introspection_url", "auth.oauth2.clock_skew",
+        "auth.oauth2.introspection_url", "auth.oauth2.client_credentials_file", "auth.oauth2.clock_skew",
         "trusted_networks", "proxy.trusted_networks",
         "user", "group", "first_valid_uid",
         "limits.command_line_length", "limits.sasl_line_length",

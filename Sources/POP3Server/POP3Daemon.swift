@@ -53,16 +53,29 @@ public final class POP3Daemon: Sendable {
             path: configuration.passwdFile,
             threadPool: .singleton,
             logger: logger,
-            scramIterations: configuration.scramIterations
+            scramIterations: configuration.scramIterations,
+            scramSecret: Self.scramSecret(stateFolder: configuration.stateFolder, logger: logger)
         )
         self.verifier = verifier
         do {
-            self.oauth = try configuration.oauth2.map { try OAuth2Validator(settings: $0) }
+            self.oauth = try configuration.oauth2.map { try OAuth2Validator(settings: $0, http: OAuth2HTTPClient(), logger: logger) }
         } catch {
             throw ConfigurationError(key: "auth.oauth2.jwks", "\(error)")
         }
         if let oauth = self.oauth {
-            logger.info("OAuth 2.0 keys loaded", metadata: ["jwks": "\(oauth.settings.jwksPath)", "keys": "\(oauth.keyCount)"])
+            if oauth.settings.jwksIsURL {
+                // Fetched in the background: tokens are refused (and the fetch retried) until it has arrived.
+                Task {
+                    do {
+                        try await oauth.refresh()
+                        logger.info("OAuth 2.0 JWKS fetched", metadata: ["jwks": "\(oauth.settings.jwksPath)", "keys": "\(oauth.keyCount)", "left-out": "\(oauth.skippedKeys)"])
+                    } catch {
+                        logger.error("OAuth 2.0 JWKS fetch failed; retried when a token arrives", metadata: ["error": "\(error)"])
+                    }
+                }
+            } else {
+                logger.info("OAuth 2.0 keys loaded", metadata: ["jwks": "\(oauth.settings.jwksPath)", "keys": "\(oauth.keyCount)", "left-out": "\(oauth.skippedKeys)"])
+            }
         }
         if dropPrivileges, let identity = try PrivilegeDrop.target(user: configuration.user, group: configuration.group, records: verifier.records()) {
             // Started before the drop: the helper stays root to start mail workers as each account's uid/gid.
@@ -85,6 +98,10 @@ public final class POP3Daemon: Sendable {
             // EXPIRE's first-retrieval log is written after the drop: its folder must be the run-as user's.
             let usesExpire = configuration.policy.expireDays != nil
                 || verifier.records().contains { $0.extraFields.contains { $0.hasPrefix("expire_days=") } }
+            // The state folder may have been made just now, as root, for the SCRAM key: it is the run-as user's.
+            if (try? FileSystem.status(configuration.stateFolder)) != nil, chown(configuration.stateFolder, identity.uid, identity.gid) != 0 {
+                throw ConfigurationError(key: "state_dir", "cannot give \(configuration.stateFolder) to \(identity): \(String(cString: strerror(errno)))")
+            }
             if usesExpire {
                 let folder = RetrievalLog(stateFolder: configuration.stateFolder).folder
                 do {
@@ -203,6 +220,27 @@ public final class POP3Daemon: Sendable {
 
     /// What `pop3d check-config` checks beyond loading: the certificate and key load and pass the audit, the
     /// passwd-file parses. Returns the warnings (configuration and certificate); throws a `ConfigurationError`.
+    /// The key of SCRAM's dummy salts, kept in `state_dir/scram-dummy.key` (32 random bytes, 0600) so that an unknown
+    /// user's salt stays the same across restarts, as a real user's does. Nil (a key per process) when the folder
+    /// cannot be written, with a warning.
+    static func scramSecret(stateFolder: String, logger: Logger) -> [UInt8]? {
+        let path = stateFolder + "/scram-dummy.key"
+        do {
+            if let existing = try FileSystem.readFile(path, limit: 64), existing.count == 32 { return existing }
+            _ = try FileSystem.makeDirectories(stateFolder, mode: 0o700)
+            var generator = SystemRandomNumberGenerator()
+            let key = (0..<32).map { _ in UInt8.random(in: .min ... .max, using: &generator) }
+            try FileSystem.atomicReplace(path, with: key, mode: 0o600)
+            return key
+        } catch {
+            logger.warning(
+                "cannot keep the SCRAM dummy key in state_dir; unknown users' SCRAM salts change at each restart",
+                metadata: ["path": "\(path)", "error": "\(error)"]
+            )
+            return nil
+        }
+    }
+
     public static func check(_ configuration: ServerConfiguration) throws -> [String] {
         var warnings = configuration.warnings
         if configuration.tlsConfigured {
@@ -220,7 +258,7 @@ public final class POP3Daemon: Sendable {
         }
         if let settings = configuration.oauth2 {
             do {
-                _ = try OAuth2Validator(settings: settings)
+                _ = try OAuth2Validator(settings: settings, http: OAuth2HTTPClient())
             } catch {
                 throw ConfigurationError(key: "auth.oauth2.jwks", "\(error)")
             }

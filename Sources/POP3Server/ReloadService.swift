@@ -44,11 +44,21 @@ public struct ReloadService: Service {
             }
         }
         if let oauth = self.oauth {
-            do {
-                try oauth.reload()
-                self.logger.notice("SIGHUP: OAuth 2.0 JWKS reloaded", metadata: ["keys": "\(oauth.keyCount)"])
-            } catch {
-                self.logger.error("SIGHUP: JWKS reload failed, keeping the previous keys", metadata: ["error": "\(error)"])
+            let logger = self.logger
+            @Sendable func report(_ error: (any Error)?) {
+                if let error {
+                    logger.error("SIGHUP: JWKS reload failed, keeping the previous keys", metadata: ["error": "\(error)"])
+                } else {
+                    logger.notice("SIGHUP: OAuth 2.0 JWKS reloaded", metadata: ["keys": "\(oauth.keyCount)"])
+                }
+            }
+            if oauth.settings.jwksIsURL {
+                // Fetched in the background; the keys in use stay until the new set has arrived.
+                Task {
+                    do { try await oauth.refresh(); report(nil) } catch { report(error) }
+                }
+            } else {
+                do { try oauth.reload(); report(nil) } catch { report(error) }
             }
         }
     }

@@ -5,6 +5,7 @@ import LMTPCore
 import MailStore
 import POP3Core
 import SASL
+import SystemIO
 import SystemPackage
 
 /// A listening address, `host:port` or `[v6]:port`.
@@ -319,8 +320,8 @@ extension ServerConfiguration {
             default: result.scramIterations
         )
         if let jwks = config.string(forKey: "auth.oauth2.jwks"), !jwks.isEmpty {
-            guard !jwks.lowercased().hasPrefix("http://"), !jwks.lowercased().hasPrefix("https://") else {
-                throw ConfigurationError(key: "auth.oauth2.jwks", "JWKS from a URL is not implemented yet; save the issuer's JWKS to a file and name it here (re-read on SIGHUP)")
+            if OAuth2Settings.isURL(jwks), let problem = OAuth2URL.problem(jwks) {
+                throw ConfigurationError(key: "auth.oauth2.jwks", problem)
             }
             guard let issuer = config.string(forKey: "auth.oauth2.issuer"), !issuer.isEmpty else {
                 throw ConfigurationError(key: "auth.oauth2.issuer", "required with auth.oauth2.jwks: the exact iss of the tokens")
@@ -328,19 +329,28 @@ extension ServerConfiguration {
             guard let audience = config.string(forKey: "auth.oauth2.audience"), !audience.isEmpty else {
                 throw ConfigurationError(key: "auth.oauth2.audience", "required with auth.oauth2.jwks: a value the tokens' aud must contain")
             }
-            if let introspection = config.string(forKey: "auth.oauth2.introspection_url"), !introspection.isEmpty {
-                throw ConfigurationError(key: "auth.oauth2.introspection_url", "token introspection (RFC 7662, opaque tokens) is not implemented yet; only JWT access tokens are accepted")
+            var introspection: OAuth2Introspection?
+            if let url = config.string(forKey: "auth.oauth2.introspection_url"), !url.isEmpty {
+                if let problem = OAuth2URL.problem(url) { throw ConfigurationError(key: "auth.oauth2.introspection_url", problem) }
+                guard let file = config.string(forKey: "auth.oauth2.client_credentials_file"), !file.isEmpty else {
+                    throw ConfigurationError(key: "auth.oauth2.client_credentials_file", "required with introspection_url: a 0600 file with one line CLIENT_ID:CLIENT_SECRET")
+                }
+                let (clientID, secret) = try Self.readClientCredentials(resolve(file))
+                introspection = OAuth2Introspection(url: url, clientID: clientID, clientSecret: secret, credentialsFile: resolve(file))
+            } else if config.string(forKey: "auth.oauth2.client_credentials_file") != nil {
+                throw ConfigurationError(key: "auth.oauth2.client_credentials_file", "only with auth.oauth2.introspection_url")
             }
             result.oauth2 = OAuth2Settings(
-                jwksPath: resolve(jwks),
+                jwksPath: OAuth2Settings.isURL(jwks) ? jwks : resolve(jwks),
                 issuer: issuer,
                 audience: audience,
                 usernameClaim: config.string(forKey: "auth.oauth2.username_claim") ?? "email",
-                clockSkew: try int("auth.oauth2.clock_skew", 0...600, default: OAuth2Settings.defaultClockSkew)
+                clockSkew: try int("auth.oauth2.clock_skew", 0...600, default: OAuth2Settings.defaultClockSkew),
+                introspection: introspection
             )
             result.saslMechanisms += [.oauthBearer, .xoauth2]
         } else {
-            for key in ["auth.oauth2.issuer", "auth.oauth2.audience", "auth.oauth2.username_claim", "auth.oauth2.introspection_url", "auth.oauth2.clock_skew"]
+            for key in ["auth.oauth2.issuer", "auth.oauth2.audience", "auth.oauth2.username_claim", "auth.oauth2.introspection_url", "auth.oauth2.client_credentials_file", "auth.oauth2.clock_skew"]
             where config.string(forKey: ConfigKey(key)) != nil {
                 throw ConfigurationError(key: key, "needs auth.oauth2.jwks")
             }
@@ -474,7 +484,8 @@ extension ServerConfiguration {
                 issuer: \(self.oauth2.map { "\"\($0.issuer)\"" } ?? "null")
                 audience: \(self.oauth2.map { "\"\($0.audience)\"" } ?? "null")
                 username_claim: "\(self.oauth2?.usernameClaim ?? "email")"
-                introspection_url: null
+                introspection_url: \(self.oauth2?.introspection.map { "\"\($0.url)\"" } ?? "null")
+                client_credentials_file: \(self.oauth2?.introspection.map { "\"\($0.credentialsFile)\"" } ?? "null")
                 clock_skew: \(self.oauth2?.clockSkew ?? OAuth2Settings.defaultClockSkew)
             trusted_networks: [\(self.trustedNetworks.map { "\"\($0)\"" }.joined(separator: ", "))]
             proxy:
@@ -515,5 +526,26 @@ extension ServerConfiguration {
             first_valid_uid: \(self.firstValidUID)
 
             """
+    }
+}
+
+extension ServerConfiguration {
+    /// `CLIENT_ID:CLIENT_SECRET` from the first line of a file only its owner may read (mode 0600 or stricter).
+    static func readClientCredentials(_ path: String) throws -> (String, String) {
+        let key = "auth.oauth2.client_credentials_file"
+        let contents: (bytes: [UInt8], status: stat)
+        switch Result(catching: { () throws(FileSystemError) in try FileSystem.readFileAndStatus(path) }) {
+        case .success(let read): contents = read
+        case .failure(let error): throw ConfigurationError(key: key, "cannot read \(path): \(error.reason)")
+        }
+        guard contents.status.st_mode & 0o077 == 0 else {
+            throw ConfigurationError(key: key, "\(path) is readable by others (mode 0\(String(contents.status.st_mode & 0o777, radix: 8))); chmod 600 it")
+        }
+        let line = String(decoding: contents.bytes.prefix { $0 != UInt8(ascii: "\n") }, as: UTF8.self)
+            .trimmingCharacters(in: .whitespacesAndNewlines)
+        guard let colon = line.firstIndex(of: ":"), colon != line.startIndex, line.index(after: colon) != line.endIndex else {
+            throw ConfigurationError(key: key, "\(path): expected one line CLIENT_ID:CLIENT_SECRET")
+        }
+        return (String(line[..<colon]), String(line[line.index(after: colon)...]))
     }
 }

@@ -357,10 +357,10 @@ struct SessionDriver {
             self.logger.error("OAuth mechanism offered without auth.oauth2")
             return self.session.saslFailed()
         }
-        let started = ContinuousClock.now
         await self.waitOutPenalty()
+        let started = ContinuousClock.now
         func refuse(_ user: String, _ reason: String, credential: String) async -> ServerSession.Action {
-            await self.failed(user: user, credential: credential, since: started, reason: "\(mechanism): \(reason)")
+            await self.failed(user: user, credential: credential, since: started, reason: "\(mechanism): \(logEscaped(reason))")
             self.exchange = .awaitingOAuthAcknowledgement
             return self.session.saslChallenge(OAuthBearerMessage.errorChallenge(mechanism: mechanism))
         }
@@ -386,6 +386,11 @@ struct SessionDriver {
             return self.session.loginFailed(.temporary)
         }
         guard let record else { return await refuse(user, "no such account", credential: message.token) }
+        // A locked account (`!…`/`*…` in the password field) stays locked for tokens too; an empty field is an
+        // OAuth-only account.
+        if let first = record.passwordField.first, first == "!" || first == "*" {
+            return await refuse(user, "account locked in the passwd-file", credential: message.token)
+        }
         guard self.loginDelayAllows(user) else {
             self.session.saslAuthenticated(user: user)
             return self.session.loginFailed(.loginDelay)

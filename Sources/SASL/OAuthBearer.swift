@@ -89,3 +89,30 @@ public struct OAuthBearerMessage: Sendable, Equatable, CustomStringConvertible {
 
     public var description: String { "OAuthBearerMessage(user: \(self.user ?? "-"), token: <redacted>)" }
 }
+
+/// URLs of OAuth 2.0 endpoints (token, device, JWKS, introspection): https, or http on loopback only (a local
+/// authorization server, tests).
+public enum OAuth2URL {
+    /// Why `url` cannot be used, or nil.
+    public static func problem(_ url: String) -> String? {
+        guard let schemeEnd = url.range(of: "://") else { return "not a URL" }
+        let scheme = url[..<schemeEnd.lowerBound].lowercased()
+        var rest = url[schemeEnd.upperBound...]
+        if let end = rest.firstIndex(where: { $0 == "/" || $0 == "?" || $0 == "#" }) { rest = rest[..<end] }
+        if let at = rest.lastIndex(of: "@") { rest = rest[rest.index(after: at)...] }
+        let host: Substring
+        if rest.hasPrefix("[") {
+            guard let close = rest.firstIndex(of: "]") else { return "not a URL" }
+            host = rest[rest.index(after: rest.startIndex)..<close]
+        } else {
+            host = rest.split(separator: ":", maxSplits: 1, omittingEmptySubsequences: false).first ?? ""
+        }
+        guard !host.isEmpty else { return "not a URL" }
+        if scheme == "https" { return nil }
+        let octets = host.split(separator: ".", omittingEmptySubsequences: false)
+        let ipv4Loopback = octets.count == 4 && octets[0] == "127" && octets.allSatisfy { UInt8($0) != nil }
+        let loopback = host == "localhost" || ipv4Loopback || host == "::1"
+        if scheme == "http" && loopback { return nil }
+        return "must be an https:// URL (http:// only on loopback)"
+    }
+}

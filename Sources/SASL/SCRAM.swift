@@ -52,6 +52,9 @@ public enum SCRAMDefaults {
     /// The most iterations the client computes for a server (10⁶ PBKDF2-SHA-256 rounds ≈ 0.5 s): a server asking for
     /// more would make the client burn CPU on its behalf.
     public static let maximumIterations = 1_000_000
+    /// The most iterations a stored key may have: a bound on the PBKDF2 a USER/PASS login against it costs, so that a
+    /// broken passwd-file line cannot stall (or, past UInt32, crash) the server. A larger count makes the field unusable.
+    public static let maximumStoredIterations = 10_000_000
     /// Iterations for new hashes (`pop3d user add --scheme SCRAM-SHA-256`), as Dovecot writes them.
     public static let iterations = 4096
     /// Salt bytes for new hashes (Dovecot: 16).
@@ -108,7 +111,7 @@ public struct SCRAMKeys: Sendable, Equatable, CustomStringConvertible {
     /// Parses Dovecot's format; nil when malformed or when the key lengths do not fit the algorithm.
     public init?(dovecotEncoded text: some StringProtocol, algorithm: SCRAMAlgorithm) {
         let parts = text.split(separator: ",", omittingEmptySubsequences: false)
-        guard parts.count == 4, let iterations = Int(parts[0]), iterations > 0,
+        guard parts.count == 4, let iterations = Int(parts[0]), (1...SCRAMDefaults.maximumStoredIterations).contains(iterations),
             let salt = Base64.decode(parts[1]), !salt.isEmpty,
             let storedKey = Base64.decode(parts[2]), storedKey.count == algorithm.outputByteCount,
             let serverKey = Base64.decode(parts[3]), serverKey.count == algorithm.outputByteCount

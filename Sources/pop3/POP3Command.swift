@@ -67,7 +67,7 @@ struct Fetch: AsyncParsableCommand {
     @Option(name: .customLong("max-size"), help: "Skip messages larger than this many octets (a warning, not an error).")
     var maxSize: Int?
     @OptionGroup var tls: TLSOptions
-    @Option(help: "Login method: auto (the strongest the server offers: scram-sha-256-plus, scram-sha-256, plain, user), scram-sha-256-plus, scram-sha-256, plain, user; oauthbearer and xoauth2 are not implemented yet. An explicit method is never replaced by a weaker one.")
+    @Option(help: "Login method: auto (the strongest the server offers: scram-sha-256-plus, scram-sha-256, plain, user), scram-sha-256-plus, scram-sha-256, plain, user, oauthbearer, xoauth2 (OAuth 2.0: with --oauth2-token-command, or an account with provider:). An explicit method is never replaced by a weaker one.")
     var auth: String?
     @Option(name: .customLong("oauth2-token-command"), help: "With --auth oauthbearer or xoauth2: a command (via sh -c) whose first output line is the OAuth 2.0 access token, e.g. oama access ACCOUNT.")
     var oauth2TokenCommand: String?
@@ -184,6 +184,15 @@ struct Fetch: AsyncParsableCommand {
             return account
         }
         guard !selected.isEmpty else { throw ValidationError("no accounts in \(path)") }
+        if self.oauth2TokenCommand != nil {
+            throw ValidationError("--oauth2-token-command goes with a URL; in the accounts file, use oauth2_token_command:")
+        }
+        // A password must not go out as a bearer token, nor a token as a password.
+        if let method = authentication, let account = selected.first(where: { $0.authentication.usesBearerToken != method.usesBearerToken }) {
+            throw ValidationError(
+                "--auth \(method) does not fit account \(account.name), which logs in with \(account.authentication.usesBearerToken ? "an OAuth token" : "a password")"
+            )
+        }
         return try selected.map { account in
             do {
                 return try FetchJob(

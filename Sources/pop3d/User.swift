@@ -19,8 +19,8 @@ struct User: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Add a user; the password is one line on stdin.")
         @Argument var name: String
         @OptionGroup var options: ConfigOption
-        @Option(help: "Password scheme: SHA512-CRYPT (default), BLF-CRYPT, CRYPT (yescrypt), SHA256-CRYPT, SCRAM-SHA-256 (needed for SCRAM logins; also works for PLAIN and USER/PASS), SCRAM-SHA-1, PLAIN.")
-        var scheme = "SHA512-CRYPT"
+        @Option(help: "Password scheme: SCRAM-SHA-256 (default: works for SCRAM, PLAIN and USER/PASS logins), SHA512-CRYPT, BLF-CRYPT, CRYPT (yescrypt), SHA256-CRYPT (these three cannot do SCRAM), SCRAM-SHA-1, PLAIN.")
+        var scheme = "SCRAM-SHA-256"
 
         func run() throws {
             let options = self.options
@@ -40,8 +40,8 @@ struct User: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Change a user's password; the new password is one line on stdin.")
         @Argument var name: String
         @OptionGroup var options: ConfigOption
-        @Option(help: "Password scheme.")
-        var scheme = "SHA512-CRYPT"
+        @Option(help: "Password scheme (as for user add; default SCRAM-SHA-256).")
+        var scheme = "SCRAM-SHA-256"
 
         func run() throws {
             let options = self.options

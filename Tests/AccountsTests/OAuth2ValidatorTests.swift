@@ -1,5 +1,6 @@
 import Crypto
 import Foundation
+import Synchronization
 import Testing
 
 @testable import Accounts
@@ -106,5 +107,67 @@ import Testing
         }
         #expect(throws: OAuth2KeySetError.self) { _ = try self.validator(jwks: #"{"keys":[]}"#) }
         #expect(throws: OAuth2KeySetError.self) { _ = try self.validator(jwks: "[]") }
+    }
+
+    /// Keycloak publishes an RSA-OAEP encryption key beside its signing keys: it is left out, not fatal.
+    @Test func encryptionKeysAndOtherCurvesAreLeftOut() async throws {
+        let extra = #",{"kty":"RSA","kid":"enc1","use":"enc","alg":"RSA-OAEP","n":"AQAB","e":"AQAB"},{"kty":"OKP","kid":"x1","crv":"X25519","x":"AAAA"},{"kty":"EC","kid":"p384","crv":"P-384","x":"AA","y":"AA"}"#
+        let validator = try self.validator(jwks: self.jwks(extra: extra))
+        #expect(validator.keyCount == 1 && Set(validator.skippedKeys) == ["enc1", "x1", "p384"])
+        #expect(await validator.validate(try self.token(Self.good)) == .success("carol@example.com"))
+        #expect(await validator.validate(try self.token(Self.good, header: ["alg": "RS256", "kid": "enc1"])) == .failure(.unknownKey))
+        // Only encryption keys: nothing to verify with.
+        #expect(throws: OAuth2KeySetError.self) {
+            _ = try self.validator(jwks: #"{"keys":[{"kty":"RSA","kid":"enc1","use":"enc","alg":"RSA-OAEP","n":"AQAB","e":"AQAB"}]}"#)
+        }
+    }
+
+    @Test func idTokensAndUnverifiedAddressesAreRefused() async throws {
+        let validator = try self.validator()
+        var claims = Self.good
+        claims["typ"] = "ID"
+        #expect(await validator.validate(try self.token(claims)) == .failure(.notAnAccessToken))
+        claims = Self.good
+        claims["email_verified"] = false
+        #expect(await validator.validate(try self.token(claims)) == .failure(.emailNotVerified))
+        claims["email_verified"] = true
+        claims["typ"] = "Bearer"
+        #expect(await validator.validate(try self.token(claims)) == .success("carol@example.com"))
+    }
+
+    /// A JWKS URL is fetched at the first token, and again for an unknown kid, but at most once per 30 s.
+    @Test func jwksURLIsRefetchedForAnUnknownKidAtMostEvery30Seconds() async throws {
+        final class FakeHTTP: OAuth2HTTP {
+            let body: Mutex<String>
+            let fetches = Mutex(0)
+            init(_ body: String) { self.body = Mutex(body) }
+            func get(_ url: String) async throws -> (status: Int, body: [UInt8]) {
+                self.fetches.withLock { $0 += 1 }
+                return (200, Array(self.body.withLock { $0 }.utf8))
+            }
+            func post(_ url: String, form: [(String, String)], user: String, password: String) async throws -> (status: Int, body: [UInt8]) {
+                (404, [])
+            }
+        }
+        let first = OAuth2ValidatorTests()
+        let http = FakeHTTP(first.jwks())
+        let clock = Mutex(Self.now)
+        let validator = try OAuth2Validator(
+            settings: OAuth2Settings(jwksPath: "https://idp.test/certs", issuer: "https://idp.test/realms/mail", audience: "pop3"),
+            http: http,
+            now: { clock.withLock { $0 } }
+        )
+        #expect(await validator.validate(try first.token(Self.good)) == .success("carol@example.com"))
+        #expect(http.fetches.withLock { $0 } == 1)
+        // The issuer rotates to a new key with a new kid.
+        let second = OAuth2ValidatorTests()
+        http.body.withLock { $0 = second.jwks().replacingOccurrences(of: "\"k1\"", with: "\"k2\"") }
+        let rotated = try second.token(Self.good, header: ["alg": "ES256", "kid": "k2"])
+        clock.withLock { $0 += 10 }
+        #expect(await validator.validate(rotated) == .failure(.unknownKey))
+        #expect(http.fetches.withLock { $0 } == 1, "fetched again within 30 s")
+        clock.withLock { $0 += 25 }
+        #expect(await validator.validate(rotated) == .success("carol@example.com"))
+        #expect(http.fetches.withLock { $0 } == 2)
     }
 }

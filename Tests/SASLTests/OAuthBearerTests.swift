@@ -40,4 +40,16 @@ import Testing
         #expect(OAuthBearerMessage.errorAcknowledgement(mechanism: .xoauth2) == [])
         #expect(!"\(OAuthBearerMessage(user: "u", token: "secret-token"))".contains("secret-token"))
     }
+
+    @Test func endpointURLs() {
+        #expect(OAuth2URL.problem("https://idp.example.com/token") == nil)
+        #expect(OAuth2URL.problem("http://127.0.0.1:8080/token") == nil)
+        #expect(OAuth2URL.problem("http://localhost/token") == nil)
+        #expect(OAuth2URL.problem("http://[::1]:99/t") == nil)
+        #expect(OAuth2URL.problem("http://127.evil.example/token") != nil)
+        #expect(OAuth2URL.problem("http://127.0.0.1.evil.example/token") != nil)
+        #expect(OAuth2URL.problem("http://idp.example.com/token") != nil)
+        #expect(OAuth2URL.problem("ftp://x/y") != nil)
+        #expect(OAuth2URL.problem("no url") != nil)
+    }
 }

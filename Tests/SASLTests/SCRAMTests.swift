@@ -64,6 +64,9 @@ private func text(_ bytes: [UInt8]) -> String { String(decoding: bytes, as: UTF8
         #expect(SCRAMKeys(dovecotEncoded: keys.dovecotEncoded, algorithm: .sha1) == nil)
         #expect(SCRAMKeys(dovecotEncoded: "4096,m1k6GC8TT2hPI103PqjDVg==", algorithm: .sha256) == nil)
         #expect(SCRAMKeys(dovecotEncoded: "0" + keys.dovecotEncoded.drop(while: { $0 != "," }), algorithm: .sha256) == nil)
+        // A count past the stored bound (which would stall a login, or past UInt32 trap) makes the field unusable.
+        #expect(SCRAMKeys(dovecotEncoded: "10000001" + keys.dovecotEncoded.drop(while: { $0 != "," }), algorithm: .sha256) == nil)
+        #expect(SCRAMKeys(dovecotEncoded: "99999999999" + keys.dovecotEncoded.drop(while: { $0 != "," }), algorithm: .sha256) == nil)
     }
 
     /// A full exchange between our client and server, for each mechanism, with and without channel binding.
