@@ -823,11 +823,13 @@ class Dovecot(_Accounts):
         self.out_path = os.path.join(self.root, "dovecot.stdout")
 
     def start(self, users, seconds=30, uidl_format="%08Xu%08Xv", scheme="SHA512-CRYPT", mechanisms="plain",
-              perf=False):
+              perf=False, oauth_keys=None):
         """users: names (random passwords) or {name: password}; uidl_format: Dovecot's pop3_uidl_format; scheme:
         how the passwd-file stores passwords (SHA512-CRYPT via openssl, anything else via `doveadm pw`);
         mechanisms: Dovecot's auth_mechanisms; perf: the high-performance login mode and limits of
-        ../shared/bench/anchor-dovecot.sh (for benchmarks)."""
+        ../shared/bench/anchor-dovecot.sh (for benchmarks); oauth_keys: {(alg, kid): public key PEM} for an oauth2
+        passdb with local JWT validation (`sub` names the user; OAUTHBEARER and XOAUTH2 are added; Dovecot 2.3.19
+        wants `typ: JWT` in the header and checks neither `iss` nor `aud`)."""
         binary = dovecot_binary()
         if binary is None:
             raise RuntimeError("dovecot is not installed (Debian: apt-get install dovecot-pop3d)")
@@ -855,6 +857,19 @@ class Dovecot(_Accounts):
         os.chmod(passwd, 0o644)
         conf = os.path.join(self.root, "dovecot.conf")
         r = self.root
+        oauth_passdb = ""
+        if oauth_keys:
+            for (alg, kid), pem in oauth_keys.items():
+                folder = os.path.join(r, "keys", "default", alg)
+                os.makedirs(folder, exist_ok=True)
+                with open(os.path.join(folder, kid), "w") as f:
+                    f.write(pem)
+            subprocess.run(["chmod", "-R", "a+rX", os.path.join(r, "keys")], check=True)
+            with open(os.path.join(r, "oauth2.conf.ext"), "w") as f:
+                f.write(f"introspection_mode = local\nlocal_validation_key_dict = fs:posix:prefix={r}/keys/\n"
+                        "username_attribute = sub\n")
+            mechanisms += " oauthbearer xoauth2"
+            oauth_passdb = f"passdb {{\n  driver = oauth2\n  mechanisms = oauthbearer xoauth2\n  args = {r}/oauth2.conf.ext\n}}\n"
         login_tuning = (f"  service_count = 0\n  process_min_avail = {os.cpu_count()}\n  process_limit = 16\n"
                         "  client_limit = 4000\n  vsz_limit = 1G\n") if perf else ""
         limits = ("default_client_limit = 4000\ndefault_process_limit = 4000\n"
@@ -875,7 +890,7 @@ ssl_cert = <{self.ca}
 ssl_key = <{key}
 ssl_min_protocol = TLSv1.2
 auth_mechanisms = {mechanisms}
-passdb {{
+{oauth_passdb}passdb {{
   driver = passwd-file
   args = scheme={scheme} {passwd}
 }}
@@ -1011,6 +1026,11 @@ class OAuthIssuer:
         import json
         with open(self.path, "w") as f:
             json.dump({"keys": keys}, f)
+
+    def public_pem(self, kid):
+        from cryptography.hazmat.primitives import serialization
+        return self.keys[kid][1].public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
 
     def kid(self, alg):
         return next(kid for kid, (a, _) in self.keys.items() if a == alg)
