@@ -102,12 +102,16 @@ import Testing
     @Test func wrongPasswordIsAnAuthenticationError() async throws {
         let server = try await TestServer.start()
         defer { Task { await server.stop() } }
+        // auto chose SCRAM-SHA-256-PLUS: the error says so, and how to use PLAIN for an account without SCRAM keys.
         let connection = try await POP3Connection.connect(self.configuration(server))
-        await #expect(throws: POP3ClientError.authenticationFailed(code: .auth, text: "Authentication failed.")) {
+        await #expect(throws: POP3ClientError.authenticationFailed(code: .auth, text: "Authentication failed. \(Self.autoSCRAMHint)")) {
             try await connection.login(user: "alice", password: "wrong")
         }
         await connection.close()
     }
+
+    static let autoSCRAMHint =
+        "(SCRAM-SHA-256-PLUS was chosen automatically; if the account has no SCRAM credentials on the server, use --auth plain)"
 
     /// Every login method of the client against our server, over implicit TLS and STLS (SCRAM-PLUS binds to the
     /// certificate either way); the users' {PLAIN} fields give SCRAM keys derived on the fly.
@@ -126,7 +130,8 @@ import Testing
             var wrong = configuration
             wrong.authentication = method
             let failing = try await POP3Connection.connect(wrong)
-            await #expect(throws: POP3ClientError.authenticationFailed(code: .auth, text: "Authentication failed.")) {
+            let text = method == .auto ? "Authentication failed. \(Self.autoSCRAMHint)" : "Authentication failed."
+            await #expect(throws: POP3ClientError.authenticationFailed(code: .auth, text: text)) {
                 try await failing.login(user: "bob", password: "bob pw")
             }
             await failing.close()
