@@ -175,8 +175,7 @@ struct SessionDriver {
             }
             record = found
         } catch {
-            self.logger.error("credential check failed", metadata: ["user": "\(logEscaped(user))", "error": "\(error)"])
-            return self.session.loginFailed(.temporary)
+            return self.loginFailed(.credentialStoreFailed("\(error)"), user: user)
         }
         return await self.openSession(record, connection: connection)
     }
@@ -195,10 +194,18 @@ struct SessionDriver {
         let peer = self.clientAddress.withLockedValue { $0 }
         self.logger[metadataKey: "client"] = "\(peer.map { "\($0)" } ?? "?")"
         guard self.loginDelay.mayLogIn(user) else {
-            self.logger.notice("login refused: LOGIN-DELAY", metadata: ["user": "\(logEscaped(user))", "delay": "\(self.loginDelay.delay)"])
+            SessionFailure.loginDelay.log(self.logger, user: user)
             return false
         }
         return true
+    }
+
+    /// A failed login other than a credential check (those go through `failed`): logged once through the failure
+    /// model, answered with its reply. The session must be in `.loggingIn` state.
+    private mutating func loginFailed(_ failure: SessionFailure, user: String) -> ServerSession.Action {
+        failure.log(self.logger, user: user)
+        guard let reply = failure.loginFailure else { preconditionFailure("\(failure.label) is not a login failure") }
+        return self.session.loginFailed(reply)
     }
 
     private func waitOutPenalty() async {
@@ -216,7 +223,7 @@ struct SessionDriver {
     private func failed(user: String, credential: String, since checkStarted: ContinuousClock.Instant, reason: String) async {
         let peer = self.clientAddress.withLockedValue { $0 }
         self.penalty.recordFailure(peer, user: user, password: credential)
-        self.logger.notice("login failed", metadata: ["user": "\(logEscaped(user))", "reason": "\(reason)"])
+        SessionFailure.credentialsRejected(reason: reason).log(self.logger, user: user)
         try? await Task.sleep(until: checkStarted + self.failureDelay, clock: .continuous)
     }
 
@@ -227,8 +234,7 @@ struct SessionDriver {
         do {
             path = try self.locator.path(for: record)
         } catch {
-            self.logger.error("no maildir for user", metadata: ["user": "\(logEscaped(user))", "error": "\(error)"])
-            return self.session.loginFailed(.permanent)
+            return self.loginFailed(.noMaildir("\(error)"), user: user)
         }
         let (expireDays, invalidExpire) = self.policy.expireDays(extraFields: record.extraFields)
         if let invalidExpire {
@@ -252,15 +258,8 @@ struct SessionDriver {
             }
             connection.channel.pipeline.fireUserInboundEventTriggered(SessionAuthenticatedEvent())
             return self.session.loginSucceeded(messages: maildrop.messages, expireDays: expireDays)
-        } catch MaildropError.inUse {
-            self.logger.notice("maildrop in use", metadata: ["user": "\(logEscaped(user))"])
-            return self.session.loginFailed(.maildropInUse)
-        } catch MaildropError.permanent(let reason) {
-            self.logger.error("cannot open maildrop", metadata: ["user": "\(logEscaped(user))", "error": "\(reason)"])
-            return self.session.loginFailed(.permanent)
         } catch {
-            self.logger.error("cannot open maildrop", metadata: ["user": "\(logEscaped(user))", "error": "\(error)"])
-            return self.session.loginFailed(.temporary)
+            return self.loginFailed(SessionFailure(opening: error), user: user)
         }
     }
 
@@ -274,7 +273,7 @@ struct SessionDriver {
         }
         guard let mechanism = SASLMechanism(name: name), mechanism.scramAlgorithm != nil else {
             // ServerConfiguration refuses mechanisms this build cannot run; nothing else reaches here.
-            self.logger.error("SASL mechanism configured but not available", metadata: ["mechanism": "\(name)"])
+            SessionFailure.mechanismUnavailable(name).log(self.logger, user: nil)
             return self.session.saslFailed()
         }
         guard let response else {
@@ -307,9 +306,8 @@ struct SessionDriver {
             do {
                 lookup = try await self.verifier.scramKeys(user: user, algorithm: mechanism.scramAlgorithm!)
             } catch {
-                self.logger.error("credential check failed", metadata: ["user": "\(logEscaped(user))", "error": "\(error)"])
                 self.session.saslAuthenticated(user: user)
-                return self.session.loginFailed(.temporary)
+                return self.loginFailed(.credentialStoreFailed("\(error)"), user: user)
             }
             let serverFirst = exchange.serverFirst(keys: lookup.keys)
             self.exchange = .awaitingClientFinal(exchange, user: user, lookup: lookup, started: started)
@@ -354,7 +352,7 @@ struct SessionDriver {
         self.exchange = nil
         guard let oauth = self.oauth else {
             // ServerConfiguration offers these mechanisms only with auth.oauth2.
-            self.logger.error("OAuth mechanism offered without auth.oauth2")
+            SessionFailure.mechanismUnavailable("\(mechanism) without auth.oauth2").log(self.logger, user: nil)
             return self.session.saslFailed()
         }
         await self.waitOutPenalty()
@@ -381,9 +379,8 @@ struct SessionDriver {
         do {
             record = try await self.verifier.lookup(user: user)
         } catch {
-            self.logger.error("account lookup failed", metadata: ["user": "\(logEscaped(user))", "error": "\(error)"])
             self.session.saslAuthenticated(user: user)
-            return self.session.loginFailed(.temporary)
+            return self.loginFailed(.credentialStoreFailed("\(error)"), user: user)
         }
         guard let record else { return await refuse(user, "no such account", credential: message.token) }
         // A locked account (`!…`/`*…` in the password field) stays locked for tokens too; an empty field is an
@@ -412,8 +409,8 @@ struct SessionDriver {
         do {
             content = try await maildrop.content(ofMessageAt: index, chunkSize: Self.chunkSize)
         } catch {
-            self.logger.warning("message unavailable", metadata: ["index": "\(index)", "error": "\(error)"])
-            try await self.write(.err("Message is no longer available.", code: .sysTemp), to: outbound)
+            SessionFailure.messageUnavailable("message \(index + 1): \(error)").log(self.logger, user: nil)
+            try await self.write(SessionFailure.messageUnavailableReply, to: outbound)
             return
         }
         var stuffer = DotStuffer(bodyLineLimit: bodyLineLimit)
@@ -443,7 +440,7 @@ struct SessionDriver {
         do {
             log = try await NIOThreadPool.singleton.runIfActive { try retrievalLog.load(user: user) }
         } catch {
-            self.logger.error("cannot read the first-retrieval log: nothing expires this session", metadata: ["error": "\(error)"])
+            SessionFailure.retrievalLogFailed("reading (nothing expires this session): \(error)").log(self.logger, user: nil)
             return maildrop
         }
         self.expiry = (user, log)
@@ -467,7 +464,7 @@ struct SessionDriver {
         do {
             try await NIOThreadPool.singleton.runIfActive { try retrievalLog.save(updated, user: expiry.user) }
         } catch {
-            self.logger.error("cannot write the first-retrieval log", metadata: ["error": "\(error)"])
+            SessionFailure.retrievalLogFailed("writing: \(error)").log(self.logger, user: nil)
         }
     }
 
@@ -480,7 +477,7 @@ struct SessionDriver {
             self.logger.info("logged out", metadata: ["deleted": "\(indices.count)"])
             return self.session.updateFinished(success: true)
         } catch {
-            self.logger.error("commit failed", metadata: ["error": "\(error)"])
+            SessionFailure.commitFailed("\(error)").log(self.logger, user: nil)
             await maildrop.release()
             self.maildrop = nil
             return self.session.updateFinished(success: false)
