@@ -5,6 +5,7 @@ import NIOCore
 import NIOHTTP1
 import NIOPosix
 import POP3Core
+import SASL
 import SystemIO
 
 /// The OAuth 2.0 client flows of `pop3`: device authorization (RFC 8628), authorization code with PKCE on a loopback
@@ -52,7 +53,7 @@ public struct OAuth2Flows: Sendable {
         request.method = .POST
         request.headers.add(name: "Content-Type", value: "application/x-www-form-urlencoded")
         request.headers.add(name: "Accept", value: "application/json")
-        request.body = .bytes(ByteBuffer(string: Self.formEncode(form)))
+        request.body = .bytes(ByteBuffer(string: OAuth2URL.formEncode(form)))
         let response: HTTPClientResponse
         let body: ByteBuffer
         do {
@@ -69,14 +70,6 @@ public struct OAuth2Flows: Sendable {
             throw OAuth2Error.server("\(url) answered HTTP \(response.status.code) without a JSON object")
         }
         return Reply(status: response.status.code, fields: object)
-    }
-
-    static func formEncode(_ form: [(String, String)]) -> String {
-        var allowed = CharacterSet.alphanumerics
-        allowed.insert(charactersIn: "-._~")
-        return form.map { key, value in
-            "\(key)=\(value.addingPercentEncoding(withAllowedCharacters: allowed) ?? "")"
-        }.joined(separator: "&")
     }
 
     private var clientFields: [(String, String)] {

@@ -2,7 +2,7 @@ import Accounts
 import AsyncHTTPClient
 import Foundation
 import NIOCore
-import NIOHTTP1
+import SASL
 import SystemIO
 
 /// The HTTP behind `auth.oauth2` (a JWKS URL, RFC 7662 introspection): an async-http-client that follows no
@@ -30,9 +30,9 @@ struct OAuth2HTTPClient: OAuth2HTTP {
         request.headers.add(name: "Content-Type", value: "application/x-www-form-urlencoded")
         request.headers.add(name: "Accept", value: "application/json")
         // RFC 6749 §2.3.1: client id and secret form-encoded, then Basic.
-        let credentials = "\(Self.formEscape(user)):\(Self.formEscape(password))"
+        let credentials = "\(OAuth2URL.formEscape(user)):\(OAuth2URL.formEscape(password))"
         request.headers.add(name: "Authorization", value: "Basic \(Data(credentials.utf8).base64EncodedString())")
-        request.body = .bytes(ByteBuffer(string: form.map { "\($0)=\(Self.formEscape($1))" }.joined(separator: "&")))
+        request.body = .bytes(ByteBuffer(string: OAuth2URL.formEncode(form)))
         return try await self.execute(request)
     }
 
@@ -42,11 +42,5 @@ struct OAuth2HTTPClient: OAuth2HTTP {
             let body = try await response.body.collect(upTo: Self.maximumReplyBytes)
             return (Int(response.status.code), Array(body.readableBytesView))
         }
-    }
-
-    static func formEscape(_ text: String) -> String {
-        var allowed = CharacterSet.alphanumerics
-        allowed.insert(charactersIn: "-._~")
-        return text.addingPercentEncoding(withAllowedCharacters: allowed) ?? ""
     }
 }

@@ -115,4 +115,28 @@ public enum OAuth2URL {
         if scheme == "http" && loopback { return nil }
         return "must be an https:// URL (http:// only on loopback)"
     }
+
+    /// `application/x-www-form-urlencoded` (RFC 6749 §B): unreserved characters as they are, everything else
+    /// percent-encoded (a space too), so tokens and secrets with `+`, `&` or `=` arrive intact.
+    public static func formEscape(_ text: String) -> String {
+        var out = ""
+        for byte in text.utf8 {
+            let unreserved = (byte >= 0x30 && byte <= 0x39) || (byte >= 0x41 && byte <= 0x5A) || (byte >= 0x61 && byte <= 0x7A)
+                || byte == UInt8(ascii: "-") || byte == UInt8(ascii: ".") || byte == UInt8(ascii: "_") || byte == UInt8(ascii: "~")
+            if unreserved {
+                out.unicodeScalars.append(Unicode.Scalar(byte))
+            } else {
+                out += "%" + String(byte, radix: 16, uppercase: true).leftPadded
+            }
+        }
+        return out
+    }
+
+    public static func formEncode(_ form: [(String, String)]) -> String {
+        form.map { "\(Self.formEscape($0))=\(Self.formEscape($1))" }.joined(separator: "&")
+    }
+}
+
+extension String {
+    fileprivate var leftPadded: String { self.count == 1 ? "0" + self : self }
 }

@@ -52,4 +52,9 @@ import Testing
         #expect(OAuth2URL.problem("ftp://x/y") != nil)
         #expect(OAuth2URL.problem("no url") != nil)
     }
+
+    @Test func formEncoding() {
+        #expect(OAuth2URL.formEncode([("grant_type", "refresh_token"), ("refresh_token", "a+b/c=d&e f~._-é")])
+            == "grant_type=refresh_token&refresh_token=a%2Bb%2Fc%3Dd%26e%20f~._-%C3%A9")
+    }
 }
