@@ -148,13 +148,15 @@ def greet(c):
     c.send(b"+OK fake ready\r\n")
 
 
+def commands(c):
+    """The client's lines with their upper-cased command word, until it closes."""
+    while (line := c.line()) is not None:
+        yield line, line.split(b" ")[0].upper()
+
+
 def login(c, sasl_reply=b"+OK logged in\r\n"):
     """Answers CAPA and one login (AUTH PLAIN or USER/PASS)."""
-    while True:
-        line = c.line()
-        if line is None:
-            return False
-        cmd = line.split(b" ")[0].upper()
+    for line, cmd in commands(c):
         if cmd == b"CAPA":
             c.send(b"+OK\r\nUIDL\r\nPIPELINING\r\nUSER\r\nSASL PLAIN\r\n.\r\n")
         elif cmd == b"AUTH":
@@ -167,6 +169,7 @@ def login(c, sasl_reply=b"+OK logged in\r\n"):
             return True
         else:
             c.send(b"-ERR\r\n")
+    return False
 
 
 def scram_login(c, sasl=b"SCRAM-SHA-256", mutate=None):
@@ -177,11 +180,7 @@ def scram_login(c, sasl=b"SCRAM-SHA-256", mutate=None):
     import base64
     import hashlib
     import hmac
-    while True:
-        line = c.line()
-        if line is None:
-            return False
-        cmd = line.split(b" ")[0].upper()
+    for line, cmd in commands(c):
         if cmd == b"CAPA":
             c.send(b"+OK\r\nUIDL\r\nPIPELINING\r\nSASL " + sasl + b"\r\n.\r\n")
             continue
@@ -223,6 +222,7 @@ def scram_login(c, sasl=b"SCRAM-SHA-256", mutate=None):
             return False
         c.send(b"+OK logged in\r\n")
         return True
+    return False
 
 
 def transaction(c, uidl=None, retr=None, quit_reply=b"+OK bye\r\n", dele_ok=True, messages=MESSAGES, replies=None):

@@ -292,7 +292,7 @@ struct SessionDriver {
             do {
                 rawUser = try exchange.receiveClientFirst(response)
             } catch {
-                await self.failed(user: "?", credential: SCRAM.makeNonce(), since: .now, reason: "SCRAM: \(error)")
+                await self.failed(user: "?", credential: Self.unrepeatableCredential(), since: .now, reason: "SCRAM: \(error)")
                 return self.session.saslFailed()
             }
             let user = StringPreparation.userName(rawUser)
@@ -319,7 +319,7 @@ struct SessionDriver {
             } catch {
                 // A proof made with someone else's keys never verifies, so an unknown user ends here too.
                 let reason = lookup.record == nil ? "unknown user or no SCRAM credentials" : "SCRAM: \(error)"
-                await self.failed(user: user, credential: SCRAM.makeNonce(), since: started, reason: reason)
+                await self.failed(user: user, credential: Self.unrepeatableCredential(), since: started, reason: reason)
                 return self.session.saslFailed()
             }
             guard let record = lookup.record else { preconditionFailure("dummy SCRAM keys verified a proof") }
@@ -329,13 +329,17 @@ struct SessionDriver {
             preconditionFailure("an OAuth exchange state in a SCRAM step")
         case .awaitingAcknowledgement(let record):
             guard response.isEmpty else {
-                await self.failed(user: record.name, credential: SCRAM.makeNonce(), since: .now, reason: "SCRAM: data after server-final")
+                await self.failed(user: record.name, credential: Self.unrepeatableCredential(), since: .now, reason: "SCRAM: data after server-final")
                 return self.session.saslFailed()
             }
             self.session.saslAuthenticated(user: record.name)
             return await self.openSession(record, connection: connection)
         }
     }
+
+    /// The credential a SASL failure counts with when there is no password or token to recognise a retry by
+    /// (the penalty does not raise for the same wrong password twice): a fresh value, so every such failure counts.
+    private static func unrepeatableCredential() -> String { SCRAM.makeNonce() }
 
     /// OAUTHBEARER (RFC 7628) and XOAUTH2: one client message with a bearer token. A refused token gets the JSON
     /// error challenge, the client's acknowledgement, then the same -ERR as a wrong password, after the same delay
@@ -363,7 +367,7 @@ struct SessionDriver {
             return self.session.saslChallenge(OAuthBearerMessage.errorChallenge(mechanism: mechanism))
         }
         guard let message = OAuthBearerMessage.parse(response, mechanism: mechanism) else {
-            return await refuse("?", "malformed client message", credential: SCRAM.makeNonce())
+            return await refuse("?", "malformed client message", credential: Self.unrepeatableCredential())
         }
         let user: String
         switch await oauth.validate(message.token) {
