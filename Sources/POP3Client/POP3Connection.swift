@@ -28,7 +28,9 @@ public final class POP3Connection {
     private let logger: Logger
     public private(set) var greeting: ServerStatusLine
     /// Capabilities from CAPA, learned after TLS (anything learned before TLS is discarded).
-    public private(set) var capabilities: [String] = []
+    public private(set) var serverCapabilities = ServerCapabilities()
+    /// The CAPA lines as announced (sanitised).
+    public var capabilities: [String] { self.serverCapabilities.lines }
     public private(set) var tls: TLSSessionInfo?
     private let observed: ObservedTLS
 
@@ -36,7 +38,7 @@ public final class POP3Connection {
         let box = NIOLockedValueBox<(alpn: String?, suite: UInt16?)>((nil, nil))
     }
 
-    public var supportsPipelining: Bool { self.capabilities.contains { $0.uppercased() == "PIPELINING" } }
+    public var supportsPipelining: Bool { self.serverCapabilities.pipelining }
 
     // MARK: Connecting
 
@@ -224,19 +226,16 @@ public final class POP3Connection {
         try await self.send("CAPA")
         let status = try await self.readStatus(mapping: mapping)
         guard status.kind == .ok else {
-            self.capabilities = []
+            self.serverCapabilities = ServerCapabilities()
             return
         }
-        var capabilities: [String] = []
-        try await self.readLines(limit: self.configuration.maximumCapabilityLines) { capabilities.append(sanitize($0)) }
-        self.capabilities = capabilities
+        var lines: [[UInt8]] = []
+        try await self.readLines(limit: self.configuration.maximumCapabilityLines) { lines.append($0) }
+        self.serverCapabilities = ServerCapabilities(rawLines: lines)
     }
 
     /// The SASL mechanisms CAPA announced, upper-cased.
-    public var saslMechanisms: [String] {
-        let line = self.capabilities.first { $0.uppercased().hasPrefix("SASL ") }?.uppercased() ?? ""
-        return line.split(separator: " ").dropFirst().map(String.init)
-    }
+    public var saslMechanisms: [String] { self.serverCapabilities.saslMechanisms }
 
     /// What `method` resolves to on this connection: `auto` becomes the strongest mechanism offered (SCRAM-PLUS
     /// only with TLS); an explicit one must be offered (USER is assumed when CAPA says nothing, as RFC 1939 servers
@@ -246,7 +245,7 @@ public final class POP3Connection {
         func available(_ candidate: AuthenticationMethod) -> Bool {
             switch candidate {
             case .auto: return false
-            case .user: return self.capabilities.isEmpty || self.capabilities.contains { $0.uppercased() == "USER" }
+            case .user: return self.serverCapabilities.userPass
             case .scramSHA256Plus: return self.tls != nil && offered.contains("SCRAM-SHA-256-PLUS")
             default: return offered.contains(candidate.saslName!)
             }
@@ -418,11 +417,8 @@ public final class POP3Connection {
 
     public func stat() async throws -> (count: Int, size: Int) {
         let reply = try await self.command("STAT")
-        let parts = reply.text.split(separator: " ")
-        guard parts.count >= 2, let count = Int(parts[0]), let size = Int(parts[1]), count >= 0, size >= 0 else {
-            throw POP3ClientError.protocolViolation("malformed STAT reply")
-        }
-        return (count, size)
+        let listing = try Self.parsed { () throws(ListingParseError) in try DropListing.parse(reply.text) }
+        return (listing.count, listing.size)
     }
 
     /// LIST: message number → size.
@@ -431,13 +427,9 @@ public final class POP3Connection {
         var result: [Int: Int] = [:]
         // Each line is checked as it arrives and only its two numbers are kept, so an endless or padded listing
         // costs bounded memory (docs/security-cases.md 92).
-        try await self.readLines(limit: self.configuration.maximumListingLines) { bytes in
-            let line = String(decoding: bytes, as: UTF8.self)
-            let parts = line.split(separator: " ")
-            guard parts.count >= 2, let number = Int(parts[0]), number > 0, let size = Int(parts[1]), size >= 0 else {
-                throw POP3ClientError.protocolViolation("malformed LIST line")
-            }
-            result[number] = size
+        try await self.readLines(limit: self.configuration.maximumListingLines) { line in
+            let listing = try Self.parsed { () throws(ListingParseError) in try ScanListing.parse(line) }
+            result[listing.number] = listing.size
         }
         return result
     }
@@ -445,18 +437,11 @@ public final class POP3Connection {
     /// UIDL: message number → unique-id (validated: 1–70 chars in 0x21–0x7E, unique).
     public func uidl() async throws -> [(number: Int, uid: String)] {
         _ = try await self.command("UIDL")
-        var result: [(Int, String)] = []
-        var seen = Set<String>()
-        try await self.readLines(limit: self.configuration.maximumListingLines) { bytes in
-            let line = String(decoding: bytes, as: UTF8.self)
-            let parts = line.split(separator: " ", omittingEmptySubsequences: false)
-            guard parts.count == 2, let number = Int(parts[0]), number > 0, let uid = UniqueID(String(parts[1])) else {
-                throw POP3ClientError.protocolViolation("malformed UIDL line")
-            }
-            guard seen.insert(uid.value).inserted else { throw POP3ClientError.protocolViolation("duplicate UIDL") }
-            result.append((number, uid.value))
+        var collector = UniqueIDListing.Collector()
+        try await self.readLines(limit: self.configuration.maximumListingLines) { line in
+            try Self.parsed { () throws(ListingParseError) in try collector.add(line) }
         }
-        return result
+        return collector.listings.map { ($0.number, $0.uid.value) }
     }
 
     /// RETR for each number, pipelined in a bounded window when the server announces PIPELINING. For each
@@ -468,12 +453,10 @@ public final class POP3Connection {
         chunk: (Int, ByteBuffer) async throws -> Void,
         end: (Int) async throws -> Void
     ) async throws {
-        let window = self.supportsPipelining ? max(1, self.configuration.pipelineWindow) : 1
-        var sent = 0
+        var window = self.pipelineWindow(numbers.count)
         for (position, number) in numbers.enumerated() {
-            while sent < numbers.count && sent < position + window {
-                try await self.send("RETR \(numbers[sent])")
-                sent += 1
+            for index in window.commandsToSend(beforeReplyTo: position) {
+                try await self.send("RETR \(numbers[index])")
             }
             let status = try await self.readStatus()
             guard status.kind == .ok else {
@@ -497,14 +480,25 @@ public final class POP3Connection {
         }
     }
 
+    /// The window for a run of `count` commands: the configured one when the server announced PIPELINING, else 1.
+    private func pipelineWindow(_ count: Int) -> PipelineWindow {
+        PipelineWindow(total: count, window: self.supportsPipelining ? self.configuration.pipelineWindow : 1)
+    }
+
+    /// A listing parser's result, its error reported as a protocol violation.
+    private static func parsed<T>(_ body: () throws(ListingParseError) -> T) throws(POP3ClientError) -> T {
+        switch Result(catching: body) {
+        case .success(let value): return value
+        case .failure(let error): throw .protocolViolation(error.description)
+        }
+    }
+
     /// DELE for each number (pipelined when allowed); every reply must be +OK.
     public func delete(_ numbers: [Int]) async throws {
-        let window = self.supportsPipelining ? max(1, self.configuration.pipelineWindow) : 1
-        var sent = 0
+        var window = self.pipelineWindow(numbers.count)
         for (position, number) in numbers.enumerated() {
-            while sent < numbers.count && sent < position + window {
-                try await self.send("DELE \(numbers[sent])")
-                sent += 1
+            for index in window.commandsToSend(beforeReplyTo: position) {
+                try await self.send("DELE \(numbers[index])")
             }
             let status = try await self.readStatus()
             guard status.kind == .ok else {
@@ -601,13 +595,12 @@ public final class POP3Connection {
     func readLines(limit: Int, _ each: ([UInt8]) throws -> Void) async throws {
         var count = 0
         while true {
-            let line = try await self.readLine()
-            if line == [UInt8(ascii: ".")] { return }
+            guard case .content(let line) = MultiLineReplyLine(try await self.readLine()) else { return }
             guard count < limit else {
                 throw POP3ClientError.protocolViolation("multi-line reply longer than \(limit) lines")
             }
             count += 1
-            try each(line.first == UInt8(ascii: ".") ? Array(line.dropFirst()) : line)
+            try each(line)
         }
     }
 }

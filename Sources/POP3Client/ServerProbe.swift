@@ -87,9 +87,9 @@ public enum ServerProbe {
                 report.tls = .init(version: info.version, cipher: info.cipherSuite.map(TLSCipherSuite.name), alpn: info.alpn)
             }
             report.capabilities = connection.capabilities
-            let mechanisms = connection.capabilities.first { $0.uppercased().hasPrefix("SASL ") }.map { String($0.dropFirst(5)) } ?? ""
-            if !mechanisms.isEmpty { report.login.append("SASL \(mechanisms)") }
-            if connection.capabilities.contains(where: { $0.uppercased() == "USER" }) { report.login.append("USER/PASS") }
+            let mechanisms = connection.serverCapabilities.saslMechanisms
+            if !mechanisms.isEmpty { report.login.append("SASL " + mechanisms.joined(separator: " ")) }
+            if connection.serverCapabilities.announcesUser { report.login.append("USER/PASS") }
             report.automaticMethod = connection.resolve(.auto)
             try? await connection.quit()
         } catch {
