@@ -174,7 +174,7 @@ let package = Package(
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "Crypto", package: "swift-crypto"),
         ]),
-        .testTarget(name: "MailRetrieverTests", dependencies: ["MailRetriever", "SystemIO", .product(name: "NIOCore", package: "swift-nio")]),
+        .testTarget(name: "MailRetrieverTests", dependencies: ["MailRetriever", "SystemIO", "POP3Client", "POP3Core", .product(name: "NIOCore", package: "swift-nio")]),
         .testTarget(name: "MailStoreTests", dependencies: [
             "MailStore", "POP3Core", "SystemIO",
             .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),

@@ -11,7 +11,12 @@ public struct FetchSummary: Sendable, Codable, Equatable {
     public var skipped = 0
     public var deleted = 0
     public var onServer = 0
+    /// What failed, for the user (nil when the fetch succeeded).
     public var error: String?
+    /// The failure's kind (`FetchFailure.Kind`): a bounded label for scripts, logs and metrics.
+    public var failure: FetchFailure.Kind?
+    /// Whether a later run may succeed without any change (`FetchFailure.isTemporary`).
+    public var temporary: Bool?
 
     public init(account: String) {
         self.account = account
@@ -184,7 +189,11 @@ public struct Fetcher: Sendable {
         do {
             try await self.fetch(&summary)
         } catch {
-            summary.error = "\(error)"
+            let failure = FetchFailure(error)
+            summary.error = failure.message
+            summary.failure = failure.kind
+            summary.temporary = failure.isTemporary
+            self.logger.debug("fetch failed", metadata: ["account": "\(self.job.name)", "failure": "\(failure.kind.rawValue)"])
         }
         return summary
     }

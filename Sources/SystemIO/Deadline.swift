@@ -14,5 +14,6 @@ public func withDeadline<T: Sendable>(_ duration: Duration, _ body: @escaping @S
 
 public struct DeadlineExceeded: Error, Sendable, CustomStringConvertible {
     public let duration: Duration
+    public init(duration: Duration) { self.duration = duration }
     public var description: String { "no answer within \(self.duration)" }
 }

@@ -80,6 +80,7 @@ import Testing
         #expect(FileManager.default.createFile(atPath: folder + "/not-a-folder", contents: Data()))
         let failed = try await Self.fetch(server, user: "alice", into: .maildir(folder + "/not-a-folder"), retention: .deleteAfterDownload, folder: folder)
         #expect(failed.error != nil)
+        #expect(failed.failure == .localStorage && failed.temporary == false)
         #expect(failed.deleted == 0)
         #expect(try await Self.onServer(server, "alice") == 3)
 
