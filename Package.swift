@@ -72,7 +72,16 @@ let package = Package(
         .target(
             name: "MailStore",
             dependencies: [
-                "CPrivSep", "POP3Core", "SystemIO",
+                "POP3Core", "SystemIO",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .target(
+            name: "Privileges",
+            dependencies: [
+                "CPrivSep", "POP3Core", "SystemIO", "MailStore", "Accounts",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -81,7 +90,7 @@ let package = Package(
         .target(
             name: "POP3Server",
             dependencies: [
-                "CPrivSep",
+                "Privileges",
                 "POP3Core", "POP3NIO", "LMTPCore", "SASL", "Accounts", "MailStore", "SystemIO", "POP3Client",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -150,7 +159,7 @@ let package = Package(
         .executableTarget(
             name: "pop3d",
             dependencies: [
-                "POP3Server", "SASL", "Accounts", "MailStore", "POP3Client", "MailRetriever", "SystemIO",
+                "POP3Server", "Privileges", "SASL", "Accounts", "MailStore", "POP3Client", "MailRetriever", "SystemIO",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -176,13 +185,29 @@ let package = Package(
         ]),
         .testTarget(name: "MailRetrieverTests", dependencies: ["MailRetriever", "SystemIO", "POP3Client", "POP3Core", .product(name: "NIOCore", package: "swift-nio")]),
         .testTarget(name: "MailStoreTests", dependencies: [
-            "MailStore", "POP3Core", "SystemIO",
+            "MailStore", "MailStoreTestSupport", "POP3Core", "SystemIO",
             .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
         ]),
+        .target(
+            name: "MailStoreTestSupport",
+            dependencies: [
+                "MailStore",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Tests/MailStoreTestSupport"
+        ),
+        .testTarget(name: "PrivilegesTests", dependencies: [
+            "Privileges", "MailStore", "MailStoreTestSupport", "Accounts", "CPrivSep", "POP3Core", "SystemIO",
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
         .testTarget(name: "POP3ServerTests", dependencies: [
-            "POP3Server", "POP3Core", "LMTPCore", "SASL", "Accounts", "MailStore", "POP3Client", "MailRetriever", "CPrivSep", "SystemIO",
+            "POP3Server", "POP3Core", "LMTPCore", "SASL", "Accounts", "MailStore", "POP3Client", "MailRetriever", "SystemIO",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "NIOSSL", package: "swift-nio-ssl"),

@@ -12,7 +12,7 @@ import SystemIO
 /// once, reads `dovecot-uidlist` once, and looks each file up by base name; message files are opened only to measure
 /// ones never indexed before. All file-system work runs on `threadPool`.
 public final class MaildirProvider: MaildropProvider {
-    let threadPool: NIOThreadPool
+    package let threadPool: NIOThreadPool
     let logger: Logger
     private let messageFileReads = Atomic<Int>(0)
 
@@ -52,7 +52,7 @@ public final class MaildirProvider: MaildropProvider {
         try await self.openMaildirMaildrop(user: user, path: path)
     }
 
-    func openMaildirMaildrop(user: String, path: String) async throws -> MaildirMaildrop {
+    package func openMaildirMaildrop(user: String, path: String) async throws -> MaildirMaildrop {
         let key = MaildropLockTable.key(for: path)
         guard MaildropLockTable.shared.tryAcquire(key) else { throw MaildropError.inUse }
         var logger = self.logger
@@ -78,7 +78,7 @@ public final class MaildirProvider: MaildropProvider {
     }
 
     /// Maps any failure to a `MaildropError` a client may see, logging the details (paths) once.
-    static func clientError(_ error: any Error, logger: Logger, operation: String) -> MaildropError {
+    package static func clientError(_ error: any Error, logger: Logger, operation: String) -> MaildropError {
         if let error = error as? MaildropError {
             if error != .inUse { logger.warning("\(operation) failed", metadata: ["error": "\(error.logDescription)"]) }
             return error
@@ -89,8 +89,8 @@ public final class MaildirProvider: MaildropProvider {
 }
 
 /// An open, locked Maildir maildrop.
-final class MaildirMaildrop: Maildrop {
-    let messages: [MaildropMessage]
+package final class MaildirMaildrop: Maildrop {
+    package let messages: [MaildropMessage]
     private let entries: [MaildirEntry]
     private let store: MaildirStore
     private let lockKey: String
@@ -113,7 +113,7 @@ final class MaildirMaildrop: Maildrop {
         self.state = Mutex(State(lock: lock))
     }
 
-    func content(ofMessageAt index: Int, chunkSize: Int) async throws -> MessageContent {
+    package func content(ofMessageAt index: Int, chunkSize: Int) async throws -> MessageContent {
         let store = self.store
         let opened: (reader: FileChunkReader, first: ByteBuffer?)
         do {
@@ -136,7 +136,7 @@ final class MaildirMaildrop: Maildrop {
 
     /// Opens message `index` read-only (blocking: call on the pool), following a rename since the snapshot (flags
     /// changed, or moved from new/ to cur/), and returns the descriptor with the file's current relative path.
-    func openMessageFile(at index: Int) throws -> (fd: Int32, relativePath: String) {
+    package func openMessageFile(at index: Int) throws -> (fd: Int32, relativePath: String) {
         guard self.entries.indices.contains(index) else { throw MaildropError.permanent("no such message") }
         let entry = self.entries[index]
         let known = self.state.withLock { $0.relocated[index] } ?? entry.relativePath
@@ -162,7 +162,7 @@ final class MaildirMaildrop: Maildrop {
         return (fd, relativePath)
     }
 
-    func commit(deleting indices: Set<Int>) async throws {
+    package func commit(deleting indices: Set<Int>) async throws {
         let (held, relocated) = self.state.withLock { ($0.lock != nil, $0.relocated) }
         guard held else { return }
         let doomed = indices.sorted().filter { self.entries.indices.contains($0) }.map { index in
@@ -181,7 +181,7 @@ final class MaildirMaildrop: Maildrop {
         await self.release()
     }
 
-    func release() async {
+    package func release() async {
         guard let lock = self.state.withLock({ state -> LockFile? in
             defer { state.lock = nil }
             return state.lock

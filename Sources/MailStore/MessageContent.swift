@@ -26,7 +26,7 @@ public struct MessageContent: AsyncSequence, Sendable {
 
     /// A content stream over a message file, read on `threadPool`, whose first chunk was read when it was opened
     /// (`first`, nil for an empty file). A message that fits in one chunk thus costs one thread-pool hop in all.
-    init(reader: FileChunkReader, first: ByteBuffer?, threadPool: NIOThreadPool) {
+    package init(reader: FileChunkReader, first: ByteBuffer?, threadPool: NIOThreadPool) {
         let pending = Mutex<ByteBuffer?>(first)
         self.nextChunk = {
             if let chunk = pending.withLock({ $0.take() }) { return chunk }
@@ -67,13 +67,13 @@ public struct MessageContent: AsyncSequence, Sendable {
 /// file, on a read error, or when the last reference (content or iterator) goes away. Each chunk is filled to
 /// `chunkSize` unless the file ends first; the end is seen in the same call (a short read is followed by the read
 /// that returns 0), so that no extra hop to the pool is needed to learn it.
-final class FileChunkReader: Sendable {
+package final class FileChunkReader: Sendable {
     private let fd: Mutex<Int32>
     private let path: String
     private let chunkSize: Int
     private let logger: Logger
 
-    init(fd: Int32, path: String, chunkSize: Int, logger: Logger) {
+    package init(fd: Int32, path: String, chunkSize: Int, logger: Logger) {
         self.fd = Mutex(fd)
         self.path = path
         self.chunkSize = chunkSize
@@ -81,9 +81,9 @@ final class FileChunkReader: Sendable {
     }
 
     /// Whether the end of the file was reached (or reading failed): no more chunks.
-    var isFinished: Bool { self.fd.withLock { $0 < 0 } }
+    package var isFinished: Bool { self.fd.withLock { $0 < 0 } }
 
-    func readChunk() throws -> ByteBuffer? {
+    package func readChunk() throws -> ByteBuffer? {
         let outcome = self.fd.withLock { fd -> Result<ByteBuffer?, FileSystemError> in
             guard fd >= 0 else { return .success(nil) }
             let result = Self.read(fd, chunkSize: self.chunkSize, path: self.path)

@@ -1,6 +1,7 @@
 import Accounts
 import Foundation
 import MailStore
+import Privileges
 
 /// One message into one account's Maildir, as `pop3d deliver` does it for an MTA: the account looked up in the
 /// passwd-file, its quota applied, root dropped to the mail owner, and success only once the message is durable

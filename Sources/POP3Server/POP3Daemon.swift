@@ -1,10 +1,11 @@
 import Accounts
 import Foundation
 import Logging
-import NIOConcurrencyHelpers
 import MailStore
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
+import Privileges
 import ServiceLifecycle
 import SystemIO
 

@@ -4,6 +4,7 @@ import Foundation
 import LMTPCore
 import MailStore
 import POP3Core
+import Privileges
 import SASL
 import SystemIO
 import SystemPackage

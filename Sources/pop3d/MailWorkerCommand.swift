@@ -4,6 +4,7 @@ import Logging
 import MailStore
 import NIOPosix
 import POP3Server
+import Privileges
 
 #if canImport(Glibc)
 import Glibc

@@ -7,6 +7,7 @@ import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import POP3Server
+import Privileges
 import ServiceLifecycle
 
 @main

@@ -1,3 +1,4 @@
+import MailStoreTestSupport
 import Testing
 
 @testable import MailStore

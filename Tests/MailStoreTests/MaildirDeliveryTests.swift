@@ -3,6 +3,7 @@ import NIOConcurrencyHelpers
 import NIOCore
 import Synchronization
 import SystemIO
+import MailStoreTestSupport
 import Testing
 
 @testable import MailStore

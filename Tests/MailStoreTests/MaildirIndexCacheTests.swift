@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import POP3Core
 import SystemIO
+import MailStoreTestSupport
 import Testing
 
 @testable import MailStore

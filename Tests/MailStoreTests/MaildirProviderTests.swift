@@ -4,6 +4,7 @@ import NIOPosix
 import POP3Core
 import Synchronization
 import SystemIO
+import MailStoreTestSupport
 import Testing
 
 @testable import MailStore

@@ -1,4 +1,5 @@
 import Foundation
+import MailStoreTestSupport
 import Testing
 
 @testable import MailStore

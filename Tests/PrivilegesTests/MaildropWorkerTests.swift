@@ -4,9 +4,12 @@ import NIOCore
 import NIOPosix
 import POP3Core
 import SystemIO
+import MailStoreTestSupport
 import Testing
 
-@testable import MailStore
+import MailStore
+
+@testable import Privileges
 
 #if canImport(Glibc)
 import Glibc
@@ -14,7 +17,7 @@ import Glibc
 
 /// The mail-worker protocol (privilege separation), with both ends in this process over a real socket pair: the
 /// worker end is `MaildropWorker.serve`, pop3d's end `WorkerMaildrop`. (Running the worker as another uid is
-/// covered end to end, as root, by scripts/interop.py `privilege_separation`.)
+/// covered end to end, as root, by `test_privilege_separation` in tests/test_interop.py.)
 @Suite("Mail worker")
 final class MaildropWorkerTests: Sendable {
     /// Blocking socket calls of both ends run here; one pool per test, shut down with it.

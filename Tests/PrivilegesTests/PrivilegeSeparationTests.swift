@@ -5,7 +5,7 @@ import Logging
 import MailStore
 import Testing
 
-@testable import POP3Server
+@testable import Privileges
 
 #if canImport(Glibc)
 import Glibc
