@@ -39,7 +39,7 @@ public enum MaildirDelivery {
 
     /// Streaming delivery from a file descriptor (standard input for `pop3d deliver`) with bounded memory and the
     /// same durability; size and POP3 size are counted while copying. More than `maximumSize` octets fails with
-    /// `MaildropError.permanent("message too large")` and stores nothing.
+    /// `DeliveryFailure.tooLarge` and stores nothing.
     @discardableResult
     public static func deliver(readingFrom input: Int32, toMaildir path: String, maximumSize: Int?) throws -> String {
         try Self.deliver(writing: { fd, tempPath throws -> MessageSize.Counter in
@@ -51,7 +51,9 @@ public enum MaildirDelivery {
                 if n == 0 { break }
                 let bytes = UnsafeRawBufferPointer(rebasing: chunk[..<n])
                 counter.update(bytes)
-                if let maximumSize, counter.octets > maximumSize { throw MaildropError.permanent("message too large") }
+                if let maximumSize, counter.octets > maximumSize {
+                    throw DeliveryFailure.tooLarge("message too large (limit \(maximumSize) bytes)")
+                }
                 try FileSystem.write(fd, bytes, path: tempPath)
             }
             return counter
@@ -98,6 +100,8 @@ public enum MaildirDelivery {
             return name
         } catch let error as MaildropError {
             throw error
+        } catch let failure as DeliveryFailure {
+            throw failure
         } catch {
             throw MaildirDeliveryError(underlying: "\(error)")
         }

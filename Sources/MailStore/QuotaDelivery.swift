@@ -71,9 +71,10 @@ extension MaildirDelivery {
             case .stream(let descriptor):
                 do {
                     return try Self.deliver(readingFrom: descriptor, toMaildir: path, maximumSize: sizeLimit)
-                } catch let error as MaildropError where error == .permanent("message too large") {
+                } catch DeliveryFailure.tooLarge(let reason) {
+                    // The stream ran past the tighter of the size limit and the room left: say which.
                     if let quotaRoom, quotaRoom == sizeLimit, quotaRoom != maximumSize { throw overQuota }
-                    throw DeliveryFailure.tooLarge("message too large (limit \(sizeLimit ?? 0) bytes)")
+                    throw DeliveryFailure.tooLarge(reason)
                 }
             case .spool(let prefix, let descriptor, let size):
                 let total = prefix.count + size

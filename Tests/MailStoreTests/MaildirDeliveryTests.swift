@@ -48,7 +48,7 @@ struct MaildirDeliveryTests {
         try Data(repeating: 0x41, count: 100_000).write(to: URL(fileURLWithPath: source))
         let fd = open(source, O_RDONLY)
         defer { close(fd) }
-        #expect(throws: MaildropError.permanent("message too large")) {
+        #expect(throws: DeliveryFailure.tooLarge("message too large (limit 65000 bytes)")) {
             try MaildirDelivery.deliver(readingFrom: fd, toMaildir: fixture.path, maximumSize: 65_000)
         }
         #expect(try fixture.list("new").isEmpty)
