@@ -6,6 +6,7 @@ import Musl
 import Darwin
 #endif
 import Logging
+import POP3Core
 import SystemIO
 
 /// One message of an indexed Maildir.
@@ -426,7 +427,7 @@ struct MaildirStore: Sendable {
     func uniqueID(_ record: DovecotUIDList.Record, uidValidity: UInt32) -> String {
         if !record.extensions.isEmpty, let override = record.extensionValue("P") {
             let candidate = override.isEmpty ? record.baseName : String(override)
-            if Self.isValidUniqueID(candidate) { return candidate }
+            if UniqueID(candidate) != nil { return candidate }
             self.logger.warning(
                 "dovecot-uidlist POP3 UIDL unusable, using the default format",
                 metadata: ["uid": "\(record.uid)", "path": "\(self.path)"]
@@ -447,12 +448,6 @@ struct MaildirStore: Sendable {
             }
             return 16
         }
-    }
-
-    /// RFC 1939 §7: 1 to 70 characters in 0x21…0x7E.
-    static func isValidUniqueID(_ text: String) -> Bool {
-        let utf8 = text.utf8
-        return (1...70).contains(utf8.count) && utf8.allSatisfy { (0x21...0x7E).contains($0) }
     }
 
     /// Dovecot's POP3 order: messages with an `O` extension first (by it), then the rest by UID.

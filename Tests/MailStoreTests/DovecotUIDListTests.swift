@@ -1,3 +1,4 @@
+import POP3Core
 import Testing
 
 @testable import MailStore
@@ -47,8 +48,8 @@ struct DovecotUIDListTests {
 
     @Test func defaultUniqueIDIsEightUpperHexDigitsEach() {
         #expect(MaildirStore.defaultUniqueID(uid: 0xAB, uidValidity: 0x6553F100) == "000000AB6553F100")
-        #expect(MaildirStore.isValidUniqueID("abc") && !MaildirStore.isValidUniqueID("a b"))
-        #expect(!MaildirStore.isValidUniqueID(String(repeating: "a", count: 71)))
+        #expect(UniqueID("abc") != nil && UniqueID("a b") == nil)
+        #expect(UniqueID(String(repeating: "a", count: 71)) == nil)
     }
 
     @Test func sizeFieldsInNames() {
