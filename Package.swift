@@ -27,6 +27,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-configuration.git", from: "1.4.0", traits: [.defaults, "YAML"]),
         .package(url: "https://github.com/vapor/jwt-kit.git", from: "5.8.0"),
         .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
+        .package(url: "https://github.com/vapor/postgres-nio.git", from: "1.33.2"),
     ],
     targets: [
         .systemLibrary(name: "CCrypt", path: "Sources/CCrypt"),
@@ -79,6 +80,17 @@ let package = Package(
             ]
         ),
         .target(
+            name: "MailStorePostgres",
+            dependencies: [
+                "MailStore", "Accounts", "SASL", "SystemIO", "POP3Core",
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .target(
             name: "Privileges",
             dependencies: [
                 "CPrivSep", "POP3Core", "SystemIO", "MailStore", "Accounts",
@@ -90,7 +102,7 @@ let package = Package(
         .target(
             name: "POP3Server",
             dependencies: [
-                "Privileges",
+                "Privileges", "MailStorePostgres",
                 "POP3Core", "POP3NIO", "LMTPCore", "SASL", "Accounts", "MailStore", "SystemIO", "POP3Client",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -207,7 +219,7 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
         .testTarget(name: "POP3ServerTests", dependencies: [
-            "POP3Server", "POP3Core", "LMTPCore", "SASL", "Accounts", "MailStore", "POP3Client", "MailRetriever", "SystemIO",
+            "POP3Server", "MailStorePostgres", "POP3Core", "LMTPCore", "SASL", "Accounts", "MailStore", "POP3Client", "MailRetriever", "SystemIO",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "NIOSSL", package: "swift-nio-ssl"),

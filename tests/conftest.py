@@ -19,6 +19,8 @@ def pytest_runtest_setup(item):
         pytest.skip("needs root (uid 0); CI runs as root")
     if item.get_closest_marker("dovecot") and pop3support.dovecot_binary() is None:
         pytest.skip("Dovecot is not installed (apt-get install dovecot-pop3d, as .ci/run does)")
+    if item.get_closest_marker("postgres") and pop3support.postgres_binary() is None:
+        pytest.skip("PostgreSQL 15 is not installed (apt-get install postgresql-15, as scripts/test-deps does)")
 
 
 @pytest.fixture(scope="session")
@@ -75,3 +77,15 @@ def shared_pop3d(pop3d_bin, tmp_path_factory):
     dev = _dev(pop3d_bin, tmp_path_factory.mktemp("shared-pop3d"))
     yield dev
     dev.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """One private PostgreSQL 15 cluster for the session (initdb + pg_ctl in a temporary folder, a free port),
+    stopped at the end. Each test creates a database of its own (`postgres.create(name)`)."""
+    if pop3support.postgres_binary() is None:
+        pytest.skip("PostgreSQL 15 is not installed (apt-get install postgresql-15, as scripts/test-deps does)")
+    cluster = pop3support.Postgres(pop3support.shared_tmpdir("pop3-pg-"))
+    cluster.start()
+    yield cluster
+    cluster.stop()

@@ -1201,3 +1201,163 @@ class AuthorizationServer:
     def stop(self):
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+# ---------------------------------------------------------------- PostgreSQL and pop3d nodes on it
+
+POSTGRES_BIN = "/usr/lib/postgresql/15/bin"
+
+
+def postgres_binary():
+    """Debian's PostgreSQL 15 server binaries (postgresql-15), or None."""
+    return POSTGRES_BIN if os.path.exists(os.path.join(POSTGRES_BIN, "initdb")) else None
+
+
+class Postgres:
+    """A private PostgreSQL 15 cluster (initdb + pg_ctl) in ROOT: a free loopback port, its socket in ROOT, trust
+    authentication on loopback except for the role `secure` (SCRAM password). As root it runs as the `postgres`
+    user (initdb refuses root). start(), then create(db, owner), psql(sql), restart(), stop()."""
+
+    def __init__(self, root):
+        self.root = str(root)
+        self.data = os.path.join(self.root, "data")
+        self.port = free_port()
+        self.log_path = os.path.join(self.root, "postgres.log")
+        self.ids = {}
+        if os.geteuid() == 0:
+            p = pwd.getpwnam("postgres")
+            os.chown(self.root, p.pw_uid, p.pw_gid)
+            self.ids = {"user": p.pw_uid, "group": p.pw_gid, "extra_groups": []}
+
+    def _run(self, *args, check=True, stdin=None, timeout=120):
+        r = subprocess.run(list(args), capture_output=True, text=True, timeout=timeout, cwd=self.root, input=stdin,
+                           **self.ids)
+        if check and r.returncode != 0:
+            raise RuntimeError(f"{' '.join(args[:2])}: exit {r.returncode}: {r.stderr.strip()[-400:]}")
+        return r
+
+    def _options(self):
+        return f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1"
+
+    def start(self):
+        if not os.path.exists(self.data):
+            self._run(f"{POSTGRES_BIN}/initdb", "-D", self.data, "-U", "postgres", "-A", "trust", "--no-sync")
+            with open(os.path.join(self.data, "pg_hba.conf"), "w") as f:
+                f.write("local all all trust\n"
+                        "host all secure 127.0.0.1/32 scram-sha-256\n"
+                        "host all all 127.0.0.1/32 trust\n")
+        self._run(f"{POSTGRES_BIN}/pg_ctl", "-D", self.data, "-o", self._options(), "-l", self.log_path, "-w",
+                  "-t", "60", "start")
+        return self
+
+    def stop(self):
+        self._run(f"{POSTGRES_BIN}/pg_ctl", "-D", self.data, "-m", "fast", "-w", "-t", "60", "stop", check=False)
+
+    def restart(self):
+        """A fast restart: every session (and every advisory lock) ends."""
+        self._run(f"{POSTGRES_BIN}/pg_ctl", "-D", self.data, "-m", "fast", "-o", self._options(), "-l",
+                  self.log_path, "-w", "-t", "60", "restart")
+
+    def psql(self, sql, db="postgres"):
+        """Runs SQL as the superuser; returns stdout (tuples only, unaligned)."""
+        return self._run("/usr/bin/psql", "-h", self.root,
+                         "-p", str(self.port), "-U", "postgres", "-d", db, "-v", "ON_ERROR_STOP=1", "-tA", "-c",
+                         sql).stdout
+
+    def create(self, db, owner="pop3d", password=None):
+        """A role `owner` (with `password`, if given) and a database `db` it owns."""
+        exists = self.psql(f"SELECT 1 FROM pg_roles WHERE rolname = '{owner}'").strip()
+        if not exists:
+            self.psql(f"CREATE ROLE {owner} LOGIN" + (f" PASSWORD '{password}'" if password else ""))
+        self.psql(f"CREATE DATABASE {db} OWNER {owner}")
+        return f"postgresql://{owner}@127.0.0.1:{self.port}/{db}"
+
+
+class Pop3dNode(_Accounts):
+    """`pop3d serve` with `storage.backend: postgres` on a free loopback port (POP3S only), a certificate of its
+    own (make_cert), as `nobody` when we are root. Several nodes may share one database and one folder."""
+
+    name = "node"
+
+    def __init__(self, pop3d_bin, root, url, extra_config="", tag="node"):
+        self.bin = pop3d_bin
+        self.root = str(root)
+        self.tag = tag
+        self.tls_port = free_port()
+        self.plain_port = None
+        self.proc = None
+        self.starts = 0
+        self.log_path = None
+        self.passwords = {}
+        cert, key = (os.path.join(self.root, "cert.pem"), os.path.join(self.root, "key.pem"))
+        if not os.path.exists(cert):
+            make_cert(self.root)
+        self.ca = cert
+        self.ctx = ssl.create_default_context(cafile=cert)
+        self.config = os.path.join(self.root, f"{tag}.yaml")
+        run_as = "user: nobody\ngroup: nogroup\n" if os.geteuid() == 0 else ""
+        with open(self.config, "w") as f:
+            f.write(f'listen:\n  pop3s: "127.0.0.1:{self.tls_port}"\n'
+                    f"tls:\n  certificate: {cert}\n  key: {key}\n"
+                    f"state_dir: state-{tag}\n{run_as}"
+                    f'storage:\n  backend: postgres\n  postgres:\n    url: "{url}"\n    tls: disable\n'
+                    + extra_config)
+
+    def pop3d(self, *args, stdin=None, timeout=120, config=None):
+        """`pop3d ARGS… --config CONFIG` (this node's by default); stdin bytes or str. A CompletedProcess (bytes)."""
+        if isinstance(stdin, str):
+            stdin = stdin.encode()
+        return subprocess.run([self.bin, *args, "--config", config or self.config], input=stdin, capture_output=True,
+                              timeout=timeout)
+
+    def migrate(self):
+        r = self.pop3d("db", "migrate")
+        assert r.returncode == 0, f"db migrate: exit {r.returncode}: {r.stderr.decode(errors='replace')}"
+        return r.stdout.decode()
+
+    def add_user(self, name, password, scheme=None):
+        extra = ["--scheme", scheme] if scheme else []
+        r = self.pop3d("user", "add", name, *extra, stdin=password + "\n", timeout=60)
+        assert r.returncode == 0, f"user add {name}: exit {r.returncode}: {r.stderr.decode(errors='replace').strip()}"
+        self.passwords[name] = password
+
+    def deliver(self, user, data, *extra):
+        r = self.pop3d("deliver", user, *extra, stdin=data)
+        return r.returncode, r.stderr.decode(errors="replace").strip()
+
+    def start(self, seconds=60):
+        self.starts += 1
+        self.log_path = os.path.join(self.root, f"{self.tag}-{self.starts}.log")
+        with open(self.log_path, "w") as log:
+            self.proc = subprocess.Popen([self.bin, "serve", "--config", self.config], stdout=log,
+                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        wait_port(self.tls_port, self.proc, seconds, log_path=self.log_path)
+        return self
+
+    def run_serve(self, timeout=60):
+        """`pop3d serve` expected to stop at start: (exit status, output)."""
+        r = subprocess.run([self.bin, "serve", "--config", self.config], capture_output=True, timeout=timeout,
+                           stdin=subprocess.DEVNULL)
+        return r.returncode, (r.stdout + r.stderr).decode(errors="replace")
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill9(self):
+        if self.alive():
+            os.kill(self.proc.pid, signal.SIGKILL)
+        if self.proc is not None:
+            self.proc.wait(timeout=30)
+
+    def stop(self):
+        return stop_process(self.proc, grace=40) if self.proc is not None else None
+
+    def log_text(self):
+        out = []
+        for n in range(1, self.starts + 1):
+            try:
+                with open(os.path.join(self.root, f"{self.tag}-{n}.log"), errors="replace") as f:
+                    out.append(f.read())
+            except OSError:
+                pass
+        return "".join(out)

@@ -6,7 +6,7 @@ import NIOCore
 ///
 /// Used to bound concurrent password hashing, so a login flood queues here instead of occupying every thread of a
 /// shared `NIOThreadPool`.
-final class ConcurrencyLimiter: Sendable {
+package final class ConcurrencyLimiter: Sendable {
     private struct Waiter {
         var id: UInt64
         var continuation: CheckedContinuation<Void, any Error>
@@ -24,13 +24,13 @@ final class ConcurrencyLimiter: Sendable {
     /// then reports the state it guards as raced (seen in one of two `scripts/sanitize thread` runs).
     private let state: NIOLockedValueBox<State>
 
-    init(limit: Int) {
+    package init(limit: Int) {
         precondition(limit > 0, "the concurrency limit must be positive")
         self.limit = limit
         self.state = NIOLockedValueBox(State(available: limit))
     }
 
-    func withPermit<Result: Sendable>(_ body: () async throws -> Result) async throws -> Result {
+    package func withPermit<Result: Sendable>(_ body: () async throws -> Result) async throws -> Result {
         try await self.acquire()
         defer { self.release() }
         return try await body()

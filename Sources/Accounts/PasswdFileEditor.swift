@@ -100,13 +100,7 @@ public struct PasswdFileEditor: Sendable {
         if scheme == .plain, password.utf8.contains(where: breaksTheFormat.contains) {
             throw PasswdFileError.invalidPassword(reason: "a {PLAIN} password cannot contain ':' or a line break")
         }
-        do {
-            return try PasswordHash.make(password: password, scheme: scheme, iterations: iterations)
-        } catch PasswordHashError.passwordContainsNUL {
-            throw PasswdFileError.invalidPassword(reason: "the password contains a NUL byte")
-        } catch PasswordHashError.tooFewIterations(let count) {
-            throw PasswdFileError.invalidPassword(reason: "\(count) SCRAM iterations are too few (at least \(SCRAMDefaults.minimumIterations))")
-        }
+        return try StoredCredentials.field(password: password, scheme: scheme, iterations: iterations)
     }
 
     private static func validateHome(_ home: String) throws {

@@ -50,9 +50,9 @@ public enum PasswdFileError: Error, Sendable, Equatable, CustomStringConvertible
 }
 
 /// The user-name rule shared by the parser, the verifier and the editor.
-enum UserName {
+package enum UserName {
     /// Why `name` is not a valid user name, or `nil` if it is.
-    static func problem(_ name: String) -> String? {
+    package static func problem(_ name: String) -> String? {
         if name.isEmpty { return "user name is empty" }
         for scalar in name.unicodeScalars {
             if scalar == ":" { return "user name contains ':'" }
@@ -62,5 +62,5 @@ enum UserName {
         return nil
     }
 
-    static func isValid(_ name: String) -> Bool { Self.problem(name) == nil }
+    package static func isValid(_ name: String) -> Bool { Self.problem(name) == nil }
 }

@@ -33,27 +33,13 @@ public final class PasswdFileVerifier: CredentialVerifier {
     private struct Snapshot: Sendable {
         var file: PasswdFile
         var fingerprint: FileFingerprint
-        /// The field verified for unknown users and unusable hashes, to spend the same time as a real check.
-        var costReference: String
-        /// The iteration count most stored SCRAM keys of each hash have, for dummy exchanges (so `i=` does not tell
-        /// an unknown user from a real one).
-        var scramIterations: [SCRAMAlgorithm: Int] = [:]
+        /// Timing cover and SCRAM dummies derived from the records.
+        var credentials: StoredCredentials
 
         init(file: PasswdFile, fingerprint: FileFingerprint) {
             self.file = file
             self.fingerprint = fingerprint
-            self.costReference = PasswdFileVerifier.costReference(file)
-            for algorithm in SCRAMAlgorithm.allCases {
-                var counts: [Int: Int] = [:]
-                for record in file.records {
-                    let (scheme, hash) = PasswordHash.splitScheme(record.passwordField)
-                    guard scheme == algorithm.rawValue, let keys = SCRAMKeys(dovecotEncoded: hash, algorithm: algorithm) else { continue }
-                    counts[keys.iterations, default: 0] += 1
-                }
-                if let common = counts.max(by: { $0.value != $1.value ? $0.value < $1.value : $0.key > $1.key }) {
-                    self.scramIterations[algorithm] = common.key
-                }
-            }
+            self.credentials = StoredCredentials(records: file.records)
         }
     }
 
@@ -62,11 +48,6 @@ public final class PasswdFileVerifier: CredentialVerifier {
         var fingerprint: FileFingerprint?
         var error: PasswdFileError
     }
-
-    /// A `$6$` (5000 rounds) hash of a random password nobody knows.
-    static let dummySHA512Crypt =
-        "{SHA512-CRYPT}$6$tymgAN65HV.zCtfH$"
-        + "gs3H5a9yeyUjVG7o7EvuMGFKiPEeAQEpvRJEgLAGIs0jywEXWGi632Yk/MeuIkuZhWRVQ1d6Cd8JQk8Cf2fT4/"
 
     /// Reads and parses `path`; throws ``PasswdFileError`` if it is unreadable or malformed.
     public init(
@@ -171,19 +152,8 @@ public final class PasswdFileVerifier: CredentialVerifier {
         try await self.limiter.withPermit {
             try await self.threadPool.runIfActive { [self] in
                 self.refresh()
-                let (record, iterations) = self.current.withLock { ($0.file.record(named: user), $0.scramIterations[algorithm]) }
-                let dummy = SCRAMServerExchange.dummyKeys(
-                    user: user,
-                    algorithm: algorithm,
-                    iterations: iterations ?? self.scramIterations,
-                    secret: self.scramSecret
-                )
-                if let record,
-                    let keys = PasswordHash.scramKeys(field: record.passwordField, algorithm: algorithm, plaintextSalt: dummy.salt, iterations: self.scramIterations)
-                {
-                    return SCRAMLookup(record: record, keys: keys)
-                }
-                return SCRAMLookup(record: nil, keys: dummy)
+                let (record, credentials) = self.current.withLock { ($0.file.record(named: user), $0.credentials) }
+                return credentials.scramLookup(user: user, record: record, algorithm: algorithm, iterations: self.scramIterations, secret: self.scramSecret)
             }
         }
     }
@@ -193,20 +163,8 @@ public final class PasswdFileVerifier: CredentialVerifier {
     /// Blocking: stats (maybe reads) the file and runs crypt_r. Only on the thread pool.
     private func authenticateNow(user: String, password: String) -> AuthenticationResult {
         self.refresh()
-        let (record, costReference) = self.current.withLock { ($0.file.record(named: user), $0.costReference) }
-        guard let record else {
-            _ = PasswordHash.check(password: password, against: costReference)
-            return .failure
-        }
-        switch PasswordHash.check(password: password, against: record.passwordField) {
-        case .match:
-            return .success(record)
-        case .mismatch:
-            return .failure
-        case .unusable:
-            _ = PasswordHash.check(password: password, against: costReference)
-            return .failure
-        }
+        let (record, credentials) = self.current.withLock { ($0.file.record(named: user), $0.credentials) }
+        return credentials.authenticate(password: password, record: record)
     }
 
     private func refresh() {
@@ -253,53 +211,6 @@ public final class PasswdFileVerifier: CredentialVerifier {
         }
     }
 
-    /// The password field whose verification costs what most users' cost: a user's own field for the most common
-    /// crypt method and parameters in the file, or the SHA512-CRYPT dummy if that is the most common (or nothing is).
-    static func costReference(_ file: PasswdFile) -> String {
-        var counts: [String: (count: Int, field: String)] = [:]
-        for record in file.records {
-            guard let costClass = Self.costClass(record.passwordField) else { continue }
-            counts[costClass, default: (0, record.passwordField)].count += 1
-        }
-        // Most users; ties broken by the class name so the choice does not depend on dictionary order.
-        let best = counts.max { lhs, rhs in
-            lhs.value.count != rhs.value.count ? lhs.value.count < rhs.value.count : lhs.key > rhs.key
-        }
-        guard let best, best.key != "$6$" else { return Self.dummySHA512Crypt }
-        return best.value.field
-    }
 
-    /// The crypt method and cost parameters of a field ("$6$", "$6$rounds=10000$", "$2y$10$", "$y$j9T$"), or `nil`
-    /// for fields that do not go through crypt_r or can never match.
-    static func costClass(_ field: String) -> String? {
-        let (scheme, hash) = PasswordHash.splitScheme(field)
-        switch scheme {
-        case "SCRAM-SHA-256", "SCRAM-SHA-1":
-            // The iteration count comes first: "4096,salt,…".
-            return hash.split(separator: ",").first.map { "\(scheme!):\($0)" }
-        case "PBKDF2":
-            let parts = hash.split(separator: "$")
-            return parts.count >= 3 ? "PBKDF2:\(parts[2])" : nil
-        case "ARGON2ID", "ARGON2I":
-            // "$argon2id$v=19$m=65536,t=3,p=1$salt$hash": version and parameters.
-            let parts = hash.split(separator: "$")
-            return parts.count >= 3 ? "$\(parts[0])$\(parts[1])$\(parts[2])$" : nil
-        case let name? where DigestScheme(scheme: name) != nil:
-            return name
-        default:
-            break
-        }
-        let cryptSchemes: [String?] = [nil, "CRYPT", "SHA512-CRYPT", "SHA256-CRYPT", "BLF-CRYPT", "MD5-CRYPT"]
-        guard cryptSchemes.contains(scheme) else { return nil }
-        let parts = hash.split(separator: "$", omittingEmptySubsequences: false)
-        guard parts.count >= 4, parts[0].isEmpty else { return nil }
-        switch parts[1] {
-        case "5", "6":
-            return parts[2].hasPrefix("rounds=") ? "$\(parts[1])$\(parts[2])$" : "$\(parts[1])$"
-        case "2a", "2b", "2y", "y", "gy", "7":
-            return "$\(parts[1])$\(parts[2])$"
-        default:
-            return "$\(parts[1])$"
-        }
-    }
+
 }

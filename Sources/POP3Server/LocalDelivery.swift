@@ -1,7 +1,10 @@
 import Accounts
 import Foundation
+import Logging
 import MailStore
+import MailStorePostgres
 import Privileges
+import SystemIO
 
 /// One message into one account's Maildir, as `pop3d deliver` does it for an MTA: the account looked up in the
 /// passwd-file, its quota applied, root dropped to the mail owner, and success only once the message is durable
@@ -56,8 +59,12 @@ public struct LocalDelivery {
         return (record, path)
     }
 
-    /// Delivers what `descriptor` holds (to its end) to `user`; returns the new file's name.
+    /// Delivers what `descriptor` holds (to its end) to `user`; returns the new file's name (or, in PostgreSQL,
+    /// the message's row id).
     public func deliver(user: String, readingFrom descriptor: Int32, maximumSize: Int?) throws(Failure) -> String {
+        if self.configuration.storageBackend == .postgres, let settings = self.configuration.postgres {
+            return try self.deliverToDatabase(settings, user: user, readingFrom: descriptor, maximumSize: maximumSize)
+        }
         let (record, path) = try self.openAccount(user)
         let quota: MaildirQuota
         do {
@@ -73,6 +80,38 @@ public struct LocalDelivery {
             case .quotaExceeded(let text): throw .quotaExceeded(text)
             case .temporary(let text): throw .temporary(text)
             }
+        }
+    }
+
+    /// One message into PostgreSQL, acknowledged once its transaction has committed. The account must be in the
+    /// database, or in the passwd-file when one is configured (its row is then made on first use).
+    private func deliverToDatabase(_ settings: PostgresSettings, user: String, readingFrom descriptor: Int32, maximumSize: Int?) throws(Failure) -> String {
+        let configuration = self.configuration
+        let result = Result { () throws -> Result<String, Failure> in
+            if configuration.usesPasswdFile {
+                let passwd = try PasswdFile.parse(String(contentsOfFile: configuration.passwdFile, encoding: .utf8), path: configuration.passwdFile)
+                guard passwd.record(named: user) != nil else { return .failure(.unknownUser("unknown user \(user)")) }
+            }
+            var logger = Logger(label: "pop3d.deliver")
+            logger.logLevel = .error
+            let database = try MailDatabase(settings: settings, password: try ServerConfiguration.readDatabasePassword(settings), logger: logger)
+            return try runBlocking {
+                try await database.withRunning { database in
+                    guard let account = try await database.accountID(user, create: configuration.usesPasswdFile) else {
+                        return .failure(.unknownUser("unknown user \(user)"))
+                    }
+                    switch await database.deliverResult(account: account, maximumSize: maximumSize, bytes: .stream(descriptor)) {
+                    case .success(let id): return .success("message \(id)")
+                    case .failure(.tooLarge(let text)): return .failure(.tooLarge(text))
+                    case .failure(.quotaExceeded(let text)): return .failure(.quotaExceeded(text))
+                    case .failure(.temporary(let text)): return .failure(.temporary(text))
+                    }
+                }
+            }
+        }
+        switch result {
+        case .success(let outcome): return try outcome.get()
+        case .failure(let error): throw .temporary("\(error)")
         }
     }
 

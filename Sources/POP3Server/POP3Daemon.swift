@@ -2,6 +2,7 @@ import Accounts
 import Foundation
 import Logging
 import MailStore
+import MailStorePostgres
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
@@ -15,7 +16,13 @@ import SystemIO
 public final class POP3Daemon: Sendable {
     public let configuration: ServerConfiguration
     public let tls: TLSProvider?
-    public let verifier: PasswdFileVerifier
+    /// The passwd-file, when configured (with `storage.backend: postgres` it may be absent).
+    public let verifier: PasswdFileVerifier?
+    /// What logins are checked against: the passwd-file when there is one, else the database's accounts.
+    public let accounts: any CredentialVerifier
+    /// The PostgreSQL backend (`storage.backend: postgres`), checked at start: reachable, schema current, durable
+    /// commits.
+    public let database: MailDatabase?
     public let oauth: OAuth2Validator?
     let separation: Separation?
     let prebound: [PreboundListener]
@@ -39,6 +46,8 @@ public final class POP3Daemon: Sendable {
             logger.warning("configuration: \(warning)")
         }
         self.dropsPrivileges = dropPrivileges
+        // The database is checked before any port is bound: a port that accepts means the server is ready.
+        let database = try configuration.postgres.map { try Self.openDatabase($0, logger: logger) }
         self.prebound = try ListenSocket.bindAll(configuration)
         self.preboundLMTP = try ListenSocket.bindLMTP(configuration)
         self.tls = try configuration.tlsConfigured
@@ -50,14 +59,29 @@ public final class POP3Daemon: Sendable {
         for warning in self.tls?.certificateWarnings ?? [] {
             logger.warning("TLS certificate: \(warning.text)")
         }
-        let verifier = try PasswdFileVerifier(
-            path: configuration.passwdFile,
-            threadPool: .singleton,
-            logger: logger,
-            scramIterations: configuration.scramIterations,
-            scramSecret: Self.scramSecret(stateFolder: configuration.stateFolder, logger: logger)
-        )
+        let scramSecret = Self.scramSecret(stateFolder: configuration.stateFolder, logger: logger)
+        let verifier = try configuration.usesPasswdFile
+            ? PasswdFileVerifier(
+                path: configuration.passwdFile,
+                threadPool: .singleton,
+                logger: logger,
+                scramIterations: configuration.scramIterations,
+                scramSecret: scramSecret
+            ) : nil
         self.verifier = verifier
+        if configuration.storageBackend == .postgres, let database {
+            self.database = database
+            self.accounts = verifier ?? DatabaseAccounts(
+                database: database,
+                threadPool: .singleton,
+                scramIterations: configuration.scramIterations,
+                scramSecret: scramSecret
+            )
+        } else {
+            self.database = nil
+            self.accounts = verifier!
+        }
+        let records = verifier?.records() ?? []
         do {
             self.oauth = try configuration.oauth2.map { try OAuth2Validator(settings: $0, http: OAuth2HTTPClient(), logger: logger) }
         } catch {
@@ -78,14 +102,16 @@ public final class POP3Daemon: Sendable {
                 logger.info("OAuth 2.0 keys loaded", metadata: ["jwks": "\(oauth.settings.jwksPath)", "keys": "\(oauth.keyCount)", "left-out": "\(oauth.skippedKeys)"])
             }
         }
-        if dropPrivileges, let identity = try PrivilegeDrop.target(user: configuration.user, group: configuration.group, records: verifier.records()) {
-            // Started before the drop: the helper stays root to start mail workers as each account's uid/gid.
-            let helper = try PrivilegedHelper.launch(
-                executable: try PrivilegeSeparation.currentExecutable(),
-                passwdFile: configuration.passwdFile,
-                firstValidUID: configuration.firstValidUID
-            )
-            if verifier.records().contains(where: { $0.uid != nil && $0.uid != identity.uid }),
+        if dropPrivileges, let identity = try PrivilegeDrop.target(user: configuration.user, group: configuration.group, records: records) {
+            // Started before the drop: the helper stays root to start mail workers as each account's uid/gid (not
+            // needed when mail is in the database: there are no mail files to own).
+            let helper = try configuration.storageBackend == .maildir
+                ? PrivilegedHelper.launch(
+                    executable: try PrivilegeSeparation.currentExecutable(),
+                    passwdFile: configuration.passwdFile,
+                    firstValidUID: configuration.firstValidUID
+                ) : nil
+            if helper != nil, records.contains(where: { $0.uid != nil && $0.uid != identity.uid }),
                 let reason = PrivilegeSeparation.untrustedReason(configuration.passwdFile, trustedOwner: 0)
             {
                 logger.error("accounts with their own uid cannot log in until the passwd-file is protected: \(reason)")
@@ -98,7 +124,7 @@ public final class POP3Daemon: Sendable {
             }
             // EXPIRE's first-retrieval log is written after the drop: its folder must be the run-as user's.
             let usesExpire = configuration.policy.expireDays != nil
-                || verifier.records().contains { $0.extraFields.contains { $0.hasPrefix("expire_days=") } }
+                || records.contains { $0.extraFields.contains { $0.hasPrefix("expire_days=") } }
             // The state folder may have been made just now, as root, for the SCRAM key: it is the run-as user's.
             if (try? FileSystem.status(configuration.stateFolder)) != nil, chown(configuration.stateFolder, identity.uid, identity.gid) != 0 {
                 throw ConfigurationError(key: "state_dir", "cannot give \(configuration.stateFolder) to \(identity): \(String(cString: strerror(errno)))")
@@ -115,12 +141,12 @@ public final class POP3Daemon: Sendable {
                 }
             }
             try PrivilegeDrop.drop(to: identity)
-            logger.notice("running as \(identity) after binding", metadata: ["privileged-helper": "\(helper.pid)"])
-            self.separation = Separation(helper: helper, identity: identity)
+            logger.notice("running as \(identity) after binding", metadata: ["privileged-helper": "\(helper.map { "\($0.pid)" } ?? "none")"])
+            self.separation = helper.map { Separation(helper: $0, identity: identity) }
         } else {
             self.separation = nil
             let own = geteuid()
-            let others = verifier.records().filter { $0.uid != nil && $0.uid != own }.count
+            let others = records.filter { $0.uid != nil && $0.uid != own }.count
             if others > 0 {
                 logger.notice(
                     "not started as root: every account's mail is accessed as this process (uid \(own)); the passwd-file's uids apply when pop3d serve starts as root",
@@ -166,22 +192,28 @@ public final class POP3Daemon: Sendable {
                 )
             }
         }
-        let maildrops: any MaildropProvider = separated(local) ?? local
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
+        let maildrops: any MaildropProvider
+        if let database = self.database {
+            // First in the group, so it stops last: sessions finishing their QUIT still reach the database.
+            services.append(.init(service: DatabaseService(database: database)))
+            maildrops = PostgresMaildropProvider(database: database, maximumMessages: self.configuration.limits.maildropMessages)
+        } else {
+            maildrops = separated(local) ?? local
+        }
         let server = POP3Service(
             configuration: self.configuration,
             tls: self.tls,
-            verifier: self.verifier,
+            verifier: self.accounts,
             oauth: self.oauth,
             maildrops: maildrops,
             logger: self.logger,
             prebound: self.prebound,
             onListening: onListening
         )
-        var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
-            .init(service: server, successTerminationBehavior: .gracefullyShutdownGroup)
-        ]
+        services.append(.init(service: server, successTerminationBehavior: .gracefullyShutdownGroup))
         var deliveryPool: NIOThreadPool?
-        if !self.preboundLMTP.isEmpty {
+        if !self.preboundLMTP.isEmpty, let verifier = self.verifier {
             // Deliveries block in fsync: they get threads of their own, so that concurrent sessions' copies reach
             // the disk together instead of queueing behind the shared pool (as many threads as cores).
             let pool = NIOThreadPool(numberOfThreads: LMTPService.deliveryThreads)
@@ -191,7 +223,7 @@ public final class POP3Daemon: Sendable {
             let target: any DeliveryTarget = separated(writer) ?? writer
             let lmtp = LMTPService(
                 configuration: self.configuration,
-                verifier: self.verifier,
+                verifier: verifier,
                 target: target,
                 prebound: self.preboundLMTP,
                 mayWriteAsRoot: !self.dropsPrivileges,
@@ -252,10 +284,15 @@ public final class POP3Daemon: Sendable {
             )
             warnings += tls.certificateWarnings.map { "tls.certificate: \($0.text)" }
         }
-        do {
-            _ = try PasswdFile.parse(String(contentsOfFile: configuration.passwdFile, encoding: .utf8), path: configuration.passwdFile)
-        } catch {
-            throw ConfigurationError(key: "passwd_file", "\(error)")
+        if configuration.usesPasswdFile {
+            do {
+                _ = try PasswdFile.parse(String(contentsOfFile: configuration.passwdFile, encoding: .utf8), path: configuration.passwdFile)
+            } catch {
+                throw ConfigurationError(key: "passwd_file", "\(error)")
+            }
+        }
+        if let settings = configuration.postgres {
+            _ = try ServerConfiguration.readDatabasePassword(settings)
         }
         if let settings = configuration.oauth2 {
             do {
@@ -267,8 +304,29 @@ public final class POP3Daemon: Sendable {
         return warnings
     }
 
+    /// Checks the database before anything is served (reachable, schema current, commits durable), then returns
+    /// the handle the server runs. A check failure stops the start with what to do.
+    static func openDatabase(_ settings: PostgresSettings, logger: Logger) throws -> MailDatabase {
+        let password = try ServerConfiguration.readDatabasePassword(settings)
+        do {
+            let probe = try MailDatabase(settings: settings, password: password, logger: logger)
+            let warnings = try runBlocking { try await probe.withRunning { try await $0.startupCheck() } }
+            for warning in warnings { logger.warning("storage.postgres: \(warning)") }
+            logger.info("PostgreSQL storage", metadata: ["database": "\(settings.endpoint)/\(settings.database)", "pool": "\(settings.poolSize)"])
+            return try MailDatabase(settings: settings, password: password, logger: logger)
+        } catch let error as DatabaseError {
+            throw ConfigurationError(key: "storage.postgres", error.description)
+        }
+    }
+
     /// What SIGHUP does: re-reads the certificate, key and passwd-file without dropping sessions.
     public func reload() {
         ReloadService(tls: self.tls, verifier: self.verifier, oauth: self.oauth, logger: self.logger).reload()
     }
+}
+
+/// The database's connection pool as a service of the daemon's group.
+struct DatabaseService: Service {
+    let database: MailDatabase
+    func run() async throws { await self.database.run() }
 }

@@ -3,6 +3,7 @@ import Configuration
 import Foundation
 import LMTPCore
 import MailStore
+import MailStorePostgres
 import POP3Core
 import Privileges
 import SASL
@@ -133,7 +134,13 @@ public struct ServerConfiguration: Sendable, Equatable {
     public var privateKeyPath: String?
     /// Refuse SNI names the certificate does not cover (alert 112).
     public var strictSNI = true
+    /// The passwd-file; empty only with `storage.backend: postgres`, whose accounts are then in the database
+    /// (`usesPasswdFile`). When both are there, the passwd-file wins for authentication.
     public var passwdFile: String
+    public var usesPasswdFile: Bool { !self.passwdFile.isEmpty }
+    /// `storage.backend`: Maildir (the default) or PostgreSQL (`storage.postgres`).
+    public var storageBackend = StorageBackend.maildir
+    public var postgres: PostgresSettings?
     /// `%u` user, `%n` local part, `%d` domain; `~/` = home from the passwd-file; relative to the config folder.
     public var maildirTemplate: String
     public var allowCleartextAuthentication = false
@@ -181,7 +188,27 @@ public struct ServerConfiguration: Sendable, Equatable {
         if self.authenticationFailureDelay == .zero {
             warnings.append("auth.failure_delay: 0 answers a wrong password at once; password guessing gets faster (default 2)")
         }
+        if self.storageBackend == .postgres {
+            if self.policy.loginDelaySeconds > 0 || self.policy.expireDays != nil {
+                warnings.append("policy.login_delay and policy.expire_days keep their times in this node's state_dir: with several nodes each keeps its own")
+            }
+            if self.postgres?.tls == .prefer || self.postgres?.tls == .require, case .tcp(let host, _) = self.postgres?.endpoint, !Self.isLoopback(host) {
+                warnings.append("storage.postgres.tls: \(self.postgres!.tls.rawValue) does not verify the database's certificate; use verify-full with ca_file off this host")
+            }
+        }
         return warnings
+    }
+}
+
+/// `storage.backend`.
+public enum StorageBackend: String, Sendable, CaseIterable {
+    case maildir
+    case postgres
+}
+
+extension ServerConfiguration {
+    static func isLoopback(_ host: String) -> Bool {
+        host == "localhost" || host == "::1" || host.hasPrefix("127.")
     }
 }
 
@@ -274,16 +301,34 @@ extension ServerConfiguration {
             .seconds(try int(key, range, default: Int(value.components.seconds)))
         }
 
-        guard let passwd = config.string(forKey: "passwd_file"), !passwd.isEmpty else {
-            throw ConfigurationError(key: "passwd_file", "required: path of a Dovecot-format passwd-file")
+        let backendText = config.string(forKey: "storage.backend") ?? "maildir"
+        guard let backend = StorageBackend(rawValue: backendText) else {
+            throw ConfigurationError(key: "storage.backend", "expected maildir or postgres, got \"\(backendText)\"")
         }
-        guard let maildir = config.string(forKey: "maildir"), !maildir.isEmpty else {
-            throw ConfigurationError(key: "maildir", "required: e.g. \"mail/%u\" or \"~/Maildir\"")
+        let passwd = config.string(forKey: "passwd_file") ?? ""
+        guard !passwd.isEmpty || backend == .postgres else {
+            throw ConfigurationError(key: "passwd_file", "required: path of a Dovecot-format passwd-file (or storage.backend: postgres)")
+        }
+        var maildir = config.string(forKey: "maildir") ?? ""
+        if maildir.isEmpty {
+            guard backend == .postgres else {
+                throw ConfigurationError(key: "maildir", "required: e.g. \"mail/%u\" or \"~/Maildir\"")
+            }
+            maildir = "mail/%u"
         }
         var result = ServerConfiguration(
-            passwdFile: resolve(passwd),
-            maildirTemplate: maildir.hasPrefix("~/") ? maildir : resolve(maildir)
+            passwdFile: passwd.isEmpty ? "" : resolve(passwd),
+            maildirTemplate: maildir.hasPrefix("~/") ? maildir : resolve(maildir),
+            stateFolder: resolve("state")
         )
+        result.storageBackend = backend
+        if backend == .postgres {
+            result.postgres = try Self.parsePostgres(config, resolve: resolve, int: int, bool: bool)
+        } else {
+            for key in ConfigurationKeys.all where key.hasPrefix("storage.postgres.") && config.string(forKey: ConfigKey(key)) != nil {
+                throw ConfigurationError(key: key, "only with storage.backend: postgres")
+            }
+        }
         result.pop3sListeners = try addresses("listen.pop3s")
         result.pop3Listeners = try addresses("listen.pop3")
         let lmtpTexts: [String] = config.stringArray(forKey: "listen.lmtp") ?? config.string(forKey: "listen.lmtp").map { [$0] } ?? []
@@ -300,6 +345,12 @@ extension ServerConfiguration {
                 throw ConfigurationError(key: "listen.lmtp", "expected unix:PATH, HOST:PORT or [IPv6]:PORT, got \"\(text)\"")
             }
             return .tcp(address)
+        }
+        if backend == .postgres && !result.lmtp.listeners.isEmpty {
+            throw ConfigurationError(
+                key: "listen.lmtp",
+                "LMTP delivery into PostgreSQL is not implemented yet; with storage.backend: postgres the MTA delivers with `pop3d deliver`"
+            )
         }
         if result.pop3sListeners.isEmpty && result.pop3Listeners.isEmpty {
             throw ConfigurationError(key: "listen", "no listener: set listen.pop3s and/or listen.pop3")
@@ -472,9 +523,20 @@ extension ServerConfiguration {
               certificate: \(self.certificatePath.map { "\"\($0)\"" } ?? "null")
               key: \(self.privateKeyPath.map { "\"\($0)\"" } ?? "null")
               strict_sni: \(self.strictSNI)
-            passwd_file: "\(self.passwdFile)"
+            passwd_file: \(self.usesPasswdFile ? "\"\(self.passwdFile)\"" : "null")
             state_dir: "\(self.stateFolder)"
             maildir: "\(self.maildirTemplate)"
+            storage:
+              backend: \(self.storageBackend.rawValue)
+              postgres:
+                url: \(self.postgres.map { "\"\($0.url)\"" } ?? "null")
+                password_file: \(self.postgres?.passwordFile.map { "\"\($0)\"" } ?? "null")
+                pool_size: \(self.postgres?.poolSize ?? PostgresSettings.defaultPoolSize)
+                tls: \(self.postgres?.tls.rawValue ?? PostgresSettings.TLSMode.prefer.rawValue)
+                ca_file: \(self.postgres?.caFile.map { "\"\($0)\"" } ?? "null")
+                statement_timeout: \((self.postgres?.statementTimeout ?? PostgresSettings.defaultStatementTimeout).components.seconds)
+                pool_timeout: \((self.postgres?.poolTimeout ?? PostgresSettings.defaultPoolTimeout).components.seconds)
+                allow_async_commit: \(self.postgres?.allowAsyncCommit ?? false)
             auth:
               allow_cleartext: \(self.allowCleartextAuthentication)
               failure_delay: \(self.authenticationFailureDelay.components.seconds)
@@ -531,9 +593,46 @@ extension ServerConfiguration {
 }
 
 extension ServerConfiguration {
-    /// `CLIENT_ID:CLIENT_SECRET` from the first line of a file only its owner may read (mode 0600 or stricter).
-    static func readClientCredentials(_ path: String) throws -> (String, String) {
-        let key = "auth.oauth2.client_credentials_file"
+    static func parsePostgres(
+        _ config: ConfigReader,
+        resolve: (String) -> String,
+        int: (String, ClosedRange<Int>, Int) throws -> Int,
+        bool: (String, Bool) throws -> Bool
+    ) throws -> PostgresSettings {
+        guard let url = config.string(forKey: "storage.postgres.url"), !url.isEmpty else {
+            throw ConfigurationError(key: "storage.postgres.url", "required with storage.backend: postgres, e.g. \"postgresql://pop3d@127.0.0.1:5432/pop3\"")
+        }
+        var settings: PostgresSettings
+        switch Result(catching: { () throws(PostgresSettings.ParseError) in try PostgresSettings(url: url) }) {
+        case .success(let parsed): settings = parsed
+        case .failure(let error): throw ConfigurationError(key: "storage.postgres.url", error.description)
+        }
+        settings.passwordFile = config.string(forKey: "storage.postgres.password_file").map(resolve)
+        settings.poolSize = try int("storage.postgres.pool_size", 1...1000, PostgresSettings.defaultPoolSize)
+        let tlsText = config.string(forKey: "storage.postgres.tls") ?? "prefer"
+        guard let tls = PostgresSettings.TLSMode(rawValue: tlsText) else {
+            throw ConfigurationError(key: "storage.postgres.tls", "expected disable, prefer, require or verify-full, got \"\(tlsText)\"")
+        }
+        settings.tls = tls
+        settings.caFile = config.string(forKey: "storage.postgres.ca_file").map(resolve)
+        if tls == .verifyFull && settings.caFile == nil {
+            throw ConfigurationError(key: "storage.postgres.ca_file", "required with storage.postgres.tls: verify-full")
+        }
+        settings.statementTimeout = .seconds(try int("storage.postgres.statement_timeout", 1...3600, Int(PostgresSettings.defaultStatementTimeout.components.seconds)))
+        settings.poolTimeout = .seconds(try int("storage.postgres.pool_timeout", 1...600, Int(PostgresSettings.defaultPoolTimeout.components.seconds)))
+        settings.allowAsyncCommit = try bool("storage.postgres.allow_async_commit", false)
+        return settings
+    }
+
+    /// The database password: the first line of `storage.postgres.password_file` (mode 0600 or stricter), or nil
+    /// when none is configured (peer or trust authentication, a Unix socket).
+    public static func readDatabasePassword(_ settings: PostgresSettings) throws -> String? {
+        guard let path = settings.passwordFile else { return nil }
+        return try Self.readSecretLine(path, key: "storage.postgres.password_file")
+    }
+
+    /// The first line of a file only its owner may read (mode 0600 or stricter).
+    static func readSecretLine(_ path: String, key: String) throws -> String {
         let contents: (bytes: [UInt8], status: stat)
         switch Result(catching: { () throws(FileSystemError) in try FileSystem.readFileAndStatus(path) }) {
         case .success(let read): contents = read
@@ -543,10 +642,17 @@ extension ServerConfiguration {
             throw ConfigurationError(key: key, "\(path) is readable by others (mode 0\(String(contents.status.st_mode & 0o777, radix: 8))); chmod 600 it")
         }
         let line = String(decoding: contents.bytes.prefix { $0 != UInt8(ascii: "\n") }, as: UTF8.self)
-            .trimmingCharacters(in: .whitespacesAndNewlines)
+        return line.hasSuffix("\r") ? String(line.dropLast()) : line
+    }
+
+    /// `CLIENT_ID:CLIENT_SECRET` from the first line of a file only its owner may read (mode 0600 or stricter).
+    static func readClientCredentials(_ path: String) throws -> (String, String) {
+        let key = "auth.oauth2.client_credentials_file"
+        let line = try Self.readSecretLine(path, key: key).trimmingCharacters(in: .whitespacesAndNewlines)
         guard let colon = line.firstIndex(of: ":"), colon != line.startIndex, line.index(after: colon) != line.endIndex else {
             throw ConfigurationError(key: key, "\(path): expected one line CLIENT_ID:CLIENT_SECRET")
         }
         return (String(line[..<colon]), String(line[line.index(after: colon)...]))
     }
 }
+

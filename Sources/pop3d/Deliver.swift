@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import POP3Server
+import SystemIO
 
 /// `pop3d deliver NAME --config FILE < message`: local delivery for MTAs (`LocalDelivery`).
 ///

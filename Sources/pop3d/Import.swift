@@ -4,6 +4,7 @@ import Logging
 import MailRetriever
 import POP3Client
 import POP3Server
+import SystemIO
 
 /// `pop3d import pop3s://USER@HOST[:PORT] --user LOCAL --password-file F --config FILE [--ca-file PEM] [--verify]`:
 /// moves a user in from another POP3 server without any client downloading its mail again (`MaildropImporter`).

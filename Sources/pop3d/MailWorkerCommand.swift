@@ -5,6 +5,7 @@ import MailStore
 import NIOPosix
 import POP3Server
 import Privileges
+import SystemIO
 
 #if canImport(Glibc)
 import Glibc

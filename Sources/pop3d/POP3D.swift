@@ -9,13 +9,14 @@ import NIOPosix
 import POP3Server
 import Privileges
 import ServiceLifecycle
+import SystemIO
 
 @main
 struct POP3D: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "pop3d",
         abstract: "A POP3S server for Maildir.",
-        subcommands: [Dev.self, Serve.self, CheckConfig.self, User.self, Deliver.self, Import.self, PrivilegedHelperCommand.self, MailWorkerCommand.self]
+        subcommands: [Dev.self, Serve.self, CheckConfig.self, User.self, Deliver.self, Import.self, Database.self, PrivilegedHelperCommand.self, MailWorkerCommand.self]
     )
 }
 
@@ -28,23 +29,6 @@ struct ConfigOption: ParsableArguments {
     }
 }
 
-/// Runs async work from a synchronous command and waits for it. The commands are synchronous so that the main
-/// thread stays an ordinary thread: `setuid` from it then applies to every thread of the process.
-func runBlocking<T: Sendable>(_ body: @escaping @Sendable () async throws -> T) throws -> T {
-    let result = NIOLockedValueBox<Result<T, any Error>?>(nil)
-    let done = DispatchSemaphore(value: 0)
-    Task {
-        do {
-            let value = try await body()
-            result.withLockedValue { $0 = .success(value) }
-        } catch {
-            result.withLockedValue { $0 = .failure(error) }
-        }
-        done.signal()
-    }
-    done.wait()
-    return try result.withLockedValue { $0! }.get()
-}
 
 /// Starts the server with a loaded configuration until SIGTERM/SIGINT.
 enum ServerRunner {

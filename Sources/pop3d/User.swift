@@ -11,7 +11,7 @@ import Glibc
 
 struct User: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Manage accounts in the passwd-file. Passwords are read from standard input, never from arguments.",
+        abstract: "Manage accounts in the passwd-file (or in PostgreSQL with storage.backend: postgres). Passwords are read from standard input, never from arguments.",
         subcommands: [Add.self, Passwd.self, Del.self, List.self]
     )
 
@@ -26,11 +26,10 @@ struct User: ParsableCommand {
             let options = self.options
             let configuration = try runBlocking { try await options.load() }
             let password = try readPassword(prompt: "Password for \(self.name): ")
-            try PasswdFileEditor(path: configuration.passwdFile).add(
+            try AccountEditor(configuration: configuration).add(
                 user: StringPreparation.userName(self.name),
                 password: password,
-                scheme: try parseScheme(self.scheme),
-                iterations: configuration.scramIterations
+                scheme: try parseScheme(self.scheme)
             )
             print("added \(self.name)")
         }
@@ -47,25 +46,24 @@ struct User: ParsableCommand {
             let options = self.options
             let configuration = try runBlocking { try await options.load() }
             let password = try readPassword(prompt: "New password for \(self.name): ")
-            try PasswdFileEditor(path: configuration.passwdFile).setPassword(
+            try AccountEditor(configuration: configuration).setPassword(
                 user: StringPreparation.userName(self.name),
                 password: password,
-                scheme: try parseScheme(self.scheme),
-                iterations: configuration.scramIterations
+                scheme: try parseScheme(self.scheme)
             )
             print("changed password of \(self.name)")
         }
     }
 
     struct Del: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Delete a user (the Maildir is left in place).")
+        static let configuration = CommandConfiguration(abstract: "Delete a user (a Maildir is left in place; in PostgreSQL the messages go with the account).")
         @Argument var name: String
         @OptionGroup var options: ConfigOption
 
         func run() throws {
             let options = self.options
             let configuration = try runBlocking { try await options.load() }
-            try PasswdFileEditor(path: configuration.passwdFile).delete(user: self.name)
+            try AccountEditor(configuration: configuration).delete(user: self.name)
             print("deleted \(self.name)")
         }
     }
@@ -77,7 +75,7 @@ struct User: ParsableCommand {
         func run() throws {
             let options = self.options
             let configuration = try runBlocking { try await options.load() }
-            for name in try PasswdFileEditor(path: configuration.passwdFile).list() { print(name) }
+            for name in try AccountEditor(configuration: configuration).list() { print(name) }
         }
     }
 }

@@ -75,9 +75,9 @@ struct PasswdFileVerifierTests {
 
     @Test func unknownUsersSpendAHashOfTheCommonKind() throws {
         let sha512 = try PasswdFile.parse("\(Self.bob)\n\(Self.alice)\n", path: "p")
-        #expect(PasswdFileVerifier.costReference(sha512) == PasswdFileVerifier.dummySHA512Crypt)
+        #expect(StoredCredentials.costReference(sha512.records) == StoredCredentials.dummySHA512Crypt)
         let plainOnly = try PasswdFile.parse("\(Self.alice)\n", path: "p")
-        #expect(PasswdFileVerifier.costReference(plainOnly) == PasswdFileVerifier.dummySHA512Crypt)
+        #expect(StoredCredentials.costReference(plainOnly.records) == StoredCredentials.dummySHA512Crypt)
         let bcrypt = try PasswdFile.parse(
             """
             a:{BLF-CRYPT}$2y$05$/VHpNVmHGqW7ENCw2zPI6.4UbFvcFlYKyQcLM1u.ODwJ6i9D3daAq
@@ -86,17 +86,17 @@ struct PasswdFileVerifierTests {
             """,
             path: "p"
         )
-        #expect(PasswdFileVerifier.costReference(bcrypt).hasPrefix("{BLF-CRYPT}$2y$05$"))
-        #expect(PasswdFileVerifier.costClass("$6$rounds=9000$s$h") == "$6$rounds=9000$")
-        #expect(PasswdFileVerifier.costClass("{CRYPT}$y$j9T$s$h") == "$y$j9T$")
-        #expect(PasswdFileVerifier.costClass("{PLAIN}x") == nil)
-        #expect(PasswdFileVerifier.costClass("{SCRAM-SHA-256}4096,a,b,c") == "SCRAM-SHA-256:4096")
-        #expect(PasswdFileVerifier.costClass("{PBKDF2}$1$salt$5000$00") == "PBKDF2:5000")
-        #expect(PasswdFileVerifier.costClass("{ARGON2ID}$argon2id$v=19$m=65536,t=3,p=1$s$h") == "$argon2id$v=19$m=65536,t=3,p=1$")
-        #expect(PasswdFileVerifier.costClass("{SSHA512}x") == "SSHA512")
+        #expect(StoredCredentials.costReference(bcrypt.records).hasPrefix("{BLF-CRYPT}$2y$05$"))
+        #expect(StoredCredentials.costClass("$6$rounds=9000$s$h") == "$6$rounds=9000$")
+        #expect(StoredCredentials.costClass("{CRYPT}$y$j9T$s$h") == "$y$j9T$")
+        #expect(StoredCredentials.costClass("{PLAIN}x") == nil)
+        #expect(StoredCredentials.costClass("{SCRAM-SHA-256}4096,a,b,c") == "SCRAM-SHA-256:4096")
+        #expect(StoredCredentials.costClass("{PBKDF2}$1$salt$5000$00") == "PBKDF2:5000")
+        #expect(StoredCredentials.costClass("{ARGON2ID}$argon2id$v=19$m=65536,t=3,p=1$s$h") == "$argon2id$v=19$m=65536,t=3,p=1$")
+        #expect(StoredCredentials.costClass("{SSHA512}x") == "SSHA512")
         let scramUsers = try PasswdFile.parse("a:{SCRAM-SHA-256}4096,x,y,z\nb:{SCRAM-SHA-256}4096,x,y,z\n\(Self.bob)\n", path: "p")
-        #expect(PasswdFileVerifier.costReference(scramUsers).hasPrefix("{SCRAM-SHA-256}4096,"))
-        #expect(PasswordHash.check(password: "x", against: PasswdFileVerifier.dummySHA512Crypt) == .mismatch)
+        #expect(StoredCredentials.costReference(scramUsers.records).hasPrefix("{SCRAM-SHA-256}4096,"))
+        #expect(PasswordHash.check(password: "x", against: StoredCredentials.dummySHA512Crypt) == .mismatch)
     }
 
     /// SCRAM lookups: a SCRAM user's own keys, keys derived for {PLAIN}, and for everyone else dummy keys with a

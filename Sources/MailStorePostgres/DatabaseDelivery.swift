@@ -1,0 +1,130 @@
+import MailStore
+import NIOCore
+import PostgresNIO
+import SystemIO
+
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Musl)
+    import Musl
+#endif
+
+/// Where a delivery's bytes come from, read in blocking calls of at most one stored chunk each.
+public struct DeliveryBytes: Sendable {
+    let next: @Sendable (Int) throws -> [UInt8]?
+
+    /// Everything `descriptor` holds, to its end (standard input for `pop3d deliver`).
+    public static func stream(_ descriptor: Int32) -> DeliveryBytes {
+        DeliveryBytes { limit in
+            var bytes = [UInt8](repeating: 0, count: limit)
+            var filled = 0
+            while filled < limit {
+                let count = try bytes.withUnsafeMutableBytes { buffer in
+                    try FileSystem.read(descriptor, into: UnsafeMutableRawBufferPointer(rebasing: buffer[filled...]), path: "<input>")
+                }
+                if count == 0 { break }
+                filled += count
+            }
+            return filled == 0 ? nil : Array(bytes[..<filled])
+        }
+    }
+}
+
+extension MailDatabase {
+    /// The id of `user`'s account; with `create`, an account row is made for a user the passwd-file knows (its
+    /// password field `!`: the database cannot be used to log in as it).
+    public func accountID(_ user: String, create: Bool) async throws -> Int64? {
+        try await self.withConnection("account") { connection in
+            if create {
+                try await connection.query(
+                    "INSERT INTO accounts (name, password) VALUES (\(user), '!') ON CONFLICT (name) DO NOTHING",
+                    logger: self.logger
+                )
+            }
+            var id: Int64?
+            for try await found in try await connection.query("SELECT id FROM accounts WHERE name = \(user)", logger: self.logger).decode(Int64.self) {
+                id = found
+            }
+            return id
+        }
+    }
+
+    /// `deliver` as a result value.
+    public func deliverResult(account: Int64, maximumSize: Int?, bytes: DeliveryBytes) async -> Result<Int64, DeliveryFailure> {
+        do {
+            return .success(try await self.deliver(account: account, maximumSize: maximumSize, bytes: bytes))
+        } catch {
+            return .failure(error)
+        }
+    }
+
+    /// Stores one message for `account` in one transaction and returns its id once PostgreSQL has committed it (the
+    /// delivery is durable then: `synchronous_commit` is checked at start). Over `maximumSize` or the account's
+    /// quota (`accounts.quota_bytes`, `quota_messages`) nothing is stored. Memory: one chunk.
+    public func deliver(account: Int64, maximumSize: Int?, bytes: DeliveryBytes) async throws(DeliveryFailure) -> Int64 {
+        let chunkSize = DatabaseSchema.chunkSize
+        let logger = self.logger
+        do {
+            return try await self.withTransaction("delivery") { connection in
+                // The account row, locked: deliveries to one account are counted against its quota one at a time.
+                var quota: (bytes: Int64?, messages: Int64?)?
+                for try await limits in try await connection.query(
+                    "SELECT quota_bytes, quota_messages FROM accounts WHERE id = \(account) FOR UPDATE",
+                    logger: logger
+                ).decode((Int64?, Int64?).self) {
+                    quota = limits
+                }
+                guard let quota else { throw DeliveryFailure.temporary("the account was removed during delivery") }
+                var room: Int64?
+                if quota.bytes != nil || quota.messages != nil {
+                    var used: (octets: Int64, count: Int64) = (0, 0)
+                    for try await usage in try await connection.query(
+                        "SELECT coalesce(sum(octets), 0)::bigint, count(*) FROM messages WHERE account_id = \(account)",
+                        logger: logger
+                    ).decode((Int64, Int64).self) {
+                        used = usage
+                    }
+                    if let messages = quota.messages, used.count >= messages {
+                        throw DeliveryFailure.quotaExceeded("quota exceeded: \(used.count) of \(messages) messages")
+                    }
+                    if let limit = quota.bytes {
+                        guard used.octets < limit else { throw DeliveryFailure.quotaExceeded("quota exceeded: \(used.octets) of \(limit) bytes used") }
+                        room = limit - used.octets
+                    }
+                }
+                var id: Int64 = 0
+                for try await inserted in try await connection.query(
+                    "INSERT INTO messages (account_id, size, octets, chunks) VALUES (\(account), 0, 0, 0) RETURNING id",
+                    logger: logger
+                ).decode(Int64.self) {
+                    id = inserted
+                }
+                var counter = MessageSize.Counter()
+                var seq: Int32 = 0
+                while let chunk = try bytes.next(chunkSize) {
+                    counter.update(chunk)
+                    if let maximumSize, counter.octets > maximumSize {
+                        throw DeliveryFailure.tooLarge("message too large (limit \(maximumSize) bytes)")
+                    }
+                    if let room, counter.octets > room {
+                        throw DeliveryFailure.quotaExceeded("quota exceeded: the message is larger than the \(room) bytes left; nothing was stored")
+                    }
+                    try await connection.query(
+                        "INSERT INTO message_chunks (message_id, seq, data) VALUES (\(id), \(seq), \(ByteBuffer(bytes: chunk)))",
+                        logger: logger
+                    )
+                    seq += 1
+                }
+                try await connection.query(
+                    "UPDATE messages SET size = \(Int64(counter.pop3Size)), octets = \(Int64(counter.octets)), chunks = \(seq) WHERE id = \(id)",
+                    logger: logger
+                )
+                return id
+            }
+        } catch let failure as DeliveryFailure {
+            throw failure
+        } catch {
+            throw .temporary("delivery failed, nothing was stored: \(error)")
+        }
+    }
+}

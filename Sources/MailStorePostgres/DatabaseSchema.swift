@@ -1,0 +1,62 @@
+/// The tables pop3d keeps in PostgreSQL, as numbered migrations. `pop3d db migrate` applies the missing ones in one
+/// transaction; `pop3d serve` refuses to start on an older schema (and on a newer one, written by a newer pop3d).
+///
+/// - `accounts`: one row per user; `password` is a stored field as in the passwd-file (`{SCHEME}…`), `!` for an
+///   account that cannot log in with a password (created for a passwd-file user, or locked).
+/// - `messages`: one row per message: the POP3 size (CRLF counted) and the stored octets, the UIDL (NULL: derived
+///   from the row id, `pg` and 16 hex digits; an imported message keeps its old server's), arrival and first
+///   retrieval time, how many chunks hold its body.
+/// - `message_chunks`: the body in chunks of `chunkSize` octets (the last may be shorter), stored uncompressed
+///   (`STORAGE EXTERNAL`: a RETR reads without decompressing).
+public enum DatabaseSchema {
+    /// Octets per stored chunk: memory per message in delivery and RETR is bounded by it.
+    public static let chunkSize = 256 * 1024
+
+    /// Migrations in order; the schema version is the count applied.
+    static let migrations: [[String]] = [
+        [
+            """
+            CREATE TABLE accounts (
+                id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                name text NOT NULL UNIQUE CHECK (length(name) BETWEEN 1 AND 255),
+                password text NOT NULL,
+                quota_bytes bigint CHECK (quota_bytes >= 0),
+                quota_messages bigint CHECK (quota_messages >= 0),
+                created_at timestamptz NOT NULL DEFAULT now()
+            )
+            """,
+            """
+            CREATE TABLE messages (
+                id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                account_id bigint NOT NULL REFERENCES accounts (id) ON DELETE CASCADE,
+                uidl text CHECK (uidl IS NULL OR (length(uidl) BETWEEN 1 AND 70 AND uidl ~ '^[!-~]+$')),
+                size bigint NOT NULL CHECK (size >= 0),
+                octets bigint NOT NULL CHECK (octets >= 0),
+                chunks integer NOT NULL CHECK (chunks >= 0),
+                arrived_at timestamptz NOT NULL DEFAULT now(),
+                first_retrieved_at timestamptz
+            )
+            """,
+            "CREATE INDEX messages_by_account ON messages (account_id, id)",
+            "CREATE UNIQUE INDEX messages_uidl ON messages (account_id, (coalesce(uidl, 'pg' || lpad(to_hex(id), 16, '0'))))",
+            """
+            CREATE TABLE message_chunks (
+                message_id bigint NOT NULL REFERENCES messages (id) ON DELETE CASCADE,
+                seq integer NOT NULL CHECK (seq >= 0),
+                data bytea NOT NULL,
+                PRIMARY KEY (message_id, seq)
+            )
+            """,
+            "ALTER TABLE message_chunks ALTER COLUMN data SET STORAGE EXTERNAL",
+        ]
+    ]
+
+    public static var version: Int { Self.migrations.count }
+
+    /// The UIDL expression of a `messages` row (the unique index uses the same).
+    static let uidlExpression = "coalesce(uidl, 'pg' || lpad(to_hex(id), 16, '0'))"
+
+    /// The advisory-lock class of maildrop locks (`pg_try_advisory_lock(class, account id)`): "POP3" in ASCII, so
+    /// that other applications' advisory locks in the same database do not collide with ours.
+    static let lockClass: Int32 = 0x504F_5033
+}

@@ -1,0 +1,134 @@
+import Logging
+import MailStore
+import PostgresNIO
+import SystemIO
+
+/// The maildrop locks of one pop3d node, held as PostgreSQL advisory locks on one dedicated connection (not a
+/// pooled one): a lock lives exactly as long as that database session, so a node killed with `kill -9`, or cut off
+/// from the database (TCP keepalives of 2 s + 2 × 1 s), loses its locks with its session, and the account can be
+/// opened on another node. Never a lease that a paused process could outlive.
+///
+/// Advisory locks are re-entrant within one database session, so the node also keeps its own table: a second
+/// session for the same account on this node is refused here. Each lock carries the backend process id of the
+/// connection that took it; the UPDATE commit checks, in its own transaction, that this backend still holds it
+/// (`pg_locks`), so a session whose lock was lost with a connection can no longer delete.
+actor MaildropLocks {
+    struct Token: Sendable, Equatable {
+        let account: Int64
+        let backend: Int32
+        let serial: UInt64
+    }
+
+    private let configuration: PostgresConnection.Configuration
+    private let logger: Logger
+    private var connection: PostgresConnection?
+    private var backend: Int32 = 0
+    private var held: [Int64: UInt64] = [:]
+    private var nextSerial: UInt64 = 1
+    private var nextConnectionID = 1
+
+    /// Longest a lock query may take. A connection whose server went away can leave a query unanswered until TCP
+    /// gives up; the lock (and the session waiting for it) must not wait that long.
+    static let queryDeadline = Duration.seconds(5)
+
+    init(configuration: PostgresConnection.Configuration, logger: Logger) {
+        self.configuration = configuration
+        self.logger = logger
+    }
+
+    /// Takes `account`'s lock or throws `MaildropError.inUse` (held here or by another node), or `.temporary`
+    /// (the database cannot be reached).
+    func acquire(_ account: Int64) async throws -> Token {
+        guard let key = Int32(exactly: account) else { throw MaildropError.permanent("account id out of range") }
+        guard self.held[account] == nil else { throw MaildropError.inUse }
+        let serial = self.nextSerial
+        self.nextSerial += 1
+        // Reserved before the first suspension point, so that a second acquire for the account cannot slip in.
+        self.held[account] = serial
+        do {
+            let (connection, backend) = try await self.currentConnection()
+            let logger = self.logger
+            let granted = try await withDeadline(Self.queryDeadline) {
+                var granted = false
+                let rows = try await connection.query("SELECT pg_try_advisory_lock(\(DatabaseSchema.lockClass), \(key))", logger: logger)
+                for try await value in rows.decode(Bool.self) { granted = value }
+                return granted
+            }
+            guard granted else {
+                self.held[account] = nil
+                throw MaildropError.inUse
+            }
+            return Token(account: account, backend: backend, serial: serial)
+        } catch let error as MaildropError {
+            throw error
+        } catch {
+            if self.held[account] == serial { self.held[account] = nil }
+            self.dropConnection(after: error)
+            throw MaildropError.temporary("maildrop lock unavailable")
+        }
+    }
+
+    /// Gives the lock back (nothing when the token's connection is gone: the lock went with it).
+    func release(_ token: Token) async {
+        guard self.held[token.account] == token.serial else { return }
+        self.held[token.account] = nil
+        guard let connection = self.connection, !connection.isClosed, self.backend == token.backend, let key = Int32(exactly: token.account) else {
+            return
+        }
+        let logger = self.logger
+        do {
+            _ = try await withDeadline(Self.queryDeadline) {
+                try await connection.query("SELECT pg_advisory_unlock(\(DatabaseSchema.lockClass), \(key))", logger: logger)
+                return true
+            }
+        } catch {
+            self.dropConnection(after: error)
+        }
+    }
+
+    func close() async {
+        let connection = self.connection
+        self.connection = nil
+        self.held = [:]
+        try? await connection?.close()
+    }
+
+    /// The SQL that is true only while `token`'s backend still holds its lock; run inside the commit's transaction.
+    static func stillHeld(_ token: Token) -> PostgresQuery {
+        """
+        SELECT count(*) FROM pg_locks
+        WHERE locktype = 'advisory' AND granted AND objsubid = 2
+          AND classid::bigint = \(Int64(DatabaseSchema.lockClass)) AND objid::bigint = \(token.account) AND pid = \(token.backend)
+        """
+    }
+
+    private func currentConnection() async throws -> (PostgresConnection, Int32) {
+        if let connection = self.connection, !connection.isClosed { return (connection, self.backend) }
+        if self.connection != nil {
+            // The old session, and every lock it held, is gone: sessions holding them fail at commit.
+            self.logger.warning("maildrop lock connection lost; PostgreSQL released its locks, and sessions that held them cannot commit")
+            self.connection = nil
+        }
+        let id = self.nextConnectionID
+        self.nextConnectionID += 1
+        let (configuration, logger) = (self.configuration, self.logger)
+        let (connection, backend) = try await withDeadline(Self.queryDeadline) {
+            let connection = try await PostgresConnection.connect(configuration: configuration, id: -id, logger: logger)
+            var backend: Int32 = 0
+            for try await pid in try await connection.query("SELECT pg_backend_pid()", logger: logger).decode(Int32.self) {
+                backend = pid
+            }
+            return (connection, backend)
+        }
+        self.connection = connection
+        self.backend = backend
+        return (connection, backend)
+    }
+
+    private func dropConnection(after error: any Error) {
+        self.logger.error("maildrop lock connection failed", metadata: ["error": "\(MailDatabase.describe(error))"])
+        let connection = self.connection
+        self.connection = nil
+        connection?.close().whenComplete { _ in }
+    }
+}

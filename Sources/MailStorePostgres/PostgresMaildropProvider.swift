@@ -1,0 +1,135 @@
+import Logging
+import MailStore
+import NIOCore
+import POP3Core
+import PostgresNIO
+import Synchronization
+
+/// Maildrops kept in PostgreSQL (`storage.backend: postgres`): any node serves any user, and a node holds no mail
+/// state of its own.
+///
+/// `path` and `owner` are not used: there are no mail files, so no file owner to act as; every account's mail is
+/// reached through the database role pop3d connects as.
+public final class PostgresMaildropProvider: MaildropProvider {
+    let database: MailDatabase
+    let maximumMessages: Int
+
+    public init(database: MailDatabase, maximumMessages: Int) {
+        self.database = database
+        self.maximumMessages = maximumMessages
+    }
+
+    public func openMaildrop(user: String, path: String, owner: MailOwner?) async throws -> any Maildrop {
+        let account = try await self.database.accountID(user, create: true)!
+        let token = try await self.database.locks.acquire(account)
+        do {
+            let limit = self.maximumMessages
+            let messages = try await self.database.withConnection("listing") { connection in
+                var listed: [(id: Int64, message: MaildropMessage, chunks: Int)] = []
+                let rows = try await connection.query(
+                    """
+                    SELECT id, \(unescaped: DatabaseSchema.uidlExpression), size, chunks FROM messages
+                    WHERE account_id = \(account) ORDER BY id LIMIT \(limit)
+                    """,
+                    logger: self.database.logger
+                )
+                for try await (id, uidl, size, chunks) in rows.decode((Int64, String, Int64, Int32).self) {
+                    listed.append((id, MaildropMessage(uniqueID: uidl, size: Int(size)), Int(chunks)))
+                }
+                return listed
+            }
+            return PostgresMaildrop(database: self.database, token: token, entries: messages)
+        } catch {
+            await self.database.locks.release(token)
+            throw error
+        }
+    }
+}
+
+/// One open maildrop in PostgreSQL: the listing taken at open, bodies read chunk by chunk (one short query per
+/// stored chunk, so a slow client holds no pooled connection), and the UPDATE commit in one transaction that first
+/// checks the node still holds the lock.
+final class PostgresMaildrop: Maildrop {
+    let database: MailDatabase
+    let token: MaildropLocks.Token
+    let entries: [(id: Int64, message: MaildropMessage, chunks: Int)]
+    let messages: [MaildropMessage]
+    private let finished = Atomic<Bool>(false)
+
+    init(database: MailDatabase, token: MaildropLocks.Token, entries: [(id: Int64, message: MaildropMessage, chunks: Int)]) {
+        self.database = database
+        self.token = token
+        self.entries = entries
+        self.messages = entries.map(\.message)
+    }
+
+    func content(ofMessageAt index: Int, chunkSize: Int) async throws -> MessageContent {
+        guard self.entries.indices.contains(index) else { throw MaildropError.permanent("no such message") }
+        let entry = self.entries[index]
+        let database = self.database
+        let limit = max(1, chunkSize)
+        // The stored chunk being handed out, and the next one to fetch.
+        let state = Mutex<(pending: ByteBuffer?, next: Int32)>((nil, 0))
+        return MessageContent {
+            if let piece = state.withLock({ state -> ByteBuffer? in
+                guard var pending = state.pending, pending.readableBytes > 0 else { return nil }
+                let piece = pending.readSlice(length: min(limit, pending.readableBytes))
+                state.pending = pending
+                return piece
+            }) {
+                return piece
+            }
+            let seq = state.withLock { $0.next }
+            guard Int(seq) < entry.chunks else { return nil }
+            let stored = try await database.withConnection("message read") { connection in
+                var data: ByteBuffer?
+                let rows = try await connection.query(
+                    "SELECT data FROM message_chunks WHERE message_id = \(entry.id) AND seq = \(seq)",
+                    logger: database.logger
+                )
+                for try await chunk in rows.decode(ByteBuffer.self) { data = chunk }
+                return data
+            }
+            guard var stored else { throw MaildropError.messageGone }
+            let piece = stored.readSlice(length: min(limit, stored.readableBytes)) ?? ByteBuffer()
+            state.withLock { $0 = (stored, seq + 1) }
+            return piece
+        }
+    }
+
+    func commit(deleting indices: Set<Int>) async throws {
+        guard !self.finished.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        let ids = indices.sorted().compactMap { self.entries.indices.contains($0) ? self.entries[$0].id : nil }
+        // The lock is given back after the transaction, whatever its outcome, and before QUIT's reply.
+        do {
+            if !ids.isEmpty { try await self.delete(ids) }
+        } catch {
+            await self.database.locks.release(self.token)
+            throw error
+        }
+        await self.database.locks.release(self.token)
+    }
+
+    /// Deletes `ids` in one transaction that first checks this node still holds the lock: all or none.
+    private func delete(_ ids: [Int64]) async throws {
+        let token = self.token
+        let account = token.account
+        let database = self.database
+        try await database.withTransaction("commit") { connection in
+            var held: Int64 = 0
+            for try await count in try await connection.query(MaildropLocks.stillHeld(token), logger: database.logger).decode(Int64.self) {
+                held = count
+            }
+            guard held == 1 else {
+                database.logger.error("maildrop lock lost before the commit; no message deleted", metadata: ["account": "\(account)"])
+                throw MaildropError.temporary("maildrop lock lost")
+            }
+            try await connection.query("DELETE FROM messages WHERE account_id = \(account) AND id = ANY(\(ids))", logger: database.logger)
+        }
+    }
+
+    func release() async {
+        guard !self.finished.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        await self.database.locks.release(self.token)
+    }
+}

@@ -1,0 +1,277 @@
+"""The PostgreSQL backend (issue 13, first part): `pop3d db migrate`, accounts in the database, `pop3d deliver`
+into it, POP3 sessions on two stateless nodes sharing one database, the maildrop lock across nodes, a node killed
+mid-session, PostgreSQL restarted mid-session, and the start-up refusals (old schema, synchronous_commit off).
+
+Each test gets a database of its own in the session's private cluster (conftest `postgres`)."""
+import itertools
+import os
+import poplib
+import subprocess
+import time
+
+import pytest
+
+import pop3support
+from pop3support import Pop3dNode, crlf, make_message, shared_tmpdir
+
+pytestmark = pytest.mark.postgres
+
+_names = itertools.count(1)
+
+
+@pytest.fixture
+def cluster_db(postgres):
+    """(url, folder): a fresh database owned by role pop3d, and a folder (0755) for nodes to share."""
+    url = postgres.create(f"pop3_{next(_names)}")
+    return url, shared_tmpdir("pop3-pgnode-")
+
+
+def node(pop3d_bin, cluster_db, tag="node1", extra=""):
+    url, folder = cluster_db
+    return Pop3dNode(pop3d_bin, folder, url, extra_config=extra, tag=tag)
+
+
+def expect_err(fn, needle):
+    with pytest.raises(poplib.error_proto) as info:
+        fn()
+    assert needle in str(info.value), info.value
+    return str(info.value)
+
+
+def test_serve_refuses_a_database_without_schema_until_migrated(pop3d_bin, cluster_db):
+    n = node(pop3d_bin, cluster_db)
+    status, output = n.run_serve()
+    assert status == 78, output
+    assert "pop3d db migrate" in output
+    assert "schema migrated from version 0 to 1" in n.migrate()
+    assert "schema is current (version 1)" in n.migrate(), "migrate runs again harmlessly"
+    n.start()
+    n.stop()
+
+
+def test_accounts_in_the_database_log_in_with_every_scheme(pop3d_bin, cluster_db):
+    n = node(pop3d_bin, cluster_db)
+    n.migrate()
+    n.add_user("scram@example.com", "pw-scram")
+    n.add_user("crypt", "pw-crypt", scheme="SHA512-CRYPT")
+    n.add_user("plain", "pw-plain", scheme="PLAIN")
+    r = n.pop3d("user", "add", "crypt", stdin="again\n")
+    assert r.returncode != 0 and b"already exists" in r.stderr
+    assert n.pop3d("user", "list").stdout.decode().split() == ["crypt", "plain", "scram@example.com"]
+    n.start()
+    try:
+        for user in ("scram@example.com", "crypt", "plain"):
+            c = n.poplib_pop3s(user)
+            assert c.stat() == (0, 0)
+            c.quit()
+        expect_err(lambda: n.poplib_pop3s("crypt", "wrong"), "[AUTH]")
+        expect_err(lambda: n.poplib_pop3s("nobody-here", "wrong"), "[AUTH]")
+        r = n.pop3d("user", "passwd", "crypt", stdin="new-pw\n")
+        assert r.returncode == 0, r.stderr
+        n.passwords["crypt"] = "new-pw"
+        n.poplib_pop3s("crypt").quit()
+        assert n.pop3d("user", "del", "plain").returncode == 0
+        expect_err(lambda: n.poplib_pop3s("plain"), "[AUTH]")
+        r = n.pop3d("user", "del", "plain")
+        assert r.returncode != 0 and b"no user plain" in r.stderr
+    finally:
+        n.stop()
+
+
+def test_deliver_store_retrieve_and_delete_across_two_nodes(pop3d_bin, cluster_db):
+    first = node(pop3d_bin, cluster_db, "node1")
+    second = node(pop3d_bin, cluster_db, "node2")
+    first.migrate()
+    first.add_user("alice", "pw-alice")
+    second.passwords["alice"] = "pw-alice"
+    # One message larger than a stored chunk (256 KiB), LF and CRLF endings, a line starting with a dot.
+    messages = [make_message("pg", 1)[1], make_message("pg", 2, body_bytes=700_000)[1],
+                b"Subject: dots\r\n\r\n.leading dot\r\nlast\r\n"]
+    for data in messages:
+        status, err = first.deliver("alice", data)
+        assert status == 0, err
+    assert first.deliver("bob", b"Subject: x\n\nx\n")[0] == 67, "unknown user: EX_NOUSER"
+    status, err = first.deliver("alice", make_message("pg", 9, body_bytes=5000)[1], "--max-size", "1000")
+    assert status == 73, err
+    first.start()
+    second.start()
+    try:
+        a = first.poplib_pop3s("alice")
+        listing = a.list()[1]
+        assert len(listing) == 3
+        uids = a.uidl()[1]
+        for number, data in enumerate(messages, start=1):
+            body = b"\r\n".join(a.retr(number)[1]) + b"\r\n"
+            assert body == crlf(data), f"message {number} differs"
+            assert int(listing[number - 1].split()[1]) == len(crlf(data)), "LIST counts CRLF"
+        # The same user on the other node while this session holds the maildrop.
+        expect_err(lambda: second.poplib_pop3s("alice"), "[IN-USE]")
+        a.dele(1)
+        assert a.quit().startswith(b"+OK")
+        b = second.poplib_pop3s("alice")
+        assert b.stat()[0] == 2
+        assert b.uidl()[1] == [f"{i} {line.split()[1].decode()}".encode() for i, line in enumerate(uids[1:], start=1)], \
+            "UIDLs stay the same across nodes and sessions"
+        b.quit()
+    finally:
+        first.stop()
+        second.stop()
+
+
+def test_quota_in_the_database_refuses_with_nothing_stored(pop3d_bin, cluster_db, postgres):
+    n = node(pop3d_bin, cluster_db)
+    n.migrate()
+    n.add_user("q", "pw")
+    db = cluster_db[0].rsplit("/", 1)[1]
+    postgres.psql("UPDATE accounts SET quota_messages = 1", db=db)
+    assert n.deliver("q", b"Subject: 1\n\none\n")[0] == 0
+    status, err = n.deliver("q", b"Subject: 2\n\ntwo\n")
+    assert status == 77 and "quota" in err, err
+    assert postgres.psql("SELECT count(*) FROM messages", db=db).strip() == "1"
+
+
+def test_killed_node_frees_its_maildrops_and_applies_no_deletions(pop3d_bin, cluster_db):
+    first = node(pop3d_bin, cluster_db, "node1")
+    second = node(pop3d_bin, cluster_db, "node2")
+    first.migrate()
+    first.add_user("alice", "pw-alice")
+    second.passwords["alice"] = "pw-alice"
+    for i in range(5):
+        assert first.deliver("alice", make_message("kill", i)[1])[0] == 0
+    first.start()
+    second.start()
+    try:
+        a = first.poplib_pop3s("alice")
+        for i in range(1, 4):
+            a.dele(i)
+        first.kill9()
+        started = time.monotonic()
+        while True:
+            try:
+                b = second.poplib_pop3s("alice")
+                break
+            except poplib.error_proto as e:
+                assert "[IN-USE]" in str(e), e
+                assert time.monotonic() - started < 5, "the killed node's lock outlived it by 5 s"
+                time.sleep(0.2)
+        assert b.stat()[0] == 5, "DELEs of a session that never reached QUIT are not applied"
+        b.quit()
+        first.start()  # rejoins with no step
+        first.poplib_pop3s("alice").quit()
+    finally:
+        first.stop()
+        second.stop()
+
+
+def test_postgres_restart_mid_session_ends_it_with_sys_temp_and_loses_nothing(pop3d_bin, cluster_db, postgres):
+    n = node(pop3d_bin, cluster_db)
+    n.migrate()
+    n.add_user("alice", "pw-alice")
+    for i in range(3):
+        assert n.deliver("alice", make_message("restart", i)[1])[0] == 0
+    n.start()
+    try:
+        a = n.poplib_pop3s("alice")
+        a.dele(1)
+        postgres.restart()
+        reply = expect_err(a.quit, "[SYS/TEMP]")
+        assert "not removed" in reply
+        started = time.monotonic()
+        while True:
+            try:
+                b = n.poplib_pop3s("alice")
+                break
+            except (poplib.error_proto, OSError):
+                assert time.monotonic() - started < 30, "no new session within 30 s of PostgreSQL's return"
+                time.sleep(0.5)
+        assert b.stat()[0] == 3
+        b.dele(1)
+        assert b.quit().startswith(b"+OK")
+        assert n.stat("alice")[0] == 2
+        assert "maildrop lock lost before the commit" in n.log_text()
+    finally:
+        n.stop()
+
+
+def test_synchronous_commit_off_is_refused_unless_allowed(pop3d_bin, cluster_db, postgres):
+    url, folder = cluster_db
+    db = url.rsplit("/", 1)[1]
+    n = node(pop3d_bin, cluster_db)
+    n.migrate()
+    postgres.psql(f"ALTER DATABASE {db} SET synchronous_commit = off")
+    try:
+        status, output = n.run_serve()
+        assert status == 78, output
+        assert "synchronous_commit is off" in output and "allow_async_commit" in output
+        allowed = Pop3dNode(pop3d_bin, folder, url, tag="allowed", extra_config="    allow_async_commit: true\n")
+        allowed.start()
+        allowed.stop()
+        assert "allowed by storage.postgres.allow_async_commit" in allowed.log_text()
+    finally:
+        postgres.psql(f"ALTER DATABASE {db} RESET synchronous_commit")
+
+
+@pytest.mark.parametrize("url, needle", [
+    ("postgresql://pop3d:secret@127.0.0.1/pop3", "password in the URL is refused"),
+    ("mysql://pop3d@127.0.0.1/pop3", "expected postgresql://"),
+    ("postgresql://pop3d@127.0.0.1:99999/pop3", "bad port"),
+    ("postgresql://pop3d@127.0.0.1/pop3?sslmode=require", "unknown URL parameter"),
+], ids=["password-in-url", "other-scheme", "bad-port", "unknown-parameter"])
+def test_check_config_refuses_bad_database_urls(pop3d_bin, url, needle):
+    folder = shared_tmpdir("pop3-pgconf-")
+    n = Pop3dNode(pop3d_bin, folder, url)
+    r = n.pop3d("check-config")
+    assert r.returncode == 78
+    assert needle in r.stderr.decode(), r.stderr
+    assert b"secret" not in r.stdout + r.stderr, "the password is not echoed"
+
+
+def test_database_password_from_a_private_file(pop3d_bin, postgres):
+    url = postgres.create(f"pop3_{next(_names)}", owner="secure", password="db-secret")
+    folder = shared_tmpdir("pop3-pgnode-")
+    password_file = pop3support.write_secret(os.path.join(folder, "pgpass"), "db-secret")
+    n = Pop3dNode(pop3d_bin, folder, url, extra_config=f"    password_file: {password_file}\n")
+    n.migrate()
+    n.add_user("alice", "pw")
+    assert n.deliver("alice", b"Subject: s\n\nsecure\n")[0] == 0
+    os.chmod(password_file, 0o644)
+    r = n.pop3d("check-config")
+    assert r.returncode == 78 and b"chmod 600" in r.stderr
+    os.chmod(password_file, 0o600)
+    with open(password_file, "w") as f:
+        f.write("wrong\n")
+    status, output = n.run_serve()
+    assert status == 78 and "cannot reach PostgreSQL" in output, output
+    assert "wrong" not in output and "db-secret" not in output
+
+
+def test_a_blocked_database_ends_logins_with_sys_temp_after_statement_timeout(pop3d_bin, cluster_db, postgres):
+    """A table locked by someone else: account lookups wait for it, PostgreSQL cancels them after
+    storage.postgres.statement_timeout, and the client gets [SYS/TEMP] instead of waiting forever."""
+    url, folder = cluster_db
+    db = url.rsplit("/", 1)[1]
+    n = node(pop3d_bin, cluster_db, extra="    statement_timeout: 1\n")
+    n.migrate()
+    n.add_user("alice", "pw-alice")
+    n.start()
+    holder = subprocess.Popen(
+        ["/usr/bin/psql", "-h", postgres.root, "-p", str(postgres.port), "-U", "postgres", "-d", db, "-q"],
+        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **postgres.ids)
+    try:
+        holder.stdin.write(b"BEGIN;\nLOCK TABLE accounts IN ACCESS EXCLUSIVE MODE;\n")
+        holder.stdin.flush()
+        deadline = time.monotonic() + 10
+        while postgres.psql("SELECT count(*) FROM pg_locks WHERE relation = 'accounts'::regclass AND mode = "
+                            "'AccessExclusiveLock' AND granted", db=db).strip() != "1":
+            assert time.monotonic() < deadline, "the lock holder did not get its lock"
+            time.sleep(0.1)
+        started = time.monotonic()
+        expect_err(lambda: n.poplib_pop3s("alice"), "[SYS/TEMP]")
+        assert time.monotonic() - started < 20
+    finally:
+        holder.stdin.close()
+        holder.kill()
+        holder.wait(timeout=10)
+    n.poplib_pop3s("alice").quit()
+    assert "canceling statement due to statement timeout" in n.log_text()
+    n.stop()
