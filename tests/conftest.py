@@ -19,6 +19,8 @@ def pytest_runtest_setup(item):
         pytest.skip("needs root (uid 0); CI runs as root")
     if item.get_closest_marker("dovecot") and pop3support.dovecot_binary() is None:
         pytest.skip("Dovecot is not installed (apt-get install dovecot-pop3d, as .ci/run does)")
+    if item.get_closest_marker("haproxy") and pop3support.haproxy_binary() is None:
+        pytest.skip("HAProxy is not installed (apt-get install haproxy, as scripts/test-deps does)")
     if item.get_closest_marker("postgres") and pop3support.postgres_binary() is None:
         pytest.skip("PostgreSQL 15 is not installed (apt-get install postgresql-15, as scripts/test-deps does)")
 

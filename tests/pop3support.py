@@ -1361,3 +1361,41 @@ class Pop3dNode(_Accounts):
             except OSError:
                 pass
         return "".join(out)
+
+
+def haproxy_binary():
+    return shutil.which("haproxy") or (os.path.exists("/usr/sbin/haproxy") and "/usr/sbin/haproxy") or None
+
+
+class HAProxy:
+    """Debian's HAProxy 2.6 in TCP mode in front of pop3d nodes: `send-proxy-v2` to each, health checks with a
+    PROXY v2 header of their own (`check-send-proxy`: a LOCAL command, no login), round robin, a dead node
+    redispatched. ROOT holds its configuration and log; start(), stop()."""
+
+    def __init__(self, root, backends, check_interval_ms=300):
+        self.root = str(root)
+        self.port = free_port()
+        self.config = os.path.join(self.root, "haproxy.cfg")
+        self.log_path = os.path.join(self.root, "haproxy.log")
+        self.proc = None
+        servers = "".join(f"  server n{i} 127.0.0.1:{port} send-proxy-v2 check check-send-proxy inter "
+                          f"{check_interval_ms} fall 2 rise 1\n" for i, port in enumerate(backends, start=1))
+        with open(self.config, "w") as f:
+            f.write("global\n  maxconn 2000\n"
+                    "defaults\n  mode tcp\n  timeout connect 2s\n  timeout client 120s\n  timeout server 120s\n"
+                    "  retries 3\n  option redispatch\n"
+                    f"frontend pop3s\n  bind 127.0.0.1:{self.port}\n  default_backend nodes\n"
+                    f"backend nodes\n  balance roundrobin\n{servers}")
+
+    def start(self):
+        check = subprocess.run([haproxy_binary(), "-c", "-f", self.config], capture_output=True, text=True, timeout=30)
+        if check.returncode != 0:
+            raise RuntimeError(f"haproxy -c: {check.stdout[-400:]} {check.stderr[-400:]}")
+        with open(self.log_path, "w") as log:
+            self.proc = subprocess.Popen([haproxy_binary(), "-db", "-f", self.config], stdout=log,
+                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        wait_port(self.port, self.proc, 30, log_path=self.log_path)
+        return self
+
+    def stop(self):
+        return stop_process(self.proc, grace=10)

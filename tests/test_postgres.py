@@ -275,3 +275,57 @@ def test_a_blocked_database_ends_logins_with_sys_temp_after_statement_timeout(po
     n.poplib_pop3s("alice").quit()
     assert "canceling statement due to statement timeout" in n.log_text()
     n.stop()
+
+
+@pytest.mark.haproxy
+def test_two_nodes_behind_haproxy_serve_any_user_and_survive_a_dead_node(pop3d_bin, cluster_db):
+    """HAProxy (TCP, send-proxy-v2, health checks) in front of two nodes that trust only it: sessions from another
+    loopback address reach both nodes with their real address, [IN-USE] holds across them, health checks cost no
+    penalty, and when the node holding a session dies the next session is served by the other with nothing lost."""
+    url, folder = cluster_db
+    trust = '\nproxy:\n  trusted_networks: ["127.0.0.1/32"]\n'
+    first = Pop3dNode(pop3d_bin, folder, url, tag="node1", extra_config=trust)
+    second = Pop3dNode(pop3d_bin, folder, url, tag="node2", extra_config=trust)
+    first.migrate()
+    first.add_user("alice", "pw-alice")
+    for i in range(4):
+        assert first.deliver("alice", make_message("ha", i)[1])[0] == 0
+    first.start()
+    second.start()
+    proxy = pop3support.HAProxy(folder, [first.tls_port, second.tls_port]).start()
+
+    def session(source="127.0.0.2"):
+        return pop3support.POP3Session(first, source=source, port=proxy.port, timeout=30).login("alice", "pw-alice")
+
+    try:
+        time.sleep(1.5)  # a few health checks
+        for _ in range(4):
+            c = session()
+            assert c.stat()[0] == 4
+            c.quit()
+        for n in (first, second):
+            log = n.log_text()
+            assert "client=[IPv4]127.0.0.2" in log or "127.0.0.2" in log, f"{n.tag} saw no session with the real address"
+            assert "auth penalty" not in log and "login failed" not in log, "health checks must cost no penalty"
+        held = session()
+        with pytest.raises(pop3support.POP3Error) as info:
+            session("127.0.0.3")
+        assert "[IN-USE]" in str(info.value)
+        held.ok("DELE 1")
+        # Kill whichever node serves the held session (the one whose log has the latest login).
+        holder = max((first, second), key=lambda n: n.log_text().count("logged in"))
+        holder.kill9()
+        started = time.monotonic()
+        while True:
+            try:
+                c = session()
+                break
+            except (pop3support.POP3Error, OSError) as e:
+                assert time.monotonic() - started < 10, f"no node served alice 10 s after one died: {e}"
+                time.sleep(0.2)
+        assert c.stat()[0] == 4, "the dead node's uncommitted DELE is not applied"
+        c.quit()
+    finally:
+        proxy.stop()
+        first.stop()
+        second.stop()
