@@ -1279,8 +1279,9 @@ class Pop3dNode(_Accounts):
 
     name = "node"
 
-    def __init__(self, pop3d_bin, root, url, extra_config="", tag="node"):
+    def __init__(self, pop3d_bin, root, url, extra_config="", tag="node", lmtp=False):
         self.bin = pop3d_bin
+        self.lmtp_port = free_port() if lmtp else None
         self.root = str(root)
         self.tag = tag
         self.tls_port = free_port()
@@ -1298,7 +1299,8 @@ class Pop3dNode(_Accounts):
         run_as = "user: nobody\ngroup: nogroup\n" if os.geteuid() == 0 else ""
         with open(self.config, "w") as f:
             f.write(f'listen:\n  pop3s: "127.0.0.1:{self.tls_port}"\n'
-                    f"tls:\n  certificate: {cert}\n  key: {key}\n"
+                    + (f'  lmtp: "127.0.0.1:{self.lmtp_port}"\n' if lmtp else "")
+                    + f"tls:\n  certificate: {cert}\n  key: {key}\n"
                     f"state_dir: state-{tag}\n{run_as}"
                     f'storage:\n  backend: postgres\n  postgres:\n    url: "{url}"\n    tls: disable\n'
                     + extra_config)
@@ -1332,6 +1334,8 @@ class Pop3dNode(_Accounts):
             self.proc = subprocess.Popen([self.bin, "serve", "--config", self.config], stdout=log,
                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         wait_port(self.tls_port, self.proc, seconds, log_path=self.log_path)
+        if self.lmtp_port:
+            wait_port(self.lmtp_port, self.proc, seconds, log_path=self.log_path)
         return self
 
     def run_serve(self, timeout=60):
@@ -1399,3 +1403,69 @@ class HAProxy:
 
     def stop(self):
         return stop_process(self.proc, grace=10)
+
+
+# ---------------------------------------------------------------- LMTP
+
+class LMTPClient:
+    """A raw LMTP connection: send bytes, read whole replies (multi-line ones as one list)."""
+
+    def __init__(self, address, timeout=15):
+        family = socket.AF_UNIX if isinstance(address, str) else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        self.sock.connect(address)
+        self.buffer = b""
+        self.greeting = self.reply()
+
+    def send(self, data):
+        self.sock.sendall(data if isinstance(data, bytes) else data.encode())
+
+    def line(self):
+        while b"\r\n" not in self.buffer:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise EOFError(f"connection closed; unread {self.buffer!r}")
+            self.buffer += chunk
+        line, self.buffer = self.buffer.split(b"\r\n", 1)
+        return line.decode()
+
+    def reply(self):
+        """(code, [text lines]) of one reply."""
+        lines = []
+        while True:
+            line = self.line()
+            lines.append(line[4:])
+            if line[3:4] != "-":
+                return int(line[:3]), lines
+
+    def command(self, text):
+        self.send(text + "\r\n")
+        return self.reply()
+
+    def closed(self, seconds=10):
+        """True once the server has closed the connection (EOF), reading away anything before it."""
+        self.sock.settimeout(seconds)
+        try:
+            while self.sock.recv(65536):
+                pass
+            return True
+        except OSError:
+            return False
+
+    def close(self):
+        self.sock.close()
+
+
+def lmtp_start_transaction(c, *recipients, sender="sender@example.test", mail_params=""):
+    assert c.command("LHLO client.test")[0] == 250
+    assert c.command(f"MAIL FROM:<{sender}>{mail_params}")[0] == 250
+    return [c.command(f"RCPT TO:<{r}>") for r in recipients]
+
+
+def lmtp_stuffed(data):
+    """DATA content for `data` (bytes with CRLF line ends): dots doubled, final dot added."""
+    lines = data.split(b"\r\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    return b"".join((b"." + line if line.startswith(b".") else line) + b"\r\n" for line in lines) + b".\r\n"

@@ -620,7 +620,7 @@ def test_lmtp_writes_each_copy_as_its_account(pop3d_bin, root_base):
     """LMTP under privilege separation: pop3d serve (root → pop3test) owns its Unix socket; a copy for an account
     with its own uid is written by a mail worker as that uid, one without as pop3test, never as root; an account
     below first_valid_uid gets 451 and nothing is stored."""
-    from test_lmtp import LMTPClient, stuffed
+    from pop3support import LMTPClient, lmtp_stuffed as stuffed
     entry, base = root_base
     with open(f"{base}/users", "w") as f:
         f.write("alice:{PLAIN}alice-pw:2001:2001\nsys:{PLAIN}sys-pw:100:100\nvm:{PLAIN}vm-pw\n")

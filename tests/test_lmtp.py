@@ -9,77 +9,13 @@ import time
 
 import pytest
 
-from pop3support import LOCALHOST, Pop3dDev, normalize, wait_port
+from pop3support import LOCALHOST, LMTPClient, Pop3dDev, lmtp_start_transaction as start_transaction, lmtp_stuffed as stuffed, normalize, wait_port
 
 CAPABILITIES = ["PIPELINING", "ENHANCEDSTATUSCODES", "8BITMIME", "SIZE 52428800", "CHUNKING", "SMTPUTF8"]
 
 
-class LMTPClient:
-    """A raw LMTP connection: send bytes, read whole replies (multi-line ones as one list)."""
-
-    def __init__(self, address, timeout=15):
-        family = socket.AF_UNIX if isinstance(address, str) else socket.AF_INET
-        self.sock = socket.socket(family, socket.SOCK_STREAM)
-        self.sock.settimeout(timeout)
-        self.sock.connect(address)
-        self.buffer = b""
-        self.greeting = self.reply()
-
-    def send(self, data):
-        self.sock.sendall(data if isinstance(data, bytes) else data.encode())
-
-    def line(self):
-        while b"\r\n" not in self.buffer:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise EOFError(f"connection closed; unread {self.buffer!r}")
-            self.buffer += chunk
-        line, self.buffer = self.buffer.split(b"\r\n", 1)
-        return line.decode()
-
-    def reply(self):
-        """(code, [text lines]) of one reply."""
-        lines = []
-        while True:
-            line = self.line()
-            lines.append(line[4:])
-            if line[3:4] != "-":
-                return int(line[:3]), lines
-
-    def command(self, text):
-        self.send(text + "\r\n")
-        return self.reply()
-
-    def closed(self, seconds=10):
-        """True once the server has closed the connection (EOF), reading away anything before it."""
-        self.sock.settimeout(seconds)
-        try:
-            while self.sock.recv(65536):
-                pass
-            return True
-        except OSError:
-            return False
-
-    def close(self):
-        self.sock.close()
-
-
 def lmtp(dev):
     return LMTPClient((LOCALHOST, dev.lmtp_port))
-
-
-def start_transaction(c, *recipients, sender="sender@example.test", mail_params=""):
-    assert c.command("LHLO client.test")[0] == 250
-    assert c.command(f"MAIL FROM:<{sender}>{mail_params}")[0] == 250
-    return [c.command(f"RCPT TO:<{r}>") for r in recipients]
-
-
-def stuffed(data):
-    """DATA content for `data` (bytes with CRLF line ends): dots doubled, final dot added."""
-    lines = data.split(b"\r\n")
-    if lines and lines[-1] == b"":
-        lines.pop()
-    return b"".join((b"." + line if line.startswith(b".") else line) + b"\r\n" for line in lines) + b".\r\n"
 
 
 def count(dev, user="demo"):

@@ -329,3 +329,42 @@ def test_two_nodes_behind_haproxy_serve_any_user_and_survive_a_dead_node(pop3d_b
         proxy.stop()
         first.stop()
         second.stop()
+
+
+def test_lmtp_delivers_into_postgres_and_defers_while_it_is_away(pop3d_bin, cluster_db, postgres):
+    """LMTP into the database: one reply per recipient after the dot, 250 only once the copy committed, 550 for
+    an unknown recipient, the quota refusal for a full account, and 451 (never 550) while PostgreSQL is down."""
+    url, folder = cluster_db
+    db = url.rsplit("/", 1)[1]
+    n = Pop3dNode(pop3d_bin, folder, url, tag="lmtp", lmtp=True)
+    n.migrate()
+    n.add_user("alice", "pw-a")
+    n.add_user("bob", "pw-b")
+    postgres.psql("UPDATE accounts SET quota_messages = 0 WHERE name = 'bob'", db=db)
+    n.start()
+    try:
+        message = crlf(make_message("lmtp", 1, body_bytes=400_000)[1])
+        c = pop3support.LMTPClient(("127.0.0.1", n.lmtp_port))
+        replies = pop3support.lmtp_start_transaction(c, "alice", "bob", "nobody-here")
+        assert [r[0] for r in replies] == [250, 250, 550], replies
+        assert c.command("DATA")[0] == 354
+        c.send(pop3support.lmtp_stuffed(message))
+        got = [c.reply()[0] for _ in range(2)]
+        assert got[0] == 250 and got[1] in (452, 552), got
+        assert c.command("QUIT")[0] == 221
+        c.close()
+        a = n.poplib_pop3s("alice")
+        body = b"\r\n".join(a.retr(1)[1]) + b"\r\n"
+        a.quit()
+        assert body.endswith(message) and b"Delivered-To: <alice>" in body, "trace headers, then the message"
+        assert postgres.psql("SELECT count(*) FROM messages", db=db).strip() == "1"
+        postgres.stop()
+        try:
+            c = pop3support.LMTPClient(("127.0.0.1", n.lmtp_port))
+            replies = pop3support.lmtp_start_transaction(c, "alice")
+            assert replies[0][0] == 451, f"an account store that does not answer defers: {replies}"
+            c.close()
+        finally:
+            postgres.start()
+    finally:
+        n.stop()

@@ -186,11 +186,27 @@ public struct LMTPSession: Sendable {
         }
     }
 
-    /// The account `lookUp` resolved the address to, or nil for an unknown recipient.
+    /// The account `lookUp` resolved the address to, or nil for an unknown recipient; `.temporaryFailure` when the
+    /// account store could not answer (the recipient is deferred with 451, never refused).
     public mutating func recipientLookedUp(_ account: String?) -> [Action] {
+        self.recipientLookedUp(account.map { .found($0) } ?? .unknown)
+    }
+
+    public enum RecipientLookup: Sendable, Equatable {
+        case found(String)
+        case unknown
+        case temporaryFailure
+    }
+
+    public mutating func recipientLookedUp(_ lookup: RecipientLookup) -> [Action] {
         guard case .lookingUp(let address) = self.state else { preconditionFailure("no lookup pending") }
         self.state = .mail(bdat: false)
-        guard let account else { return [.reply(.unknownRecipient)] }
+        let account: String
+        switch lookup {
+        case .found(let name): account = name
+        case .unknown: return [.reply(.unknownRecipient)]
+        case .temporaryFailure: return [.reply(.localError)]
+        }
         self.recipients.append(Recipient(address: address, account: account))
         return [.reply(.recipientOK)]
     }

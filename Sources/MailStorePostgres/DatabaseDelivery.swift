@@ -1,6 +1,7 @@
 import MailStore
 import NIOCore
 import PostgresNIO
+import Synchronization
 import SystemIO
 
 #if canImport(Glibc)
@@ -27,6 +28,62 @@ public struct DeliveryBytes: Sendable {
             }
             return filled == 0 ? nil : Array(bytes[..<filled])
         }
+    }
+}
+
+extension DeliveryBytes {
+    /// `prefix` (the trace headers of this copy), then `size` octets of a spool file read with pread(2) from offset
+    /// 0 (LMTP: one spool, a copy per recipient).
+    public static func spool(prefix: [UInt8], descriptor: Int32, size: Int) -> DeliveryBytes {
+        let position = Mutex<(prefixSent: Bool, offset: Int)>((false, 0))
+        return DeliveryBytes { limit in
+            var out: [UInt8] = []
+            if position.withLock({ state in defer { state.prefixSent = true }; return !state.prefixSent }) {
+                out = prefix
+            }
+            var offset = position.withLock { $0.offset }
+            var buffer = [UInt8](repeating: 0, count: max(limit, 1))
+            while out.count < limit, offset < size {
+                let want = min(limit - out.count, size - offset)
+                let count = try buffer.withUnsafeMutableBytes { raw in
+                    try FileSystem.pread(descriptor, into: UnsafeMutableRawBufferPointer(rebasing: raw[..<want]), at: UInt64(offset), path: "<spool>")
+                }
+                guard count > 0 else { throw DeliveryFailure.temporary("the spool file ended early") }
+                out += buffer[..<count]
+                offset += count
+            }
+            position.withLock { $0.offset = offset }
+            return out.isEmpty ? nil : out
+        }
+    }
+}
+
+/// LMTP's delivery side for the PostgreSQL backend: each copy is one transaction, acknowledged (250) only after it
+/// committed. The account's row is made on first use for a user the passwd-file knows; the account's quota is the
+/// database's (`accounts.quota_bytes`, `quota_messages`).
+public struct PostgresDeliveryTarget: DeliveryTarget {
+    let database: MailDatabase
+    let createsAccounts: Bool
+
+    public init(database: MailDatabase, createsAccounts: Bool) {
+        self.database = database
+        self.createsAccounts = createsAccounts
+    }
+
+    public func deliver(_ request: DeliveryRequest) async throws(DeliveryFailure) -> String {
+        let account: Int64?
+        do {
+            account = try await self.database.accountID(request.user, create: self.createsAccounts)
+        } catch {
+            throw .temporary("account lookup failed: \(error)")
+        }
+        guard let account else { throw .temporary("no account \(request.user) in the database") }
+        let id = try await self.database.deliver(
+            account: account,
+            maximumSize: request.maximumSize,
+            bytes: .spool(prefix: request.prefix, descriptor: request.spool, size: request.size)
+        )
+        return "message \(id)"
     }
 }
 

@@ -5,6 +5,7 @@ import NIOCore
 import NIOPosix
 import NIOSSL
 import PostgresNIO
+import Synchronization
 import SystemIO
 
 /// A failure of the PostgreSQL backend that is not about one maildrop: the database cannot be reached, the schema
@@ -84,11 +85,8 @@ public final class MailDatabase: Sendable {
     /// on the server). Every failure is a `MaildropError.temporary` for the session (`-ERR [SYS/TEMP]`), logged
     /// with its cause here.
     func withConnection<T: Sendable>(_ operation: String, _ body: @escaping @Sendable (PostgresConnection) async throws -> T) async throws -> T {
-        let deadline = self.settings.poolTimeout + self.settings.statementTimeout
         do {
-            return try await withDeadline(deadline) {
-                try await self.client.withConnection { connection in try await body(connection) }
-            }
+            return try await self.leased(body)
         } catch let error as MaildropError {
             throw error
         } catch let error as DeliveryFailure {
@@ -98,6 +96,33 @@ public final class MailDatabase: Sendable {
         } catch {
             self.logger.error("database: \(operation) failed", metadata: ["error": "\(Self.describe(error))"])
             throw MaildropError.temporary("database unavailable")
+        }
+    }
+
+    /// `body` on a pooled connection. Waiting for the connection is bounded by `pool_timeout` (a database that is
+    /// down or a pool that is exhausted answers `[SYS/TEMP]` then); once `body` runs, by `statement_timeout` per
+    /// statement on the server, and here by that plus a margin, for a connection whose server went away unheard.
+    private func leased<T: Sendable>(_ body: @escaping @Sendable (PostgresConnection) async throws -> T) async throws -> T {
+        let started = StartedFlag()
+        let (poolTimeout, statementTimeout) = (self.settings.poolTimeout, self.settings.statementTimeout)
+        return try await withThrowingTaskGroup(of: T?.self) { group in
+            group.addTask {
+                try await self.client.withConnection { connection in
+                    started.value.withLock { $0 = true }
+                    return try await body(connection)
+                }
+            }
+            group.addTask {
+                try await Task.sleep(for: poolTimeout)
+                if !started.value.withLock({ $0 }) { throw DeadlineExceeded(duration: poolTimeout) }
+                try await Task.sleep(for: statementTimeout + .seconds(10))
+                throw DeadlineExceeded(duration: poolTimeout + statementTimeout + .seconds(10))
+            }
+            defer { group.cancelAll() }
+            while let result = try await group.next() {
+                if let value = result { return value }
+            }
+            throw DeadlineExceeded(duration: poolTimeout)
         }
     }
 
@@ -284,4 +309,9 @@ public final class MailDatabase: Sendable {
             ("tcp_keepalives_count", "2"),
         ]
     }
+}
+
+/// Whether a leased body has started (shared by the lease and its timer).
+private final class StartedFlag: Sendable {
+    let value = Mutex(false)
 }

@@ -108,8 +108,8 @@ struct LMTPConnection {
             case .reply(let reply):
                 reply.write(into: &self.out)
             case .lookUp(let address):
-                let account = await self.lookUp(address)
-                queue.append(contentsOf: self.state.recipientLookedUp(account))
+                let lookup = await self.lookUp(address)
+                queue.append(contentsOf: self.state.recipientLookedUp(lookup))
             case .receiveData:
                 try self.openSpool()
                 self.framer.startData()
@@ -130,17 +130,18 @@ struct LMTPConnection {
         return true
     }
 
-    private func lookUp(_ address: String) async -> String? {
-        let service = self.service
-        let account: String?
+    private func lookUp(_ address: String) async -> LMTPSession.RecipientLookup {
         do {
-            // The passwd-file may be re-read (stat, parse): off the event loop.
-            account = try await NIOThreadPool.singleton.runIfActive { service.resolve(address) }
+            guard let account = try await self.service.resolve(address) else {
+                self.logger.info("unknown recipient", metadata: ["recipient": "\(logEscaped(address))"])
+                return .unknown
+            }
+            return .found(account)
         } catch {
-            account = nil
+            // The account store did not answer (a database away): deferred, so the MTA retries.
+            self.logger.error("recipient lookup failed", metadata: ["recipient": "\(logEscaped(address))", "error": "\(error)"])
+            return .temporaryFailure
         }
-        if account == nil { self.logger.info("unknown recipient", metadata: ["recipient": "\(logEscaped(address))"]) }
-        return account
     }
 
     private mutating func openSpool() throws {

@@ -22,7 +22,8 @@ import Glibc
 /// A connection that ends before the final dot stores nothing.
 public final class LMTPService: Service, Sendable {
     let configuration: ServerConfiguration
-    let verifier: PasswdFileVerifier
+    /// The accounts recipients are looked up in: the passwd-file, or the database's (`storage.backend: postgres`).
+    let accounts: any CredentialVerifier
     let target: any DeliveryTarget
     let locator: MaildirLocator
     let logger: Logger
@@ -41,7 +42,7 @@ public final class LMTPService: Service, Sendable {
 
     public init(
         configuration: ServerConfiguration,
-        verifier: PasswdFileVerifier,
+        accounts: any CredentialVerifier,
         target: any DeliveryTarget,
         prebound: [PreboundLMTPListener],
         mayWriteAsRoot: Bool,
@@ -50,7 +51,7 @@ public final class LMTPService: Service, Sendable {
         onListening: @escaping @Sendable ([BoundListener]) -> Void = { _ in }
     ) {
         self.configuration = configuration
-        self.verifier = verifier
+        self.accounts = accounts
         self.target = target
         self.locator = MaildirLocator(template: configuration.maildirTemplate)
         self.prebound = prebound
@@ -213,7 +214,7 @@ public final class LMTPService: Service, Sendable {
     /// The account an address is delivered to, or nil: the whole address as a user name, else its local part
     /// without `+detail`; with `lmtp.domains`, only for those domains. Both lookups are made every time, so an
     /// unknown user and a foreign domain cost the same and get the same reply.
-    func resolve(_ address: String) -> String? {
+    func resolve(_ address: String) async throws -> String? {
         let at = address.lastIndex(of: "@")
         let local = at.map { String(address[..<$0]) } ?? address
         let domain = at.map { address[address.index(after: $0)...].lowercased() }
@@ -222,10 +223,11 @@ public final class LMTPService: Service, Sendable {
         if let mark = delimiter.first, let cut = local.firstIndex(of: mark), cut != local.startIndex {
             base = String(local[..<cut])
         }
-        let whole = self.verifier.record(named: address)
-        let byLocal = self.verifier.record(named: base)
         let domains = self.configuration.lmtp.domains
         let domainAllowed = domains.isEmpty || domain.map { domains.contains($0) } == true
+        // Both names are looked up whatever the domain says, so that a foreign domain costs what an unknown user does.
+        let whole = try await self.accounts.lookup(user: address)
+        let byLocal = try await self.accounts.lookup(user: base)
         guard domainAllowed else { return nil }
         return whole?.name ?? byLocal?.name
     }
@@ -245,8 +247,15 @@ public final class LMTPService: Service, Sendable {
             logger.error("LMTP delivery refused: pop3d runs as root (set user:)")
             return .localError
         }
-        guard let record = self.verifier.record(named: recipient.account) else {
-            logger.warning("LMTP delivery deferred: the account disappeared from the passwd-file")
+        let found: UserRecord?
+        do {
+            found = try await self.accounts.lookup(user: recipient.account)
+        } catch {
+            logger.error("LMTP delivery deferred: account lookup failed", metadata: ["error": "\(error)"])
+            return .localError
+        }
+        guard let record = found else {
+            logger.warning("LMTP delivery deferred: the account disappeared")
             return .localError
         }
         let path: String

@@ -213,17 +213,23 @@ public final class POP3Daemon: Sendable {
         )
         services.append(.init(service: server, successTerminationBehavior: .gracefullyShutdownGroup))
         var deliveryPool: NIOThreadPool?
-        if !self.preboundLMTP.isEmpty, let verifier = self.verifier {
-            // Deliveries block in fsync: they get threads of their own, so that concurrent sessions' copies reach
-            // the disk together instead of queueing behind the shared pool (as many threads as cores).
-            let pool = NIOThreadPool(numberOfThreads: LMTPService.deliveryThreads)
-            pool.start()
-            deliveryPool = pool
-            let writer = MaildirProvider(threadPool: pool, logger: self.logger, indexCacheCapacity: 0)
-            let target: any DeliveryTarget = separated(writer) ?? writer
+        if !self.preboundLMTP.isEmpty {
+            let target: any DeliveryTarget
+            if let database = self.database {
+                // Each copy is a transaction: no thread blocks in fsync here, PostgreSQL's commit does it.
+                target = PostgresDeliveryTarget(database: database, createsAccounts: self.verifier != nil)
+            } else {
+                // Deliveries block in fsync: they get threads of their own, so that concurrent sessions' copies reach
+                // the disk together instead of queueing behind the shared pool (as many threads as cores).
+                let pool = NIOThreadPool(numberOfThreads: LMTPService.deliveryThreads)
+                pool.start()
+                deliveryPool = pool
+                let writer = MaildirProvider(threadPool: pool, logger: self.logger, indexCacheCapacity: 0)
+                target = separated(writer) ?? writer
+            }
             let lmtp = LMTPService(
                 configuration: self.configuration,
-                verifier: verifier,
+                accounts: self.accounts,
                 target: target,
                 prebound: self.preboundLMTP,
                 mayWriteAsRoot: !self.dropsPrivileges,

@@ -346,12 +346,6 @@ extension ServerConfiguration {
             }
             return .tcp(address)
         }
-        if backend == .postgres && !result.lmtp.listeners.isEmpty {
-            throw ConfigurationError(
-                key: "listen.lmtp",
-                "LMTP delivery into PostgreSQL is not implemented yet; with storage.backend: postgres the MTA delivers with `pop3d deliver`"
-            )
-        }
         if result.pop3sListeners.isEmpty && result.pop3Listeners.isEmpty {
             throw ConfigurationError(key: "listen", "no listener: set listen.pop3s and/or listen.pop3")
         }

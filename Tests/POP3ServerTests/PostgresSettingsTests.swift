@@ -84,7 +84,6 @@ import Testing
         ("storage:\n  backend: postgres\n  postgres:\n    url: \"postgresql://p@h/d\"\n    tls: verify-full\n", "storage.postgres.ca_file"),
         ("storage:\n  backend: postgres\n  postgres:\n    url: \"postgresql://p@h/d\"\n    tls: maybe\n", "storage.postgres.tls"),
         ("storage:\n  backend: postgres\n  postgres:\n    url: \"postgresql://p@h/d\"\n    pool_size: 0\n", "storage.postgres.pool_size"),
-        ("listen:\n  lmtp: \"127.0.0.1:24\"\nstorage:\n  backend: postgres\n  postgres:\n    url: \"postgresql://p@h/d\"\n", "listen.lmtp"),
         ("storage:\n  backend: postgres\n  postgres:\n    url: \"postgresql://p@h/d\"\n    pool_sise: 3\n", "storage.postgres.pool_sise"),
     ])
     func refusesBadStorageKeys(yaml: String, key: String) async {
