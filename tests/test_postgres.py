@@ -43,8 +43,8 @@ def test_serve_refuses_a_database_without_schema_until_migrated(pop3d_bin, clust
     status, output = n.run_serve()
     assert status == 78, output
     assert "pop3d db migrate" in output
-    assert "schema migrated from version 0 to 1" in n.migrate()
-    assert "schema is current (version 1)" in n.migrate(), "migrate runs again harmlessly"
+    assert "schema migrated from version 0 to 2" in n.migrate()
+    assert "schema is current (version 2)" in n.migrate(), "migrate runs again harmlessly"
     n.start()
     n.stop()
 
@@ -368,3 +368,46 @@ def test_lmtp_delivers_into_postgres_and_defers_while_it_is_away(pop3d_bin, clus
             postgres.start()
     finally:
         n.stop()
+
+
+def test_the_auth_penalty_is_shared_by_the_nodes(pop3d_bin, cluster_db, postgres):
+    """Failures from one address on one node slow that address down on every node (one address does not get N
+    times the attempts behind N nodes); retrying the same wrong password does not count again; another address is
+    not slowed; the rows expire by themselves."""
+    url, folder = cluster_db
+    db = url.rsplit("/", 1)[1]
+    first = node(pop3d_bin, cluster_db, "node1", extra="auth:\n  failure_delay: 0\n")
+    second = node(pop3d_bin, cluster_db, "node2", extra="auth:\n  failure_delay: 0\n")
+    first.migrate()
+    first.add_user("alice", "pw-alice")
+    first.start()
+    second.start()
+
+    def attempt(n, password, source):
+        started = time.monotonic()
+        s = pop3support.POP3Session(n, source=source, timeout=60)
+        try:
+            s.login("alice", password)
+            ok = True
+        except pop3support.POP3Error:
+            ok = False
+        s.close()
+        return ok, time.monotonic() - started
+
+    try:
+        assert attempt(first, "wrong-1", "127.0.0.5")[0] is False
+        assert attempt(first, "wrong-2", "127.0.0.5")[0] is False
+        assert postgres.psql("SELECT failures FROM auth_penalty", db=db).strip() == "2"
+        ok, took = attempt(second, "pw-alice", "127.0.0.5")
+        assert ok and took >= 3.5, f"node2 must wait the 4 s of two failures seen on node1 (took {took:.1f} s)"
+        assert "auth penalty" in second.log_text()
+        attempt(second, "wrong-2", "127.0.0.5")
+        assert postgres.psql("SELECT failures FROM auth_penalty", db=db).strip() == "2", "the same wrong password again"
+        ok, took = attempt(second, "pw-alice", "127.0.0.6")
+        assert ok and took < 2, "another address is not slowed"
+        postgres.psql("UPDATE auth_penalty SET last_failure = now() - interval '2 hours'", db=db)
+        ok, took = attempt(first, "pw-alice", "127.0.0.5")
+        assert ok and took < 2, "failures an hour old are forgotten"
+    finally:
+        first.stop()
+        second.stop()

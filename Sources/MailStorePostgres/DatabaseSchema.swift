@@ -8,6 +8,7 @@
 ///   retrieval time, how many chunks hold its body.
 /// - `message_chunks`: the body in chunks of `chunkSize` octets (the last may be shorter), stored uncompressed
 ///   (`STORAGE EXTERNAL`: a RETR reads without decompressing).
+/// - `auth_penalty`, `pop3d_secrets` (version 2): the authentication penalty all nodes share, and its digest key.
 public enum DatabaseSchema {
     /// Octets per stored chunk: memory per message in delivery and RETR is bounded by it.
     public static let chunkSize = 256 * 1024
@@ -48,7 +49,22 @@ public enum DatabaseSchema {
             )
             """,
             "ALTER TABLE message_chunks ALTER COLUMN data SET STORAGE EXTERNAL",
-        ]
+        ],
+        [
+            // The auth penalty shared by every node (SharedPenalty): one row per client address key.
+            """
+            CREATE TABLE auth_penalty (
+                address text PRIMARY KEY,
+                failures integer NOT NULL,
+                last_failure timestamptz NOT NULL,
+                next_slot timestamptz NOT NULL,
+                credentials text[] NOT NULL DEFAULT '{}'
+            )
+            """,
+            "CREATE INDEX auth_penalty_by_age ON auth_penalty (last_failure)",
+            // Keys every node must share: the one that digests wrong credentials for the penalty.
+            "CREATE TABLE pop3d_secrets (name text PRIMARY KEY, value bytea NOT NULL)",
+        ],
     ]
 
     public static var version: Int { Self.migrations.count }

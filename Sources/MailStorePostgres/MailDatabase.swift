@@ -199,6 +199,12 @@ public final class MailDatabase: Sendable {
                     try await connection.query(PostgresQuery(unsafeSQL: statement), logger: self.logger)
                 }
             }
+            var generator = SystemRandomNumberGenerator()
+            let penaltyKey = ByteBuffer(bytes: (0..<32).map { _ in UInt8.random(in: .min ... .max, using: &generator) })
+            try await connection.query(
+                "INSERT INTO pop3d_secrets (name, value) VALUES ('penalty', \(penaltyKey)) ON CONFLICT (name) DO NOTHING",
+                logger: self.logger
+            )
             if current == nil {
                 try await connection.query("INSERT INTO pop3d_schema (version) VALUES (\(DatabaseSchema.version))", logger: self.logger)
             } else {

@@ -1,5 +1,6 @@
 import Crypto
 import Foundation
+import MailStorePostgres
 import NIOConcurrencyHelpers
 import NIOCore
 
@@ -127,16 +128,22 @@ public struct AuthPenaltyTable: Sendable {
     }
 }
 
-/// The shared, locked penalty table with the real clock, plus trusted networks that are exempt.
+/// The shared, locked penalty table with the real clock, plus trusted networks that are exempt. With the
+/// PostgreSQL backend the penalty lives in the database (`SharedPenalty`), so all nodes count an address's failures
+/// together; this process's table then only stands in while the database does not answer.
 public final class AuthPenalty: Sendable {
     private let table: NIOLockedValueBox<AuthPenaltyTable>
     private let trusted: [CIDRNetwork]
-    /// A per-process key so credential digests in memory are useless elsewhere.
-    private let digestKey = SymmetricKey(size: .bits256)
+    /// Digests wrong credentials: per process, or the database's key shared by every node (so that a retry of the
+    /// same wrong password on another node is recognised). Digests are useless without it.
+    private let digestKey: SymmetricKey
+    private let shared: SharedPenalty?
 
-    public init(trustedNetworks: [CIDRNetwork], maximumEntries: Int = 100_000) {
+    public init(trustedNetworks: [CIDRNetwork], maximumEntries: Int = 100_000, shared: (store: SharedPenalty, key: [UInt8])? = nil) {
         self.trusted = trustedNetworks
         self.table = NIOLockedValueBox(AuthPenaltyTable(maximumEntries: maximumEntries))
+        self.shared = shared?.store
+        self.digestKey = shared.map { SymmetricKey(data: $0.key) } ?? SymmetricKey(size: .bits256)
     }
 
     public func isExempt(_ address: SocketAddress?) -> Bool {
@@ -149,12 +156,34 @@ public final class AuthPenalty: Sendable {
         return self.table.withLockedValue { $0.admit(key, now: .now) }
     }
 
+    /// How long an attempt from `address` must wait, and its failures so far: from the database when shared (this
+    /// process's table if the database does not answer).
+    public func admitShared(_ address: SocketAddress?) async -> (wait: Duration, failures: Int) {
+        guard !self.isExempt(address) else { return (.zero, 0) }
+        if let shared = self.shared, let answer = try? await shared.admit(ConnectionLimiter.key(for: address)) {
+            return answer
+        }
+        return (self.admit(address), self.failures(for: address))
+    }
+
     public func recordFailure(_ address: SocketAddress?, user: String, password: String) {
-        guard !self.isExempt(address) else { return }
+        _ = self.recordLocally(address, user: user, password: password)
+    }
+
+    /// Records a failure here and, when shared, in the database.
+    public func recordFailureShared(_ address: SocketAddress?, user: String, password: String) async {
+        guard let digest = self.recordLocally(address, user: user, password: password), let shared = self.shared else { return }
+        let hex = digest.map { String(format: "%02x", $0) }.joined()
+        try? await shared.recordFailure(ConnectionLimiter.key(for: address), credential: hex)
+    }
+
+    private func recordLocally(_ address: SocketAddress?, user: String, password: String) -> SHA256Digest? {
+        guard !self.isExempt(address) else { return nil }
         let key = ConnectionLimiter.key(for: address)
         let mac = HMAC<SHA256>.authenticationCode(for: Array(user.utf8) + [0] + Array(password.utf8), using: self.digestKey)
         let digest = SHA256.hash(data: Array(mac))
         self.table.withLockedValue { $0.recordFailure(key, credential: digest, now: .now) }
+        return digest
     }
 
     public func failures(for address: SocketAddress?) -> Int {

@@ -23,6 +23,8 @@ public final class POP3Daemon: Sendable {
     /// The PostgreSQL backend (`storage.backend: postgres`), checked at start: reachable, schema current, durable
     /// commits.
     public let database: MailDatabase?
+    /// The auth penalty in the database and the key its credential digests share (PostgreSQL backend).
+    let sharedPenalty: (store: SharedPenalty, key: [UInt8])?
     public let oauth: OAuth2Validator?
     let separation: Separation?
     let prebound: [PreboundListener]
@@ -47,7 +49,9 @@ public final class POP3Daemon: Sendable {
         }
         self.dropsPrivileges = dropPrivileges
         // The database is checked before any port is bound: a port that accepts means the server is ready.
-        let database = try configuration.postgres.map { try Self.openDatabase($0, logger: logger) }
+        let opened = try configuration.postgres.map { try Self.openDatabase($0, logger: logger) }
+        let database = opened?.database
+        self.sharedPenalty = opened.map { (SharedPenalty(database: $0.database), $0.penaltyKey) }
         self.prebound = try ListenSocket.bindAll(configuration)
         self.preboundLMTP = try ListenSocket.bindLMTP(configuration)
         self.tls = try configuration.tlsConfigured
@@ -209,6 +213,7 @@ public final class POP3Daemon: Sendable {
             maildrops: maildrops,
             logger: self.logger,
             prebound: self.prebound,
+            sharedPenalty: self.sharedPenalty,
             onListening: onListening
         )
         services.append(.init(service: server, successTerminationBehavior: .gracefullyShutdownGroup))
@@ -312,14 +317,19 @@ public final class POP3Daemon: Sendable {
 
     /// Checks the database before anything is served (reachable, schema current, commits durable), then returns
     /// the handle the server runs. A check failure stops the start with what to do.
-    static func openDatabase(_ settings: PostgresSettings, logger: Logger) throws -> MailDatabase {
+    static func openDatabase(_ settings: PostgresSettings, logger: Logger) throws -> (database: MailDatabase, penaltyKey: [UInt8]) {
         let password = try ServerConfiguration.readDatabasePassword(settings)
         do {
             let probe = try MailDatabase(settings: settings, password: password, logger: logger)
-            let warnings = try runBlocking { try await probe.withRunning { try await $0.startupCheck() } }
+            let (warnings, key) = try runBlocking {
+                try await probe.withRunning { database in
+                    let warnings = try await database.startupCheck()
+                    return (warnings, try await SharedPenalty(database: database).digestKey())
+                }
+            }
             for warning in warnings { logger.warning("storage.postgres: \(warning)") }
             logger.info("PostgreSQL storage", metadata: ["database": "\(settings.endpoint)/\(settings.database)", "pool": "\(settings.poolSize)"])
-            return try MailDatabase(settings: settings, password: password, logger: logger)
+            return (try MailDatabase(settings: settings, password: password, logger: logger), key)
         } catch let error as DatabaseError {
             throw ConfigurationError(key: "storage.postgres", error.description)
         }

@@ -1,6 +1,7 @@
 import Accounts
 import Logging
 import MailStore
+import MailStorePostgres
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
@@ -57,6 +58,7 @@ public final class POP3Service: Service, Sendable {
         group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
         logger: Logger,
         prebound: [PreboundListener]? = nil,
+        sharedPenalty: (store: SharedPenalty, key: [UInt8])? = nil,
         onListening: @escaping @Sendable ([BoundListener]) -> Void = { _ in }
     ) {
         self.prebound = prebound
@@ -72,7 +74,7 @@ public final class POP3Service: Service, Sendable {
             maximumConnections: configuration.limits.connections,
             maximumPerAddress: configuration.limits.connectionsPerAddress
         )
-        self.penalty = AuthPenalty(trustedNetworks: configuration.trustedNetworks)
+        self.penalty = AuthPenalty(trustedNetworks: configuration.trustedNetworks, shared: sharedPenalty)
         self.loginDelay = LoginDelay(delay: .seconds(configuration.policy.loginDelaySeconds))
         self.onListening = onListening
     }

@@ -210,9 +210,9 @@ struct SessionDriver {
 
     private func waitOutPenalty() async {
         let peer = self.clientAddress.withLockedValue { $0 }
-        let wait = self.penalty.admit(peer)
+        let (wait, failures) = await self.penalty.admitShared(peer)
         if wait > .zero {
-            self.logger.notice("auth penalty", metadata: ["delay": "\(wait)", "failures": "\(self.penalty.failures(for: peer))"])
+            self.logger.notice("auth penalty", metadata: ["delay": "\(wait)", "failures": "\(failures)"])
             try? await Task.sleep(for: wait)
         }
     }
@@ -222,7 +222,7 @@ struct SessionDriver {
     /// attempts). The caller then answers as for a wrong password.
     private func failed(user: String, credential: String, since checkStarted: ContinuousClock.Instant, reason: String) async {
         let peer = self.clientAddress.withLockedValue { $0 }
-        self.penalty.recordFailure(peer, user: user, password: credential)
+        await self.penalty.recordFailureShared(peer, user: user, password: credential)
         SessionFailure.credentialsRejected(reason: reason).log(self.logger, user: user)
         try? await Task.sleep(until: checkStarted + self.failureDelay, clock: .continuous)
     }
