@@ -411,3 +411,42 @@ def test_the_auth_penalty_is_shared_by_the_nodes(pop3d_bin, cluster_db, postgres
     finally:
         first.stop()
         second.stop()
+
+
+def test_migrate_maildir_keeps_passwords_and_uidls_and_resumes(pop3d_bin, cluster_db, postgres, tmp_path):
+    """`pop3d migrate maildir --from OLD --config NEW`: every passwd-file user and Maildir into the database; the
+    same passwords log in, the same UIDLs and sizes are served (no client downloads anything again), a second run
+    copies nothing, and --verify finds a difference made afterwards (exit 1)."""
+    url, folder = cluster_db
+    db = url.rsplit("/", 1)[1]
+    dev = pop3support.Pop3dDev(pop3d_bin, tmp_path)
+    dev.start()
+    try:
+        dev.add_user("carol", "pw-carol", scheme="SHA512-CRYPT")
+        dev.seed("carol", [make_message("mig", i, body_bytes=300_000 if i == 0 else 0)[1] for i in range(3)])
+        before = {}
+        for user in ("demo", "carol"):
+            s = pop3support.POP3Session(dev).login(user, dev.passwords[user])
+            before[user] = (s.uidl(), s.list())
+            s.quit()
+    finally:
+        dev.stop()
+    n = node(pop3d_bin, cluster_db)
+    n.migrate()
+    r = n.pop3d("migrate", "maildir", "--from", dev.config, "--verify")
+    out = r.stdout.decode()
+    assert r.returncode == 0, r.stderr.decode() + out
+    assert "carol: 3 copied, 0 already there, verified" in out, out
+    r = n.pop3d("migrate", "maildir", "--from", dev.config, "--verify")
+    assert r.returncode == 0 and "carol: 0 copied, 3 already there, verified" in r.stdout.decode(), r.stdout
+    n.start()
+    try:
+        for user in ("demo", "carol"):
+            s = pop3support.POP3Session(n).login(user, dev.passwords[user])
+            assert (s.uidl(), s.list()) == before[user], f"{user}: the listing changed in the move"
+            s.quit()
+    finally:
+        n.stop()
+    postgres.psql("DELETE FROM messages WHERE id = (SELECT min(id) FROM messages)", db=db)
+    r = n.pop3d("migrate", "maildir", "--from", dev.config, "--verify-only")
+    assert r.returncode == 1 and "only in the Maildir" in r.stdout.decode(), r.stdout

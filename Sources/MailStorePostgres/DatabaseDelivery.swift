@@ -10,9 +10,15 @@ import SystemIO
     import Musl
 #endif
 
-/// Where a delivery's bytes come from, read in blocking calls of at most one stored chunk each.
+/// Where a delivery's bytes come from, read in pieces of at most one stored chunk each.
 public struct DeliveryBytes: Sendable {
-    let next: @Sendable (Int) throws -> [UInt8]?
+    let next: @Sendable (Int) async throws -> [UInt8]?
+
+    /// The bytes of a message in another store (`pop3d migrate maildir`), regrouped into chunks.
+    public static func content(_ content: MessageContent) -> DeliveryBytes {
+        let reader = ContentReader(content.makeAsyncIterator())
+        return DeliveryBytes { limit in try await reader.next(limit) }
+    }
 
     /// Everything `descriptor` holds, to its end (standard input for `pop3d deliver`).
     public static func stream(_ descriptor: Int32) -> DeliveryBytes {
@@ -107,9 +113,9 @@ extension MailDatabase {
     }
 
     /// `deliver` as a result value.
-    public func deliverResult(account: Int64, maximumSize: Int?, bytes: DeliveryBytes) async -> Result<Int64, DeliveryFailure> {
+    public func deliverResult(account: Int64, maximumSize: Int?, bytes: DeliveryBytes, uidl: String? = nil) async -> Result<Int64, DeliveryFailure> {
         do {
-            return .success(try await self.deliver(account: account, maximumSize: maximumSize, bytes: bytes))
+            return .success(try await self.deliver(account: account, maximumSize: maximumSize, bytes: bytes, uidl: uidl))
         } catch {
             return .failure(error)
         }
@@ -118,7 +124,7 @@ extension MailDatabase {
     /// Stores one message for `account` in one transaction and returns its id once PostgreSQL has committed it (the
     /// delivery is durable then: `synchronous_commit` is checked at start). Over `maximumSize` or the account's
     /// quota (`accounts.quota_bytes`, `quota_messages`) nothing is stored. Memory: one chunk.
-    public func deliver(account: Int64, maximumSize: Int?, bytes: DeliveryBytes) async throws(DeliveryFailure) -> Int64 {
+    public func deliver(account: Int64, maximumSize: Int?, bytes: DeliveryBytes, uidl: String? = nil) async throws(DeliveryFailure) -> Int64 {
         let chunkSize = DatabaseSchema.chunkSize
         let logger = self.logger
         do {
@@ -151,14 +157,14 @@ extension MailDatabase {
                 }
                 var id: Int64 = 0
                 for try await inserted in try await connection.query(
-                    "INSERT INTO messages (account_id, size, octets, chunks) VALUES (\(account), 0, 0, 0) RETURNING id",
+                    "INSERT INTO messages (account_id, uidl, size, octets, chunks) VALUES (\(account), \(uidl), 0, 0, 0) RETURNING id",
                     logger: logger
                 ).decode(Int64.self) {
                     id = inserted
                 }
                 var counter = MessageSize.Counter()
                 var seq: Int32 = 0
-                while let chunk = try bytes.next(chunkSize) {
+                while let chunk = try await bytes.next(chunkSize) {
                     counter.update(chunk)
                     if let maximumSize, counter.octets > maximumSize {
                         throw DeliveryFailure.tooLarge("message too large (limit \(maximumSize) bytes)")
@@ -182,6 +188,64 @@ extension MailDatabase {
             throw failure
         } catch {
             throw .temporary("delivery failed, nothing was stored: \(error)")
+        }
+    }
+}
+
+/// Pulls a message's chunks one at a time and hands them out regrouped. Used by one delivery, sequentially.
+private final class ContentReader: @unchecked Sendable {
+    // @unchecked: `next` is called by one delivery at a time, never concurrently (the transaction awaits each call).
+    private var iterator: MessageContent.AsyncIterator
+    private var pending: [UInt8] = []
+    private var ended = false
+
+    init(_ iterator: MessageContent.AsyncIterator) {
+        self.iterator = iterator
+    }
+
+    func next(_ limit: Int) async throws -> [UInt8]? {
+        while self.pending.count < limit, !self.ended {
+            if let chunk = try await self.iterator.next() {
+                self.pending += chunk.readableBytesView
+            } else {
+                self.ended = true
+            }
+        }
+        guard !self.pending.isEmpty else { return nil }
+        let piece = Array(self.pending.prefix(limit))
+        self.pending.removeFirst(piece.count)
+        return piece
+    }
+}
+
+extension MailDatabase {
+    /// The account `name`, made with `passwordField` if it is not there yet (an existing account keeps its
+    /// password): `pop3d migrate maildir` runs again without changing what it already copied.
+    public func ensureAccount(_ name: String, passwordField: String) async throws -> Int64 {
+        try await self.withConnection("account") { connection in
+            try await connection.query(
+                "INSERT INTO accounts (name, password) VALUES (\(name), \(passwordField)) ON CONFLICT (name) DO NOTHING",
+                logger: self.logger
+            )
+            var id: Int64?
+            for try await found in try await connection.query("SELECT id FROM accounts WHERE name = \(name)", logger: self.logger).decode(Int64.self) {
+                id = found
+            }
+            guard let id else { throw DatabaseError("account \(name) vanished while it was being made") }
+            return id
+        }
+    }
+
+    /// UIDL → POP3 size of every message of `account`.
+    public func listing(account: Int64) async throws -> [String: Int] {
+        try await self.withConnection("listing") { connection in
+            var listing: [String: Int] = [:]
+            let rows = try await connection.query(
+                "SELECT \(unescaped: DatabaseSchema.uidlExpression), size FROM messages WHERE account_id = \(account)",
+                logger: self.logger
+            )
+            for try await (uidl, size) in rows.decode((String, Int64).self) { listing[uidl] = Int(size) }
+            return listing
         }
     }
 }

@@ -1,0 +1,55 @@
+import ArgumentParser
+import Foundation
+import Logging
+import POP3Server
+import SystemIO
+
+/// `pop3d migrate maildir --from OLD.yaml --config NEW.yaml [--verify]`.
+struct Migrate: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Move a Maildir set-up into PostgreSQL.",
+        subcommands: [Maildir.self]
+    )
+
+    struct Maildir: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Copy every user (passwd-file entry and Maildir, UIDLs kept) into the PostgreSQL backend of --config; resumable; the Maildirs stay."
+        )
+        @Option(name: .long, help: "The Maildir configuration to copy from (passwd_file, maildir).")
+        var from: String
+        @OptionGroup var options: ConfigOption
+        @Flag(help: "Compare each user's listing (UIDLs and sizes) in the Maildir and the database afterwards; exit 1 on any difference.")
+        var verify = false
+        @Flag(name: .customLong("verify-only"), help: "Compare without copying.")
+        var verifyOnly = false
+
+        func run() throws {
+            let (from, options, verify, copy) = (self.from, self.options, self.verify || self.verifyOnly, !self.verifyOnly)
+            do {
+                let source = try runBlocking { try await ServerConfiguration.load(file: from) }
+                let target = try runBlocking { try await options.load() }
+                var logger = Logger(label: "pop3d")
+                logger.logLevel = .error
+                let reports = try MaildirMigration(from: source, to: target, logger: logger).run(copy: copy, verify: verify) { report in
+                    var line = "\(report.user): \(report.copied) copied, \(report.alreadyThere) already there"
+                    if verify { line += report.differences.isEmpty ? ", verified" : ", \(report.differences.count) differences" }
+                    print(line)
+                    for difference in report.differences { print("  \(difference)") }
+                }
+                let differing = reports.filter { !$0.differences.isEmpty }.count
+                if verify && differing > 0 {
+                    FileHandle.standardError.write(Data("pop3d migrate: \(differing) of \(reports.count) users differ\n".utf8))
+                    throw ExitCode(1)
+                }
+            } catch let error as ConfigurationError {
+                FileHandle.standardError.write(Data("pop3d: configuration error: \(error)\n".utf8))
+                throw ExitCode(78)
+            } catch let exit as ExitCode {
+                throw exit
+            } catch {
+                FileHandle.standardError.write(Data("pop3d migrate: \(error) (run it again: copied messages are skipped)\n".utf8))
+                throw ExitCode(75)
+            }
+        }
+    }
+}
