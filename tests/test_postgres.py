@@ -413,10 +413,11 @@ def test_the_auth_penalty_is_shared_by_the_nodes(pop3d_bin, cluster_db, postgres
         second.stop()
 
 
-def test_migrate_maildir_keeps_passwords_and_uidls_and_resumes(pop3d_bin, cluster_db, postgres, tmp_path):
+def test_migrate_maildir_and_export_back_keep_passwords_and_uidls_and_resume(pop3d_bin, cluster_db, postgres, tmp_path):
     """`pop3d migrate maildir --from OLD --config NEW`: every passwd-file user and Maildir into the database; the
     same passwords log in, the same UIDLs and sizes are served (no client downloads anything again), a second run
-    copies nothing, and --verify finds a difference made afterwards (exit 1)."""
+    copies nothing, `pop3d export maildir` moves it all back (resumable, verified), and --verify finds a difference
+    made afterwards (exit 1)."""
     url, folder = cluster_db
     db = url.rsplit("/", 1)[1]
     dev = pop3support.Pop3dDev(pop3d_bin, tmp_path)
@@ -447,6 +448,20 @@ def test_migrate_maildir_keeps_passwords_and_uidls_and_resumes(pop3d_bin, cluste
             s.quit()
     finally:
         n.stop()
+    # And back: `pop3d export maildir` into a new Maildir set-up, resumable, verified both ways.
+    back = tmp_path / "back"
+    back.mkdir()
+    exported = back / "pop3d.yaml"
+    exported.write_text(f'listen:\n  pop3s: "127.0.0.1:1"\ntls:\n  certificate: {n.ca}\n  key: {folder}/key.pem\n'
+                        "passwd_file: users\nmaildir: mail/%u\n")
+    r = n.pop3d("export", "maildir", "--to", str(exported), "--verify")
+    assert r.returncode == 0 and "carol: 3 copied, 0 already there, verified" in r.stdout.decode(), r.stdout + r.stderr
+    assert "carol:{SHA512-CRYPT}" in (back / "users").read_text(), "the stored password field moves as it is"
+    r = n.pop3d("export", "maildir", "--to", str(exported), "--verify")
+    assert r.returncode == 0 and "carol: 0 copied, 3 already there, verified" in r.stdout.decode(), r.stdout
+    r = n.pop3d("migrate", "maildir", "--from", str(exported), "--verify-only")
+    assert r.returncode == 0, r.stdout + r.stderr
+
     postgres.psql("DELETE FROM messages WHERE id = (SELECT min(id) FROM messages)", db=db)
     r = n.pop3d("migrate", "maildir", "--from", dev.config, "--verify-only")
     assert r.returncode == 1 and "only in the Maildir" in r.stdout.decode(), r.stdout

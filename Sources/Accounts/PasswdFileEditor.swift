@@ -32,9 +32,17 @@ public struct PasswdFileEditor: Sendable {
         gid: UInt32? = nil,
         home: String? = nil
     ) throws {
+        try self.add(user: user, passwordField: Self.makeField(password: password, scheme: scheme, iterations: iterations), uid: uid, gid: gid, home: home)
+    }
+
+    /// Appends `user` with a stored password field as it is (`pop3d export maildir` moves accounts with their
+    /// hashes). A field that would break the line format is refused.
+    public func add(user: String, passwordField field: String, uid: UInt32? = nil, gid: UInt32? = nil, home: String? = nil) throws {
         guard UserName.isValid(user) else { throw PasswdFileError.invalidUserName(user) }
         if let home { try Self.validateHome(home) }
-        let field = try Self.makeField(password: password, scheme: scheme, iterations: iterations)
+        guard !field.contains(where: { $0 == ":" || $0 == "\n" || $0 == "\r" }) else {
+            throw PasswdFileError.invalidPassword(reason: "a stored field with ':' or a line break does not fit a passwd-file line")
+        }
         var fields = [user, field, uid.map(String.init) ?? "", gid.map(String.init) ?? "", "", home ?? ""]
         while fields.last == "" { fields.removeLast() }
         let newLine = Array(fields.joined(separator: ":").utf8) + [UInt8(ascii: "\n")]

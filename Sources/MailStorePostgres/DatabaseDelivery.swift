@@ -249,3 +249,45 @@ extension MailDatabase {
         }
     }
 }
+
+extension MailDatabase {
+    /// Every account: name and stored password field.
+    public func accounts() async throws -> [(id: Int64, name: String, passwordField: String)] {
+        try await self.withConnection("accounts") { connection in
+            var accounts: [(Int64, String, String)] = []
+            for try await row in try await connection.query("SELECT id, name, password FROM accounts ORDER BY id", logger: self.logger)
+                .decode((Int64, String, String).self)
+            {
+                accounts.append(row)
+            }
+            return accounts
+        }
+    }
+
+    /// Every message of `account`: id, UIDL, chunk count, in delivery order.
+    public func messages(account: Int64) async throws -> [(id: Int64, uidl: String, chunks: Int)] {
+        try await self.withConnection("messages") { connection in
+            var messages: [(Int64, String, Int)] = []
+            let rows = try await connection.query(
+                "SELECT id, \(unescaped: DatabaseSchema.uidlExpression), chunks FROM messages WHERE account_id = \(account) ORDER BY id",
+                logger: self.logger
+            )
+            for try await (id, uidl, chunks) in rows.decode((Int64, String, Int32).self) { messages.append((id, uidl, Int(chunks))) }
+            return messages
+        }
+    }
+
+    /// Chunk `seq` of message `id`.
+    public func chunk(message id: Int64, seq: Int) async throws -> ByteBuffer? {
+        try await self.withConnection("message read") { connection in
+            var data: ByteBuffer?
+            for try await chunk in try await connection.query(
+                "SELECT data FROM message_chunks WHERE message_id = \(id) AND seq = \(Int32(seq))",
+                logger: self.logger
+            ).decode(ByteBuffer.self) {
+                data = chunk
+            }
+            return data
+        }
+    }
+}

@@ -81,16 +81,7 @@ final class PostgresMaildrop: Maildrop {
             }
             let seq = state.withLock { $0.next }
             guard Int(seq) < entry.chunks else { return nil }
-            let stored = try await database.withConnection("message read") { connection in
-                var data: ByteBuffer?
-                let rows = try await connection.query(
-                    "SELECT data FROM message_chunks WHERE message_id = \(entry.id) AND seq = \(seq)",
-                    logger: database.logger
-                )
-                for try await chunk in rows.decode(ByteBuffer.self) { data = chunk }
-                return data
-            }
-            guard var stored else { throw MaildropError.messageGone }
+            guard var stored = try await database.chunk(message: entry.id, seq: Int(seq)) else { throw MaildropError.messageGone }
             let piece = stored.readSlice(length: min(limit, stored.readableBytes)) ?? ByteBuffer()
             state.withLock { $0 = (stored, seq + 1) }
             return piece

@@ -5,6 +5,10 @@ import MailStorePostgres
 import POP3Core
 import SystemIO
 
+#if canImport(Glibc)
+    import Glibc
+#endif
+
 /// `pop3d migrate maildir --from OLD.yaml --config NEW.yaml`: every user of a Maildir set-up (passwd-file entries
 /// and Maildirs) into PostgreSQL. Passwords move as their stored fields (they keep working, SCRAM keys too); each
 /// message keeps its UIDL (Dovecot's, from dovecot-uidlist), so no client downloads anything again. Resumable: a
@@ -88,6 +92,78 @@ public struct MaildirMigration {
                 return reports
             }
         }
+    }
+
+    /// The reverse (`pop3d export maildir`), so that nobody is locked in: every database account into the Maildir
+    /// set-up (a passwd-file line with the stored password field, for an account it lacks) and every message into
+    /// the account's Maildir with its UIDL recorded in dovecot-uidlist. Resumable as `pop3d import` is: a file
+    /// carries its UIDL's tag, so a run killed between storing and recording finds it again.
+    public func export(verify: Bool, progress: @escaping @Sendable (Report) -> Void) throws -> [Report] {
+        let settings = self.target.postgres!
+        let database = try MailDatabase(settings: settings, password: try ServerConfiguration.readDatabasePassword(settings), logger: self.logger)
+        let locator = MaildirLocator(template: self.source.maildirTemplate)
+        let editor = PasswdFileEditor(path: self.source.passwdFile)
+        let passwdPath = self.source.passwdFile
+        let logger = self.logger
+        return try runBlocking {
+            try await database.withRunning { database in
+                var reports: [Report] = []
+                for account in try await database.accounts() {
+                    var report = Report(user: account.name)
+                    let existing = try? PasswdFile.parse(String(contentsOfFile: passwdPath, encoding: .utf8), path: passwdPath)
+                    if existing?.record(named: account.name) == nil {
+                        try editor.add(user: account.name, passwordField: account.passwordField)
+                    }
+                    let record = try PasswdFile.parse(String(contentsOfFile: passwdPath, encoding: .utf8), path: passwdPath).record(named: account.name)!
+                    let target = MaildirImport(maildir: try locator.path(for: record), logger: logger)
+                    let present = Set(try target.listing().map(\.uniqueID))
+                    let tagged = try target.taggedFiles()
+                    var toRecord: [String: String] = [:]
+                    for message in try await database.messages(account: account.id) {
+                        if present.contains(message.uidl) {
+                            report.alreadyThere += 1
+                            continue
+                        }
+                        if let base = tagged[MaildirImport.tag(message.uidl)] {
+                            toRecord[base] = message.uidl
+                            report.alreadyThere += 1
+                            continue
+                        }
+                        toRecord[try await Self.copy(message, from: database, into: target)] = message.uidl
+                        report.copied += 1
+                    }
+                    try target.recordUniqueIDs(toRecord)
+                    if verify {
+                        let listing = try target.listing()
+                        report.differences = Self.compare(
+                            maildir: listing.map { MaildropMessage(uniqueID: $0.uniqueID, size: $0.size) },
+                            database: try await database.listing(account: account.id)
+                        )
+                    }
+                    progress(report)
+                    reports.append(report)
+                }
+                return reports
+            }
+        }
+    }
+
+    /// One message's chunks into an unnamed spool file, then durably into the Maildir; returns its base name.
+    private static func copy(_ message: (id: Int64, uidl: String, chunks: Int), from database: MailDatabase, into target: MaildirImport) async throws -> String {
+        var template = Array("/tmp/pop3d-export-XXXXXX".utf8CString)
+        let spool = template.withUnsafeMutableBufferPointer { mkstemp($0.baseAddress!) }
+        guard spool >= 0 else { throw FileSystemError("mkstemp", path: "/tmp", errno: errno) }
+        unlink(String(cString: template))
+        defer { close(spool) }
+        var size = 0
+        for seq in 0..<message.chunks {
+            guard let chunk = try await database.chunk(message: message.id, seq: seq) else {
+                throw DatabaseError("message \(message.uidl) lost chunk \(seq) during the export")
+            }
+            try chunk.readableBytesView.withUnsafeBytes { try FileSystem.write(spool, $0, path: "<spool>") }
+            size += chunk.readableBytes
+        }
+        return try target.store(spool: spool, size: size, uniqueID: message.uidl)
     }
 
     /// What differs between the two listings: UIDLs on one side only, and sizes that disagree.

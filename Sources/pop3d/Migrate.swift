@@ -53,3 +53,47 @@ struct Migrate: ParsableCommand {
         }
     }
 }
+
+/// `pop3d export maildir --to OLD.yaml --config NEW.yaml [--verify]`.
+struct Export: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Move a PostgreSQL set-up back into Maildirs (nobody is locked in).",
+        subcommands: [Maildir.self]
+    )
+
+    struct Maildir: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Copy every database account (passwd-file line with its stored password) and message (UIDL kept) into the Maildir set-up of --to; resumable; the database stays. Run it as the user the Maildirs belong to."
+        )
+        @Option(name: .long, help: "The Maildir configuration to copy into (passwd_file, maildir).")
+        var to: String
+        @OptionGroup var options: ConfigOption
+        @Flag(help: "Compare each user's listing (UIDLs and sizes) afterwards; exit 1 on any difference.")
+        var verify = false
+
+        func run() throws {
+            let (to, options, verify) = (self.to, self.options, self.verify)
+            do {
+                let maildir = try runBlocking { try await ServerConfiguration.load(file: to) }
+                let database = try runBlocking { try await options.load() }
+                var logger = Logger(label: "pop3d")
+                logger.logLevel = .error
+                let reports = try MaildirMigration(from: maildir, to: database, logger: logger).export(verify: verify) { report in
+                    var line = "\(report.user): \(report.copied) copied, \(report.alreadyThere) already there"
+                    if verify { line += report.differences.isEmpty ? ", verified" : ", \(report.differences.count) differences" }
+                    print(line)
+                    for difference in report.differences { print("  \(difference)") }
+                }
+                if verify, reports.contains(where: { !$0.differences.isEmpty }) { throw ExitCode(1) }
+            } catch let error as ConfigurationError {
+                FileHandle.standardError.write(Data("pop3d: configuration error: \(error)\n".utf8))
+                throw ExitCode(78)
+            } catch let exit as ExitCode {
+                throw exit
+            } catch {
+                FileHandle.standardError.write(Data("pop3d export: \(error) (run it again: copied messages are skipped)\n".utf8))
+                throw ExitCode(75)
+            }
+        }
+    }
+}

@@ -16,7 +16,7 @@ struct POP3D: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "pop3d",
         abstract: "A POP3S server for Maildir.",
-        subcommands: [Dev.self, Serve.self, CheckConfig.self, User.self, Deliver.self, Import.self, Database.self, Migrate.self, PrivilegedHelperCommand.self, MailWorkerCommand.self]
+        subcommands: [Dev.self, Serve.self, CheckConfig.self, User.self, Deliver.self, Import.self, Database.self, Migrate.self, Export.self, PrivilegedHelperCommand.self, MailWorkerCommand.self]
     )
 }
 
