@@ -7,6 +7,7 @@ import itertools
 import os
 import poplib
 import subprocess
+import threading
 import time
 
 import pytest
@@ -247,10 +248,11 @@ def test_database_password_from_a_private_file(pop3d_bin, postgres):
 
 def test_a_blocked_database_ends_logins_with_sys_temp_after_statement_timeout(pop3d_bin, cluster_db, postgres):
     """A table locked by someone else: account lookups wait for it, PostgreSQL cancels them after
-    storage.postgres.statement_timeout, and the client gets [SYS/TEMP] instead of waiting forever."""
+    storage.postgres.statement_timeout, and the client gets [SYS/TEMP] instead of waiting forever. With the one
+    pooled connection held by such a login, another login waits pool_timeout for a connection, then [SYS/TEMP]."""
     url, folder = cluster_db
     db = url.rsplit("/", 1)[1]
-    n = node(pop3d_bin, cluster_db, extra="    statement_timeout: 1\n")
+    n = node(pop3d_bin, cluster_db, extra="    statement_timeout: 4\n    pool_size: 1\n    pool_timeout: 1\n")
     n.migrate()
     n.add_user("alice", "pw-alice")
     n.start()
@@ -265,9 +267,25 @@ def test_a_blocked_database_ends_logins_with_sys_temp_after_statement_timeout(po
                             "'AccessExclusiveLock' AND granted", db=db).strip() != "1":
             assert time.monotonic() < deadline, "the lock holder did not get its lock"
             time.sleep(0.1)
+        outcome = {}
+
+        def blocked_login():
+            started = time.monotonic()
+            try:
+                n.poplib_pop3s("alice")
+                outcome["blocked"] = ("logged in", time.monotonic() - started)
+            except poplib.error_proto as e:
+                outcome["blocked"] = (str(e), time.monotonic() - started)
+
+        first = threading.Thread(target=blocked_login)
+        first.start()
+        time.sleep(0.5)  # the first login holds the only pooled connection, waiting for the table
         started = time.monotonic()
-        expect_err(lambda: n.poplib_pop3s("alice"), "[SYS/TEMP]")
-        assert time.monotonic() - started < 20
+        reply = expect_err(lambda: n.poplib_pop3s("alice"), "[SYS/TEMP]")
+        waited = time.monotonic() - started
+        assert waited < 3.5, f"the pool-exhausted login waited {waited:.1f} s, not pool_timeout (1 s): {reply}"
+        first.join(30)
+        assert "[SYS/TEMP]" in outcome["blocked"][0] and outcome["blocked"][1] < 20, outcome
     finally:
         holder.stdin.close()
         holder.kill()
@@ -465,3 +483,46 @@ def test_migrate_maildir_and_export_back_keep_passwords_and_uidls_and_resume(pop
     postgres.psql("DELETE FROM messages WHERE id = (SELECT min(id) FROM messages)", db=db)
     r = n.pop3d("migrate", "maildir", "--from", dev.config, "--verify-only")
     assert r.returncode == 1 and "only in the Maildir" in r.stdout.decode(), r.stdout
+
+
+def test_kill9_during_quit_commits_all_deletions_or_none(pop3d_bin, cluster_db, postgres):
+    """10 rounds: DELE a batch, send QUIT, kill -9 the node a few milliseconds later. Each round deletes the whole
+    batch or nothing (one transaction), and a +OK to QUIT that reached the client means the batch is gone."""
+    import random
+
+    url, folder = cluster_db
+    db = url.rsplit("/", 1)[1]
+    n = node(pop3d_bin, cluster_db)
+    n.migrate()
+    n.add_user("alice", "pw-alice")
+    postgres.psql(
+        "INSERT INTO messages (account_id, size, octets, chunks) "
+        "SELECT a.id, 0, 0, 1 FROM accounts a, generate_series(1, 600) WHERE a.name = 'alice';"
+        "INSERT INTO message_chunks (message_id, seq, data) SELECT id, 0, "
+        "convert_to('Subject: m ' || id || E'\\r\\n\\r\\nbody ' || id || E'\\r\\n', 'UTF8') FROM messages;"
+        "UPDATE messages m SET octets = length(c.data), size = length(c.data) FROM message_chunks c "
+        "WHERE c.message_id = m.id;", db=db)
+    rng = random.Random(13)
+    count = 600
+    outcomes = []
+    for round_ in range(10):
+        n.start()
+        s = pop3support.POP3Session(n, timeout=30).login("alice", "pw-alice")
+        assert s.stat()[0] == count
+        batch = rng.randint(20, 50)
+        s.dele_many(range(1, batch + 1))
+        s.send(b"QUIT\r\n")
+        time.sleep(rng.uniform(0, 0.02))
+        n.kill9()
+        try:
+            reply = s.line()
+        except (pop3support.POP3Error, OSError):
+            reply = b""
+        s.close()
+        left = int(postgres.psql("SELECT count(*) FROM messages", db=db).strip())
+        assert count - left in (0, batch), f"round {round_}: {count - left} of a batch of {batch} deleted"
+        if reply.startswith(b"+OK"):
+            assert count - left == batch, f"round {round_}: +OK to QUIT but the batch is still there"
+        outcomes.append((reply[:3], count - left == batch))
+        count = left
+    print("rounds (reply, batch deleted):", outcomes)
