@@ -505,24 +505,53 @@ def test_kill9_during_quit_commits_all_deletions_or_none(pop3d_bin, cluster_db, 
     rng = random.Random(13)
     count = 600
     outcomes = []
-    for round_ in range(10):
-        n.start()
-        s = pop3support.POP3Session(n, timeout=30).login("alice", "pw-alice")
-        assert s.stat()[0] == count
-        batch = rng.randint(20, 50)
-        s.dele_many(range(1, batch + 1))
-        s.send(b"QUIT\r\n")
-        time.sleep(rng.uniform(0, 0.02))
+    try:
+        for round_ in range(10):
+            n.start()
+            s = pop3support.POP3Session(n, timeout=30).login("alice", "pw-alice")
+            assert s.stat()[0] == count
+            batch = rng.randint(20, 50)
+            s.dele_many(range(1, batch + 1))
+            s.send(b"QUIT\r\n")
+            time.sleep(rng.uniform(0, 0.02))
+            n.kill9()
+            try:
+                reply = s.line()
+            except (pop3support.POP3Error, OSError):
+                reply = b""
+            s.close()
+            left = int(postgres.psql("SELECT count(*) FROM messages", db=db).strip())
+            assert count - left in (0, batch), f"round {round_}: {count - left} of a batch of {batch} deleted"
+            if reply.startswith(b"+OK"):
+                assert count - left == batch, f"round {round_}: +OK to QUIT but the batch is still there"
+            outcomes.append((reply[:3], count - left == batch))
+            count = left
+    finally:
         n.kill9()
-        try:
-            reply = s.line()
-        except (pop3support.POP3Error, OSError):
-            reply = b""
-        s.close()
-        left = int(postgres.psql("SELECT count(*) FROM messages", db=db).strip())
-        assert count - left in (0, batch), f"round {round_}: {count - left} of a batch of {batch} deleted"
-        if reply.startswith(b"+OK"):
-            assert count - left == batch, f"round {round_}: +OK to QUIT but the batch is still there"
-        outcomes.append((reply[:3], count - left == batch))
-        count = left
     print("rounds (reply, batch deleted):", outcomes)
+
+
+def test_a_passwd_file_authenticates_while_mail_is_in_postgres(pop3d_bin, cluster_db, postgres):
+    """storage.backend postgres with passwd_file: the passwd-file wins for authentication, its users get a database
+    account (password `!`, unusable) on first use, and a name only the database knows is unknown."""
+    url, folder = cluster_db
+    db = url.rsplit("/", 1)[1]
+    passwd = os.path.join(folder, "users")
+    with open(passwd, "w") as f:
+        f.write(f"dora:{pop3support.sha512_crypt('pw-dora')}\n")
+    os.chmod(passwd, 0o644)
+    n = node(pop3d_bin, cluster_db, extra=f"passwd_file: {passwd}\n")
+    n.migrate()
+    r = n.pop3d("user", "add", "eve", stdin="pw-eve\n")
+    assert r.returncode == 0, r.stderr  # `pop3d user` edits the database's accounts
+    assert n.deliver("dora", b"Subject: d\n\nfor dora\n")[0] == 0
+    assert n.deliver("eve", b"Subject: e\n\nfor eve\n")[0] == 67, "eve is not in the passwd-file, which decides"
+    assert postgres.psql("SELECT password FROM accounts WHERE name = 'dora'", db=db).strip() == "!"
+    n.start()
+    try:
+        c = n.poplib_pop3s("dora", "pw-dora")
+        assert c.stat()[0] == 1
+        c.quit()
+        expect_err(lambda: n.poplib_pop3s("eve", "pw-eve"), "[AUTH]")
+    finally:
+        n.stop()

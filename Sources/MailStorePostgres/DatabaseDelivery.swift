@@ -98,17 +98,20 @@ extension MailDatabase {
     /// password field `!`: the database cannot be used to log in as it).
     public func accountID(_ user: String, create: Bool) async throws -> Int64? {
         try await self.withConnection("account") { connection in
-            if create {
-                try await connection.query(
-                    "INSERT INTO accounts (name, password) VALUES (\(user), '!') ON CONFLICT (name) DO NOTHING",
-                    logger: self.logger
-                )
+            func find() async throws -> Int64? {
+                var id: Int64?
+                for try await found in try await connection.query("SELECT id FROM accounts WHERE name = \(user)", logger: self.logger).decode(Int64.self) {
+                    id = found
+                }
+                return id
             }
-            var id: Int64?
-            for try await found in try await connection.query("SELECT id FROM accounts WHERE name = \(user)", logger: self.logger).decode(Int64.self) {
-                id = found
-            }
-            return id
+            if let id = try await find() { return id }
+            guard create else { return nil }
+            try await connection.query(
+                "INSERT INTO accounts (name, password) VALUES (\(user), '!') ON CONFLICT (name) DO NOTHING",
+                logger: self.logger
+            )
+            return try await find()
         }
     }
 

@@ -13,14 +13,20 @@ import Synchronization
 public final class PostgresMaildropProvider: MaildropProvider {
     let database: MailDatabase
     let maximumMessages: Int
+    /// A passwd-file authenticates: its users get a database account on first use.
+    let createsAccounts: Bool
 
-    public init(database: MailDatabase, maximumMessages: Int) {
+    public init(database: MailDatabase, maximumMessages: Int, createsAccounts: Bool) {
         self.database = database
         self.maximumMessages = maximumMessages
+        self.createsAccounts = createsAccounts
     }
 
     public func openMaildrop(user: String, path: String, owner: MailOwner?) async throws -> any Maildrop {
-        let account = try await self.database.accountID(user, create: true)!
+        guard let account = try await self.database.accountID(user, create: self.createsAccounts) else {
+            // Authenticated a moment ago, removed since (`pop3d user del`).
+            throw MaildropError.permanent("no such account")
+        }
         let token = try await self.database.locks.acquire(account)
         do {
             let limit = self.maximumMessages

@@ -201,7 +201,11 @@ public final class POP3Daemon: Sendable {
         if let database = self.database {
             // First in the group, so it stops last: sessions finishing their QUIT still reach the database.
             services.append(.init(service: DatabaseService(database: database)))
-            maildrops = PostgresMaildropProvider(database: database, maximumMessages: self.configuration.limits.maildropMessages)
+            maildrops = PostgresMaildropProvider(
+                database: database,
+                maximumMessages: self.configuration.limits.maildropMessages,
+                createsAccounts: self.verifier != nil
+            )
         } else {
             maildrops = separated(local) ?? local
         }
