@@ -83,6 +83,18 @@ def stop_process(proc, grace=10):
         return f"SIGKILL after {grace} s"
 
 
+def start_logs(root, prefix, starts):
+    """The text of ROOT/PREFIX-1.log … PREFIX-STARTS.log (one per start of a server), those that exist."""
+    out = []
+    for n in range(1, starts + 1):
+        try:
+            with open(os.path.join(root, f"{prefix}-{n}.log"), errors="replace") as f:
+                out.append(f.read())
+        except OSError:
+            pass
+    return "".join(out)
+
+
 def shared_tmpdir(prefix):
     """A fresh temporary folder with mode 0755, for servers that run as another user (pytest's tmp_path is 0700
     all the way up, so `nobody` could not reach it)."""
@@ -669,14 +681,7 @@ class Pop3dDev(_Accounts):
 
     def log_text(self):
         """All logs of all starts."""
-        out = []
-        for n in range(1, self.starts + 1):
-            try:
-                with open(os.path.join(self.root, f"pop3d-{n}.log"), errors="replace") as f:
-                    out.append(f.read())
-            except OSError:
-                pass
-        return "".join(out)
+        return start_logs(self.root, "pop3d", self.starts)
 
     def log_lines(self, *needles):
         """Lines of the logs of all starts that contain any of the needles."""
@@ -1357,14 +1362,8 @@ class Pop3dNode(_Accounts):
         return stop_process(self.proc, grace=40) if self.proc is not None else None
 
     def log_text(self):
-        out = []
-        for n in range(1, self.starts + 1):
-            try:
-                with open(os.path.join(self.root, f"{self.tag}-{n}.log"), errors="replace") as f:
-                    out.append(f.read())
-            except OSError:
-                pass
-        return "".join(out)
+        """All logs of all starts."""
+        return start_logs(self.root, self.tag, self.starts)
 
 
 def haproxy_binary():

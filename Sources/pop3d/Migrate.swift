@@ -24,31 +24,10 @@ struct Migrate: ParsableCommand {
         var verifyOnly = false
 
         func run() throws {
-            let (from, options, verify, copy) = (self.from, self.options, self.verify || self.verifyOnly, !self.verifyOnly)
-            do {
-                let source = try runBlocking { try await ServerConfiguration.load(file: from) }
-                let target = try runBlocking { try await options.load() }
-                var logger = Logger(label: "pop3d")
-                logger.logLevel = .error
-                let reports = try MaildirMigration(from: source, to: target, logger: logger).run(copy: copy, verify: verify) { report in
-                    var line = "\(report.user): \(report.copied) copied, \(report.alreadyThere) already there"
-                    if verify { line += report.differences.isEmpty ? ", verified" : ", \(report.differences.count) differences" }
-                    print(line)
-                    for difference in report.differences { print("  \(difference)") }
-                }
-                let differing = reports.filter { !$0.differences.isEmpty }.count
-                if verify && differing > 0 {
-                    FileHandle.standardError.write(Data("pop3d migrate: \(differing) of \(reports.count) users differ\n".utf8))
-                    throw ExitCode(1)
-                }
-            } catch let error as ConfigurationError {
-                FileHandle.standardError.write(Data("pop3d: configuration error: \(error)\n".utf8))
-                throw ExitCode(78)
-            } catch let exit as ExitCode {
-                throw exit
-            } catch {
-                FileHandle.standardError.write(Data("pop3d migrate: \(error) (run it again: copied messages are skipped)\n".utf8))
-                throw ExitCode(75)
+            let verify = self.verify || self.verifyOnly
+            let copy = !self.verifyOnly
+            try moveBetweenBackends(command: "pop3d migrate", maildirConfig: self.from, options: self.options, verify: verify) { migration, progress in
+                try migration.run(copy: copy, verify: verify, progress: progress)
             }
         }
     }
@@ -72,28 +51,46 @@ struct Export: ParsableCommand {
         var verify = false
 
         func run() throws {
-            let (to, options, verify) = (self.to, self.options, self.verify)
-            do {
-                let maildir = try runBlocking { try await ServerConfiguration.load(file: to) }
-                let database = try runBlocking { try await options.load() }
-                var logger = Logger(label: "pop3d")
-                logger.logLevel = .error
-                let reports = try MaildirMigration(from: maildir, to: database, logger: logger).export(verify: verify) { report in
-                    var line = "\(report.user): \(report.copied) copied, \(report.alreadyThere) already there"
-                    if verify { line += report.differences.isEmpty ? ", verified" : ", \(report.differences.count) differences" }
-                    print(line)
-                    for difference in report.differences { print("  \(difference)") }
-                }
-                if verify, reports.contains(where: { !$0.differences.isEmpty }) { throw ExitCode(1) }
-            } catch let error as ConfigurationError {
-                FileHandle.standardError.write(Data("pop3d: configuration error: \(error)\n".utf8))
-                throw ExitCode(78)
-            } catch let exit as ExitCode {
-                throw exit
-            } catch {
-                FileHandle.standardError.write(Data("pop3d export: \(error) (run it again: copied messages are skipped)\n".utf8))
-                throw ExitCode(75)
+            let verify = self.verify
+            try moveBetweenBackends(command: "pop3d export", maildirConfig: self.to, options: self.options, verify: verify) { migration, progress in
+                try migration.export(verify: verify, progress: progress)
             }
         }
+    }
+}
+
+/// Loads both configurations, runs `move`, prints a line per user (and each difference), and maps the outcome to
+/// the exit status: 0, 1 (a verified difference), 75 (run again), 78 (configuration).
+private func moveBetweenBackends(
+    command: String,
+    maildirConfig: String,
+    options: ConfigOption,
+    verify: Bool,
+    _ move: (MaildirMigration, @escaping @Sendable (MaildirMigration.Report) -> Void) throws -> [MaildirMigration.Report]
+) throws {
+    do {
+        let maildir = try runBlocking { try await ServerConfiguration.load(file: maildirConfig) }
+        let database = try runBlocking { try await options.load() }
+        var logger = Logger(label: "pop3d")
+        logger.logLevel = .error
+        let reports = try move(try MaildirMigration(from: maildir, to: database, logger: logger)) { report in
+            var line = "\(report.user): \(report.copied) copied, \(report.alreadyThere) already there"
+            if verify { line += report.differences.isEmpty ? ", verified" : ", \(report.differences.count) differences" }
+            print(line)
+            for difference in report.differences { print("  \(difference)") }
+        }
+        let differing = reports.filter { !$0.differences.isEmpty }.count
+        if verify && differing > 0 {
+            FileHandle.standardError.write(Data("\(command): \(differing) of \(reports.count) users differ\n".utf8))
+            throw ExitCode(1)
+        }
+    } catch let error as ConfigurationError {
+        FileHandle.standardError.write(Data("pop3d: configuration error: \(error)\n".utf8))
+        throw ExitCode(78)
+    } catch let exit as ExitCode {
+        throw exit
+    } catch {
+        FileHandle.standardError.write(Data("\(command): \(error) (run it again: copied messages are skipped)\n".utf8))
+        throw ExitCode(75)
     }
 }
