@@ -555,3 +555,36 @@ def test_a_passwd_file_authenticates_while_mail_is_in_postgres(pop3d_bin, cluste
         expect_err(lambda: n.poplib_pop3s("eve", "pw-eve"), "[AUTH]")
     finally:
         n.stop()
+
+
+def test_import_from_another_pop3_server_into_postgres(pop3d_bin, cluster_db, tmp_path):
+    """`pop3d import` into an account in PostgreSQL: every remote message with its UIDL (one transaction each),
+    verified, a second run copies nothing, the listing served equals the old server's, an unknown local user is 67."""
+    dev = pop3support.Pop3dDev(pop3d_bin, tmp_path)
+    dev.start()
+    n = node(pop3d_bin, cluster_db)
+    try:
+        dev.seed("demo", [make_message("imp", i, body_bytes=300_000 if i == 1 else 0)[1] for i in range(4)])
+        s = pop3support.POP3Session(dev).login("demo", dev.password)
+        old = (s.uidl(), s.list())
+        s.quit()
+        n.migrate()
+        n.add_user("alice", "pw-alice")
+        remote = f"pop3s://demo@localhost:{dev.tls_port}"
+        args = ("import", remote, "--user", "alice", "--password-file", dev.password_file("demo"), "--ca-file", dev.ca,
+                "--verify")
+        r = n.pop3d(*args)
+        assert r.returncode == 0, r.stdout.decode() + r.stderr.decode()
+        assert f"imported {len(old[0])} messages" in r.stdout.decode() and "listings match" in r.stdout.decode()
+        r = n.pop3d(*args)
+        assert r.returncode == 0 and "imported 0 messages" in r.stdout.decode(), r.stdout
+        r = n.pop3d("import", remote, "--user", "nobody-here", "--password-file", dev.password_file("demo"),
+                    "--ca-file", dev.ca)
+        assert r.returncode == 67, r.stderr
+        n.start()
+        s = pop3support.POP3Session(n).login("alice", "pw-alice")
+        assert (s.uidl(), s.list()) == old, "the old server's UIDLs and sizes, served from the database"
+        s.quit()
+    finally:
+        n.stop()
+        dev.stop()

@@ -37,16 +37,7 @@ public struct LocalDelivery {
     /// `user`'s passwd-file record and Maildir; as root, the process then runs as the mail owner (see `dropRoot`).
     /// Call it on the main thread before any other thread could act as root.
     public func openAccount(_ user: String) throws(Failure) -> (record: UserRecord, maildir: String) {
-        let passwd: PasswdFile
-        do {
-            passwd = try PasswdFile.parse(
-                String(contentsOfFile: self.configuration.passwdFile, encoding: .utf8),
-                path: self.configuration.passwdFile
-            )
-        } catch {
-            throw .temporary("configuration: \(error)")
-        }
-        guard let record = passwd.record(named: user) else { throw .unknownUser("unknown user \(user)") }
+        let (record, passwd) = try self.passwdRecord(user)
         let path: String
         do {
             path = try MaildirLocator(template: self.configuration.maildirTemplate).path(for: record)
@@ -57,6 +48,21 @@ public struct LocalDelivery {
             try self.dropRoot(for: record, path: path, records: passwd.records)
         }
         return (record, path)
+    }
+
+    /// `user`'s passwd-file record (and the file), or `.unknownUser`.
+    public func passwdRecord(_ user: String) throws(Failure) -> (UserRecord, PasswdFile) {
+        let passwd: PasswdFile
+        do {
+            passwd = try PasswdFile.parse(
+                String(contentsOfFile: self.configuration.passwdFile, encoding: .utf8),
+                path: self.configuration.passwdFile
+            )
+        } catch {
+            throw .temporary("configuration: \(error)")
+        }
+        guard let record = passwd.record(named: user) else { throw .unknownUser("unknown user \(user)") }
+        return (record, passwd)
     }
 
     /// Delivers what `descriptor` holds (to its end) to `user`; returns the new file's name (or, in PostgreSQL,
@@ -87,11 +93,11 @@ public struct LocalDelivery {
     /// database, or in the passwd-file when one is configured (its row is then made on first use).
     private func deliverToDatabase(_ settings: PostgresSettings, user: String, readingFrom descriptor: Int32, maximumSize: Int?) throws(Failure) -> String {
         let configuration = self.configuration
+        if configuration.usesPasswdFile {
+            // The passwd-file decides who exists; its users get a database account on first use.
+            _ = try self.passwdRecord(user)
+        }
         let result = Result { () throws -> Result<String, Failure> in
-            if configuration.usesPasswdFile {
-                let passwd = try PasswdFile.parse(String(contentsOfFile: configuration.passwdFile, encoding: .utf8), path: configuration.passwdFile)
-                guard passwd.record(named: user) != nil else { return .failure(.unknownUser("unknown user \(user)")) }
-            }
             var logger = Logger(label: "pop3d.deliver")
             logger.logLevel = .error
             let database = try MailDatabase(settings: settings, password: try ServerConfiguration.readDatabasePassword(settings), logger: logger)

@@ -1,5 +1,6 @@
 import Logging
 import MailStore
+import MailStorePostgres
 import NIOCore
 import POP3Client
 import SystemIO
@@ -36,16 +37,37 @@ public struct MaildropImporter: Sendable {
         }
     }
 
-    public let maildir: MaildirImport
+    /// Where the messages go: a Maildir (UIDLs into dovecot-uidlist), or an account in PostgreSQL (each message one
+    /// transaction with its UIDL, so nothing is ever half-stored and no name tag is needed to resume).
+    public enum Destination: Sendable {
+        case maildir(MaildirImport)
+        case database(MailDatabase, account: Int64)
+    }
+
+    public let destination: Destination
     public let client: POP3ClientConfiguration
     public let logger: Logger
     /// UIDLs recorded in dovecot-uidlist after this many copies (and at the end).
     public var recordEvery = 200
 
     public init(maildir: String, client: POP3ClientConfiguration, logger: Logger) {
-        self.maildir = MaildirImport(maildir: maildir, logger: logger)
+        self.init(destination: .maildir(MaildirImport(maildir: maildir, logger: logger)), client: client, logger: logger)
+    }
+
+    public init(destination: Destination, client: POP3ClientConfiguration, logger: Logger) {
+        self.destination = destination
         self.client = client
         self.logger = logger
+    }
+
+    /// UIDL → size of what the destination serves now.
+    func localListing() async throws -> [String: Int] {
+        switch self.destination {
+        case .maildir(let maildir):
+            return Dictionary(try maildir.listing().map { ($0.uniqueID, $0.size) }, uniquingKeysWith: { a, _ in a })
+        case .database(let database, let account):
+            return try await database.listing(account: account)
+        }
     }
 
     /// Logs in and copies what is missing; with `verify`, compares the listings afterwards.
@@ -56,7 +78,7 @@ public struct MaildropImporter: Sendable {
             let uidls = try await connection.uidl()
             let sizes = try await connection.list()
             let report = try await self.copy(uidls, from: connection)
-            let differences = verify ? try self.compare(uidls.map { ($0.uid, sizes[$0.number] ?? -1) }) : []
+            let differences = verify ? Self.compare(uidls.map { ($0.uid, sizes[$0.number] ?? -1) }, local: try await self.localListing()) : []
             try await connection.quit()
             return (report, differences)
         } catch {
@@ -67,8 +89,9 @@ public struct MaildropImporter: Sendable {
 
     func copy(_ remote: [(number: Int, uid: String)], from connection: POP3Connection) async throws -> Report {
         var report = Report()
-        let served = Set(try self.maildir.listing().map(\.uniqueID))
-        let tagged = try self.maildir.taggedFiles()
+        let served = Set(try await self.localListing().keys)
+        var tagged: [String: String] = [:]
+        if case .maildir(let maildir) = self.destination { tagged = try maildir.taggedFiles() }
         var pending: [String: String] = [:]  // base name → UIDL, not yet in dovecot-uidlist
         var wanted: [Int: String] = [:]
         for (number, uid) in remote {
@@ -81,14 +104,14 @@ public struct MaildropImporter: Sendable {
                 wanted[number] = uid
             }
         }
-        try self.maildir.recordUniqueIDs(pending)
+        if case .maildir(let maildir) = self.destination { try maildir.recordUniqueIDs(pending) }
         pending = [:]
         let numbers = remote.map(\.number).filter { wanted[$0] != nil }
         guard !numbers.isEmpty else { return report }
         var spool: Int32 = -1
         var size = 0
         defer { if spool >= 0 { FileSystem.close(spool) } }
-        let maildir = self.maildir
+        let destination = self.destination
         try await connection.retrieve(
             numbers,
             begin: { _ in
@@ -104,23 +127,30 @@ public struct MaildropImporter: Sendable {
             },
             end: { number in
                 let uid = wanted[number]!
-                let base = try maildir.store(spool: spool, size: size, uniqueID: uid)
-                pending[base] = uid
+                switch destination {
+                case .maildir(let maildir):
+                    let base = try maildir.store(spool: spool, size: size, uniqueID: uid)
+                    pending[base] = uid
+                    if pending.count >= self.recordEvery {
+                        try maildir.recordUniqueIDs(pending)
+                        pending = [:]
+                    }
+                case .database(let database, let account):
+                    let bytes = DeliveryBytes.spool(prefix: [], descriptor: spool, size: size)
+                    if case .failure(let failure) = await database.deliverResult(account: account, maximumSize: nil, bytes: bytes, uidl: uid) {
+                        throw failure
+                    }
+                }
                 report.copied += 1
                 report.octets += size
-                if pending.count >= self.recordEvery {
-                    try maildir.recordUniqueIDs(pending)
-                    pending = [:]
-                }
             }
         )
-        try self.maildir.recordUniqueIDs(pending)
+        if case .maildir(let maildir) = self.destination { try maildir.recordUniqueIDs(pending) }
         return report
     }
 
     /// The remote listing against the local one: every UIDL on both sides with the same size, nothing extra.
-    public func compare(_ remote: [(uid: String, size: Int)]) throws -> [Difference] {
-        let local = Dictionary(try self.maildir.listing().map { ($0.uniqueID, $0.size) }, uniquingKeysWith: { a, _ in a })
+    static func compare(_ remote: [(uid: String, size: Int)], local: [String: Int]) -> [Difference] {
         var differences: [Difference] = []
         for (uid, size) in remote {
             guard let here = local[uid] else {

@@ -10,7 +10,7 @@ import SystemIO
 /// moves a user in from another POP3 server without any client downloading its mail again (`MaildropImporter`).
 struct Import: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Copy a remote POP3 maildrop into a local account's Maildir, keeping each message's UIDL.",
+        abstract: "Copy a remote POP3 maildrop into a local account (Maildir or PostgreSQL), keeping each message's UIDL.",
         discussion: """
             The remote is left unchanged (no DELE). Run it again to resume after an interruption: nothing is copied \
             twice. --verify compares the two listings (count, sizes, UIDLs) afterwards and exits 1 on any difference.
@@ -48,28 +48,28 @@ struct Import: ParsableCommand {
             FileHandle.standardError.write(Data("pop3d import: configuration error: \(error)\n".utf8))
             throw ExitCode(78)
         }
-        let maildir: String
-        do {
-            // As root: from here on the process runs as the account's mail owner, as `pop3d deliver` does.
-            maildir = try LocalDelivery(configuration: configuration).openAccount(self.user).maildir
-        } catch {
-            FileHandle.standardError.write(Data("pop3d import: \(error)\n".utf8))
-            throw ExitCode(Deliver.exitStatus(error))
-        }
         var client = POP3ClientConfiguration(host: url.host, port: url.port, security: security, trust: self.caFile.map { .caFile($0) } ?? .system)
         client.pipelineWindow = 16
         var logger = Logger(label: "pop3d-import")
         logger.logLevel = .warning
-        let importer = MaildropImporter(maildir: maildir, client: client, logger: logger)
+        let target: ImportTarget
+        do {
+            // As root, for a Maildir: from here on the process runs as the account's mail owner, as `pop3d deliver` does.
+            target = try ImportTarget.open(configuration, user: self.user, logger: logger)
+        } catch {
+            FileHandle.standardError.write(Data("pop3d import: \(error)\n".utf8))
+            throw ExitCode(Deliver.exitStatus(error))
+        }
+        let importer = MaildropImporter(destination: target.destination, client: client, logger: logger)
         let remoteUser = url.user, verify = self.verify
         let (report, differences): (MaildropImporter.Report, [MaildropImporter.Difference])
         do {
-            (report, differences) = try runBlocking { try await importer.run(user: remoteUser, password: password, verify: verify) }
+            (report, differences) = try runBlocking { try await target.run { try await importer.run(user: remoteUser, password: password, verify: verify) } }
         } catch {
             FileHandle.standardError.write(Data("pop3d import: \(error) (what was copied stays; run again to resume)\n".utf8))
             throw ExitCode(75)  // EX_TEMPFAIL
         }
-        print("imported \(report.copied) messages (\(report.octets) bytes) into \(maildir); \(report.alreadyThere) already here, \(report.resumed) completed from an interrupted run")
+        print("imported \(report.copied) messages (\(report.octets) bytes) into \(target.description); \(report.alreadyThere) already here, \(report.resumed) completed from an interrupted run")
         if verify {
             if differences.isEmpty {
                 print("verify: the listings match")
