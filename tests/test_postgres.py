@@ -588,3 +588,39 @@ def test_import_from_another_pop3_server_into_postgres(pop3d_bin, cluster_db, tm
     finally:
         n.stop()
         dev.stop()
+
+
+def test_expire_uses_first_retrieval_times_shared_by_the_nodes(pop3d_bin, cluster_db, postgres):
+    """policy.expire_days with PostgreSQL: a RETR records the message's first retrieval in its row; once that is
+    older than the policy, the next login on any node removes it before listing; unretrieved mail stays."""
+    url, folder = cluster_db
+    db = url.rsplit("/", 1)[1]
+    policy = "policy:\n  expire_days: 3\n"
+    first = node(pop3d_bin, cluster_db, "node1", extra=policy)
+    second = node(pop3d_bin, cluster_db, "node2", extra=policy)
+    first.migrate()
+    first.add_user("alice", "pw-alice")
+    second.passwords["alice"] = "pw-alice"
+    for i in range(3):
+        assert first.deliver("alice", make_message("exp", i)[1])[0] == 0
+    first.start()
+    second.start()
+    try:
+        c = first.poplib_pop3s("alice")
+        assert c.capa().get("EXPIRE") == ["3"], c.capa()
+        c.retr(1)
+        c.quit()
+        recorded = postgres.psql("SELECT count(*) FROM messages WHERE first_retrieved_at IS NOT NULL", db=db).strip()
+        assert recorded == "1", "the RETR is recorded in the message's row"
+        c = second.poplib_pop3s("alice")
+        assert c.stat()[0] == 3, "retrieved a moment ago: not expired yet"
+        c.quit()
+        postgres.psql("UPDATE messages SET first_retrieved_at = now() - interval '4 days' "
+                      "WHERE first_retrieved_at IS NOT NULL", db=db)
+        c = second.poplib_pop3s("alice")
+        assert c.stat()[0] == 2, "the other node expires it at login"
+        c.quit()
+        assert "expired messages removed" in second.log_text()
+    finally:
+        first.stop()
+        second.stop()

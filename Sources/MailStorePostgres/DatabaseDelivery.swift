@@ -294,3 +294,45 @@ extension MailDatabase {
         }
     }
 }
+
+/// EXPIRE's first-retrieval times in the messages' own rows (`messages.first_retrieved_at`), shared by every node.
+public struct DatabaseRetrievalTimes: RetrievalTimes {
+    let database: MailDatabase
+
+    public init(database: MailDatabase) {
+        self.database = database
+    }
+
+    public func firstRetrievals(user: String) async throws -> [String: Int64] {
+        guard let account = try await self.database.accountID(user, create: false) else { return [:] }
+        return try await self.database.withConnection("retrieval times") { connection in
+            var log: [String: Int64] = [:]
+            let rows = try await connection.query(
+                """
+                SELECT \(unescaped: DatabaseSchema.uidlExpression), extract(epoch FROM first_retrieved_at)::bigint
+                FROM messages WHERE account_id = \(account) AND first_retrieved_at IS NOT NULL
+                """,
+                logger: self.database.logger
+            )
+            for try await (uidl, seconds) in rows.decode((String, Int64).self) { log[uidl] = seconds }
+            return log
+        }
+    }
+
+    public func recordFirstRetrievals(_ log: [String: Int64], user: String) async throws {
+        guard !log.isEmpty, let account = try await self.database.accountID(user, create: false) else { return }
+        let uidls = Array(log.keys)
+        let times = uidls.map { Double(log[$0]!) }
+        try await self.database.withConnection("retrieval times") { connection in
+            try await connection.query(
+                """
+                UPDATE messages m SET first_retrieved_at = to_timestamp(v.t)
+                FROM unnest(\(uidls)::text[], \(times)::float8[]) AS v(u, t)
+                WHERE m.account_id = \(account) AND m.first_retrieved_at IS NULL
+                  AND \(unescaped: DatabaseSchema.uidlExpression) = v.u
+                """,
+                logger: self.database.logger
+            )
+        }
+    }
+}

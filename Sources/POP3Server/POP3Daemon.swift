@@ -218,6 +218,7 @@ public final class POP3Daemon: Sendable {
             logger: self.logger,
             prebound: self.prebound,
             sharedPenalty: self.sharedPenalty,
+            retrievalTimes: self.database.map { DatabaseRetrievalTimes(database: $0) },
             onListening: onListening
         )
         services.append(.init(service: server, successTerminationBehavior: .gracefullyShutdownGroup))

@@ -43,6 +43,8 @@ public final class POP3Service: Service, Sendable {
     let limiter: ConnectionLimiter
     let penalty: AuthPenalty
     let loginDelay: LoginDelay
+    /// EXPIRE's first-retrieval times: files in state_dir, or the database's rows with the PostgreSQL backend.
+    let retrievalTimes: any RetrievalTimes
     private let onListening: @Sendable ([BoundListener]) -> Void
     private let prebound: [PreboundListener]?
     private let openChannels = NIOLockedValueBox<[ObjectIdentifier: any Channel]>([:])
@@ -59,6 +61,7 @@ public final class POP3Service: Service, Sendable {
         logger: Logger,
         prebound: [PreboundListener]? = nil,
         sharedPenalty: (store: SharedPenalty, key: [UInt8])? = nil,
+        retrievalTimes: (any RetrievalTimes)? = nil,
         onListening: @escaping @Sendable ([BoundListener]) -> Void = { _ in }
     ) {
         self.prebound = prebound
@@ -75,6 +78,7 @@ public final class POP3Service: Service, Sendable {
             maximumPerAddress: configuration.limits.connectionsPerAddress
         )
         self.penalty = AuthPenalty(trustedNetworks: configuration.trustedNetworks, shared: sharedPenalty)
+        self.retrievalTimes = retrievalTimes ?? RetrievalLog(stateFolder: configuration.stateFolder)
         self.loginDelay = LoginDelay(delay: .seconds(configuration.policy.loginDelaySeconds))
         self.onListening = onListening
     }
@@ -282,7 +286,7 @@ public final class POP3Service: Service, Sendable {
             failureDelay: self.configuration.authenticationFailureDelay,
             loginDelay: self.loginDelay,
             policy: self.configuration.policy,
-            retrievalLog: RetrievalLog(stateFolder: self.configuration.stateFolder),
+            retrievalLog: self.retrievalTimes,
             clientAddress: setup.clientAddress,
             channelBinding: setup.channelBinding,
             logger: logger

@@ -1,4 +1,6 @@
 import Crypto
+import MailStore
+import NIOPosix
 import SystemIO
 
 /// When each message was first retrieved (RETR), per user, kept durably for EXPIRE (RFC 2449 §6.7): a file per
@@ -51,6 +53,16 @@ public struct RetrievalLog: Sendable {
         var result = log.filter { remaining.contains($0.key) }
         for uid in retrieved where result[uid] == nil && remaining.contains(uid) { result[uid] = now }
         return result
+    }
+}
+
+extension RetrievalLog: RetrievalTimes {
+    public func firstRetrievals(user: String) async throws -> [String: Int64] {
+        try await NIOThreadPool.singleton.runIfActive { try self.load(user: user) }
+    }
+
+    public func recordFirstRetrievals(_ log: [String: Int64], user: String) async throws {
+        try await NIOThreadPool.singleton.runIfActive { try self.save(log, user: user) }
     }
 }
 

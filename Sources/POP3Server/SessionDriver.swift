@@ -25,7 +25,7 @@ struct SessionDriver {
     let failureDelay: Duration
     let loginDelay: LoginDelay
     let policy: ServerPolicy
-    let retrievalLog: RetrievalLog
+    let retrievalLog: any RetrievalTimes
     /// Seconds since the epoch (injected for tests).
     let now: @Sendable () -> Int64
     let clientAddress: NIOLockedValueBox<SocketAddress?>
@@ -48,7 +48,7 @@ struct SessionDriver {
         failureDelay: Duration,
         loginDelay: LoginDelay,
         policy: ServerPolicy,
-        retrievalLog: RetrievalLog,
+        retrievalLog: any RetrievalTimes,
         now: @escaping @Sendable () -> Int64 = { WallClock.now() / 1_000_000_000 },
         clientAddress: NIOLockedValueBox<SocketAddress?>,
         channelBinding: NIOLockedValueBox<ChannelBinding?> = NIOLockedValueBox(nil),
@@ -442,7 +442,7 @@ struct SessionDriver {
         let retrievalLog = self.retrievalLog
         let log: [String: Int64]
         do {
-            log = try await NIOThreadPool.singleton.runIfActive { try retrievalLog.load(user: user) }
+            log = try await retrievalLog.firstRetrievals(user: user)
         } catch {
             SessionFailure.retrievalLogFailed("reading (nothing expires this session): \(error)").log(self.logger, user: nil)
             return maildrop
@@ -466,7 +466,7 @@ struct SessionDriver {
         guard updated != expiry.log else { return }
         let retrievalLog = self.retrievalLog
         do {
-            try await NIOThreadPool.singleton.runIfActive { try retrievalLog.save(updated, user: expiry.user) }
+            try await retrievalLog.recordFirstRetrievals(updated, user: expiry.user)
         } catch {
             SessionFailure.retrievalLogFailed("writing: \(error)").log(self.logger, user: nil)
         }
