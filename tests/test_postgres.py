@@ -44,8 +44,8 @@ def test_serve_refuses_a_database_without_schema_until_migrated(pop3d_bin, clust
     status, output = n.run_serve()
     assert status == 78, output
     assert "pop3d db migrate" in output
-    assert "schema migrated from version 0 to 2" in n.migrate()
-    assert "schema is current (version 2)" in n.migrate(), "migrate runs again harmlessly"
+    assert "schema migrated from version 0 to 3" in n.migrate()
+    assert "schema is current (version 3)" in n.migrate(), "migrate runs again harmlessly"
     n.start()
     n.stop()
 
@@ -621,6 +621,25 @@ def test_expire_uses_first_retrieval_times_shared_by_the_nodes(pop3d_bin, cluste
         assert c.stat()[0] == 2, "the other node expires it at login"
         c.quit()
         assert "expired messages removed" in second.log_text()
+    finally:
+        first.stop()
+        second.stop()
+
+
+def test_login_delay_holds_across_the_nodes(pop3d_bin, cluster_db):
+    """policy.login_delay with PostgreSQL: a login on one node makes the other answer [LOGIN-DELAY] within the
+    delay (the last login is the account's row)."""
+    policy = "policy:\n  login_delay: 60\n"
+    first = node(pop3d_bin, cluster_db, "node1", extra=policy)
+    second = node(pop3d_bin, cluster_db, "node2", extra=policy)
+    first.migrate()
+    first.add_user("alice", "pw-alice")
+    second.passwords["alice"] = "pw-alice"
+    first.start()
+    second.start()
+    try:
+        first.poplib_pop3s("alice").quit()
+        expect_err(lambda: second.poplib_pop3s("alice"), "[LOGIN-DELAY]")
     finally:
         first.stop()
         second.stop()

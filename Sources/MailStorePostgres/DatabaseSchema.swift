@@ -9,6 +9,7 @@
 /// - `message_chunks`: the body in chunks of `chunkSize` octets (the last may be shorter), stored uncompressed
 ///   (`STORAGE EXTERNAL`: a RETR reads without decompressing).
 /// - `auth_penalty`, `pop3d_secrets` (version 2): the authentication penalty all nodes share, and its digest key.
+/// - `accounts.last_login` (version 3): LOGIN-DELAY across nodes.
 public enum DatabaseSchema {
     /// Octets per stored chunk: memory per message in delivery and RETR is bounded by it.
     public static let chunkSize = 256 * 1024
@@ -64,6 +65,10 @@ public enum DatabaseSchema {
             "CREATE INDEX auth_penalty_by_age ON auth_penalty (last_failure)",
             // Keys every node must share: the one that digests wrong credentials for the penalty.
             "CREATE TABLE pop3d_secrets (name text PRIMARY KEY, value bytea NOT NULL)",
+        ],
+        [
+            // LOGIN-DELAY shared by every node (SharedLoginTimes).
+            "ALTER TABLE accounts ADD COLUMN last_login timestamptz",
         ],
     ]
 

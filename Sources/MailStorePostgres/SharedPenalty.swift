@@ -8,7 +8,7 @@ import PostgresNIO
 /// failure), each step one atomic statement. The table is bounded (`maximumEntries`, oldest dropped) and cleans
 /// itself of expired rows.
 public struct SharedPenalty: Sendable {
-    let database: MailDatabase
+    public let database: MailDatabase
     public let maximumEntries: Int
 
     public init(database: MailDatabase, maximumEntries: Int = 100_000) {
@@ -84,6 +84,36 @@ public struct SharedPenalty: Sendable {
                     logger: self.database.logger
                 )
             }
+        }
+    }
+}
+
+/// LOGIN-DELAY (RFC 2449 §6.5) across nodes: each account's last login in its row (`accounts.last_login`), so a user
+/// behind a load balancer cannot log in once per node within the delay.
+public struct SharedLoginTimes: Sendable {
+    public let database: MailDatabase
+
+    public init(database: MailDatabase) {
+        self.database = database
+    }
+
+    /// Whether `user` last logged in at least `delay` ago (or never).
+    public func mayLogIn(_ user: String, delay: Duration) async throws -> Bool {
+        let seconds = Double(delay.components.seconds)
+        return try await self.database.withConnection("login delay") { connection in
+            var recent = false
+            let rows = try await connection.query(
+                "SELECT coalesce(last_login > now() - \(seconds) * interval '1 second', false) FROM accounts WHERE name = \(user)",
+                logger: self.database.logger
+            )
+            for try await value in rows.decode(Bool.self) { recent = value }
+            return !recent
+        }
+    }
+
+    public func recordLogin(_ user: String) async throws {
+        try await self.database.withConnection("login delay") { connection in
+            try await connection.query("UPDATE accounts SET last_login = now() WHERE name = \(user)", logger: self.database.logger)
         }
     }
 }

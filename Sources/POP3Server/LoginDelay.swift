@@ -1,18 +1,37 @@
+import MailStorePostgres
 import NIOConcurrencyHelpers
 
 /// RFC 2449 §6.5 LOGIN-DELAY, enforced (`policy.login_delay`): a user who logged in less than `delay` ago gets
 /// `-ERR [LOGIN-DELAY]` before the password is checked, on every listener of the server. Kept in memory: a
 /// restart forgets it (the delay is a courtesy to the server, not a security control). The clock is injected.
+/// With the PostgreSQL backend the times are the accounts' rows (`SharedLoginTimes`), the same on every node; this
+/// process's table stands in while the database does not answer.
 public final class LoginDelay: Sendable {
     public let delay: Duration
+    private let shared: SharedLoginTimes?
     private let now: @Sendable () -> ContinuousClock.Instant
     private let lastLogin = NIOLockedValueBox<[String: ContinuousClock.Instant]>([:])
     /// Entries are pruned when the table grows past this many (each older than `delay` is forgotten).
     static let pruneThreshold = 10_000
 
-    public init(delay: Duration, now: @escaping @Sendable () -> ContinuousClock.Instant = { .now }) {
+    public init(delay: Duration, shared: SharedLoginTimes? = nil, now: @escaping @Sendable () -> ContinuousClock.Instant = { .now }) {
         self.delay = delay
+        self.shared = shared
         self.now = now
+    }
+
+    /// `mayLogIn`, asking the database when the times are shared.
+    public func mayLogInShared(_ user: String) async -> Bool {
+        guard self.isEnabled else { return true }
+        if let shared = self.shared, let allowed = try? await shared.mayLogIn(user, delay: self.delay) { return allowed }
+        return self.mayLogIn(user)
+    }
+
+    /// `recordLogin`, in the database too when the times are shared.
+    public func recordLoginShared(_ user: String) async {
+        guard self.isEnabled else { return }
+        self.recordLogin(user)
+        try? await self.shared?.recordLogin(user)
     }
 
     public var isEnabled: Bool { self.delay > .zero }

@@ -219,6 +219,7 @@ public final class POP3Daemon: Sendable {
             prebound: self.prebound,
             sharedPenalty: self.sharedPenalty,
             retrievalTimes: self.database.map { DatabaseRetrievalTimes(database: $0) },
+            sharedLoginTimes: self.database.map { SharedLoginTimes(database: $0) },
             onListening: onListening
         )
         services.append(.init(service: server, successTerminationBehavior: .gracefullyShutdownGroup))

@@ -62,6 +62,7 @@ public final class POP3Service: Service, Sendable {
         prebound: [PreboundListener]? = nil,
         sharedPenalty: (store: SharedPenalty, key: [UInt8])? = nil,
         retrievalTimes: (any RetrievalTimes)? = nil,
+        sharedLoginTimes: SharedLoginTimes? = nil,
         onListening: @escaping @Sendable ([BoundListener]) -> Void = { _ in }
     ) {
         self.prebound = prebound
@@ -79,7 +80,7 @@ public final class POP3Service: Service, Sendable {
         )
         self.penalty = AuthPenalty(trustedNetworks: configuration.trustedNetworks, shared: sharedPenalty)
         self.retrievalTimes = retrievalTimes ?? RetrievalLog(stateFolder: configuration.stateFolder)
-        self.loginDelay = LoginDelay(delay: .seconds(configuration.policy.loginDelaySeconds))
+        self.loginDelay = LoginDelay(delay: .seconds(configuration.policy.loginDelaySeconds), shared: sharedLoginTimes)
         self.onListening = onListening
     }
 

@@ -189,9 +189,6 @@ public struct ServerConfiguration: Sendable, Equatable {
             warnings.append("auth.failure_delay: 0 answers a wrong password at once; password guessing gets faster (default 2)")
         }
         if self.storageBackend == .postgres {
-            if self.policy.loginDelaySeconds > 0 {
-                warnings.append("policy.login_delay is kept in each node's memory: behind a load balancer a user may log in once per node within the delay")
-            }
             if self.postgres?.tls == .prefer || self.postgres?.tls == .require, case .tcp(let host, _) = self.postgres?.endpoint, !Self.isLoopback(host) {
                 warnings.append("storage.postgres.tls: \(self.postgres!.tls.rawValue) does not verify the database's certificate; use verify-full with ca_file off this host")
             }

@@ -184,16 +184,16 @@ struct SessionDriver {
     /// RFC 2449 §8.1.1; the caller is then in `.loggingIn` state) and the penalty wait (waited out first, so the time
     /// of a reply says nothing about the password). Returns the refusal, or nil to go on.
     private mutating func admit(user: String) async -> ServerSession.Action? {
-        guard self.loginDelayAllows(user) else { return self.session.loginFailed(.loginDelay) }
+        guard await self.loginDelayAllows(user) else { return self.session.loginFailed(.loginDelay) }
         await self.waitOutPenalty()
         return nil
     }
 
-    private mutating func loginDelayAllows(_ user: String) -> Bool {
+    private mutating func loginDelayAllows(_ user: String) async -> Bool {
         // The real client (behind a trusted proxy: the one its PROXY header named).
         let peer = self.clientAddress.withLockedValue { $0 }
         self.logger[metadataKey: "client"] = "\(peer.map { "\($0)" } ?? "?")"
-        guard self.loginDelay.mayLogIn(user) else {
+        guard await self.loginDelay.mayLogInShared(user) else {
             SessionFailure.loginDelay.log(self.logger, user: user)
             return false
         }
@@ -248,7 +248,7 @@ struct SessionDriver {
             }
             self.maildrop = maildrop
             self.logger[metadataKey: "user"] = "\(logEscaped(record.name))"
-            self.loginDelay.recordLogin(record.name)
+            await self.loginDelay.recordLoginShared(record.name)
             self.logger.info("logged in", metadata: ["messages": "\(maildrop.messages.count)"])
             if maildrop.messages.count > self.session.configuration.maximumMessages {
                 self.logger.notice(
@@ -296,7 +296,7 @@ struct SessionDriver {
                 return self.session.saslFailed()
             }
             let user = StringPreparation.userName(rawUser)
-            guard self.loginDelayAllows(user) else {
+            guard await self.loginDelayAllows(user) else {
                 self.session.saslAuthenticated(user: user)
                 return self.session.loginFailed(.loginDelay)
             }
@@ -392,7 +392,7 @@ struct SessionDriver {
         if let first = record.passwordField.first, first == "!" || first == "*" {
             return await refuse(user, "account locked in the passwd-file", credential: message.token)
         }
-        guard self.loginDelayAllows(user) else {
+        guard await self.loginDelayAllows(user) else {
             self.session.saslAuthenticated(user: user)
             return self.session.loginFailed(.loginDelay)
         }
