@@ -91,3 +91,41 @@ def postgres():
     cluster.start()
     yield cluster
     cluster.stop()
+
+
+_dev_databases = iter(range(1, 1_000_000))
+
+
+def dev_on_postgres(pop3d_bin, root, postgres):
+    """A `pop3d dev` whose mail is in PostgreSQL: the dev set-up is made as usual (passwd-file, demo account, its
+    sample messages in a Maildir), then `storage.backend: postgres` is added and `pop3d migrate maildir` copies the
+    Maildir in (UIDLs kept), so every test sees the same demo maildrop on either backend. The passwd-file keeps
+    authenticating; deliveries (`dev.deliver`) go into the database."""
+    import shutil
+
+    dev = pop3support.Pop3dDev(pop3d_bin, root)
+    dev.start()
+    dev.stop()
+    maildir_config = os.path.join(dev.data, "maildir.yaml")
+    shutil.copy(dev.config, maildir_config)
+    url = postgres.create(f"dev_{next(_dev_databases)}")
+    dev.configure(f'storage:\n  backend: postgres\n  postgres:\n    url: "{url}"\n    tls: disable\n')
+    for args in (("db", "migrate"), ("migrate", "maildir", "--from", maildir_config)):
+        r = dev.pop3d(*args, "--config", dev.config)
+        if r.returncode != 0:
+            pytest.fail(f"pop3d {' '.join(args)}: exit {r.returncode}: {r.stderr.decode(errors='replace')}", pytrace=False)
+    dev.start()
+    return dev
+
+
+@pytest.fixture(scope="module", params=["maildir", pytest.param("postgres", marks=pytest.mark.postgres)])
+def backend_pop3d(request, pop3d_bin, tmp_path_factory):
+    """As `shared_pop3d` (one read-mostly `pop3d dev` per module), once per storage backend: the protocol checks
+    that use it run against Maildir and against PostgreSQL."""
+    root = tmp_path_factory.mktemp(f"pop3d-{request.param}")
+    if request.param == "postgres":
+        dev = dev_on_postgres(pop3d_bin, root, request.getfixturevalue("postgres"))
+    else:
+        dev = _dev(pop3d_bin, root)
+    yield dev
+    dev.stop()

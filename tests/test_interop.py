@@ -3,7 +3,9 @@
 per-account mail workers. The security cases of docs/security-cases.md are in test_server_abuse.py.
 
 Read-only checks share one `pop3d dev` per module (`shared_pop3d`: the demo account with its 3 sample messages,
-left as found); checks that change the maildrop, the accounts or the process get their own (`pop3d`).
+left as found); the poplib, curl and openssl checks run once per storage backend (`backend_pop3d`: Maildir, and
+PostgreSQL with the same messages migrated in); checks that change the maildrop, the accounts or the process get
+their own (`pop3d`).
 """
 import os
 import poplib
@@ -37,8 +39,8 @@ def netrc(folder, dev, user="demo", password=None):
 
 # ---------------------------------------------------------------- poplib
 
-def test_poplib_pop3s_list_retr_compare_bytes(shared_pop3d):
-    dev = shared_pop3d
+def test_poplib_pop3s_list_retr_compare_bytes(backend_pop3d):
+    dev = backend_pop3d
     c = dev.poplib_pop3s()
     count, size = c.stat()
     assert count == 3, count
@@ -55,8 +57,8 @@ def test_poplib_pop3s_list_retr_compare_bytes(shared_pop3d):
     c.quit()
 
 
-def test_poplib_stls(shared_pop3d):
-    dev = shared_pop3d
+def test_poplib_stls(backend_pop3d):
+    dev = backend_pop3d
     c = poplib.POP3("127.0.0.1", dev.plain_port, timeout=30)
     before = c.capa()
     assert "STLS" in before and "USER" not in before, before
@@ -69,15 +71,15 @@ def test_poplib_stls(shared_pop3d):
     c.quit()
 
 
-def test_poplib_refuses_cleartext_login(shared_pop3d):
-    c = poplib.POP3("127.0.0.1", shared_pop3d.plain_port, timeout=30)
+def test_poplib_refuses_cleartext_login(backend_pop3d):
+    c = poplib.POP3("127.0.0.1", backend_pop3d.plain_port, timeout=30)
     with pytest.raises(poplib.error_proto, match=r"\[AUTH\]"):
         c.user("demo")  # USER accepted before TLS would not raise
     c.quit()
 
 
-def test_poplib_top_uidl_rset(shared_pop3d):
-    c = shared_pop3d.poplib_pop3s()
+def test_poplib_top_uidl_rset(backend_pop3d):
+    c = backend_pop3d.poplib_pop3s()
     resp, lines, _ = c.top(2, 0)
     assert b"" in lines and all(not l.startswith(b"A line") for l in lines), lines
     _, uidls, _ = c.uidl()
@@ -89,8 +91,8 @@ def test_poplib_top_uidl_rset(shared_pop3d):
     c.quit()
 
 
-def test_in_use(shared_pop3d):
-    dev = shared_pop3d
+def test_in_use(backend_pop3d):
+    dev = backend_pop3d
     a = dev.poplib_pop3s()
     with pytest.raises(poplib.error_proto, match=r"\[IN-USE\]"):
         dev.poplib_pop3s().quit()  # the second session must not be let in
@@ -100,8 +102,8 @@ def test_in_use(shared_pop3d):
 
 # ---------------------------------------------------------------- curl
 
-def test_curl_pop3s_list_and_retr(shared_pop3d, tmp_path):
-    dev = shared_pop3d
+def test_curl_pop3s_list_and_retr(backend_pop3d, tmp_path):
+    dev = backend_pop3d
     base = ["curl", "-sS", "--cacert", dev.ca, "--netrc-file", netrc(tmp_path, dev), "--max-time", "30"]
     listing = subprocess.run(base + [f"pop3s://localhost:{dev.tls_port}/"], capture_output=True, check=True,
                              timeout=60).stdout
@@ -114,16 +116,16 @@ def test_curl_pop3s_list_and_retr(shared_pop3d, tmp_path):
     assert body == expected, (body, expected)
 
 
-def test_curl_stls(shared_pop3d, tmp_path):
-    dev = shared_pop3d
+def test_curl_stls(backend_pop3d, tmp_path):
+    dev = backend_pop3d
     out = subprocess.run(["curl", "-sS", "--ssl-reqd", "--cacert", dev.ca, "--netrc-file", netrc(tmp_path, dev),
                           "--max-time", "30", f"pop3://localhost:{dev.plain_port}/"],
                          capture_output=True, check=True, timeout=60).stdout
     assert len(out.splitlines()) == 3, out
 
 
-def test_curl_rejects_wrong_ca(shared_pop3d, tmp_path):
-    dev = shared_pop3d
+def test_curl_rejects_wrong_ca(backend_pop3d, tmp_path):
+    dev = backend_pop3d
     r = subprocess.run(["curl", "-sS", "--netrc-file", netrc(tmp_path, dev), "--max-time", "30",
                         f"pop3s://localhost:{dev.tls_port}/"], capture_output=True, timeout=60)
     assert r.returncode != 0, "curl accepted a self-signed certificate without --cacert"
@@ -131,8 +133,8 @@ def test_curl_rejects_wrong_ca(shared_pop3d, tmp_path):
 
 # ---------------------------------------------------------------- openssl s_client
 
-def test_openssl_s_client_implicit_tls_with_alpn(shared_pop3d):
-    dev = shared_pop3d
+def test_openssl_s_client_implicit_tls_with_alpn(backend_pop3d):
+    dev = backend_pop3d
     code, out = s_client(dev.tls_port, dev.ca, ["-servername", "localhost", "-alpn", "pop3"],
                          f"USER demo\r\nPASS {dev.password}\r\nSTAT\r\nQUIT\r\n", quiet=True)
     lines = out.splitlines()
@@ -140,8 +142,8 @@ def test_openssl_s_client_implicit_tls_with_alpn(shared_pop3d):
     assert "+OK Logged in." in lines and any(l.startswith("+OK 3 ") for l in lines), out
 
 
-def test_openssl_s_client_starttls(shared_pop3d):
-    dev = shared_pop3d
+def test_openssl_s_client_starttls(backend_pop3d):
+    dev = backend_pop3d
     code, out = s_client(dev.plain_port, dev.ca, [], f"USER demo\r\nPASS {dev.password}\r\nSTAT\r\nQUIT\r\n",
                          starttls=True, quiet=True)
     assert "+OK Logged in." in out and "+OK 3 " in out, out
@@ -159,8 +161,8 @@ TLS_POLICY = [
 
 
 @pytest.mark.parametrize("flags, accepted, why", TLS_POLICY)
-def test_openssl_tls_policy(shared_pop3d, flags, accepted, why):
-    code, out = s_client(shared_pop3d.tls_port, shared_pop3d.ca, flags, "QUIT\r\n", quiet=True)
+def test_openssl_tls_policy(backend_pop3d, flags, accepted, why):
+    code, out = s_client(backend_pop3d.tls_port, backend_pop3d.ca, flags, "QUIT\r\n", quiet=True)
     if accepted:
         assert out.startswith("+OK"), out
     else:

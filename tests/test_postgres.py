@@ -643,3 +643,35 @@ def test_login_delay_holds_across_the_nodes(pop3d_bin, cluster_db):
     finally:
         first.stop()
         second.stop()
+
+
+def test_scram_with_accounts_in_the_database(pop3d_bin, cluster_db, pop3_bin):
+    """Accounts in PostgreSQL (no passwd-file) do SCRAM-SHA-256(-PLUS) with an independent client and with `pop3
+    fetch` (auto: SCRAM-SHA-256-PLUS); an unknown user's SCRAM exchange fails like a wrong password."""
+    n = node(pop3d_bin, cluster_db)
+    n.migrate()
+    n.add_user("alice", "pw-alice")
+    assert n.deliver("alice", make_message("scram", 1)[1])[0] == 0
+    n.start()
+    try:
+        for mechanism in ("SCRAM-SHA-256", "SCRAM-SHA-256-PLUS"):
+            s = pop3support.POP3Session(n)
+            reply, attrs = pop3support.scram_login(s, "alice", "pw-alice", mechanism)
+            assert reply == b"+OK Logged in.", reply
+            assert s.stat()[0] == 1
+            s.ok("QUIT")
+        s = pop3support.POP3Session(n, source="127.0.0.31")
+        try:
+            reply, _ = pop3support.scram_login(s, "nobody-here", "x")
+            assert reply.startswith(b"-ERR [AUTH]"), reply
+        except pop3support.POP3Error as e:
+            assert "[AUTH]" in str(e), e
+        s.close()
+        maildir = os.path.join(cluster_db[1], "fetched")
+        r = subprocess.run([pop3_bin, "fetch", f"pop3s://alice@localhost:{n.tls_port}", "--password-file",
+                            n.password_file("alice"), "--ca-file", n.ca, "--maildir", maildir, "--keep", "--json"],
+                           capture_output=True, timeout=120)
+        assert r.returncode == 0, r.stderr.decode()
+        assert len(os.listdir(os.path.join(maildir, "new"))) == 1
+    finally:
+        n.stop()
