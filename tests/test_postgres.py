@@ -675,3 +675,33 @@ def test_scram_with_accounts_in_the_database(pop3d_bin, cluster_db, pop3_bin):
         assert len(os.listdir(os.path.join(maildir, "new"))) == 1
     finally:
         n.stop()
+
+
+def test_concurrent_first_logins_leave_no_lock_behind(pop3d_bin, cluster_db):
+    """Regression: the first logins of a fresh node arrive together; they must share one lock connection (each
+    making its own left locks on connections nobody released them on, and those accounts stayed [IN-USE])."""
+    n = node(pop3d_bin, cluster_db)
+    n.migrate()
+    users = [f"c{i}" for i in range(16)]
+    for user in users:
+        n.add_user(user, "pw", scheme="PLAIN")
+    n.start()
+    try:
+        for round_ in range(2):
+            failures = []
+
+            def login(user):
+                try:
+                    s = pop3support.POP3Session(n, timeout=30).login(user, "pw")
+                    s.quit()
+                except Exception as e:  # noqa: BLE001
+                    failures.append((user, str(e)))
+
+            threads = [threading.Thread(target=login, args=(u,)) for u in users]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(60)
+            assert not failures, f"round {round_}: {failures}"
+    finally:
+        n.stop()

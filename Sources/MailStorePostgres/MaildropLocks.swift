@@ -22,6 +22,8 @@ actor MaildropLocks {
     private let configuration: PostgresConnection.Configuration
     private let logger: Logger
     private var connection: PostgresConnection?
+    /// The connection being made, if one is.
+    private var connecting: Task<(PostgresConnection, Int32), any Error>?
     private var backend: Int32 = 0
     private var held: [Int64: UInt64] = [:]
     private var nextSerial: UInt64 = 1
@@ -104,6 +106,9 @@ actor MaildropLocks {
 
     private func currentConnection() async throws -> (PostgresConnection, Int32) {
         if let connection = self.connection, !connection.isClosed { return (connection, self.backend) }
+        // One connection at a time: acquires that arrive while it is being made wait for the same one. (Each making
+        // its own would leave locks on connections nobody releases them on: the account stays [IN-USE].)
+        if let connecting = self.connecting { return try await connecting.value }
         if self.connection != nil {
             // The old session, and every lock it held, is gone: sessions holding them fail at commit.
             self.logger.warning("maildrop lock connection lost; PostgreSQL released its locks, and sessions that held them cannot commit")
@@ -112,14 +117,19 @@ actor MaildropLocks {
         let id = self.nextConnectionID
         self.nextConnectionID += 1
         let (configuration, logger) = (self.configuration, self.logger)
-        let (connection, backend) = try await withDeadline(Self.queryDeadline) {
-            let connection = try await PostgresConnection.connect(configuration: configuration, id: -id, logger: logger)
-            var backend: Int32 = 0
-            for try await pid in try await connection.query("SELECT pg_backend_pid()", logger: logger).decode(Int32.self) {
-                backend = pid
+        let connecting = Task {
+            try await withDeadline(Self.queryDeadline) {
+                let connection = try await PostgresConnection.connect(configuration: configuration, id: -id, logger: logger)
+                var backend: Int32 = 0
+                for try await pid in try await connection.query("SELECT pg_backend_pid()", logger: logger).decode(Int32.self) {
+                    backend = pid
+                }
+                return (connection, backend)
             }
-            return (connection, backend)
         }
+        self.connecting = connecting
+        defer { self.connecting = nil }
+        let (connection, backend) = try await connecting.value
         self.connection = connection
         self.backend = backend
         return (connection, backend)
