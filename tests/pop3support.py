@@ -33,11 +33,21 @@ EX_NOPERM = 77
 
 # ---------------------------------------------------------------- ports and processes
 
+_handed_out = set()
+
+
 def free_port(host=LOCALHOST):
-    """A TCP port that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    """A TCP port that was free a moment ago, and never handed out before in this run: a server that got a port
+    but binds it only later (after set-up commands, or between a stop and a restart) must not find another test's
+    server on it."""
+    for _ in range(1000):
+        with socket.socket() as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
+    raise RuntimeError("no fresh TCP port after 1000 tries")
 
 
 def tail(path, n=8):
