@@ -542,11 +542,13 @@ def test_a_passwd_file_authenticates_while_mail_is_in_postgres(pop3d_bin, cluste
     os.chmod(passwd, 0o644)
     n = node(pop3d_bin, cluster_db, extra=f"passwd_file: {passwd}\n")
     n.migrate()
-    r = n.pop3d("user", "add", "eve", stdin="pw-eve\n")
-    assert r.returncode == 0, r.stderr  # `pop3d user` edits the database's accounts
+    postgres.psql("INSERT INTO accounts (name, password) VALUES ('eve', '{PLAIN}pw-eve')", db=db)
     assert n.deliver("dora", b"Subject: d\n\nfor dora\n")[0] == 0
     assert n.deliver("eve", b"Subject: e\n\nfor eve\n")[0] == 67, "eve is not in the passwd-file, which decides"
     assert postgres.psql("SELECT password FROM accounts WHERE name = 'dora'", db=db).strip() == "!"
+    r = n.pop3d("user", "add", "fred", stdin="pw-fred\n")
+    assert r.returncode == 0, r.stderr
+    assert "fred:" in open(passwd).read(), "`pop3d user` edits the passwd-file, which is what authenticates"
     n.start()
     try:
         c = n.poplib_pop3s("dora", "pw-dora")

@@ -131,11 +131,14 @@ extension MailDatabase {
         let chunkSize = DatabaseSchema.chunkSize
         let logger = self.logger
         do {
-            return try await self.withTransaction("delivery") { connection in
-                // The account row, locked: deliveries to one account are counted against its quota one at a time.
+            return try await self.withTransaction("delivery", boundedBody: false) { connection in
+                // Deliveries to one account are counted against its quota one at a time (a transaction-level advisory
+                // lock: sessions listing or committing the account do not wait for a delivery in flight).
+                guard let key = Int32(exactly: account) else { throw DeliveryFailure.temporary("account id out of range") }
+                try await connection.query("SELECT pg_advisory_xact_lock(\(DatabaseSchema.quotaLockClass), \(key))", logger: logger)
                 var quota: (bytes: Int64?, messages: Int64?)?
                 for try await limits in try await connection.query(
-                    "SELECT quota_bytes, quota_messages FROM accounts WHERE id = \(account) FOR UPDATE",
+                    "SELECT quota_bytes, quota_messages FROM accounts WHERE id = \(account)",
                     logger: logger
                 ).decode((Int64?, Int64?).self) {
                     quota = limits
@@ -227,7 +230,10 @@ extension MailDatabase {
     public func ensureAccount(_ name: String, passwordField: String) async throws -> Int64 {
         try await self.withConnection("account") { connection in
             try await connection.query(
-                "INSERT INTO accounts (name, password) VALUES (\(name), \(passwordField)) ON CONFLICT (name) DO NOTHING",
+                """
+                INSERT INTO accounts (name, password) VALUES (\(name), \(passwordField))
+                ON CONFLICT (name) DO UPDATE SET password = EXCLUDED.password WHERE accounts.password = '!'
+                """,
                 logger: self.logger
             )
             var id: Int64?

@@ -80,4 +80,7 @@ public enum DatabaseSchema {
     /// The advisory-lock class of maildrop locks (`pg_try_advisory_lock(class, account id)`): "POP3" in ASCII, so
     /// that other applications' advisory locks in the same database do not collide with ours.
     static let lockClass: Int32 = 0x504F_5033
+
+    /// The advisory-lock class that serialises deliveries to one account for its quota ("QUOT").
+    static let quotaLockClass: Int32 = 0x5155_4F54
 }

@@ -84,9 +84,13 @@ public final class MailDatabase: Sendable {
     /// A query through the pool, waiting for a connection at most `pool_timeout` (then statement_timeout applies
     /// on the server). Every failure is a `MaildropError.temporary` for the session (`-ERR [SYS/TEMP]`), logged
     /// with its cause here.
-    func withConnection<T: Sendable>(_ operation: String, _ body: @escaping @Sendable (PostgresConnection) async throws -> T) async throws -> T {
+    func withConnection<T: Sendable>(
+        _ operation: String,
+        boundedBody: Bool = true,
+        _ body: @escaping @Sendable (PostgresConnection) async throws -> T
+    ) async throws -> T {
         do {
-            return try await self.leased(body)
+            return try await self.leased(boundedBody: boundedBody, body)
         } catch let error as MaildropError {
             throw error
         } catch let error as DeliveryFailure {
@@ -102,7 +106,9 @@ public final class MailDatabase: Sendable {
     /// `body` on a pooled connection. Waiting for the connection is bounded by `pool_timeout` (a database that is
     /// down or a pool that is exhausted answers `[SYS/TEMP]` then); once `body` runs, by `statement_timeout` per
     /// statement on the server, and here by that plus a margin, for a connection whose server went away unheard.
-    private func leased<T: Sendable>(_ body: @escaping @Sendable (PostgresConnection) async throws -> T) async throws -> T {
+    /// `boundedBody: false` (a delivery streaming its message from the MTA) leaves the body unbounded here: its
+    /// statements are still bounded by the server, and a body that committed must never be reported as failed.
+    private func leased<T: Sendable>(boundedBody: Bool, _ body: @escaping @Sendable (PostgresConnection) async throws -> T) async throws -> T {
         let started = StartedFlag()
         let (poolTimeout, statementTimeout) = (self.settings.poolTimeout, self.settings.statementTimeout)
         return try await withThrowingTaskGroup(of: T?.self) { group in
@@ -115,6 +121,7 @@ public final class MailDatabase: Sendable {
             group.addTask {
                 try await Task.sleep(for: poolTimeout)
                 if !started.value.withLock({ $0 }) { throw DeadlineExceeded(duration: poolTimeout) }
+                guard boundedBody else { return nil }
                 try await Task.sleep(for: statementTimeout + .seconds(10))
                 throw DeadlineExceeded(duration: poolTimeout + statementTimeout + .seconds(10))
             }
@@ -127,9 +134,13 @@ public final class MailDatabase: Sendable {
     }
 
     /// As `withConnection`, inside one transaction (committed when `body` returns, rolled back when it throws).
-    func withTransaction<T: Sendable>(_ operation: String, _ body: @escaping @Sendable (PostgresConnection) async throws -> T) async throws -> T {
+    func withTransaction<T: Sendable>(
+        _ operation: String,
+        boundedBody: Bool = true,
+        _ body: @escaping @Sendable (PostgresConnection) async throws -> T
+    ) async throws -> T {
         let logger = self.logger
-        return try await self.withConnection(operation) { connection in
+        return try await self.withConnection(operation, boundedBody: boundedBody) { connection in
             do {
                 return try await connection.withTransaction(logger: logger) { transaction in try await body(transaction) }
             } catch let error as PostgresTransactionError {

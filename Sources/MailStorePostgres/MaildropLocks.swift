@@ -15,16 +15,23 @@ import SystemIO
 actor MaildropLocks {
     struct Token: Sendable, Equatable {
         let account: Int64
-        let backend: Int32
+        let backend: Backend
         let serial: UInt64
+    }
+
+    /// The database session a lock lives in: its backend pid and start time (a pid alone can be reused after a
+    /// PostgreSQL restart by another node's new session).
+    struct Backend: Sendable, Equatable {
+        let pid: Int32
+        let started: Double
     }
 
     private let configuration: PostgresConnection.Configuration
     private let logger: Logger
     private var connection: PostgresConnection?
     /// The connection being made, if one is.
-    private var connecting: Task<(PostgresConnection, Int32), any Error>?
-    private var backend: Int32 = 0
+    private var connecting: Task<(PostgresConnection, Backend), any Error>?
+    private var backend = Backend(pid: 0, started: 0)
     private var held: [Int64: UInt64] = [:]
     private var nextSerial: UInt64 = 1
     private var nextConnectionID = 1
@@ -47,8 +54,10 @@ actor MaildropLocks {
         self.nextSerial += 1
         // Reserved before the first suspension point, so that a second acquire for the account cannot slip in.
         self.held[account] = serial
+        var used: PostgresConnection?
         do {
             let (connection, backend) = try await self.currentConnection()
+            used = connection
             let logger = self.logger
             let granted = try await withDeadline(Self.queryDeadline) {
                 var granted = false
@@ -65,7 +74,7 @@ actor MaildropLocks {
             throw error
         } catch {
             if self.held[account] == serial { self.held[account] = nil }
-            self.dropConnection(after: error)
+            self.dropConnection(used, after: error)
             throw MaildropError.temporary("maildrop lock unavailable")
         }
     }
@@ -84,7 +93,7 @@ actor MaildropLocks {
                 return true
             }
         } catch {
-            self.dropConnection(after: error)
+            self.dropConnection(connection, after: error)
         }
     }
 
@@ -98,13 +107,14 @@ actor MaildropLocks {
     /// The SQL that is true only while `token`'s backend still holds its lock; run inside the commit's transaction.
     static func stillHeld(_ token: Token) -> PostgresQuery {
         """
-        SELECT count(*) FROM pg_locks
-        WHERE locktype = 'advisory' AND granted AND objsubid = 2
-          AND classid::bigint = \(Int64(DatabaseSchema.lockClass)) AND objid::bigint = \(token.account) AND pid = \(token.backend)
+        SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+        WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+          AND l.classid::bigint = \(Int64(DatabaseSchema.lockClass)) AND l.objid::bigint = \(token.account)
+          AND l.pid = \(token.backend.pid) AND extract(epoch FROM a.backend_start)::float8 = \(token.backend.started)
         """
     }
 
-    private func currentConnection() async throws -> (PostgresConnection, Int32) {
+    private func currentConnection() async throws -> (PostgresConnection, Backend) {
         if let connection = self.connection, !connection.isClosed { return (connection, self.backend) }
         // One connection at a time: acquires that arrive while it is being made wait for the same one. (Each making
         // its own would leave locks on connections nobody releases them on: the account stays [IN-USE].)
@@ -120,10 +130,12 @@ actor MaildropLocks {
         let connecting = Task {
             try await withDeadline(Self.queryDeadline) {
                 let connection = try await PostgresConnection.connect(configuration: configuration, id: -id, logger: logger)
-                var backend: Int32 = 0
-                for try await pid in try await connection.query("SELECT pg_backend_pid()", logger: logger).decode(Int32.self) {
-                    backend = pid
-                }
+                var backend = Backend(pid: 0, started: 0)
+                let rows = try await connection.query(
+                    "SELECT pid, extract(epoch FROM backend_start)::float8 FROM pg_stat_activity WHERE pid = pg_backend_pid()",
+                    logger: logger
+                )
+                for try await (pid, started) in rows.decode((Int32, Double).self) { backend = Backend(pid: pid, started: started) }
                 return (connection, backend)
             }
         }
@@ -135,10 +147,12 @@ actor MaildropLocks {
         return (connection, backend)
     }
 
-    private func dropConnection(after error: any Error) {
+    /// Closes `failing` after a query on it failed; it stops being the node's lock connection only if it still is
+    /// (a late failure of a replaced connection must not drop the new one, and the locks on it).
+    private func dropConnection(_ failing: PostgresConnection?, after error: any Error) {
         self.logger.error("maildrop lock connection failed", metadata: ["error": "\(MailDatabase.describe(error))"])
-        let connection = self.connection
-        self.connection = nil
-        connection?.close().whenComplete { _ in }
+        guard let failing else { return }
+        if let current = self.connection, current === failing { self.connection = nil }
+        failing.close().whenComplete { _ in }
     }
 }

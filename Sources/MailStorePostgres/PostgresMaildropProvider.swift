@@ -30,7 +30,9 @@ public final class PostgresMaildropProvider: MaildropProvider {
         let token = try await self.database.locks.acquire(account)
         do {
             let limit = self.maximumMessages
-            let messages = try await self.database.withConnection("listing") { connection in
+            let messages = try await self.database.withTransaction("listing") { connection in
+                // Waits for a commit of this account in flight (see `delete`), then lists what it left.
+                try await connection.query("SELECT id FROM accounts WHERE id = \(account) FOR SHARE", logger: self.database.logger)
                 var listed: [(id: Int64, message: MaildropMessage, chunks: Int)] = []
                 let rows = try await connection.query(
                     """
@@ -113,6 +115,10 @@ final class PostgresMaildrop: Maildrop {
         let account = token.account
         let database = self.database
         try await database.withTransaction("commit") { connection in
+            // The account row first: a listing on another node (FOR SHARE) waits until this commit is done, so it
+            // never lists what this transaction deletes, even if the lock goes between the check and COMMIT.
+            // (NO KEY UPDATE: deliveries, whose foreign key takes KEY SHARE, are not waited for.)
+            try await connection.query("SELECT id FROM accounts WHERE id = \(account) FOR NO KEY UPDATE", logger: database.logger)
             var held: Int64 = 0
             for try await count in try await connection.query(MaildropLocks.stillHeld(token), logger: database.logger).decode(Int64.self) {
                 held = count

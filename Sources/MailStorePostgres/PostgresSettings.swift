@@ -58,7 +58,9 @@ public struct PostgresSettings: Sendable, Equatable {
     public init(url: String) throws(ParseError) {
         let schemes = ["postgresql://", "postgres://"]
         guard let scheme = schemes.first(where: { url.hasPrefix($0) }) else {
-            throw ParseError("expected postgresql://USER@HOST[:PORT]/DATABASE, got \"\(url)\"")
+            // Echoed without anything before an "@", which may hold a password.
+            let shown = url.lastIndex(of: "@").map { "…" + url[$0...] } ?? url
+            throw ParseError("expected postgresql://USER@HOST[:PORT]/DATABASE, got \"\(shown)\"")
         }
         var rest = Substring(url.dropFirst(scheme.count))
         var query: [String: String] = [:]

@@ -4,9 +4,9 @@ import MailStorePostgres
 import SASL
 import SystemIO
 
-/// `pop3d user add/passwd/del/list` and `pop3d db migrate`, against wherever the configuration keeps accounts:
-/// the passwd-file, or PostgreSQL with `storage.backend: postgres` (then always the database, even when a
-/// passwd-file is also given for authentication).
+/// `pop3d user add/passwd/del/list` and `pop3d db migrate`, against wherever the configuration keeps the accounts
+/// logins are checked against: the passwd-file when there is one (also with `storage.backend: postgres`, where it
+/// then authenticates), else PostgreSQL's accounts.
 public struct AccountEditor {
     public let configuration: ServerConfiguration
 
@@ -66,7 +66,8 @@ public struct AccountEditor {
     }
 
     private func databaseAccounts() throws -> DatabaseAccounts? {
-        try self.database().map {
+        guard !self.configuration.usesPasswdFile else { return nil }
+        return try self.database().map {
             DatabaseAccounts(database: $0, threadPool: .singleton, scramIterations: self.configuration.scramIterations, scramSecret: nil)
         }
     }
