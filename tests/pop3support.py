@@ -602,6 +602,7 @@ class Pop3dDev(_Accounts):
         self.tls_port = free_port()
         self.plain_port = free_port()
         self.lmtp_port = free_port()
+        self.metrics_port = free_port()
         self.proc = None
         self.starts = 0
         self.log_path = None
@@ -641,11 +642,13 @@ class Pop3dDev(_Accounts):
         with open(self.log_path, "w") as log:
             self.proc = subprocess.Popen(
                 [self.bin, "dev", "--data", self.data, "--pop3s-port", str(self.tls_port),
-                 "--pop3-port", str(self.plain_port), "--lmtp-port", str(self.lmtp_port)],
+                 "--pop3-port", str(self.plain_port), "--lmtp-port", str(self.lmtp_port),
+                 "--metrics-port", str(self.metrics_port)],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, **self.ids)
         wait_port(self.tls_port, self.proc, seconds, log_path=self.log_path)
         wait_port(self.plain_port, self.proc, seconds, log_path=self.log_path)
         wait_port(self.lmtp_port, self.proc, seconds, log_path=self.log_path)
+        wait_port(self.metrics_port, self.proc, seconds, log_path=self.log_path)
         if self.ctx is None:
             with open(os.path.join(self.data, "demo-password")) as f:
                 self.password = f.read().strip()

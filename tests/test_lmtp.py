@@ -253,7 +253,8 @@ def test_unix_socket_listener_mode_and_stale_socket(pop3d_bin, tmp_path):
     with open(path, "w") as f:
         f.write("not a socket\n")
     r = subprocess.run([pop3d_bin, "dev", "--data", dev.data, "--pop3s-port", str(dev.tls_port), "--pop3-port",
-                        str(dev.plain_port), "--lmtp-port", str(dev.lmtp_port)], capture_output=True, timeout=60)
+                        str(dev.plain_port), "--lmtp-port", str(dev.lmtp_port), "--metrics-port", str(dev.metrics_port)],
+                       capture_output=True, timeout=60)
     assert r.returncode != 0 and b"not a socket" in r.stderr, (r.returncode, r.stderr[-300:])
     assert open(path).read() == "not a socket\n"
 

@@ -1,6 +1,7 @@
 import Crypto
 import NIOSSL
 import POP3Core
+import POP3NIO
 import X509
 
 /// What `pop3 probe` learns of a server: greeting, TLS, capabilities, login mechanisms and the certificate chain as
@@ -55,23 +56,6 @@ public struct CertificateDescription: Sendable, Equatable {
             let digits = Array("0123456789abcdef")
             return String([digits[Int(byte >> 4)], digits[Int(byte & 0x0F)]])
         }.joined()
-    }
-}
-
-/// TLS cipher suites by their IANA code, named as OpenSSL does (the ones the product's policy allows).
-public enum TLSCipherSuite {
-    static let names: [UInt16: String] = [
-        0x1301: "TLS_AES_128_GCM_SHA256", 0x1302: "TLS_AES_256_GCM_SHA384", 0x1303: "TLS_CHACHA20_POLY1305_SHA256",
-        0xC02B: "ECDHE-ECDSA-AES128-GCM-SHA256", 0xC02C: "ECDHE-ECDSA-AES256-GCM-SHA384",
-        0xC02F: "ECDHE-RSA-AES128-GCM-SHA256", 0xC030: "ECDHE-RSA-AES256-GCM-SHA384",
-        0xCCA8: "ECDHE-RSA-CHACHA20-POLY1305", 0xCCA9: "ECDHE-ECDSA-CHACHA20-POLY1305",
-    ]
-
-    /// The suite's name, or its code in hex (`0x1304`).
-    public static func name(_ code: UInt16) -> String {
-        if let name = Self.names[code] { return name }
-        let hex = String(code, radix: 16, uppercase: true)
-        return "0x" + String(repeating: "0", count: max(0, 4 - hex.count)) + hex
     }
 }
 

@@ -147,6 +147,10 @@ public struct ServerSession: Sendable {
 
     /// The messages RETR sent whole in this session (indices into the snapshot); kept through UPDATE.
     public private(set) var retrievedIndices: Set<Int> = []
+    /// The mechanism of the last login attempt: `USER` (USER/PASS) or the SASL mechanism's name.
+    public private(set) var loginMechanism: String?
+    /// Whether the session was closed for too many bad commands (not by QUIT).
+    public private(set) var closedAfterBadCommands = false
 
     /// The logged-in user, once in TRANSACTION state.
     public var user: String? {
@@ -356,6 +360,7 @@ public struct ServerSession: Sendable {
                 return self.badCommand(.err("No user name given; send USER first."))
             }
             self.state = .loggingIn(user: user)
+            self.loginMechanism = "USER"
             return .login(user: user, password: password)
         case .auth(nil, _):
             return .respondLines(.ok("Supported mechanisms follow."), self.mayAuthenticate ? self.offeredMechanisms : [])
@@ -381,6 +386,7 @@ public struct ServerSession: Sendable {
                 response = decoded
             }
             self.state = .saslStepping(mechanism: mechanism)
+            self.loginMechanism = mechanism
             return .saslStep(mechanism: mechanism, response: response, first: true)
         case .apop:
             return self.badCommand(.err("APOP is not supported."))
@@ -440,6 +446,7 @@ public struct ServerSession: Sendable {
             return .respond(Self.authenticationFailed)
         }
         self.state = .loggingIn(user: credentials.authenticationID)
+        self.loginMechanism = "PLAIN"
         return .login(user: credentials.authenticationID, password: credentials.password)
     }
 
@@ -518,6 +525,7 @@ public struct ServerSession: Sendable {
             ? self.configuration.maximumBadCommandsAfterLogin : self.configuration.maximumBadCommandsBeforeLogin
         if self.badCommands >= limit {
             self.state = .closed
+            self.closedAfterBadCommands = true
             return .respondAndClose(closing)
         }
         return .respond(response)

@@ -25,11 +25,13 @@ public final class ClientHelloGuard: ChannelInboundHandler, RemovableChannelHand
     public enum Alert: UInt8, Sendable { case unrecognizedName = 112, noApplicationProtocol = 120 }
 
     private let acceptsServerName: @Sendable (String) -> Bool
+    private let onRefusal: @Sendable (Alert) -> Void
     private var buffered: ByteBuffer?
     private var decided = false
 
-    public init(acceptsServerName: @escaping @Sendable (String) -> Bool) {
+    public init(acceptsServerName: @escaping @Sendable (String) -> Bool, onRefusal: @escaping @Sendable (Alert) -> Void = { _ in }) {
         self.acceptsServerName = acceptsServerName
+        self.onRefusal = onRefusal
     }
 
     public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -52,6 +54,7 @@ public final class ClientHelloGuard: ChannelInboundHandler, RemovableChannelHand
             if let alert = self.check(hello) {
                 self.decided = true
                 self.buffered = nil
+                self.onRefusal(alert)
                 var record = context.channel.allocator.buffer(capacity: 7)
                 // TLS record: alert(21), TLS 1.2 version, length 2, level fatal(2), description.
                 record.writeBytes([21, 3, 3, 0, 2, 2, alert.rawValue])

@@ -20,9 +20,13 @@ public final class SessionTimeoutHandler: ChannelDuplexHandler, RemovableChannel
     private var lastActivity: NIODeadline = .now()
     private var scheduled: Scheduled<Void>?
 
-    public init(preAuthenticationTimeout: TimeAmount, idleTimeout: TimeAmount) {
+    private let onTimeout: @Sendable () -> Void
+
+    /// `onTimeout` is called just before the handler closes the connection for a timeout.
+    public init(preAuthenticationTimeout: TimeAmount, idleTimeout: TimeAmount, onTimeout: @escaping @Sendable () -> Void = {}) {
         self.preAuthenticationTimeout = preAuthenticationTimeout
         self.idleTimeout = idleTimeout
+        self.onTimeout = onTimeout
     }
 
     public func handlerAdded(context: ChannelHandlerContext) {
@@ -74,11 +78,13 @@ public final class SessionTimeoutHandler: ChannelDuplexHandler, RemovableChannel
 
     private func expired(context: ChannelHandlerContext) {
         guard self.authenticated else {
+            self.onTimeout()
             context.close(promise: nil)
             return
         }
         let idleFor = context.eventLoop.now - self.lastActivity
         if idleFor >= self.idleTimeout {
+            self.onTimeout()
             context.close(promise: nil)
         } else {
             self.arm(context: context, after: self.idleTimeout - idleFor)

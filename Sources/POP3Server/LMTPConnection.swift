@@ -174,9 +174,12 @@ struct LMTPConnection {
                 replies.append(earlier)
                 continue
             }
+            let storing = ContinuousClock.now
             let reply = await self.service.deliver(
                 recipient, transaction: transaction, spool: spool, session: self.session, peer: self.peer, logger: self.logger
             )
+            self.service.metrics.storage(.deliver, since: storing)
+            self.service.metrics.delivery(via: "lmtp", result: reply.code < 300 ? "delivered" : reply.code < 500 ? "tempfail" : "rejected")
             byAddress[key] = reply
             replies.append(reply)
         }

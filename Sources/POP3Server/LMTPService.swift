@@ -28,6 +28,7 @@ public final class LMTPService: Service, Sendable {
     let locator: MaildirLocator
     let logger: Logger
     let hostname: String
+    let metrics: ServerMetrics
     /// Threads that write LMTP copies (each blocks in fsync while its copy reaches the disk).
     public static let deliveryThreads = 16
     /// Whether copies may be written as root (`pop3d dev` started as root); `serve` never does.
@@ -48,8 +49,10 @@ public final class LMTPService: Service, Sendable {
         mayWriteAsRoot: Bool,
         group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
         logger: Logger,
+        metrics: ServerMetrics = .disabled,
         onListening: @escaping @Sendable ([BoundListener]) -> Void = { _ in }
     ) {
+        self.metrics = metrics
         self.configuration = configuration
         self.accounts = accounts
         self.target = target

@@ -14,6 +14,9 @@ import SystemIO
 /// assembly: listeners bound, certificate audited, passwd-file read, privilege helper started and root dropped
 /// (when asked and started as root), then the POP3 server and the SIGHUP reload under one service group.
 public final class POP3Daemon: Sendable {
+    /// The version `pop3d --version` prints and `pop3d_build_info` carries.
+    public static let version = "0.15.0"
+
     public let configuration: ServerConfiguration
     public let tls: TLSProvider?
     /// The passwd-file, when configured (with `storage.backend: postgres` it may be absent).
@@ -32,6 +35,10 @@ public final class POP3Daemon: Sendable {
     /// `pop3d dev` (and tests) run without dropping privileges; only then may LMTP write as root.
     let dropsPrivileges: Bool
     let logger: Logger
+    /// What the server counts (Prometheus registry when `metrics.listen` is set, else no-ops) and the socket that
+    /// serves it, bound with the others.
+    public let metrics: ServerMetrics
+    let metricsSocket: CInt?
 
     struct Separation: Sendable {
         let helper: PrivilegedHelper
@@ -54,6 +61,9 @@ public final class POP3Daemon: Sendable {
         self.sharedPenalty = opened.map { (SharedPenalty(database: $0.database), $0.penaltyKey) }
         self.prebound = try ListenSocket.bindAll(configuration)
         self.preboundLMTP = try ListenSocket.bindLMTP(configuration)
+        self.metricsSocket = try configuration.metricsListener.map { try ListenSocket.bind($0, key: "metrics.listen") }
+        self.metrics = configuration.metricsListener == nil ? .disabled : .prometheus()
+        self.metrics.buildInfo(version: Self.version)
         self.tls = try configuration.tlsConfigured
             ? TLSProvider(
                 certificatePath: configuration.certificatePath!,
@@ -63,6 +73,7 @@ public final class POP3Daemon: Sendable {
         for warning in self.tls?.certificateWarnings ?? [] {
             logger.warning("TLS certificate: \(warning.text)")
         }
+        self.metrics.certificateExpiry(self.tls?.notAfter)
         let scramSecret = Self.scramSecret(stateFolder: configuration.stateFolder, logger: logger)
         let verifier = try configuration.usesPasswdFile
             ? PasswdFileVerifier(
@@ -165,8 +176,8 @@ public final class POP3Daemon: Sendable {
     /// `reload()` does the same from code.
     public func run(handleSignals: Bool = true, onListening: @escaping @Sendable ([BoundListener]) -> Void = { _ in }) async throws {
         defer { self.separation?.helper.shutdown() }
-        // POP3 and LMTP bind separately; the caller hears once, with every listener.
-        let expected = self.preboundLMTP.isEmpty ? 1 : 2
+        // POP3, LMTP and metrics bind separately; the caller hears once, with every listener.
+        let expected = 1 + (self.preboundLMTP.isEmpty ? 0 : 1) + (self.metricsSocket == nil ? 0 : 1)
         let reported = NIOLockedValueBox<(count: Int, listeners: [BoundListener])>((0, []))
         let userOnListening = onListening
         let onListening: @Sendable ([BoundListener]) -> Void = { listeners in
@@ -220,6 +231,7 @@ public final class POP3Daemon: Sendable {
             sharedPenalty: self.sharedPenalty,
             retrievalTimes: self.database.map { DatabaseRetrievalTimes(database: $0) },
             sharedLoginTimes: self.database.map { SharedLoginTimes(database: $0) },
+            metrics: self.metrics,
             onListening: onListening
         )
         services.append(.init(service: server, successTerminationBehavior: .gracefullyShutdownGroup))
@@ -245,12 +257,20 @@ public final class POP3Daemon: Sendable {
                 prebound: self.preboundLMTP,
                 mayWriteAsRoot: !self.dropsPrivileges,
                 logger: self.logger,
+                metrics: self.metrics,
                 onListening: onListening
             )
             services.append(.init(service: lmtp, successTerminationBehavior: .gracefullyShutdownGroup))
         }
+        if let socket = self.metricsSocket, let registry = self.metrics.registry {
+            services.append(
+                .init(service: MetricsEndpoint(registry: registry, descriptor: socket, logger: self.logger) { address in
+                    onListening([BoundListener(kind: .metrics, address: address)])
+                })
+            )
+        }
         if handleSignals {
-            services.append(.init(service: ReloadService(tls: self.tls, verifier: self.verifier, oauth: self.oauth, logger: self.logger)))
+            services.append(.init(service: ReloadService(tls: self.tls, verifier: self.verifier, oauth: self.oauth, metrics: self.metrics, logger: self.logger)))
         }
         let group = ServiceGroup(
             configuration: .init(
@@ -343,7 +363,7 @@ public final class POP3Daemon: Sendable {
 
     /// What SIGHUP does: re-reads the certificate, key and passwd-file without dropping sessions.
     public func reload() {
-        ReloadService(tls: self.tls, verifier: self.verifier, oauth: self.oauth, logger: self.logger).reload()
+        ReloadService(tls: self.tls, verifier: self.verifier, oauth: self.oauth, metrics: self.metrics, logger: self.logger).reload()
     }
 }
 

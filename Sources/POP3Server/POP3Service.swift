@@ -18,6 +18,8 @@ public enum ListenerKind: String, Sendable {
     case pop3
     /// LMTP delivery (RFC 2033), from an MTA.
     case lmtp
+    /// `GET /metrics` (Prometheus).
+    case metrics
 }
 
 /// A listener once bound (with the real port when 0 was asked for).
@@ -45,9 +47,10 @@ public final class POP3Service: Service, Sendable {
     let loginDelay: LoginDelay
     /// EXPIRE's first-retrieval times: files in state_dir, or the database's rows with the PostgreSQL backend.
     let retrievalTimes: any RetrievalTimes
+    let metrics: ServerMetrics
     private let onListening: @Sendable ([BoundListener]) -> Void
     private let prebound: [PreboundListener]?
-    private let openChannels = NIOLockedValueBox<[ObjectIdentifier: any Channel]>([:])
+    private let openChannels = NIOLockedValueBox<[ObjectIdentifier: (channel: any Channel, record: ConnectionRecord)]>([:])
     private let connectionCounter = ManagedAtomicCounter()
     fileprivate let expirePerUserCache = NIOLockedValueBox<(at: ContinuousClock.Instant, value: Bool)?>(nil)
 
@@ -63,8 +66,10 @@ public final class POP3Service: Service, Sendable {
         sharedPenalty: (store: SharedPenalty, key: [UInt8])? = nil,
         retrievalTimes: (any RetrievalTimes)? = nil,
         sharedLoginTimes: SharedLoginTimes? = nil,
+        metrics: ServerMetrics = .disabled,
         onListening: @escaping @Sendable ([BoundListener]) -> Void = { _ in }
     ) {
+        self.metrics = metrics
         self.prebound = prebound
         self.configuration = configuration
         self.tls = tls
@@ -122,8 +127,11 @@ public final class POP3Service: Service, Sendable {
 
     /// Closes every open connection (end of the shutdown grace period). Sessions not in UPDATE delete nothing.
     func closeAllConnections() {
-        let channels = self.openChannels.withLockedValue { Array($0.values) }
-        for channel in channels { channel.close(promise: nil) }
+        let open = self.openChannels.withLockedValue { Array($0.values) }
+        for (channel, record) in open {
+            record.closingByServer()
+            channel.close(promise: nil)
+        }
     }
 
     /// An accepted connection with its pipeline in place but reading paused until a session task owns it:
@@ -132,6 +140,7 @@ public final class POP3Service: Service, Sendable {
     struct ConnectionSetup: Sendable {
         let channel: any Channel
         let admission: ConnectionLimiter.Decision
+        let record: ConnectionRecord
         /// The client's address: the peer's, or the one a trusted proxy's PROXY v2 header names.
         let clientAddress: NIOLockedValueBox<SocketAddress?>
         /// The TLS channel binding, set when TLS handlers are added (at accept for POP3S, at STLS otherwise).
@@ -158,6 +167,8 @@ public final class POP3Service: Service, Sendable {
         let openChannels = self.openChannels
         let proxyNetworks = self.configuration.proxyNetworks
         let logger = self.logger
+        let metrics = self.metrics
+        let counter = self.connectionCounter
         do {
             let bootstrap = ServerBootstrap(group: self.group)
                 .serverChannelOption(.backlog, value: 1024)
@@ -170,18 +181,21 @@ public final class POP3Service: Service, Sendable {
                     let admission = limiter.admit(channel.remoteAddress, perAddress: !fromProxy)
                     let clientAddress = NIOLockedValueBox<SocketAddress?>(fromProxy ? nil : channel.remoteAddress)
                     let channelBinding = NIOLockedValueBox<ChannelBinding?>(nil)
+                    let record = ConnectionRecord(id: counter.next(), listener: kind, metrics: metrics)
                     var factory: OutboundFrameHandler.TLSHandlerFactory? = nil
                     if kind == .pop3, let tls {
                         factory = { (_: any Channel) throws -> [any ChannelHandler] in
-                            try tls.makeHandlers(handshakeTimeout: handshakeTimeout, channelBinding: channelBinding)
+                            try tls.makeHandlers(handshakeTimeout: handshakeTimeout, channelBinding: channelBinding, observation: record.tls)
                         }
                     }
                     if case .admitted(let key) = admission {
                         let id = ObjectIdentifier(channel)
-                        openChannels.withLockedValue { $0[id] = channel }
+                        openChannels.withLockedValue { $0[id] = (channel, record) }
+                        metrics.connectionOpened(kind)
                         channel.closeFuture.whenComplete { _ in
                             limiter.release(key: key)
                             openChannels.withLockedValue { $0[id] = nil }
+                            metrics.connectionClosed(kind)
                         }
                     }
                     let sync = channel.pipeline.syncOperations
@@ -195,17 +209,18 @@ public final class POP3Service: Service, Sendable {
                         )
                     }
                     if kind == .pop3s, let tls {
-                        try sync.addHandlers(try tls.makeHandlers(handshakeTimeout: handshakeTimeout, channelBinding: channelBinding))
+                        try sync.addHandlers(try tls.makeHandlers(handshakeTimeout: handshakeTimeout, channelBinding: channelBinding, observation: record.tls))
                     }
                     try sync.addHandler(
                         SessionTimeoutHandler(
                             preAuthenticationTimeout: .seconds(limits.preAuthenticationTimeout.components.seconds),
-                            idleTimeout: .seconds(limits.idleTimeout.components.seconds)
+                            idleTimeout: .seconds(limits.idleTimeout.components.seconds),
+                            onTimeout: { record.timedOut() }
                         )
                     )
                     try sync.addHandler(ByteToMessageHandler(LineFrameDecoder(maximumLineLength: lineLimit)))
                     try sync.addHandler(OutboundFrameHandler(maximumLineLength: lineLimit, makeTLSHandlers: factory))
-                    return ConnectionSetup(channel: channel, admission: admission, clientAddress: clientAddress, channelBinding: channelBinding)
+                    return ConnectionSetup(channel: channel, admission: admission, record: record, clientAddress: clientAddress, channelBinding: channelBinding)
                 }
             }
             switch target {
@@ -238,7 +253,7 @@ public final class POP3Service: Service, Sendable {
     /// One connection. Never throws into the server: whatever happens here ends this connection only.
     private func serve(_ setup: ConnectionSetup, kind: ListenerKind) async {
         var logger = self.logger
-        logger[metadataKey: "conn"] = "\(self.connectionCounter.next())"
+        logger[metadataKey: "conn"] = "\(setup.record.id)"
         logger[metadataKey: "peer"] = "\(setup.channel.remoteAddress.map { "\($0)" } ?? "?")"
         let connection: ConnectionChannel
         do {
@@ -251,10 +266,12 @@ public final class POP3Service: Service, Sendable {
         } catch {
             logger.debug("connection closed before its session started", metadata: ["error": "\(error)"])
             setup.channel.close(promise: nil)
+            self.metrics.sessionEnded(kind, setup.record.endWithoutQuit(error: error), duration: ContinuousClock.now - setup.record.started)
             return
         }
         guard case .admitted = setup.admission else {
             logger.warning("connection refused: limit reached", metadata: ["limit": "\(setup.admission)"])
+            self.metrics.sessionEnded(kind, .refused, duration: ContinuousClock.now - setup.record.started)
             try? await connection.executeThenClose { _, outbound in
                 if kind == .pop3 {
                     var buffer = ByteBuffer()
@@ -290,6 +307,8 @@ public final class POP3Service: Service, Sendable {
             retrievalLog: self.retrievalTimes,
             clientAddress: setup.clientAddress,
             channelBinding: setup.channelBinding,
+            record: setup.record,
+            metrics: self.metrics,
             logger: logger
         )
         await driver.run(connection)

@@ -8,9 +8,11 @@ public struct ReloadService: Service {
     let tls: TLSProvider?
     let verifier: PasswdFileVerifier?
     let oauth: OAuth2Validator?
+    let metrics: ServerMetrics
     let logger: Logger
 
-    public init(tls: TLSProvider?, verifier: PasswdFileVerifier?, oauth: OAuth2Validator? = nil, logger: Logger) {
+    public init(tls: TLSProvider?, verifier: PasswdFileVerifier?, oauth: OAuth2Validator? = nil, metrics: ServerMetrics = .disabled, logger: Logger) {
+        self.metrics = metrics
         self.tls = tls
         self.verifier = verifier
         self.oauth = oauth
@@ -28,6 +30,7 @@ public struct ReloadService: Service {
             do {
                 try tls.reload()
                 self.logger.notice("SIGHUP: TLS certificate and key reloaded")
+                self.metrics.certificateExpiry(tls.notAfter)
                 for warning in tls.certificateWarnings {
                     self.logger.warning("TLS certificate: \(warning.text)")
                 }

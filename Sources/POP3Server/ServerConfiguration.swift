@@ -167,6 +167,11 @@ public struct ServerConfiguration: Sendable, Equatable {
     /// pop3d's own durable state (`state_dir`): EXPIRE's first-retrieval times.
     public var stateFolder: String
     public var logLevel = "info"
+    /// `log.format`: one line of text per event, or one JSON object per line.
+    public var logFormat: LogFormat = .text
+    public enum LogFormat: String, Sendable { case text, json }
+    /// `metrics.listen`: where `GET /metrics` is served (Prometheus text format); off when nil.
+    public var metricsListener: ListenAddress?
     /// Started as root, run as this user (and group) after binding; see `PrivilegeDrop`.
     public var user: String?
     public var group: String?
@@ -493,6 +498,18 @@ extension ServerConfiguration {
             throw ConfigurationError(key: "log.level", "expected trace, debug, info, notice, warning, error or critical")
         }
         result.logLevel = level
+        if let text = config.string(forKey: "log.format") {
+            guard let format = LogFormat(rawValue: text) else {
+                throw ConfigurationError(key: "log.format", "expected text or json, got \"\(text)\"")
+            }
+            result.logFormat = format
+        }
+        if let text = config.string(forKey: "metrics.listen"), !text.isEmpty {
+            guard let address = ListenAddress(parsing: text) else {
+                throw ConfigurationError(key: "metrics.listen", "expected HOST:PORT or [IPv6]:PORT, got \"\(text)\"")
+            }
+            result.metricsListener = address
+        }
         result.user = config.string(forKey: "user")
         result.group = config.string(forKey: "group")
         result.firstValidUID = UInt32(try int("first_valid_uid", 1...Int(Int32.max), default: Int(result.firstValidUID)))
@@ -575,6 +592,9 @@ extension ServerConfiguration {
               expire_days: \(self.policy.expireDays.map(String.init) ?? "never")
             log:
               level: \(self.logLevel)
+              format: \(self.logFormat.rawValue)
+            metrics:
+              listen: \(self.metricsListener.map { "\"\($0)\"" } ?? "null")
             user: \(self.user ?? "null")
             group: \(self.group ?? "null")
             first_valid_uid: \(self.firstValidUID)

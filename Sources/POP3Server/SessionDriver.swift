@@ -32,7 +32,12 @@ struct SessionDriver {
     /// The TLS channel binding of this connection once TLS is up (`tls-server-end-point` of our certificate).
     let channelBinding: NIOLockedValueBox<ChannelBinding?>
     var logger: Logger
+    /// The connection (session id, listener, TLS, how the server ended it) and the metrics its work counts in.
+    let record: ConnectionRecord
+    let metrics: ServerMetrics
     private var maildrop: (any Maildrop)?
+    /// What the session did, for its summary line and metrics.
+    private var summary = Summary()
     /// The multi-step SASL exchange in progress (SCRAM, OAuth), if any.
     private var exchange: SASLExchangeState?
     /// With EXPIRE on for this user: the user's name and first-retrieval log, as loaded at login.
@@ -52,8 +57,12 @@ struct SessionDriver {
         now: @escaping @Sendable () -> Int64 = { WallClock.now() / 1_000_000_000 },
         clientAddress: NIOLockedValueBox<SocketAddress?>,
         channelBinding: NIOLockedValueBox<ChannelBinding?> = NIOLockedValueBox(nil),
+        record: ConnectionRecord,
+        metrics: ServerMetrics,
         logger: Logger
     ) {
+        self.record = record
+        self.metrics = metrics
         self.channelBinding = channelBinding
         self.loginDelay = loginDelay
         self.policy = policy
@@ -71,6 +80,7 @@ struct SessionDriver {
     }
 
     consuming func run(_ connection: ConnectionChannel) async {
+        var failure: (any Error)?
         do {
             try await connection.executeThenClose { inbound, outbound in
                 var iterator = inbound.makeAsyncIterator()
@@ -78,6 +88,7 @@ struct SessionDriver {
                 try await self.loop(&iterator, connection: connection, outbound: outbound)
             }
         } catch {
+            failure = error
             self.logger.debug("connection ended", metadata: ["error": "\(error)"])
         }
         // A session that did not reach UPDATE deletes nothing: just unlock the maildrop.
@@ -86,6 +97,51 @@ struct SessionDriver {
             await maildrop.release()
             self.maildrop = nil
         }
+        self.finish(end: self.summary.end ?? self.record.endWithoutQuit(error: failure))
+    }
+
+    /// One line and the metrics for the whole session: who, over what, what was done, how it ended. Never a
+    /// credential or message content.
+    private func finish(end: SessionEnd) {
+        let duration = ContinuousClock.now - self.record.started
+        self.metrics.sessionEnded(self.record.listener, end, duration: duration)
+        var metadata: Logger.Metadata = [
+            "listener": "\(self.record.listener.rawValue)",
+            "client": "\(self.clientAddress.withLockedValue { $0 }.map(Self.hostAndPort) ?? "?")",
+            "end": "\(end.rawValue)",
+            "duration": "\(Self.seconds(duration))",
+            "retrieved": "\(self.summary.retrievedMessages)",
+            "retrieved-octets": "\(self.summary.retrievedOctets)",
+            "deleted": "\(self.summary.deletedMessages)",
+            "deleted-octets": "\(self.summary.deletedOctets)",
+        ]
+        if let tls = self.record.tls.established {
+            metadata["tls"] = "\(tls.version)"
+            metadata["cipher"] = "\(tls.cipher)"
+        } else if let reason = self.record.tls.failure {
+            metadata["tls-failure"] = "\(reason.rawValue)"
+        }
+        if let mechanism = self.session.loginMechanism { metadata["mechanism"] = "\(ServerMetrics.mechanismLabel(mechanism))" }
+        self.logger.info("session ended", metadata: metadata)
+    }
+
+    /// `192.0.2.1:50000`, `[2001:db8::1]:50000`.
+    static func hostAndPort(_ address: SocketAddress) -> String {
+        guard let ip = address.ipAddress else { return "\(address)" }
+        let port = address.port.map(String.init) ?? "?"
+        return ip.contains(":") ? "[\(ip)]:\(port)" : "\(ip):\(port)"
+    }
+
+    /// Seconds with millisecond precision, for the summary line.
+    static func seconds(_ duration: Duration) -> String {
+        let milliseconds = ServerMetrics.nanoseconds(duration) / 1_000_000
+        let fraction = String(milliseconds % 1000)
+        return "\(milliseconds / 1000)." + String(repeating: "0", count: 3 - fraction.count) + fraction
+    }
+
+    /// Counts a login's outcome (`success` or a failure label) under the mechanism it used.
+    private func countLogin(_ result: String) {
+        self.metrics.login(mechanism: self.session.loginMechanism ?? "other", result: result)
     }
 
     private mutating func loop(
@@ -146,6 +202,7 @@ struct SessionDriver {
                     action = await self.commit(deleting: indices)
                     continue
                 case .respondAndClose(let response):
+                    if self.summary.end == nil { self.summary.end = self.session.closedAfterBadCommands ? .tooManyErrors : .quit }
                     try await self.write(response, to: outbound)
                     return
                 }
@@ -195,6 +252,7 @@ struct SessionDriver {
         self.logger[metadataKey: "client"] = "\(peer.map { "\($0)" } ?? "?")"
         guard await self.loginDelay.mayLogInShared(user) else {
             SessionFailure.loginDelay.log(self.logger, user: user)
+            self.countLogin(SessionFailure.Label.loginDelay.rawValue)
             return false
         }
         return true
@@ -204,6 +262,7 @@ struct SessionDriver {
     /// model, answered with its reply. The session must be in `.loggingIn` state.
     private mutating func loginFailed(_ failure: SessionFailure, user: String) -> ServerSession.Action {
         failure.log(self.logger, user: user)
+        self.countLogin(failure.label.rawValue)
         guard let reply = failure.loginFailure else { preconditionFailure("\(failure.label) is not a login failure") }
         return self.session.loginFailed(reply)
     }
@@ -212,6 +271,7 @@ struct SessionDriver {
         let peer = self.clientAddress.withLockedValue { $0 }
         let (wait, failures) = await self.penalty.admitShared(peer)
         if wait > .zero {
+            self.metrics.penaltyDelay(wait)
             self.logger.notice("auth penalty", metadata: ["delay": "\(wait)", "failures": "\(failures)"])
             try? await Task.sleep(for: wait)
         }
@@ -224,6 +284,7 @@ struct SessionDriver {
         let peer = self.clientAddress.withLockedValue { $0 }
         await self.penalty.recordFailureShared(peer, user: user, password: credential)
         SessionFailure.credentialsRejected(reason: reason).log(self.logger, user: user)
+        self.countLogin(SessionFailure.Label.authFailed.rawValue)
         try? await Task.sleep(until: checkStarted + self.failureDelay, clock: .continuous)
     }
 
@@ -242,7 +303,9 @@ struct SessionDriver {
         }
         do {
             let owner = record.uid.flatMap { uid in record.gid.map { MailOwner(uid: uid, gid: $0) } }
+            let opening = ContinuousClock.now
             var maildrop = try await self.maildrops.openMaildrop(user: record.name, path: path, owner: owner)
+            self.metrics.storage(.open, since: opening)
             if let expireDays {
                 maildrop = try await self.expire(maildrop, user: record.name, days: expireDays, path: path, owner: owner)
             }
@@ -250,6 +313,7 @@ struct SessionDriver {
             self.logger[metadataKey: "user"] = "\(logEscaped(record.name))"
             await self.loginDelay.recordLoginShared(record.name)
             self.logger.info("logged in", metadata: ["messages": "\(maildrop.messages.count)"])
+            self.countLogin("success")
             if maildrop.messages.count > self.session.configuration.maximumMessages {
                 self.logger.notice(
                     "maildrop over limits.maildrop_messages: this session lists the oldest ones only",
@@ -402,7 +466,7 @@ struct SessionDriver {
 
     /// RETR/TOP: streams the message through the dot-stuffer with backpressure (each write waits while the
     /// channel is not writable), so memory stays bounded for any message size.
-    private func sendMessage(
+    private mutating func sendMessage(
         index: Int,
         status: StatusResponse,
         bodyLineLimit: UInt32?,
@@ -410,6 +474,7 @@ struct SessionDriver {
     ) async throws {
         guard let maildrop = self.maildrop else { preconditionFailure("message request outside TRANSACTION") }
         let content: MessageContent
+        let reading = ContinuousClock.now
         do {
             content = try await maildrop.content(ofMessageAt: index, chunkSize: Self.chunkSize)
         } catch {
@@ -434,6 +499,14 @@ struct SessionDriver {
         }
         stuffer.finish(into: &out)
         try await outbound.write(.bytes(out))
+        self.metrics.storage(.read, since: reading)
+        if bodyLineLimit == nil {
+            // RETR: the message's octets as LIST gives them.
+            let octets = index < maildrop.messages.count ? maildrop.messages[index].size : 0
+            self.summary.retrievedMessages += 1
+            self.summary.retrievedOctets += octets
+            self.metrics.retrieved(octets: octets)
+        }
     }
 
     /// EXPIRE at login (RFC 2449 §6.7): messages first retrieved `days` or more days ago are removed before the
@@ -476,17 +549,34 @@ struct SessionDriver {
         guard let maildrop = self.maildrop else { return self.session.updateFinished(success: true) }
         await self.recordRetrievals(maildrop, deleting: Set(indices))
         do {
+            let committing = ContinuousClock.now
             try await maildrop.commit(deleting: Set(indices))
+            self.metrics.storage(.commit, since: committing)
             self.maildrop = nil
+            let octets = indices.reduce(0) { $0 + ($1 < maildrop.messages.count ? maildrop.messages[$1].size : 0) }
+            self.summary.deletedMessages = indices.count
+            self.summary.deletedOctets = octets
+            self.metrics.deleted(messages: indices.count, octets: octets)
             self.logger.info("logged out", metadata: ["deleted": "\(indices.count)"])
             return self.session.updateFinished(success: true)
         } catch {
+            self.summary.end = .commitFailed
             SessionFailure.commitFailed("\(error)").log(self.logger, user: nil)
             await maildrop.release()
             self.maildrop = nil
             return self.session.updateFinished(success: false)
         }
     }
+}
+
+/// What one session did, for its summary line.
+private struct Summary {
+    var retrievedMessages = 0
+    var retrievedOctets = 0
+    var deletedMessages = 0
+    var deletedOctets = 0
+    /// Set when the session itself ended it (QUIT, bad commands, a failed UPDATE).
+    var end: SessionEnd?
 }
 
 /// Where a SCRAM or OAuth exchange stands between two client lines.

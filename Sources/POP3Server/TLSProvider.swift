@@ -32,6 +32,7 @@ public final class TLSProvider: Sendable {
         let warnings: [CertificateAudit.Finding]
         /// `tls-server-end-point` of the leaf certificate, for SCRAM-…-PLUS.
         let channelBinding: ChannelBinding?
+        let notAfter: Date?
     }
 
     public let certificatePath: String
@@ -91,15 +92,14 @@ public final class TLSProvider: Sendable {
             throw ConfigurationError(key: "tls.certificate", "\(certificatePath): \(error.text)")
         }
         var names: [String] = []
-        if let leaf = try? X509.Certificate(pemEncoded: Self.firstPEMBlock(leafPEM)),
-            let sans = try? leaf.extensions.subjectAlternativeNames
-        {
+        let leaf = try? X509.Certificate(pemEncoded: Self.firstPEMBlock(leafPEM))
+        if let leaf, let sans = try? leaf.extensions.subjectAlternativeNames {
             for name in sans {
                 if case .dnsName(let dns) = name { names.append(dns.lowercased()) }
             }
         }
         let binding = (try? chain[0].toDERBytes()).flatMap(ChannelBinding.tlsServerEndPoint(certificateDER:))
-        return Material(context: context, serverNames: names, warnings: findings, channelBinding: binding)
+        return Material(context: context, serverNames: names, warnings: findings, channelBinding: binding, notAfter: leaf?.notValidAfter)
     }
 
     static func firstPEMBlock(_ text: String) -> String {
@@ -129,14 +129,26 @@ public final class TLSProvider: Sendable {
     }
 
     /// The handlers that start a TLS server session: ClientHello guard, TLS, handshake deadline. `channelBinding`
-    /// receives the binding of the certificate this session presents (a reload may change it for later ones).
-    public func makeHandlers(handshakeTimeout: TimeAmount, channelBinding: NIOLockedValueBox<ChannelBinding?>? = nil) throws -> [ChannelHandler] {
+    /// receives the binding of the certificate this session presents (a reload may change it for later ones);
+    /// `observation`, the version and cipher once the handshake completed, or why it failed.
+    public func makeHandlers(
+        handshakeTimeout: TimeAmount,
+        channelBinding: NIOLockedValueBox<ChannelBinding?>? = nil,
+        observation: ServerTLSObservation? = nil
+    ) throws -> [ChannelHandler] {
         let (context, binding) = self.material.withLockedValue { ($0.context, $0.channelBinding) }
         channelBinding?.withLockedValue { $0 = binding }
-        return [
-            ClientHelloGuard(acceptsServerName: { [self] in self.accepts(serverName: $0) }),
-            NIOSSLServerHandler(context: context),
-            HandshakeDeadlineHandler(timeout: handshakeTimeout),
-        ]
+        let guardHandler = ClientHelloGuard(
+            acceptsServerName: { [self] in self.accepts(serverName: $0) },
+            onRefusal: { alert in observation?.failed(alert == .noApplicationProtocol ? .alpn : .sni) }
+        )
+        guard let observation else {
+            return [guardHandler, NIOSSLServerHandler(context: context), HandshakeDeadlineHandler(timeout: handshakeTimeout)]
+        }
+        let (before, after) = observation.makeHandlers()
+        return [guardHandler, before, NIOSSLServerHandler(context: context), HandshakeDeadlineHandler(timeout: handshakeTimeout), after]
     }
+
+    /// The leaf certificate's notAfter (for the certificate-expiry metric).
+    public var notAfter: Date? { self.material.withLockedValue { $0.notAfter } }
 }

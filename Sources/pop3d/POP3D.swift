@@ -16,6 +16,7 @@ struct POP3D: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "pop3d",
         abstract: "A POP3S server for Maildir.",
+        version: POP3Daemon.version,
         subcommands: [Dev.self, Serve.self, CheckConfig.self, User.self, Deliver.self, Import.self, Database.self, Migrate.self, Export.self, PrivilegedHelperCommand.self, MailWorkerCommand.self]
     )
 }
@@ -40,10 +41,18 @@ enum ServerRunner {
         onListening: @escaping @Sendable ([BoundListener]) -> Void = { _ in }
     ) throws {
         let level = Logger.Level(rawValue: configuration.logLevel) ?? .info
+        let format = configuration.logFormat
         LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = level
-            return handler
+            switch format {
+            case .text:
+                var handler = StreamLogHandler.standardError(label: label)
+                handler.logLevel = level
+                return handler
+            case .json:
+                var handler = JSONLogHandler(label: label)
+                handler.logLevel = level
+                return handler
+            }
         }
         var logger = Logger(label: "pop3d")
         logger.logLevel = level
@@ -67,6 +76,8 @@ struct Dev: ParsableCommand {
     var pop3Port = 9110
     @Option(name: .customLong("lmtp-port"), help: "LMTP port for an MTA's deliveries (loopback clients only).")
     var lmtpPort = 9024
+    @Option(name: .customLong("metrics-port"), help: "Port of GET /metrics (Prometheus), on 127.0.0.1.")
+    var metricsPort = 9101
 
     func run() throws {
         let environment = try DevEnvironment.prepare(
@@ -80,23 +91,26 @@ struct Dev: ParsableCommand {
         // The TCP listener comes from the flags; Unix sockets listed in the file stay.
         configuration.lmtp.listeners = configuration.lmtp.listeners.filter { if case .unix = $0 { true } else { false } }
             + [.tcp(ListenAddress(host: self.host, port: self.lmtpPort))]
+        configuration.metricsListener = ListenAddress(host: "127.0.0.1", port: self.metricsPort)
         let ca = environment.certificateFile
         let pw = environment.passwordFile
         if geteuid() == 0 {
             FileHandle.standardError.write(Data("pop3d dev: running as root (development only; `pop3d serve` drops privileges)\n".utf8))
         }
         let host = self.host, pop3sPort = self.pop3sPort, pop3Port = self.pop3Port, lmtpPort = self.lmtpPort
+        let metricsPort = self.metricsPort
         try ServerRunner.run(configuration, dropPrivileges: false) { listeners in
             let tlsPort = listeners.first { $0.kind == .pop3s }?.port ?? pop3sPort
             let plainPort = listeners.first { $0.kind == .pop3 }?.port ?? pop3Port
             let deliveryPort = listeners.first { $0.kind == .lmtp }?.port ?? lmtpPort
+            let scrapePort = listeners.first { $0.kind == .metrics }?.port ?? metricsPort
             let name = host == "127.0.0.1" || host == "::1" ? "localhost" : host
             print(
                 """
 
                 pop3d dev is serving \(environment.folder)
                   POP3S (implicit TLS): \(host):\(tlsPort)    POP3 + STLS: \(host):\(plainPort)
-                  LMTP (for an MTA, loopback only): \(host):\(deliveryPort)
+                  LMTP (for an MTA, loopback only): \(host):\(deliveryPort)    metrics: http://127.0.0.1:\(scrapePort)/metrics
                   user: \(DevEnvironment.demoUser)    password: in \(pw)    CA file: \(ca)
 
                 Try it:
