@@ -45,6 +45,7 @@ public final class ServerTLSObservation: Sendable {
 
     private struct State {
         var cipherSuite: UInt16?
+        var clientSentBytes = false
         var established: Established?
         var failure: TLSHandshakeFailure?
     }
@@ -61,6 +62,8 @@ public final class ServerTLSObservation: Sendable {
 
     func sawCipherSuite(_ suite: UInt16) { self.state.withLockedValue { $0.cipherSuite = suite } }
 
+    func sawClientBytes() { self.state.withLockedValue { $0.clientSentBytes = true } }
+
     func completed(version: TLSVersion?) {
         self.state.withLockedValue { state in
             state.established = Established(
@@ -70,10 +73,13 @@ public final class ServerTLSObservation: Sendable {
         }
     }
 
-    /// The first failure of a handshake that has not completed; later ones (the close that follows) are ignored.
+    /// The first failure of a handshake that has not completed; later ones (the close that follows) are ignored. A
+    /// connection closed before the client sent a byte (a port probe, a load balancer's check) is not a failed
+    /// handshake; one that sends nothing until the deadline is (`timeout`).
     public func failed(_ reason: TLSHandshakeFailure) {
         let first = self.state.withLockedValue { state -> Bool in
             guard state.established == nil, state.failure == nil else { return false }
+            guard state.clientSentBytes || reason == .timeout else { return false }
             state.failure = reason
             return true
         }
@@ -89,19 +95,32 @@ public final class ServerTLSObservation: Sendable {
         }
     }
 
-    /// The handlers that observe a server handshake, placed around `NIOSSLServerHandler`: the first before it (it
-    /// reads the cipher suite out of the ServerHello the server writes), the second after it and after the
-    /// handshake deadline (it sees the completion or the error).
+    /// The handlers that observe a server handshake: the first goes first, before any ClientHello check (it sees
+    /// whether the client sent anything, and reads the cipher suite out of the ServerHello the server writes), the
+    /// second after `NIOSSLServerHandler` and the handshake deadline (it sees the completion or the error).
     public func makeHandlers() -> (beforeTLS: any ChannelHandler, afterTLS: any ChannelHandler) {
         (ServerHelloWriteSniffer(observation: self), ServerHandshakeReporter(observation: self))
     }
 }
 
-/// Reads the cipher suite out of the ServerHello on its way out. It stays in the pipeline (removing itself in the
-/// middle of the TLS handler's first flight stalled the handshake) but looks at nothing after the first 512 bytes.
-final class ServerHelloWriteSniffer: ChannelOutboundHandler {
+/// Notes the client's first bytes, and reads the cipher suite out of the ServerHello on its way out. It stays in the
+/// pipeline (removing itself in the middle of the TLS handler's first flight stalled the handshake) but looks at
+/// nothing after the first 512 bytes each way.
+final class ServerHelloWriteSniffer: ChannelDuplexHandler {
+    typealias InboundIn = ByteBuffer
+    typealias InboundOut = ByteBuffer
     typealias OutboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
+
+    private var clientSent = false
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        if !self.clientSent {
+            self.clientSent = true
+            self.observation.sawClientBytes()
+        }
+        context.fireChannelRead(data)
+    }
 
     private let observation: ServerTLSObservation
     private var seen: ByteBuffer? = ByteBuffer()

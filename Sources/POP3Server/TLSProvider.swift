@@ -146,7 +146,7 @@ public final class TLSProvider: Sendable {
             return [guardHandler, NIOSSLServerHandler(context: context), HandshakeDeadlineHandler(timeout: handshakeTimeout)]
         }
         let (before, after) = observation.makeHandlers()
-        return [guardHandler, before, NIOSSLServerHandler(context: context), HandshakeDeadlineHandler(timeout: handshakeTimeout), after]
+        return [before, guardHandler, NIOSSLServerHandler(context: context), HandshakeDeadlineHandler(timeout: handshakeTimeout), after]
     }
 
     /// The leaf certificate's notAfter (for the certificate-expiry metric).
