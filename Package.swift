@@ -224,7 +224,7 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
         .testTarget(name: "POP3ServerTests", dependencies: [
-            "POP3Server", "MailStorePostgres", "POP3Core", "LMTPCore", "SASL", "Accounts", "MailStore", "POP3Client", "MailRetriever", "SystemIO",
+            "POP3Server", "MailStorePostgres", "POP3Core", "LMTPCore", "SASL", "Accounts", "MailStore", "POP3Client", "MailRetriever", "SystemIO", "POP3NIO",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "NIOSSL", package: "swift-nio-ssl"),

@@ -636,7 +636,8 @@ class Pop3dDev(_Accounts):
 
     # -- process
 
-    def start(self, seconds=60):
+    def start(self, seconds=60, env=None):
+        """Starts `pop3d dev` and waits for every port; `env` adds environment variables (e.g. NOTIFY_SOCKET)."""
         self.starts += 1
         self.log_path = os.path.join(self.root, f"pop3d-{self.starts}.log")
         with open(self.log_path, "w") as log:
@@ -644,7 +645,8 @@ class Pop3dDev(_Accounts):
                 [self.bin, "dev", "--data", self.data, "--pop3s-port", str(self.tls_port),
                  "--pop3-port", str(self.plain_port), "--lmtp-port", str(self.lmtp_port),
                  "--metrics-port", str(self.metrics_port)],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, **self.ids)
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env={**os.environ, **env} if env else None, **self.ids)
         wait_port(self.tls_port, self.proc, seconds, log_path=self.log_path)
         wait_port(self.plain_port, self.proc, seconds, log_path=self.log_path)
         wait_port(self.lmtp_port, self.proc, seconds, log_path=self.log_path)
@@ -1345,7 +1347,8 @@ class Pop3dNode(_Accounts):
         r = self.pop3d("deliver", user, *extra, stdin=data)
         return r.returncode, r.stderr.decode(errors="replace").strip()
 
-    def start(self, seconds=60):
+    def start(self, seconds=60, env=None):
+        """Starts `pop3d dev` and waits for every port; `env` adds environment variables (e.g. NOTIFY_SOCKET)."""
         self.starts += 1
         self.log_path = os.path.join(self.root, f"{self.tag}-{self.starts}.log")
         with open(self.log_path, "w") as log:

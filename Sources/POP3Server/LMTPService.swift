@@ -66,7 +66,7 @@ public final class LMTPService: Service, Sendable {
     }
 
     public func run() async throws {
-        var listeners: [(LMTPListenAddress, NIOAsyncChannel<NIOAsyncChannel<ByteBuffer, ByteBuffer>, Never>)] = []
+        var listeners: [(LMTPListenAddress, NIOAsyncChannel<AcceptedChannel, Never>)] = []
         for listener in self.prebound {
             listeners.append((listener.address, try await self.bind(listener)))
         }
@@ -120,19 +120,20 @@ public final class LMTPService: Service, Sendable {
         }
     }
 
-    private func bind(_ listener: PreboundLMTPListener) async throws -> NIOAsyncChannel<NIOAsyncChannel<ByteBuffer, ByteBuffer>, Never> {
+    private func bind(_ listener: PreboundLMTPListener) async throws -> NIOAsyncChannel<AcceptedChannel, Never> {
         let idle = TimeAmount.seconds(self.configuration.lmtp.idleTimeout.components.seconds)
         let isTCP: Bool
         if case .tcp = listener.address { isTCP = true } else { isTCP = false }
         var bootstrap = ServerBootstrap(group: self.group)
             .serverChannelOption(.backlog, value: 256)
+            .childChannelOption(.autoRead, value: false)
         if isTCP { bootstrap = bootstrap.childChannelOption(.tcpOption(.tcp_nodelay), value: 1) }
         do {
             return try await bootstrap.bind(listener.descriptor) { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(IdleStateHandler(readTimeout: idle))
                     try channel.pipeline.syncOperations.addHandler(LMTPIdleTimeoutHandler())
-                    return try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel)
+                    return AcceptedChannel(channel: channel)
                 }
             }
         } catch {
@@ -140,7 +141,7 @@ public final class LMTPService: Service, Sendable {
         }
     }
 
-    private func acceptLoop(_ listener: NIOAsyncChannel<NIOAsyncChannel<ByteBuffer, ByteBuffer>, Never>, address: LMTPListenAddress) async {
+    private func acceptLoop(_ listener: NIOAsyncChannel<AcceptedChannel, Never>, address: LMTPListenAddress) async {
         do {
             try await listener.executeThenClose { inbound in
                 try await withThrowingDiscardingTaskGroup { group in
@@ -175,7 +176,14 @@ public final class LMTPService: Service, Sendable {
         }
     }
 
-    private func serve(_ connection: NIOAsyncChannel<ByteBuffer, ByteBuffer>, listener: LMTPListenAddress) async {
+    private func serve(_ accepted: AcceptedChannel, listener: LMTPListenAddress) async {
+        let connection: NIOAsyncChannel<ByteBuffer, ByteBuffer>
+        do {
+            connection = try await accepted.wrap()
+        } catch {
+            accepted.channel.close(promise: nil)
+            return
+        }
         let channel = connection.channel
         let id = ObjectIdentifier(channel)
         var logger = self.logger

@@ -144,3 +144,22 @@ func serveListeners<Listener: Sendable>(
         group.any().scheduleTask(in: .seconds(grace.components.seconds)) { closeConnections() }
     }
 }
+
+/// An accepted connection whose reading waits (autoRead off) until a session task owns it. The async wrapper is made
+/// only then (`wrap`), so a connection accepted while the server shuts down is never a wrapper that nobody finishes
+/// (NIO traps on that); its idle timer closes it.
+struct AcceptedChannel: Sendable {
+    let channel: any Channel
+
+    /// The async wrapper, made on the channel's event loop, with reading turned on.
+    func wrap<Inbound: Sendable, Outbound: Sendable>(
+        as type: NIOAsyncChannel<Inbound, Outbound>.Type = NIOAsyncChannel<Inbound, Outbound>.self
+    ) async throws -> NIOAsyncChannel<Inbound, Outbound> {
+        let raw = self.channel
+        return try await raw.eventLoop.submit {
+            let wrapped = try NIOAsyncChannel<Inbound, Outbound>(wrappingChannelSynchronously: raw)
+            raw.setOption(.autoRead, value: true).whenFailure { _ in raw.close(promise: nil) }
+            return wrapped
+        }.get()
+    }
+}

@@ -174,7 +174,13 @@ public final class POP3Daemon: Sendable {
     /// Serves until graceful shutdown: SIGTERM/SIGINT when `handleSignals` (the process's own server), or
     /// cancellation of the calling task (tests). SIGHUP reloads certificate and passwd-file when `handleSignals`;
     /// `reload()` does the same from code.
-    public func run(handleSignals: Bool = true, onListening: @escaping @Sendable ([BoundListener]) -> Void = { _ in }) async throws {
+    /// With `notifier` (started by systemd, `Type=notify`): READY=1 once every listener is bound, RELOADING=1/READY=1
+    /// around each SIGHUP reload, STOPPING=1 when shutdown begins.
+    public func run(
+        handleSignals: Bool = true,
+        notifier: SystemdNotifier? = nil,
+        onListening: @escaping @Sendable ([BoundListener]) -> Void = { _ in }
+    ) async throws {
         defer { self.separation?.helper.shutdown() }
         // POP3, LMTP and metrics bind separately; the caller hears once, with every listener.
         let expected = 1 + (self.preboundLMTP.isEmpty ? 0 : 1) + (self.metricsSocket == nil ? 0 : 1)
@@ -186,7 +192,10 @@ public final class POP3Daemon: Sendable {
                 state.listeners += listeners
                 return state.count == expected ? state.listeners : nil
             }
-            if let all { userOnListening(all) }
+            if let all {
+                notifier?.ready("serving on \(all.map { "\($0.kind.rawValue) \($0.address)" }.joined(separator: ", "))")
+                userOnListening(all)
+            }
         }
         let local = MaildirProvider(
             threadPool: .singleton,
@@ -270,7 +279,10 @@ public final class POP3Daemon: Sendable {
             )
         }
         if handleSignals {
-            services.append(.init(service: ReloadService(tls: self.tls, verifier: self.verifier, oauth: self.oauth, metrics: self.metrics, logger: self.logger)))
+            services.append(.init(service: ReloadService(tls: self.tls, verifier: self.verifier, oauth: self.oauth, metrics: self.metrics, notifier: notifier, logger: self.logger)))
+        }
+        if let notifier {
+            services.append(.init(service: StoppingNotice(notifier: notifier)))
         }
         let group = ServiceGroup(
             configuration: .init(
@@ -364,6 +376,15 @@ public final class POP3Daemon: Sendable {
     /// What SIGHUP does: re-reads the certificate, key and passwd-file without dropping sessions.
     public func reload() {
         ReloadService(tls: self.tls, verifier: self.verifier, oauth: self.oauth, metrics: self.metrics, logger: self.logger).reload()
+    }
+}
+
+/// Tells systemd STOPPING=1 as soon as graceful shutdown begins (SIGTERM), before sessions get their grace period.
+struct StoppingNotice: Service {
+    let notifier: SystemdNotifier
+    func run() async throws {
+        try? await gracefulShutdown()
+        self.notifier.stopping()
     }
 }
 

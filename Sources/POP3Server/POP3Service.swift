@@ -257,12 +257,7 @@ public final class POP3Service: Service, Sendable {
         logger[metadataKey: "peer"] = "\(setup.channel.remoteAddress.map { "\($0)" } ?? "?")"
         let connection: ConnectionChannel
         do {
-            let raw = setup.channel
-            connection = try await raw.eventLoop.submit {
-                let wrapped = try ConnectionChannel(wrappingChannelSynchronously: raw)
-                raw.setOption(.autoRead, value: true).whenFailure { _ in raw.close(promise: nil) }
-                return wrapped
-            }.get()
+            connection = try await AcceptedChannel(channel: setup.channel).wrap(as: ConnectionChannel.self)
         } catch {
             logger.debug("connection closed before its session started", metadata: ["error": "\(error)"])
             setup.channel.close(promise: nil)

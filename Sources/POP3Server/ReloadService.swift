@@ -9,10 +9,19 @@ public struct ReloadService: Service {
     let verifier: PasswdFileVerifier?
     let oauth: OAuth2Validator?
     let metrics: ServerMetrics
+    let notifier: SystemdNotifier?
     let logger: Logger
 
-    public init(tls: TLSProvider?, verifier: PasswdFileVerifier?, oauth: OAuth2Validator? = nil, metrics: ServerMetrics = .disabled, logger: Logger) {
+    public init(
+        tls: TLSProvider?,
+        verifier: PasswdFileVerifier?,
+        oauth: OAuth2Validator? = nil,
+        metrics: ServerMetrics = .disabled,
+        notifier: SystemdNotifier? = nil,
+        logger: Logger
+    ) {
         self.metrics = metrics
+        self.notifier = notifier
         self.tls = tls
         self.verifier = verifier
         self.oauth = oauth
@@ -26,6 +35,8 @@ public struct ReloadService: Service {
     }
 
     public func reload() {
+        self.notifier?.reloading()
+        defer { self.notifier?.ready("reloaded") }
         if let tls = self.tls {
             do {
                 try tls.reload()

@@ -56,8 +56,10 @@ enum ServerRunner {
         }
         var logger = Logger(label: "pop3d")
         logger.logLevel = level
+        // Read (and unset) before the privileged helper is started, so that only this process speaks to systemd.
+        let notifier = SystemdNotifier.fromEnvironment()
         let daemon = try POP3Daemon(configuration: configuration, dropPrivileges: dropPrivileges, logger: logger)
-        try runBlocking { try await daemon.run(onListening: onListening) }
+        try runBlocking { try await daemon.run(notifier: notifier, onListening: onListening) }
     }
 }
 

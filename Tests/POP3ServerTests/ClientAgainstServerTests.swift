@@ -3,6 +3,7 @@ import Foundation
 import NIOCore
 import NIOSSL
 import POP3Client
+import POP3NIO
 import Testing
 
 /// The POP3Client library against our own server (the retriever binary is tested against Dovecot and

@@ -1,0 +1,63 @@
+import Foundation
+import Logging
+import NIOCore
+import NIOConcurrencyHelpers
+import Testing
+
+@testable import POP3Server
+
+/// Logs, sd_notify and the summary line's formats (issue 14); the metrics themselves are checked end to end in
+/// tests/test_metrics.py, by scraping a real server.
+@Suite struct OperationsTests {
+    @Test func jsonLinesAreOneObjectEachWithEveryMetadataKey() throws {
+        let lines = NIOLockedValueBox<[String]>([])
+        var handler = JSONLogHandler(label: "pop3d") { line in lines.withLockedValue { $0.append(line) } }
+        handler.logLevel = .info
+        handler[metadataKey: "conn"] = "7"
+        var logger = Logger(label: "pop3d") { _ in handler }
+        logger.logLevel = .info
+        logger.info("session ended", metadata: ["user": "a\"b\\c\n\u{1}é", "end": "quit"])
+        logger.debug("not logged at info")
+        let written = lines.withLockedValue { $0 }
+        #expect(written.count == 1)
+        let line = try #require(written.first)
+        #expect(line.hasSuffix("}\n") && line.filter { $0 == "\n" }.count == 1)
+        let object = try #require(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: String])
+        #expect(object["message"] == "session ended")
+        #expect(object["level"] == "info")
+        #expect(object["conn"] == "7")
+        #expect(object["end"] == "quit")
+        #expect(object["user"] == "a\"b\\c\n\u{1}é")
+        #expect(object["time"]?.wholeMatch(of: /\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z/) != nil)
+    }
+
+    @Test func notifierSendsOneDatagramToThePathAndIgnoresNoSocket() throws {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("notify-\(getpid())-\(UInt32.random(in: 0...UInt32.max))").path
+        let fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue), 0)
+        #expect(fd >= 0)
+        defer { close(fd); unlink(path) }
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: Array(path.utf8)) }
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        #expect(bound == 0)
+        let notifier = SystemdNotifier(address: path)
+        #expect(notifier.notify("READY=1\nSTATUS=serving"))
+        var buffer = [UInt8](repeating: 0, count: 256)
+        let received = recv(fd, &buffer, buffer.count, Int32(MSG_DONTWAIT))
+        #expect(received > 0)
+        #expect(String(decoding: buffer.prefix(max(received, 0)), as: UTF8.self) == "READY=1\nSTATUS=serving")
+        #expect(!SystemdNotifier(address: path + ".absent").notify("READY=1"))
+    }
+
+    @Test func summaryFormats() throws {
+        #expect(SessionDriver.seconds(.milliseconds(2_007)) == "2.007")
+        #expect(SessionDriver.seconds(.milliseconds(40)) == "0.040")
+        #expect(SessionDriver.hostAndPort(try .init(ipAddress: "192.0.2.1", port: 50_000)) == "192.0.2.1:50000")
+        #expect(SessionDriver.hostAndPort(try .init(ipAddress: "2001:db8::1", port: 995)) == "[2001:db8::1]:995")
+        #expect(ServerMetrics.mechanismLabel("scram-sha-256") == "SCRAM-SHA-256")
+        #expect(ServerMetrics.mechanismLabel("alice@example.com") == "other")
+    }
+}
