@@ -52,6 +52,36 @@ public struct SharedPenalty: Sendable {
         }
     }
 
+    /// Addresses with failures in the last hour, most recent first (at most 1,000): address, failures, seconds since
+    /// the last failure.
+    public func listing() async throws -> [(address: String, failures: Int, seconds: Int64)] {
+        try await self.database.withConnection("penalty list") { connection in
+            var out: [(address: String, failures: Int, seconds: Int64)] = []
+            let rows = try await connection.query(
+                """
+                SELECT address, failures, extract(epoch FROM now() - last_failure)::int8 FROM auth_penalty
+                WHERE last_failure > now() - interval '1 hour' AND failures > 0 ORDER BY last_failure DESC LIMIT 1000
+                """,
+                logger: self.database.logger
+            )
+            for try await (address, failures, seconds) in rows.decode((String, Int32, Int64).self) {
+                out.append((address, Int(failures), seconds))
+            }
+            return out
+        }
+    }
+
+    /// Forgets an address's failures. Returns whether there were any.
+    public func clear(_ address: String) async throws -> Bool {
+        try await self.database.withConnection("penalty clear") { connection in
+            var removed = false
+            for try await _ in try await connection.query("DELETE FROM auth_penalty WHERE address = \(address) RETURNING 1", logger: self.database.logger) {
+                removed = true
+            }
+            return removed
+        }
+    }
+
     /// Records a failed login from `address`; `credential` is a digest of user and password (never the password):
     /// a retry of one of the last four wrong credentials does not count again.
     public func recordFailure(_ address: String, credential: String) async throws {

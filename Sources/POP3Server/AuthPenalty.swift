@@ -120,6 +120,17 @@ public struct AuthPenaltyTable: Sendable {
     public func failures(for key: String) -> Int { self.entries[key]?.failures ?? 0 }
     public var count: Int { self.entries.count }
 
+    /// The addresses with failures not yet forgotten: key, failures, time since the last one (most recent first).
+    public func listing(now: Instant) -> [(key: String, failures: Int, since: Duration)] {
+        self.entries.filter { now - $0.value.lastFailure < Self.forgetAfter && $0.value.failures > 0 }
+            .map { (key: $0.key, failures: $0.value.failures, since: now - $0.value.lastFailure) }
+            .sorted { $0.since < $1.since }
+    }
+
+    /// Forgets `key`'s failures (an admin's `pop3d penalty clear`). Returns whether there were any.
+    @discardableResult
+    public mutating func clear(_ key: String) -> Bool { self.entries.removeValue(forKey: key) != nil }
+
     private mutating func evict(now: Instant) {
         self.entries = self.entries.filter { now - $0.value.lastFailure < Self.forgetAfter }
         while self.entries.count > self.maximumEntries, let oldest = self.entries.min(by: { $0.value.lastFailure < $1.value.lastFailure }) {
@@ -190,5 +201,24 @@ public final class AuthPenalty: Sendable {
 
     public func failures(for address: SocketAddress?) -> Int {
         self.table.withLockedValue { $0.failures(for: ConnectionLimiter.key(for: address)) }
+    }
+
+    /// Addresses under penalty: the database's (all nodes) when shared, else this process's.
+    public func listing() async throws -> [ControlPenaltyInfo] {
+        if let shared = self.shared {
+            return try await shared.listing().map { ControlPenaltyInfo(address: $0.address, failures: $0.failures, secondsSinceLastFailure: $0.seconds) }
+        }
+        return self.table.withLockedValue { $0.listing(now: .now) }.map {
+            ControlPenaltyInfo(address: $0.key, failures: $0.failures, secondsSinceLastFailure: $0.since.components.seconds)
+        }
+    }
+
+    /// Forgets an address's failures, here and (when shared) in the database. `address` is an IP address (an IPv6
+    /// one stands for its /48, as the penalty counts them) or a key as `listing()` shows it.
+    public func clear(_ address: String) async throws -> Bool {
+        let key = (try? SocketAddress(ipAddress: address, port: 0)).map { ConnectionLimiter.key(for: $0) } ?? address
+        var cleared = self.table.withLockedValue { $0.clear(key) }
+        if let shared = self.shared { cleared = try await shared.clear(key) || cleared }
+        return cleared
     }
 }

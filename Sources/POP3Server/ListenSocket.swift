@@ -81,8 +81,7 @@ public enum ListenSocket {
 
     /// A Unix stream socket at `path` with `mode`. A stale socket (nobody accepts on it) is replaced; a live one, or
     /// anything that is not a socket, is an error: another server's socket or an operator's file is never removed.
-    static func bindUnix(_ path: String, mode: mode_t) throws -> CInt {
-        let key = "listen.lmtp"
+    static func bindUnix(_ path: String, mode: mode_t, key: String = "listen.lmtp") throws -> CInt {
         let address: SocketAddress
         do {
             address = try SocketAddress(unixDomainSocketPath: path)

@@ -39,6 +39,8 @@ public final class POP3Daemon: Sendable {
     /// serves it, bound with the others.
     public let metrics: ServerMetrics
     let metricsSocket: CInt?
+    /// The control socket (`pop3d who`, `kick`, `penalty`) and its path, when there is one.
+    let controlSocket: (descriptor: CInt, path: String)?
 
     struct Separation: Sendable {
         let helper: PrivilegedHelper
@@ -62,6 +64,7 @@ public final class POP3Daemon: Sendable {
         self.prebound = try ListenSocket.bindAll(configuration)
         self.preboundLMTP = try ListenSocket.bindLMTP(configuration)
         self.metricsSocket = try configuration.metricsListener.map { try ListenSocket.bind($0, key: "metrics.listen") }
+        self.controlSocket = try Self.bindControlSocket(configuration, logger: logger)
         self.metrics = configuration.metricsListener == nil ? .disabled : .prometheus()
         self.metrics.buildInfo(version: Self.version)
         self.tls = try configuration.tlsConfigured
@@ -130,6 +133,13 @@ public final class POP3Daemon: Sendable {
                 let reason = PrivilegeSeparation.untrustedReason(configuration.passwdFile, trustedOwner: 0)
             {
                 logger.error("accounts with their own uid cannot log in until the passwd-file is protected: \(reason)")
+            }
+            if let control = self.controlSocket {
+                // Root and the run-as user only (mode 0600): the folder and the socket are the run-as user's.
+                let folder = (control.path as NSString).deletingLastPathComponent
+                for path in [folder, control.path] where chown(path, identity.uid, identity.gid) != 0 {
+                    throw ConfigurationError(key: "control.socket", "cannot give \(path) to \(identity): \(String(cString: strerror(errno)))")
+                }
             }
             for listener in self.preboundLMTP {
                 // The socket belongs to the user pop3d runs as; its mode (lmtp.socket_mode) says who else connects.
@@ -271,6 +281,9 @@ public final class POP3Daemon: Sendable {
             )
             services.append(.init(service: lmtp, successTerminationBehavior: .gracefullyShutdownGroup))
         }
+        if let control = self.controlSocket {
+            services.append(.init(service: ControlService(descriptor: control.descriptor, path: control.path, server: server, logger: self.logger)))
+        }
         if let socket = self.metricsSocket, let registry = self.metrics.registry {
             services.append(
                 .init(service: MetricsEndpoint(registry: registry, descriptor: socket, logger: self.logger) { address in
@@ -298,6 +311,27 @@ public final class POP3Daemon: Sendable {
             throw error
         }
         try? await deliveryPool?.shutdownGracefully()
+    }
+
+    /// Binds `control.socket` (mode 0600), making its folder (0750) if needed. The default path beside the
+    /// configuration is skipped with a warning when it is too long for a Unix socket (108 bytes); a configured one
+    /// must work.
+    static func bindControlSocket(_ configuration: ServerConfiguration, logger: Logger) throws -> (descriptor: CInt, path: String)? {
+        guard let path = configuration.controlSocket else { return nil }
+        if path.utf8.count >= 108 {
+            guard configuration.controlSocketIsDefault else {
+                throw ConfigurationError(key: "control.socket", "\(path) is longer than a Unix socket path may be (107 bytes)")
+            }
+            logger.warning("no control socket: the default path is too long for a Unix socket; set control.socket", metadata: ["path": "\(path)"])
+            return nil
+        }
+        let folder = (path as NSString).deletingLastPathComponent
+        do {
+            _ = try FileSystem.makeDirectories(folder, mode: 0o750)
+        } catch {
+            throw ConfigurationError(key: "control.socket", "cannot create \(folder): \(error)")
+        }
+        return (try ListenSocket.bindUnix(path, mode: 0o600, key: "control.socket"), path)
     }
 
     /// What `pop3d check-config` checks beyond loading: the certificate and key load and pass the audit, the

@@ -181,7 +181,7 @@ public final class POP3Service: Service, Sendable {
                     let admission = limiter.admit(channel.remoteAddress, perAddress: !fromProxy)
                     let clientAddress = NIOLockedValueBox<SocketAddress?>(fromProxy ? nil : channel.remoteAddress)
                     let channelBinding = NIOLockedValueBox<ChannelBinding?>(nil)
-                    let record = ConnectionRecord(id: counter.next(), listener: kind, metrics: metrics)
+                    let record = ConnectionRecord(id: counter.next(), listener: kind, clientAddress: clientAddress, metrics: metrics)
                     var factory: OutboundFrameHandler.TLSHandlerFactory? = nil
                     if kind == .pop3, let tls {
                         factory = { (_: any Channel) throws -> [any ChannelHandler] in
@@ -267,6 +267,7 @@ public final class POP3Service: Service, Sendable {
         guard case .admitted = setup.admission else {
             logger.warning("connection refused: limit reached", metadata: ["limit": "\(setup.admission)"])
             self.metrics.sessionEnded(kind, .refused, duration: ContinuousClock.now - setup.record.started)
+            setup.record.finish()
             try? await connection.executeThenClose { _, outbound in
                 if kind == .pop3 {
                     var buffer = ByteBuffer()
@@ -307,6 +308,34 @@ public final class POP3Service: Service, Sendable {
             logger: logger
         )
         await driver.run(connection)
+        setup.record.finish()
+    }
+
+    // MARK: control socket
+
+    /// The open sessions, oldest first (`pop3d who`).
+    func sessions() -> [ControlSessionInfo] {
+        self.openChannels.withLockedValue { open in open.values.map(\.record.info) }.sorted { $0.id < $1.id }
+    }
+
+    /// Closes the sessions of `user` (or the one with id `session`), without applying their DELEs, and waits (up to
+    /// 10 s) until each has released its maildrop, so that the user can log in again at once. Returns how many.
+    func kick(user: String?, session: UInt64?) async -> Int {
+        let chosen = self.openChannels.withLockedValue { open in
+            open.values.filter { entry in
+                if let session { return entry.record.id == session }
+                return user != nil && entry.record.user == user
+            }
+        }
+        for (channel, record) in chosen {
+            record.kick()
+            channel.close(promise: nil)
+        }
+        let deadline = ContinuousClock.now + .seconds(10)
+        while chosen.contains(where: { !$0.record.isFinished }) && ContinuousClock.now < deadline {
+            try? await Task.sleep(for: .milliseconds(10))
+        }
+        return chosen.count
     }
 }
 

@@ -172,6 +172,10 @@ public struct ServerConfiguration: Sendable, Equatable {
     public enum LogFormat: String, Sendable { case text, json }
     /// `metrics.listen`: where `GET /metrics` is served (Prometheus text format); off when nil.
     public var metricsListener: ListenAddress?
+    /// `control.socket`: the Unix socket of `pop3d who`, `kick` and `penalty` (mode 0600, the run-as user's). Loaded
+    /// configurations default to `run/pop3d.sock` beside the file (`controlSocketIsDefault`); nil: none.
+    public var controlSocket: String?
+    public var controlSocketIsDefault = false
     /// Started as root, run as this user (and group) after binding; see `PrivilegeDrop`.
     public var user: String?
     public var group: String?
@@ -504,6 +508,12 @@ extension ServerConfiguration {
             }
             result.logFormat = format
         }
+        if let text = config.string(forKey: "control.socket") {
+            result.controlSocket = text.isEmpty ? nil : resolve(text)
+        } else {
+            result.controlSocket = resolve("run/pop3d.sock")
+            result.controlSocketIsDefault = true
+        }
         if let text = config.string(forKey: "metrics.listen"), !text.isEmpty {
             guard let address = ListenAddress(parsing: text) else {
                 throw ConfigurationError(key: "metrics.listen", "expected HOST:PORT or [IPv6]:PORT, got \"\(text)\"")
@@ -595,6 +605,8 @@ extension ServerConfiguration {
               format: \(self.logFormat.rawValue)
             metrics:
               listen: \(self.metricsListener.map { "\"\($0)\"" } ?? "null")
+            control:
+              socket: \(self.controlSocket.map { "\"\($0)\"" } ?? "null")
             user: \(self.user ?? "null")
             group: \(self.group ?? "null")
             first_valid_uid: \(self.firstValidUID)

@@ -157,8 +157,10 @@ public enum SessionEnd: String, Sendable, CaseIterable {
     case tlsFailed = "tls_failed"
     /// Refused at once: connection limits.
     case refused
-    /// Closed by the server: shutdown, or an admin's kick.
+    /// Closed by the server at the end of the shutdown grace period.
     case closedByServer = "closed_by_server"
+    /// Closed by an admin (`pop3d kick`).
+    case kicked
     /// Anything else (an I/O error).
     case error
 }

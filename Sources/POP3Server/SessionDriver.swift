@@ -169,12 +169,12 @@ struct SessionDriver {
                         buffer.writeStaticString("\r\n")
                     }
                     buffer.writeStaticString(".\r\n")
-                    try await outbound.write(.bytes(buffer))
+                    try await self.send(buffer, to: outbound)
                 case .respondScanListing(let status, let kind):
                     var buffer = ByteBuffer()
                     status.write(into: &buffer)
                     self.session.writeScanListing(kind, into: &buffer)
-                    try await outbound.write(.bytes(buffer))
+                    try await self.send(buffer, to: outbound)
                 case .saslContinuation(let challenge):
                     try await outbound.write(.bytes(ByteBuffer(string: "+ \(Base64.encode(challenge))\r\n")))
                 case .saslStep(let mechanism, let response, let first):
@@ -211,10 +211,16 @@ struct SessionDriver {
         }
     }
 
+    /// Writes bytes to the client, counting them for `pop3d who`.
+    private func send(_ buffer: ByteBuffer, to outbound: NIOAsyncChannelOutboundWriter<POP3OutboundFrame>) async throws {
+        self.record.sent(buffer.readableBytes)
+        try await outbound.write(.bytes(buffer))
+    }
+
     private func write(_ response: StatusResponse, to outbound: NIOAsyncChannelOutboundWriter<POP3OutboundFrame>) async throws {
         var buffer = ByteBuffer()
         response.write(into: &buffer)
-        try await outbound.write(.bytes(buffer))
+        try await self.send(buffer, to: outbound)
     }
 
     private mutating func login(user rawUser: String, password rawPassword: String, connection: ConnectionChannel) async -> ServerSession.Action {
@@ -311,6 +317,7 @@ struct SessionDriver {
             }
             self.maildrop = maildrop
             self.logger[metadataKey: "user"] = "\(logEscaped(record.name))"
+            self.record.loggedIn(user: record.name)
             await self.loginDelay.recordLoginShared(record.name)
             self.logger.info("logged in", metadata: ["messages": "\(maildrop.messages.count)"])
             self.countLogin("success")
@@ -491,14 +498,14 @@ struct SessionDriver {
         for try await chunk in content {
             stuffer.encode(chunk, into: &out)
             if out.readableBytes >= Self.chunkSize {
-                try await outbound.write(.bytes(out))
+                try await self.send(out, to: outbound)
                 out = ByteBuffer()
                 out.reserveCapacity(Self.chunkSize + Self.chunkSize / 8)
             }
             if stuffer.isComplete { break }
         }
         stuffer.finish(into: &out)
-        try await outbound.write(.bytes(out))
+        try await self.send(out, to: outbound)
         self.metrics.storage(.read, since: reading)
         if bodyLineLimit == nil {
             // RETR: the message's octets as LIST gives them.
@@ -547,6 +554,7 @@ struct SessionDriver {
 
     private mutating func commit(deleting indices: [Int]) async -> ServerSession.Action {
         guard let maildrop = self.maildrop else { return self.session.updateFinished(success: true) }
+        self.record.updating()
         await self.recordRetrievals(maildrop, deleting: Set(indices))
         do {
             let committing = ContinuousClock.now
