@@ -91,3 +91,25 @@ def test_sd_notify_ready_reloading_stopping(pop3d_bin, tmp_path):
     finally:
         dev.stop()
         sock.close()
+
+
+def test_client_units_verify(pop3_bin, tmp_path):
+    """pop3-fetch.service (the daemon) and pop3-fetch@.timer with its service (one account per timer). They are
+    user units; `systemd-analyze verify --user` needs a user manager this machine has not got, so they are verified
+    as system units (the same parser), instantiated for an account named work."""
+    if ANALYZE is None:
+        pytest.fail("systemd-analyze is missing (apt-get install systemd, as scripts/test-deps does)")
+    names = {"pop3-fetch.service": "pop3-fetch.service", "pop3-fetch@.service": "pop3-fetch@work.service",
+             "pop3-fetch@.timer": "pop3-fetch@work.timer"}
+    paths = []
+    for source, name in names.items():
+        with open(os.path.join(REPO, "dist", "systemd", source)) as f:
+            text = f.read()
+        assert "/usr/bin/pop3 fetch" in text or source.endswith(".timer"), source
+        path = tmp_path / name
+        path.write_text(text.replace("/usr/bin/pop3", pop3_bin))
+        paths.append(str(path))
+    r = subprocess.run([ANALYZE, "verify", "--man=no", *paths], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert r.returncode == 0 and "pop3-fetch" not in r.stderr, r.stderr
+    with open(os.path.join(REPO, "dist", "systemd", "pop3-fetch.service")) as f:
+        assert "ExecStart=/usr/bin/pop3 fetch --daemon 0" in f.read()

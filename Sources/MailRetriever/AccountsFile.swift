@@ -20,6 +20,8 @@ public struct AccountConfiguration: Sendable, Equatable {
     public var authentication: AuthenticationMethod
     /// `provider:` and the `oauth2_*` keys: tokens from `pop3 oauth2 login`.
     public var oauth2: OAuth2Provider?
+    /// `interval:` seconds between polls of `pop3 fetch --daemon` (nil: the daemon's).
+    public var interval: Int?
 
     public init(
         name: String,
@@ -33,8 +35,10 @@ public struct AccountConfiguration: Sendable, Equatable {
         keepDays: Int? = nil,
         maxSize: Int? = nil,
         authentication: AuthenticationMethod = .auto,
-        oauth2: OAuth2Provider? = nil
+        oauth2: OAuth2Provider? = nil,
+        interval: Int? = nil
     ) {
+        self.interval = interval
         self.authentication = authentication
         self.oauth2 = oauth2
         self.name = name
@@ -98,14 +102,41 @@ public enum AccountsFile {
         "url", "password_file", "password_command", "ca_file", "pin", "starttls", "insecure_plaintext",
         "maildir", "mbox", "mda", "keep", "keep_days", "max_size", "auth", "oauth2_token_command",
         "provider", "oauth2_client_id", "oauth2_client_secret_file", "oauth2_tenant", "oauth2_token_endpoint",
-        "oauth2_device_endpoint", "oauth2_authorization_endpoint", "oauth2_scope",
+        "oauth2_device_endpoint", "oauth2_authorization_endpoint", "oauth2_scope", "interval",
     ]
+
+    /// Seconds between polls of `pop3 fetch --daemon`: at least 10, at most a day.
+    public static let intervalRange = 10...86_400
 
     public static func defaultPath(environment: [String: String] = ProcessInfo.processInfo.environment) -> String {
         if let config = environment["XDG_CONFIG_HOME"], config.hasPrefix("/") {
             return FileSystem.join(config, "pop3/accounts.yaml")
         }
         return FileSystem.join(StatePaths.homeDirectory(environment: environment), ".config/pop3/accounts.yaml")
+    }
+
+    /// `daemon: {interval: SECONDS}`: the poll interval of `pop3 fetch --daemon 0` for accounts without their own.
+    public static func daemonInterval(yaml text: String, path: String) throws -> Int? {
+        guard case .mapping(let top)? = try? Yams.compose(yaml: text) else { return nil }
+        return try Self.daemonInterval(top: top, path: path)
+    }
+
+    static func daemonInterval(top: Node.Mapping, path: String) throws -> Int? {
+        guard let node = top["daemon"] else { return nil }
+        guard case .mapping(let daemon) = node else {
+            throw AccountsFileError(path: path, key: "daemon", reason: "expected a mapping with the key 'interval'")
+        }
+        var interval: Int?
+        for (key, value) in daemon {
+            guard key.string == "interval" else {
+                throw AccountsFileError(path: path, key: "daemon.\(key.string ?? "?")", reason: "unknown key (expected 'interval')")
+            }
+            guard let seconds = value.string.flatMap({ Int($0) }), Self.intervalRange.contains(seconds) else {
+                throw AccountsFileError(path: path, key: "daemon.interval", reason: "expected seconds from \(Self.intervalRange.lowerBound) to \(Self.intervalRange.upperBound)")
+            }
+            interval = seconds
+        }
+        return interval
     }
 
     /// All accounts, in file order.
@@ -141,9 +172,10 @@ public enum AccountsFile {
         guard let root, case .mapping(let top) = root else {
             throw AccountsFileError(path: path, reason: "expected a mapping with the key 'accounts'")
         }
-        for (key, _) in top where key.string != "accounts" {
-            throw AccountsFileError(path: path, key: key.string ?? "?", reason: "unknown key (expected 'accounts')")
+        for (key, _) in top where key.string != "accounts" && key.string != "daemon" {
+            throw AccountsFileError(path: path, key: key.string ?? "?", reason: "unknown key (expected 'accounts' or 'daemon')")
         }
+        _ = try Self.daemonInterval(top: top, path: path)
         guard let accountsNode = top["accounts"], case .mapping(let accounts) = accountsNode else {
             throw AccountsFileError(path: path, key: "accounts", reason: "expected a mapping of account names")
         }
@@ -290,6 +322,10 @@ private struct AccountReader {
         if let keepDays, keepDays < 0 { throw error("keep_days", "must be 0 or more") }
         let maxSize = try int("max_size")
         if let maxSize, maxSize <= 0 { throw error("max_size", "must be a positive number of octets") }
+        let interval = try int("interval")
+        if let interval, !AccountsFile.intervalRange.contains(interval) {
+            throw error("interval", "seconds between polls, from \(AccountsFile.intervalRange.lowerBound) to \(AccountsFile.intervalRange.upperBound)")
+        }
 
         return AccountConfiguration(
             name: account,
@@ -303,7 +339,8 @@ private struct AccountReader {
             keepDays: keepDays,
             maxSize: maxSize,
             authentication: try self.checkedAuthentication(url: url, tokenCommand: tokenCommand != nil, provider: provider),
-            oauth2: provider
+            oauth2: provider,
+            interval: interval
         )
     }
 

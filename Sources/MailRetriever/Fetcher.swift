@@ -13,6 +13,8 @@ public struct FetchSummary: Sendable, Codable, Equatable {
     public var onServer = 0
     /// What failed, for the user (nil when the fetch succeeded).
     public var error: String?
+    /// The run was stopped between two messages (SIGTERM to `pop3 fetch --daemon`); nothing was lost.
+    public var stopped: Bool?
     /// The failure's kind (`FetchFailure.Kind`): a bounded label for scripts, logs and metrics.
     public var failure: FetchFailure.Kind?
     /// Whether a later run may succeed without any change (`FetchFailure.isTemporary`).
@@ -22,6 +24,9 @@ public struct FetchSummary: Sendable, Codable, Equatable {
         self.account = account
     }
 }
+
+/// Thrown before a message when a stop was asked for.
+struct FetchStopped: Error {}
 
 /// The clocks a fetch reads, passed in so that tests move them: wall-clock Unix seconds for the journal's
 /// first-seen times and `keep_days`, monotonic time for each message's download deadline.
@@ -95,6 +100,8 @@ public struct FetchJob: Sendable {
     public var timeout: Int
     /// The local address to connect from (`POP3_BIND_ADDRESS` in `pop3 fetch`), nil for any.
     public var localAddress: String?
+    /// Seconds between polls under `pop3 fetch --daemon` (the account's `interval:`); nil: the daemon's.
+    public var interval: Int?
     /// How to log in (`--auth`, `auth:`, a URL's `;AUTH=`); `auto` by default.
     public var authentication: AuthenticationMethod
     /// With a provider (`provider:` in the accounts file): tokens from `pop3 oauth2 login`, refreshed here.
@@ -153,6 +160,7 @@ public struct FetchJob: Sendable {
             authentication: authentication ?? account.authentication
         )
         self.oauth2 = account.oauth2
+        self.interval = account.interval
     }
 }
 
@@ -167,6 +175,8 @@ public struct Fetcher: Sendable {
     let clock: FetchClock
     /// Where the UIDL journal and the account lock live.
     let stateDirectory: String
+    /// Asked before each message: true ends the run after the message in flight (`pop3 fetch --daemon` at SIGTERM).
+    let stopRequested: @Sendable () -> Bool
 
     public init(
         job: FetchJob,
@@ -174,8 +184,10 @@ public struct Fetcher: Sendable {
         eventLoop: any EventLoop,
         clock: FetchClock = .system,
         logger: Logger,
-        progress: (any FetchProgress)? = nil
+        progress: (any FetchProgress)? = nil,
+        stopRequested: @escaping @Sendable () -> Bool = { false }
     ) {
+        self.stopRequested = stopRequested
         self.job = job
         self.stateDirectory = stateDirectory
         self.eventLoop = eventLoop
@@ -188,6 +200,10 @@ public struct Fetcher: Sendable {
         var summary = FetchSummary(account: self.job.name)
         do {
             try await self.fetch(&summary)
+        } catch is FetchStopped {
+            // Stopped between two messages: what was fetched is stored and journaled; the server deletes nothing
+            // this time (its DELEs wait for the next run).
+            summary.stopped = true
         } catch {
             let failure = FetchFailure(error)
             summary.error = failure.message
@@ -339,6 +355,7 @@ public struct Fetcher: Sendable {
                 try await connection.retrieve(
                     toFetch,
                     begin: { number in
+                        if self.stopRequested() { throw FetchStopped() }
                         sink = try destination.begin(uid: uidOf[number]!)
                         bound = MessageBound(announced: sizes[number] ?? 0, timeout: self.job.timeout, now: self.clock.monotonic())
                     },

@@ -6,6 +6,7 @@ import NIOPosix
 import POP3Client
 import POP3Core
 import POP3NIO
+import SystemIO
 
 @main
 struct POP3Command: AsyncParsableCommand {
@@ -87,12 +88,18 @@ struct Fetch: AsyncParsableCommand {
     var json = false
     @Flag(help: "Log the protocol exchange (passwords redacted) to stderr.")
     var verbose = false
+    @Option(help: "Keep running: poll each account every SECONDS (10 to 86400; an account's interval: wins; 0: the accounts file's daemon: {interval:}, else 300). SIGUSR1 polls at once; SIGTERM stores the message in flight and exits 0. A failing account is retried later and later (doubling, at most hourly) without delaying the others.")
+    var daemon: Int?
 
     func validate() throws {
         if let days = self.keepDays, days < 0 { throw ValidationError("--keep-days must be 0 or more") }
         if let size = self.maxSize, size < 0 { throw ValidationError("--max-size must be 0 or more") }
         if self.timeout < 1 { throw ValidationError("--timeout must be at least 1 second") }
         if let checkpoint = self.checkpoint, checkpoint < 1 { throw ValidationError("--checkpoint must be at least 1") }
+        if let seconds = self.daemon, seconds != 0 && !AccountsFile.intervalRange.contains(seconds) {
+            throw ValidationError("--daemon SECONDS: 0 (the accounts file's interval) or 10 to 86400")
+        }
+        if self.daemon != nil && self.json { throw ValidationError("--daemon and --json exclude each other (the daemon logs a line per poll)") }
     }
 
     func run() async throws {
@@ -101,6 +108,10 @@ struct Fetch: AsyncParsableCommand {
         let logger = configuredLogger
         let jobs = try self.jobs()
         let stateDirectory = try StatePaths.directory()
+        if let seconds = self.daemon {
+            try await self.runDaemon(jobs, seconds: seconds, stateDirectory: stateDirectory, logger: logger)
+            return
+        }
         let progress = self.json ? nil : Progress.forTerminal()
         let summaries = await withTaskGroup(of: FetchSummary.self) { group in
             for job in jobs {
@@ -132,6 +143,47 @@ struct Fetch: AsyncParsableCommand {
             }
         }
         if summaries.contains(where: { $0.error != nil }) { throw ExitCode(1) }
+    }
+
+    /// `--daemon`: polls until SIGTERM/SIGINT, then exits 0 once the fetches in progress have stored their message.
+    func runDaemon(_ jobs: [FetchJob], seconds: Int, stateDirectory: String, logger: Logger) async throws {
+        var fallback = seconds
+        if seconds == 0 {
+            let path = self.config ?? AccountsFile.defaultPath()
+            let text = (try? FileSystem.readFile(path, limit: 1 << 20)).flatMap { $0 }.map { String(decoding: $0, as: UTF8.self) }
+            fallback = try text.flatMap { try AccountsFile.daemonInterval(yaml: $0, path: path) } ?? 300
+        }
+        let intervals = jobs.map { Duration.seconds($0.interval ?? fallback) }
+        let daemon = FetchDaemon(
+            jobs: jobs,
+            intervals: intervals,
+            makeFetcher: { job, stopRequested in
+                Fetcher(
+                    job: job,
+                    stateDirectory: stateDirectory,
+                    eventLoop: MultiThreadedEventLoopGroup.singleton.next(),
+                    logger: logger,
+                    stopRequested: stopRequested
+                )
+            },
+            report: { line in FileHandle.standardError.write(Data((line + "\n").utf8)) }
+        )
+        var sources: [any DispatchSourceSignal] = []
+        for number in [SIGUSR1, SIGTERM, SIGINT] {
+            signal(number, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
+            source.setEventHandler { @Sendable in
+                if number == SIGUSR1 { daemon.pollNow() } else { daemon.stop() }
+            }
+            source.resume()
+            sources.append(source)
+        }
+        FileHandle.standardError.write(Data(
+            "pop3: polling \(jobs.count) account\(jobs.count == 1 ? "" : "s") (\(zip(jobs, intervals).map { "\($0.name) every \($1.components.seconds) s" }.joined(separator: ", "))); SIGUSR1 polls now, SIGTERM stops\n".utf8
+        ))
+        await daemon.run()
+        for source in sources { source.cancel() }
+        FileHandle.standardError.write(Data("pop3: stopped\n".utf8))
     }
 
     func jobs() throws -> [FetchJob] {
