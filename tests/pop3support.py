@@ -1347,8 +1347,7 @@ class Pop3dNode(_Accounts):
         r = self.pop3d("deliver", user, *extra, stdin=data)
         return r.returncode, r.stderr.decode(errors="replace").strip()
 
-    def start(self, seconds=60, env=None):
-        """Starts `pop3d dev` and waits for every port; `env` adds environment variables (e.g. NOTIFY_SOCKET)."""
+    def start(self, seconds=60):
         self.starts += 1
         self.log_path = os.path.join(self.root, f"{self.tag}-{self.starts}.log")
         with open(self.log_path, "w") as log:
