@@ -1,4 +1,5 @@
-"""`pop3 fetch --daemon` (issue 14) against a running `pop3d dev`: polling on its interval, SIGUSR1 polling at
+"""The client's operations (issue 14) against a running `pop3d dev`: `pop3 probe --json`, and `pop3 fetch --daemon`:
+polling on its interval, SIGUSR1 polling at
 once, a failing account backing off without delaying the other, SIGTERM storing what is in flight and exiting 0.
 Time bounds are generous (the machines are shared); the back-off arithmetic itself is unit-tested with an injected
 clock (FetchDaemonTests)."""
@@ -173,3 +174,26 @@ def test_daemon_settings_are_checked(pop3_bin, tmp_path, pop3d):
         f.write("accounts:\n  a:\n    url: pop3s://u@h\n    maildir: /tmp/x\n    intervall: 60\n")
     r = subprocess.run([pop3_bin, "fetch", "--config", path, "--daemon", "60"], capture_output=True, text=True, timeout=60)
     assert r.returncode != 0 and "intervall" in r.stderr, r.stderr
+
+
+def test_probe_json_is_one_object_with_everything_it_prints(pop3d, pop3_bin):
+    import json
+    dev = pop3d
+    r = subprocess.run([pop3_bin, "probe", f"pop3s://localhost:{dev.tls_port}", "--ca-file", dev.ca, "--json"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    o = json.loads(r.stdout)
+    assert o["server"] == f"localhost:{dev.tls_port}" and o["security"] == "implicit TLS", o
+    report = o["report"]
+    assert report["greeting"].startswith("POP3") or report["greeting"], report
+    assert report["tls"]["version"].lower().startswith("tlsv1") and report["tls"]["alpn"] == "pop3", report["tls"]
+    assert report["tls"]["cipher"].startswith("TLS_"), report["tls"]
+    assert "SASL PLAIN SCRAM-SHA-256-PLUS SCRAM-SHA-256" in report["capabilities"], report["capabilities"]
+    assert report["automaticMethod"] == "scram-sha-256-plus", report
+    (leaf,) = report["certificateChain"]
+    assert len(leaf["sha256"]) == 64 and "localhost" in leaf["subject"], leaf
+    # A server that is not there: exit 1 and the error in the object.
+    port = free_port()
+    r = subprocess.run([pop3_bin, "probe", f"pop3s://127.0.0.1:{port}", "--json"], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 1 and json.loads(r.stdout)["report"]["error"], r.stdout

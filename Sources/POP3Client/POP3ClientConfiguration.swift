@@ -40,7 +40,7 @@ public enum TrustPolicy: Sendable, Equatable {
 }
 
 /// How the client logs in (`pop3 fetch --auth`, accounts file `auth:`).
-public enum AuthenticationMethod: String, Sendable, CaseIterable, CustomStringConvertible {
+public enum AuthenticationMethod: String, Sendable, CaseIterable, CustomStringConvertible, Codable {
     /// The strongest mechanism the server offers: SCRAM-SHA-256-PLUS, SCRAM-SHA-256, PLAIN, then USER/PASS.
     case auto
     case scramSHA256Plus = "scram-sha-256-plus"

@@ -6,8 +6,8 @@ import X509
 
 /// What `pop3 probe` learns of a server: greeting, TLS, capabilities, login mechanisms and the certificate chain as
 /// presented (with the SHA-256 pins a user can copy), even when verification fails.
-public struct ProbeReport: Sendable, Equatable {
-    public struct TLS: Sendable, Equatable {
+public struct ProbeReport: Sendable, Equatable, Encodable {
+    public struct TLS: Sendable, Equatable, Encodable {
         public var version: String
         public var cipher: String?
         public var alpn: String?
@@ -29,7 +29,7 @@ public struct ProbeReport: Sendable, Equatable {
 }
 
 /// One certificate as presented, for a person deciding whether to pin it.
-public struct CertificateDescription: Sendable, Equatable {
+public struct CertificateDescription: Sendable, Equatable, Encodable {
     /// SHA-256 of the DER certificate, hex (a `--pin` value with `sha256:` in front).
     public var sha256: String
     /// SHA-256 of the SubjectPublicKeyInfo, hex (also a `--pin` value).

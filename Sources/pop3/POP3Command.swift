@@ -271,6 +271,15 @@ struct Probe: AsyncParsableCommand {
     @Argument(help: "pop3s://HOST[:PORT] or pop3://HOST[:PORT] with --starttls.")
     var url: String
     @OptionGroup var tls: TLSOptions
+    @Flag(help: "Print everything as one JSON object on stdout.")
+    var json = false
+
+    /// `--json`: the report with the server and how it was reached.
+    struct JSONReport: Encodable {
+        var server: String
+        var security: String
+        var report: ProbeReport
+    }
 
     func run() async throws {
         // A probe needs no user: accept pop3s://HOST[:PORT] (a placeholder user is never sent).
@@ -278,7 +287,17 @@ struct Probe: AsyncParsableCommand {
         let security = try self.tls.security(for: target)
         var configuration = POP3ClientConfiguration(host: target.host, port: target.port, security: security, trust: try self.tls.trust())
         configuration.replyTimeout = .seconds(30)
-        print("server: \(target.host):\(target.port) (\(security == .implicitTLS ? "implicit TLS" : security == .startTLS ? "STLS" : "plaintext"))")
+        let securityName = security == .implicitTLS ? "implicit TLS" : security == .startTLS ? "STLS" : "plaintext"
+        if self.json {
+            let report = await ServerProbe.run(configuration)
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+            let whole = JSONReport(server: "\(target.host):\(target.port)", security: securityName, report: report)
+            print(String(decoding: try encoder.encode(whole), as: UTF8.self))
+            if report.error != nil { throw ExitCode(1) }
+            return
+        }
+        print("server: \(target.host):\(target.port) (\(securityName))")
         let report = await ServerProbe.run(configuration)
         if let greeting = report.greeting { print("greeting: \(greeting)") }
         if let tls = report.tls {
