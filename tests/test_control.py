@@ -127,3 +127,37 @@ def test_socket_is_root_and_server_user_only_and_a_stopped_server_is_69(pop3d):
     assert not os.path.exists(path), "the socket file outlived the server"
     r = dev.pop3d("check-config", "--config", dev.config)
     assert f'socket: "{path}"' in r.stdout.decode(), r.stdout.decode()[-300:]
+
+
+def test_sighup_applies_what_it_can_and_names_what_needs_a_restart(pop3d):
+    """SIGHUP re-reads pop3d.yaml: limits, policies and the log level apply to new connections at once; a key that
+    needs a restart is named in the log; a broken file changes nothing."""
+    import signal
+    dev = pop3d
+    first = dev.session()  # open before the reload: it stays
+    with open(dev.config, "a") as f:
+        f.write("limits:\n  connections_per_address: 2\npolicy:\n  login_delay: 1\nstate_dir: elsewhere\n")
+    dev.signal(signal.SIGHUP)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not dev.log_lines("SIGHUP: configuration checked"):
+        time.sleep(0.1)
+    (applied,) = dev.log_lines("SIGHUP: configuration checked")
+    assert "limits.connections_per_address" in applied and "policy.login_delay" in applied, applied
+    (restart,) = dev.log_lines("take effect only after a restart")
+    assert "state_dir" in restart and "limits.connections_per_address" not in restart, restart
+    second = dev.session()
+    with pytest.raises((ConnectionClosed, POP3Error, OSError)):
+        dev.session()  # the third from 127.0.0.1: over the new limit
+    first.quit()
+    second.quit()
+    # A file that no longer parses: logged, the running configuration stays.
+    with open(dev.config, "a") as f:
+        f.write("limits:\n  idle_timout: 5\n")
+    dev.signal(signal.SIGHUP)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not dev.log_lines("configuration not reloaded"):
+        time.sleep(0.1)
+    assert dev.log_lines("configuration not reloaded"), dev.log_tail()
+    s = dev.session()
+    s.login("demo", dev.password)
+    s.quit()

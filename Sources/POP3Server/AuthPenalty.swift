@@ -144,14 +144,19 @@ public struct AuthPenaltyTable: Sendable {
 /// together; this process's table then only stands in while the database does not answer.
 public final class AuthPenalty: Sendable {
     private let table: NIOLockedValueBox<AuthPenaltyTable>
-    private let trusted: [CIDRNetwork]
+    private let trustedBox: NIOLockedValueBox<[CIDRNetwork]>
+    /// `trusted_networks`; a SIGHUP reload may change it.
+    public var trusted: [CIDRNetwork] {
+        get { self.trustedBox.withLockedValue { $0 } }
+        set { self.trustedBox.withLockedValue { $0 = newValue } }
+    }
     /// Digests wrong credentials: per process, or the database's key shared by every node (so that a retry of the
     /// same wrong password on another node is recognised). Digests are useless without it.
     private let digestKey: SymmetricKey
     private let shared: SharedPenalty?
 
     public init(trustedNetworks: [CIDRNetwork], maximumEntries: Int = 100_000, shared: (store: SharedPenalty, key: [UInt8])? = nil) {
-        self.trusted = trustedNetworks
+        self.trustedBox = NIOLockedValueBox(trustedNetworks)
         self.table = NIOLockedValueBox(AuthPenaltyTable(maximumEntries: maximumEntries))
         self.shared = shared?.store
         self.digestKey = shared.map { SymmetricKey(data: $0.key) } ?? SymmetricKey(size: .bits256)

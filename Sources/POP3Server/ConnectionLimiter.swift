@@ -3,13 +3,28 @@ import NIOCore
 
 /// Counts open connections in total and per client address (IPv6 per /48), and refuses past the limits.
 public final class ConnectionLimiter: Sendable {
-    public let maximumConnections: Int
-    public let maximumPerAddress: Int
-    private let state = NIOLockedValueBox<(total: Int, perAddress: [String: Int])>((0, [:]))
+    private struct State {
+        var total = 0
+        var perAddress: [String: Int] = [:]
+        var maximumConnections: Int
+        var maximumPerAddress: Int
+    }
+
+    private let state: NIOLockedValueBox<State>
 
     public init(maximumConnections: Int, maximumPerAddress: Int) {
-        self.maximumConnections = maximumConnections
-        self.maximumPerAddress = maximumPerAddress
+        self.state = NIOLockedValueBox(State(maximumConnections: maximumConnections, maximumPerAddress: maximumPerAddress))
+    }
+
+    public var maximumConnections: Int { self.state.withLockedValue { $0.maximumConnections } }
+    public var maximumPerAddress: Int { self.state.withLockedValue { $0.maximumPerAddress } }
+
+    /// New limits (SIGHUP): connections already open stay; new ones are counted against these.
+    public func update(maximumConnections: Int, maximumPerAddress: Int) {
+        self.state.withLockedValue {
+            $0.maximumConnections = maximumConnections
+            $0.maximumPerAddress = maximumPerAddress
+        }
     }
 
     public enum Decision: Equatable, Sendable { case admitted(key: String), tooManyConnections, tooManyFromAddress }
@@ -36,9 +51,9 @@ public final class ConnectionLimiter: Sendable {
     public func admit(_ address: SocketAddress?, perAddress: Bool = true) -> Decision {
         let key = perAddress ? Self.key(for: address) : "proxy"
         return self.state.withLockedValue { state in
-            guard state.total < self.maximumConnections else { return .tooManyConnections }
+            guard state.total < state.maximumConnections else { return .tooManyConnections }
             let current = state.perAddress[key, default: 0]
-            guard !perAddress || current < self.maximumPerAddress else { return .tooManyFromAddress }
+            guard !perAddress || current < state.maximumPerAddress else { return .tooManyFromAddress }
             state.total += 1
             state.perAddress[key] = current + 1
             return .admitted(key: key)

@@ -21,7 +21,8 @@ import Glibc
 /// its copy is durable (RFC 2033 §4.2: the server "MUST NOT lose the message … because the host later crashes").
 /// A connection that ends before the final dot stores nothing.
 public final class LMTPService: Service, Sendable {
-    let configuration: ServerConfiguration
+    let live: LiveConfiguration
+    var configuration: ServerConfiguration { self.live.current }
     /// The accounts recipients are looked up in: the passwd-file, or the database's (`storage.backend: postgres`).
     let accounts: any CredentialVerifier
     let target: any DeliveryTarget
@@ -50,10 +51,11 @@ public final class LMTPService: Service, Sendable {
         group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
         logger: Logger,
         metrics: ServerMetrics = .disabled,
+        live: LiveConfiguration? = nil,
         onListening: @escaping @Sendable ([BoundListener]) -> Void = { _ in }
     ) {
         self.metrics = metrics
-        self.configuration = configuration
+        self.live = live ?? LiveConfiguration(configuration)
         self.accounts = accounts
         self.target = target
         self.locator = MaildirLocator(template: configuration.maildirTemplate)
@@ -121,7 +123,7 @@ public final class LMTPService: Service, Sendable {
     }
 
     private func bind(_ listener: PreboundLMTPListener) async throws -> NIOAsyncChannel<AcceptedChannel, Never> {
-        let idle = TimeAmount.seconds(self.configuration.lmtp.idleTimeout.components.seconds)
+        let live = self.live
         let isTCP: Bool
         if case .tcp = listener.address { isTCP = true } else { isTCP = false }
         var bootstrap = ServerBootstrap(group: self.group)
@@ -131,6 +133,7 @@ public final class LMTPService: Service, Sendable {
         do {
             return try await bootstrap.bind(listener.descriptor) { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    let idle = TimeAmount.seconds(live.current.lmtp.idleTimeout.components.seconds)
                     try channel.pipeline.syncOperations.addHandler(IdleStateHandler(readTimeout: idle))
                     try channel.pipeline.syncOperations.addHandler(LMTPIdleTimeoutHandler())
                     return AcceptedChannel(channel: channel)

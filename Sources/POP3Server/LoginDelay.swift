@@ -7,7 +7,12 @@ import NIOConcurrencyHelpers
 /// With the PostgreSQL backend the times are the accounts' rows (`SharedLoginTimes`), the same on every node; this
 /// process's table stands in while the database does not answer.
 public final class LoginDelay: Sendable {
-    public let delay: Duration
+    private let delayBox: NIOLockedValueBox<Duration>
+    /// `policy.login_delay`; a SIGHUP reload may change it.
+    public var delay: Duration {
+        get { self.delayBox.withLockedValue { $0 } }
+        set { self.delayBox.withLockedValue { $0 = newValue } }
+    }
     private let shared: SharedLoginTimes?
     private let now: @Sendable () -> ContinuousClock.Instant
     private let lastLogin = NIOLockedValueBox<[String: ContinuousClock.Instant]>([:])
@@ -15,7 +20,7 @@ public final class LoginDelay: Sendable {
     static let pruneThreshold = 10_000
 
     public init(delay: Duration, shared: SharedLoginTimes? = nil, now: @escaping @Sendable () -> ContinuousClock.Instant = { .now }) {
-        self.delay = delay
+        self.delayBox = NIOLockedValueBox(delay)
         self.shared = shared
         self.now = now
     }

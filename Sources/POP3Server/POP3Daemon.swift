@@ -39,6 +39,8 @@ public final class POP3Daemon: Sendable {
     /// serves it, bound with the others.
     public let metrics: ServerMetrics
     let metricsSocket: CInt?
+    /// What a SIGHUP reload changes for new connections.
+    let live: LiveConfiguration
     /// The control socket (`pop3d who`, `kick`, `penalty`) and its path, when there is one.
     let controlSocket: (descriptor: CInt, path: String)?
 
@@ -50,8 +52,9 @@ public final class POP3Daemon: Sendable {
     /// Binds the ports, reads certificates and the passwd-file and, with `dropPrivileges` as root, starts the
     /// privileged helper and drops to `user:`/`group:`. Call it on the main thread, before any other thread
     /// exists that could run as root after the drop.
-    public init(configuration: ServerConfiguration, dropPrivileges: Bool, logger: Logger) throws {
+    public init(configuration: ServerConfiguration, dropPrivileges: Bool, logger: Logger, logLevel: LogLevelControl? = nil) throws {
         self.configuration = configuration
+        self.live = LiveConfiguration(configuration, logLevel: logLevel)
         self.logger = logger
         for warning in configuration.warnings {
             logger.warning("configuration: \(warning)")
@@ -251,6 +254,7 @@ public final class POP3Daemon: Sendable {
             retrievalTimes: self.database.map { DatabaseRetrievalTimes(database: $0) },
             sharedLoginTimes: self.database.map { SharedLoginTimes(database: $0) },
             metrics: self.metrics,
+            live: self.live,
             onListening: onListening
         )
         services.append(.init(service: server, successTerminationBehavior: .gracefullyShutdownGroup))
@@ -277,6 +281,7 @@ public final class POP3Daemon: Sendable {
                 mayWriteAsRoot: !self.dropsPrivileges,
                 logger: self.logger,
                 metrics: self.metrics,
+                live: self.live,
                 onListening: onListening
             )
             services.append(.init(service: lmtp, successTerminationBehavior: .gracefullyShutdownGroup))
@@ -292,7 +297,21 @@ public final class POP3Daemon: Sendable {
             )
         }
         if handleSignals {
-            services.append(.init(service: ReloadService(tls: self.tls, verifier: self.verifier, oauth: self.oauth, metrics: self.metrics, notifier: notifier, logger: self.logger)))
+            let live = self.live
+            services.append(
+                .init(
+                    service: ReloadService(
+                        tls: self.tls, verifier: self.verifier, oauth: self.oauth, metrics: self.metrics, notifier: notifier,
+                        configurationFile: self.configuration.sourceFile,
+                        reconfigure: { new in
+                            let result = live.apply(new)
+                            server.configurationChanged()
+                            return result
+                        },
+                        logger: self.logger
+                    )
+                )
+            )
         }
         if let notifier {
             services.append(.init(service: StoppingNotice(notifier: notifier)))

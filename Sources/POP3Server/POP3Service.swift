@@ -33,7 +33,9 @@ typealias ConnectionChannel = NIOAsyncChannel<POP3InboundFrame, POP3OutboundFram
 
 /// The POP3 server: listeners, connection limits, sessions, graceful shutdown.
 public final class POP3Service: Service, Sendable {
-    public let configuration: ServerConfiguration
+    /// What new connections read: the configuration as last (re)loaded.
+    let live: LiveConfiguration
+    public var configuration: ServerConfiguration { self.live.current }
     let tls: TLSProvider?
     let verifier: any CredentialVerifier
     /// OAUTHBEARER/XOAUTH2 bearer token validation, when `auth.oauth2` is configured.
@@ -67,11 +69,12 @@ public final class POP3Service: Service, Sendable {
         retrievalTimes: (any RetrievalTimes)? = nil,
         sharedLoginTimes: SharedLoginTimes? = nil,
         metrics: ServerMetrics = .disabled,
+        live: LiveConfiguration? = nil,
         onListening: @escaping @Sendable ([BoundListener]) -> Void = { _ in }
     ) {
         self.metrics = metrics
         self.prebound = prebound
-        self.configuration = configuration
+        self.live = live ?? LiveConfiguration(configuration)
         self.tls = tls
         self.verifier = verifier
         self.oauth = oauth
@@ -159,13 +162,10 @@ public final class POP3Service: Service, Sendable {
 
     private func bind(_ target: BindTarget, kind: ListenerKind) async throws -> NIOAsyncChannel<ConnectionSetup, Never> {
         let address = target.address
-        let limits = self.configuration.limits
         let tls = self.tls
-        let lineLimit = max(limits.commandLineLength, limits.saslLineLength)
-        let handshakeTimeout = TimeAmount.seconds(limits.handshakeTimeout.components.seconds)
+        let live = self.live
         let limiter = self.limiter
         let openChannels = self.openChannels
-        let proxyNetworks = self.configuration.proxyNetworks
         let logger = self.logger
         let metrics = self.metrics
         let counter = self.connectionCounter
@@ -177,6 +177,12 @@ public final class POP3Service: Service, Sendable {
                 .childChannelOption(.autoRead, value: false)
             let initializer: @Sendable (any Channel) -> EventLoopFuture<ConnectionSetup> = { (channel: any Channel) -> EventLoopFuture<ConnectionSetup> in
                 channel.eventLoop.makeCompletedFuture { () throws -> ConnectionSetup in
+                    // Read per connection: a SIGHUP reload changes limits and proxies for new connections.
+                    let configuration = live.current
+                    let limits = configuration.limits
+                    let proxyNetworks = configuration.proxyNetworks
+                    let lineLimit = max(limits.commandLineLength, limits.saslLineLength)
+                    let handshakeTimeout = TimeAmount.seconds(limits.handshakeTimeout.components.seconds)
                     let fromProxy = proxyNetworks.contains { $0.contains(channel.remoteAddress) }
                     let admission = limiter.admit(channel.remoteAddress, perAddress: !fromProxy)
                     let clientAddress = NIOLockedValueBox<SocketAddress?>(fromProxy ? nil : channel.remoteAddress)
@@ -309,6 +315,14 @@ public final class POP3Service: Service, Sendable {
         )
         await driver.run(connection)
         setup.record.finish()
+    }
+
+    /// After a reload: the limiter, the penalty's trusted networks and LOGIN-DELAY take the new values.
+    func configurationChanged() {
+        let configuration = self.configuration
+        self.limiter.update(maximumConnections: configuration.limits.connections, maximumPerAddress: configuration.limits.connectionsPerAddress)
+        self.penalty.trusted = configuration.trustedNetworks
+        self.loginDelay.delay = .seconds(configuration.policy.loginDelaySeconds)
     }
 
     // MARK: control socket

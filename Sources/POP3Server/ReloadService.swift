@@ -11,6 +11,10 @@ public struct ReloadService: Service {
     let metrics: ServerMetrics
     let notifier: SystemdNotifier?
     let logger: Logger
+    /// The configuration file read again at each reload, and what applies the new configuration (returns the keys
+    /// applied and those that need a restart).
+    let configurationFile: String?
+    let reconfigure: (@Sendable (ServerConfiguration) -> (applied: [String], needRestart: [String]))?
 
     public init(
         tls: TLSProvider?,
@@ -18,8 +22,12 @@ public struct ReloadService: Service {
         oauth: OAuth2Validator? = nil,
         metrics: ServerMetrics = .disabled,
         notifier: SystemdNotifier? = nil,
+        configurationFile: String? = nil,
+        reconfigure: (@Sendable (ServerConfiguration) -> (applied: [String], needRestart: [String]))? = nil,
         logger: Logger
     ) {
+        self.configurationFile = configurationFile
+        self.reconfigure = reconfigure
         self.metrics = metrics
         self.notifier = notifier
         self.tls = tls
@@ -37,6 +45,21 @@ public struct ReloadService: Service {
     public func reload() {
         self.notifier?.reloading()
         defer { self.notifier?.ready("reloaded") }
+        if let file = self.configurationFile, let reconfigure = self.reconfigure {
+            let logger = self.logger
+            Task {
+                do {
+                    let new = try await ServerConfiguration.load(file: file)
+                    let (applied, restart) = reconfigure(new)
+                    logger.notice("SIGHUP: configuration checked", metadata: ["applied": "\(applied.isEmpty ? "nothing changed" : applied.joined(separator: ", "))"])
+                    if !restart.isEmpty {
+                        logger.warning("SIGHUP: changes that take effect only after a restart", metadata: ["keys": "\(restart.joined(separator: ", "))"])
+                    }
+                } catch {
+                    logger.error("SIGHUP: configuration not reloaded, the running one stays", metadata: ["error": "\(error)"])
+                }
+            }
+        }
         if let tls = self.tls {
             do {
                 try tls.reload()

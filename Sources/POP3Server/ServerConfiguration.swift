@@ -176,6 +176,10 @@ public struct ServerConfiguration: Sendable, Equatable {
     /// configurations default to `run/pop3d.sock` beside the file (`controlSocketIsDefault`); nil: none.
     public var controlSocket: String?
     public var controlSocketIsDefault = false
+    /// The file this configuration was loaded from (SIGHUP reads it again); nil when made in code.
+    public var sourceFile: String?
+    /// The listeners came from the command line (`pop3d dev`): a reload keeps them, whatever the file says.
+    public var listenersFromCommandLine = false
     /// Started as root, run as this user (and group) after binding; see `PrivilegeDrop`.
     public var user: String?
     public var group: String?
@@ -261,7 +265,9 @@ extension ServerConfiguration {
         } catch {
             throw ConfigurationError(key: "(file)", "cannot read \(absolute): \(error)")
         }
-        return try self.parse(reader, relativeTo: folder)
+        var configuration = try self.parse(reader, relativeTo: folder)
+        configuration.sourceFile = absolute
+        return configuration
     }
 
     static func parse(_ config: ConfigReader, relativeTo folder: String) throws -> ServerConfiguration {

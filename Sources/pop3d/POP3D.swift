@@ -42,23 +42,25 @@ enum ServerRunner {
     ) throws {
         let level = Logger.Level(rawValue: configuration.logLevel) ?? .info
         let format = configuration.logFormat
+        // One level for every logger, which a SIGHUP reload of log.level changes.
+        let control = LogLevelControl(level)
         LoggingSystem.bootstrap { label in
             switch format {
             case .text:
                 var handler = StreamLogHandler.standardError(label: label)
-                handler.logLevel = level
-                return handler
+                handler.logLevel = .trace
+                return ControlledLevelLogHandler(handler, control: control)
             case .json:
                 var handler = JSONLogHandler(label: label)
-                handler.logLevel = level
-                return handler
+                handler.logLevel = .trace
+                return ControlledLevelLogHandler(handler, control: control)
             }
         }
         var logger = Logger(label: "pop3d")
         logger.logLevel = level
         // Read (and unset) before the privileged helper is started, so that only this process speaks to systemd.
         let notifier = SystemdNotifier.fromEnvironment()
-        let daemon = try POP3Daemon(configuration: configuration, dropPrivileges: dropPrivileges, logger: logger)
+        let daemon = try POP3Daemon(configuration: configuration, dropPrivileges: dropPrivileges, logger: logger, logLevel: control)
         try runBlocking { try await daemon.run(notifier: notifier, onListening: onListening) }
     }
 }
@@ -94,6 +96,7 @@ struct Dev: ParsableCommand {
         configuration.lmtp.listeners = configuration.lmtp.listeners.filter { if case .unix = $0 { true } else { false } }
             + [.tcp(ListenAddress(host: self.host, port: self.lmtpPort))]
         configuration.metricsListener = ListenAddress(host: "127.0.0.1", port: self.metricsPort)
+        configuration.listenersFromCommandLine = true
         let ca = environment.certificateFile
         let pw = environment.passwordFile
         if geteuid() == 0 {

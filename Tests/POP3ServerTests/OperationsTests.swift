@@ -61,3 +61,39 @@ import Testing
         #expect(ServerMetrics.mechanismLabel("alice@example.com") == "other")
     }
 }
+
+@Suite struct ReloadTests {
+    @Test func renderedConfigurationFlattensToKeys() {
+        let flat = LiveConfiguration.flatten("listen:\n  pop3s: [\"a:1\"]\nlimits:\n  idle_timeout: 600\nlmtp:\n  domains: []\n  hostname: null\nstate_dir: /s\n")
+        #expect(flat == ["listen.pop3s": "[\"a:1\"]", "limits.idle_timeout": "600", "lmtp.domains": "[]", "lmtp.hostname": "null", "state_dir": "/s"])
+    }
+
+    @Test func whatAReloadMayChange() {
+        for key in ["limits.idle_timeout", "limits.connections", "policy.login_delay", "auth.failure_delay", "trusted_networks",
+                    "proxy.trusted_networks", "lmtp.max_recipients", "log.level"] {
+            #expect(LiveConfiguration.isReloadable(key), "\(key)")
+        }
+        for key in ["listen.pop3s", "tls.certificate", "passwd_file", "storage.backend", "limits.index_cache_messages",
+                    "limits.shutdown_grace", "lmtp.socket_mode", "lmtp.hostname", "log.format", "metrics.listen", "user"] {
+            #expect(!LiveConfiguration.isReloadable(key), "\(key)")
+        }
+    }
+
+    @Test func applyKeepsWhatNeedsARestart() {
+        var old = ServerConfiguration(passwdFile: "/p/users", maildirTemplate: "/m/%u")
+        old.limits.connections = 10
+        let live = LiveConfiguration(old)
+        var new = old
+        new.limits.connections = 20
+        new.limits.shutdownGracePeriod = .seconds(1)
+        new.passwdFile = "/other"
+        new.logLevel = "debug"
+        let (applied, restart) = live.apply(new)
+        #expect(applied == ["limits.connections", "log.level"])
+        #expect(restart == ["limits.shutdown_grace", "passwd_file"])
+        #expect(live.current.limits.connections == 20)
+        #expect(live.current.limits.shutdownGracePeriod == old.limits.shutdownGracePeriod)
+        #expect(live.current.passwdFile == "/p/users")
+        #expect(live.logLevel.level == .debug)
+    }
+}
