@@ -1321,7 +1321,7 @@ class Pop3dNode(_Accounts):
             f.write(f'listen:\n  pop3s: "127.0.0.1:{self.tls_port}"\n'
                     + (f'  lmtp: "127.0.0.1:{self.lmtp_port}"\n' if lmtp else "")
                     + f"tls:\n  certificate: {cert}\n  key: {key}\n"
-                    f"state_dir: state-{tag}\n{run_as}"
+                    f"state_dir: state-{tag}\ncontrol:\n  socket: run/{tag}.sock\n{run_as}"
                     f'storage:\n  backend: postgres\n  postgres:\n    url: "{url}"\n    tls: disable\n'
                     + extra_config)
 

@@ -255,7 +255,7 @@ struct SessionDriver {
     private mutating func loginDelayAllows(_ user: String) async -> Bool {
         // The real client (behind a trusted proxy: the one its PROXY header named).
         let peer = self.clientAddress.withLockedValue { $0 }
-        self.logger[metadataKey: "client"] = "\(peer.map { "\($0)" } ?? "?")"
+        self.logger[metadataKey: "client"] = "\(peer.map(Self.hostAndPort) ?? "?")"
         guard await self.loginDelay.mayLogInShared(user) else {
             SessionFailure.loginDelay.log(self.logger, user: user)
             self.countLogin(SessionFailure.Label.loginDelay.rawValue)
