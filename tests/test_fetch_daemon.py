@@ -197,3 +197,84 @@ def test_probe_json_is_one_object_with_everything_it_prints(pop3d, pop3_bin):
     r = subprocess.run([pop3_bin, "probe", f"pop3s://127.0.0.1:{port}", "--json"], capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 1 and json.loads(r.stdout)["report"]["error"], r.stdout
+
+
+def fetch(pop3_bin, dev, state, *args):
+    pw = os.path.join(state, "demo.pass")
+    if not os.path.exists(pw):
+        os.makedirs(state, exist_ok=True)
+        write_secret(pw, dev.password + "\n")
+    return subprocess.run([pop3_bin, "fetch", "--password-file", pw, "--ca-file", dev.ca,
+                           f"pop3s://demo@localhost:{dev.tls_port}", *args], capture_output=True, text=True,
+                          timeout=120, env=dict(os.environ, XDG_STATE_HOME=state))
+
+
+def test_lmtp_destination_deletes_only_what_the_mta_accepted(pop3d_bin, pop3_bin, tmp_path):
+    """pop3 fetch --lmtp into a second pop3d's LMTP listener (a real LMTP server): every message arrives once and is
+    deleted at the source only after the 250; a recipient the MTA refuses leaves everything on the server."""
+    from pop3support import Pop3dDev
+    (tmp_path / "source").mkdir()
+    (tmp_path / "mta").mkdir()
+    source = Pop3dDev(pop3d_bin, tmp_path / "source").start()
+    mta = Pop3dDev(pop3d_bin, tmp_path / "mta").start()
+    try:
+        deliver(source, ".leading dot and more", body_lines=3)
+        state = str(tmp_path / "state")
+        r = fetch(pop3_bin, source, state, "--lmtp", f"127.0.0.1:{mta.lmtp_port}", "--recipient", "nobody-here")
+        assert r.returncode == 1 and "RCPT" in r.stderr and "550" in r.stderr, r.stderr
+        s = source.session()
+        s.login("demo", source.password)
+        assert s.stat()[0] == 4, "a message the MTA refused was deleted"
+        sent = {n: s.retr(n) for n in range(1, 5)}
+        s.quit()
+        before = len(mta.maildir_files("demo"))
+        r = fetch(pop3_bin, source, state, "--lmtp", f"127.0.0.1:{mta.lmtp_port}", "--recipient", "demo@localhost")
+        assert r.returncode == 0, r.stderr
+        arrived = [v for k, v in sorted(mta.maildir_files("demo").items())]
+        assert len(arrived) == before + 4
+        s = source.session()
+        s.login("demo", source.password)
+        assert s.stat()[0] == 0
+        s.quit()
+        # The bodies arrived whole (the MTA adds its trace headers in front).
+        for body in sent.values():
+            tail = body.split(b"\r\n\r\n", 1)[1].replace(b"\r\n", b"\n")
+            assert any(a.endswith(tail) or a.endswith(tail + b"\n") for a in arrived), tail[:80]
+    finally:
+        source.stop()
+        mta.stop()
+
+
+def test_smtp_destination_into_a_python_smtpd(pop3d, pop3_bin, tmp_path):
+    """pop3 fetch --smtp into Python's smtpd (an independent SMTP server): each message goes over in one
+    transaction to the configured recipient; non-loopback targets are refused."""
+    import sys
+    dev = pop3d
+    port = free_port()
+    out = open(tmp_path / "smtpd.out", "w")
+    # smtpd.SMTPServer (Python 3.11's standard library): one JSON line per message with its envelope.
+    code = (
+        "import asyncore, json, smtpd, sys\n"
+        "class S(smtpd.SMTPServer):\n"
+        "    def process_message(self, peer, mailfrom, rcpttos, data, **kw):\n"
+        "        print(json.dumps({'from': mailfrom, 'to': rcpttos, 'size': len(data), 'dots': data.count(b'\\n.')}), flush=True)\n"
+        f"S(('127.0.0.1', {port}), None)\n"
+        "asyncore.loop()\n")
+    server = subprocess.Popen([sys.executable, "-W", "ignore", "-c", code], stdout=out, stderr=subprocess.STDOUT)
+    try:
+        from pop3support import wait_port
+        wait_port(port, server, 30)
+        state = str(tmp_path / "state")
+        r = fetch(pop3_bin, dev, state, "--smtp", f"127.0.0.1:{port}", "--recipient", "alice@example.test")
+        assert r.returncode == 0, r.stderr
+        time.sleep(0.5)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        out.close()
+    import json
+    got = [json.loads(line) for line in (tmp_path / "smtpd.out").read_text().splitlines() if line.startswith("{")]
+    assert len(got) == 3 and all(m["to"] == ["alice@example.test"] and m["from"] in ("", "<>") for m in got), got
+    r = subprocess.run([pop3_bin, "fetch", "--password-file", "/dev/null", "--smtp", "192.0.2.1:25",
+                        f"pop3s://demo@localhost:{dev.tls_port}"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 64 and "not a loopback address" in r.stderr, r.stderr

@@ -102,7 +102,7 @@ public enum AccountsFile {
         "url", "password_file", "password_command", "ca_file", "pin", "starttls", "insecure_plaintext",
         "maildir", "mbox", "mda", "keep", "keep_days", "max_size", "auth", "oauth2_token_command",
         "provider", "oauth2_client_id", "oauth2_client_secret_file", "oauth2_tenant", "oauth2_token_endpoint",
-        "oauth2_device_endpoint", "oauth2_authorization_endpoint", "oauth2_scope", "interval",
+        "oauth2_device_endpoint", "oauth2_authorization_endpoint", "oauth2_scope", "interval", "lmtp", "smtp", "recipient",
     ]
 
     /// Seconds between polls of `pop3 fetch --daemon`: at least 10, at most a day.
@@ -310,12 +310,23 @@ private struct AccountReader {
             guard !mda.trimmingSpaces.isEmpty else { throw error("mda", "empty command") }
             destinations.append(.mda(mda))
         }
+        let recipient = try string("recipient")
+        for kind in [MTATarget.Kind.lmtp, .smtp] {
+            guard let text = try string(kind.rawValue) else { continue }
+            switch MTATarget.parse(kind: kind, text, recipient: recipient ?? LocalDestination.defaultRecipient()) {
+            case .success(let target): destinations.append(.mta(target))
+            case .failure(let problem): throw error(kind.rawValue, problem.description)
+            }
+        }
+        if recipient != nil && !destinations.contains(where: { if case .mta = $0 { true } else { false } }) {
+            throw error("recipient", "goes with lmtp: or smtp:")
+        }
         guard destinations.count == 1 else {
             throw error(
                 "maildir",
                 destinations.isEmpty
-                    ? "one of maildir, mbox or mda is required"
-                    : "give exactly one of maildir, mbox or mda")
+                    ? "one of maildir, mbox, mda, lmtp or smtp is required"
+                    : "give exactly one of maildir, mbox, mda, lmtp or smtp")
         }
 
         let keepDays = try int("keep_days")

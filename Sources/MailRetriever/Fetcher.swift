@@ -58,6 +58,14 @@ public enum LocalDestination: Sendable, Equatable {
     case mbox(String)
     /// A shell command run through `/bin/sh -c` with the message on stdin (at least once: see `MDADestination`).
     case mda(String)
+    /// The site's MTA over LMTP or SMTP: a message is DELE'd only after the MTA's 250 for it (`MTADestination`).
+    case mta(MTATarget)
+
+    /// The envelope recipient for `lmtp:`/`smtp:` when none is given: the name of the user running pop3.
+    public static func defaultRecipient() -> String {
+        if let entry = getpwuid(getuid()), let name = entry.pointee.pw_name { return String(cString: name) }
+        return ProcessInfo.processInfo.environment["USER"] ?? "root"
+    }
 }
 
 /// A fetch that cannot be set up as asked (conflicting or missing options); says which.
@@ -225,6 +233,7 @@ public struct Fetcher: Sendable {
         case .maildir(let path): destination = MaildirDestination(path: path, accountKey: key)
         case .mbox(let path): destination = MboxDestination(path: path, accountKey: key)
         case .mda(let command): destination = MDADestination(command: command)
+        case .mta(let target): destination = MTADestination(target: target)
         }
         try destination.recover(journal: journal)
         // With OAuth the source gives an access token (oauth2_token_command, or the provider's tokens, refreshed

@@ -80,6 +80,12 @@ struct Fetch: AsyncParsableCommand {
     var mbox: String?
     @Option(help: "Deliver by running this command (via sh -c) with the message on stdin; exit 0 = delivered.")
     var mda: String?
+    @Option(help: "Hand messages to the MTA over LMTP: unix:PATH or HOST:PORT (loopback); a message is deleted only after the MTA's 250 for it.")
+    var lmtp: String?
+    @Option(help: "Hand messages to the MTA over SMTP: HOST:PORT (loopback); a message is deleted only after the MTA's 250 for it.")
+    var smtp: String?
+    @Option(help: "The envelope recipient for --lmtp/--smtp (default: your user name).")
+    var recipient: String?
     @Option(help: "Fetch at most N messages per session, then QUIT (making deletions final) and start a new one: for links that drop.")
     var checkpoint: Int?
     @Option(help: "Seconds to wait for a connection, the TLS handshake or any reply before giving up.")
@@ -210,8 +216,15 @@ struct Fetch: AsyncParsableCommand {
             if method.usesBearerToken != (self.oauth2TokenCommand != nil) {
                 throw ValidationError("--oauth2-token-command goes with --auth oauthbearer or xoauth2, and they need it")
             }
-            let destinations = [self.maildir.map { LocalDestination.maildir($0) }, self.mbox.map { .mbox($0) }, self.mda.map { .mda($0) }].compactMap { $0 }
-            guard destinations.count == 1 else { throw ValidationError("give exactly one of --maildir, --mbox, --mda") }
+            var destinations = [self.maildir.map { LocalDestination.maildir($0) }, self.mbox.map { .mbox($0) }, self.mda.map { .mda($0) }].compactMap { $0 }
+            for (kind, text) in [(MTATarget.Kind.lmtp, self.lmtp), (.smtp, self.smtp)] {
+                guard let text else { continue }
+                switch MTATarget.parse(kind: kind, text, recipient: self.recipient ?? LocalDestination.defaultRecipient()) {
+                case .success(let target): destinations.append(.mta(target))
+                case .failure(let problem): throw ValidationError("--\(kind.rawValue): \(problem.description)")
+                }
+            }
+            guard destinations.count == 1 else { throw ValidationError("give exactly one of --maildir, --mbox, --mda, --lmtp, --smtp") }
             return [
                 FetchJob(
                     name: "\(url.user)@\(url.host)",

@@ -82,3 +82,27 @@ import Testing
         }
     }
 }
+
+@Suite struct MTADestinationTests {
+    @Test func dataIsCRLFAndDotStuffedWithOneTerminator() {
+        var writer = MTADataWriter()
+        var out = writer.encode(Array("a\n.b\r\n..c\nlone\rcr".utf8)[...])
+        out += writer.finish()
+        #expect(String(decoding: out, as: UTF8.self) == "a\r\n..b\r\n...c\r\nlone\rcr\r\n.\r\n")
+        var split = MTADataWriter()
+        var parts = split.encode(Array("x\r".utf8)[...])
+        parts += split.encode(Array("\n.y\r\n".utf8)[...])
+        parts += split.finish()
+        #expect(String(decoding: parts, as: UTF8.self) == "x\r\n..y\r\n.\r\n")
+    }
+
+    @Test func targetsAreLoopbackOrUnixSockets() throws {
+        #expect(try MTATarget.parse(kind: .lmtp, "unix:/run/dovecot/lmtp", recipient: "alice").get().address == .unix("/run/dovecot/lmtp"))
+        #expect(try MTATarget.parse(kind: .smtp, "localhost:25", recipient: "alice").get().address == .tcp(host: "127.0.0.1", port: 25))
+        #expect(try MTATarget.parse(kind: .lmtp, "[::1]:24", recipient: "a@b").get().address == .tcp(host: "::1", port: 24))
+        for (kind, text, recipient) in [(MTATarget.Kind.smtp, "unix:/x", "a"), (.smtp, "192.0.2.1:25", "a"), (.lmtp, "127.0.0.1:0", "a"),
+                                         (.lmtp, "unix:relative", "a"), (.smtp, "127.0.0.1:25", "a>b"), (.smtp, "127.0.0.1:25", "")] {
+            #expect(throws: FetchSetupError.self) { try MTATarget.parse(kind: kind, text, recipient: recipient).get() }
+        }
+    }
+}
