@@ -142,7 +142,7 @@ let package = Package(
         .target(
             name: "MailRetriever",
             dependencies: [
-                "POP3Client", "SASL", "SystemIO",
+                "POP3Client", "POP3NIO", "SASL", "SystemIO",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

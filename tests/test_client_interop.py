@@ -368,7 +368,15 @@ def test_maildir_keep_json(target, rng):
     maildir = os.path.join(target.root, "maildir-keep")
     target.chain["keep"] = (msgs, maildir)
     r = target.fetch("keeper", ["--maildir", maildir], "--keep", "--json")
-    _, p = run_problems(r, fetched=N)
+    acc, p = run_problems(r, fetched=N)
+    # --json also says how: TLS version and cipher, the login mechanism, the account's wall time.
+    if acc is not None:
+        if not str(acc.get("tls", "")).lower().startswith("tlsv1") or not acc.get("cipher"):
+            p.append(f"json lacks tls/cipher: {acc}")
+        if acc.get("mechanism") not in ("scram-sha-256-plus", "scram-sha-256", "plain", "user"):
+            p.append(f"json mechanism {acc.get('mechanism')!r}")
+        if not isinstance(acc.get("seconds"), (int, float)) or not 0 <= acc["seconds"] < 300:
+            p.append(f"json seconds {acc.get('seconds')!r}")
     p += compare(maildir_messages(maildir), msgs)
     if tmp_files(maildir):
         p.append(f"tmp/ not empty: {tmp_files(maildir)[:3]}")

@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import NIOCore
 import POP3Client
+import POP3NIO
 
 /// What one account's fetch did.
 public struct FetchSummary: Sendable, Codable, Equatable {
@@ -15,6 +16,13 @@ public struct FetchSummary: Sendable, Codable, Equatable {
     public var error: String?
     /// The run was stopped between two messages (SIGTERM to `pop3 fetch --daemon`); nothing was lost.
     public var stopped: Bool?
+    /// The TLS version and cipher suite of the (last) session, nil without TLS.
+    public var tls: String?
+    public var cipher: String?
+    /// The login mechanism used: `user`, `plain`, `scram-sha-256-plus`, `oauthbearer`, …
+    public var mechanism: String?
+    /// Wall time of the whole run for this account, seconds.
+    public var seconds: Double?
     /// The failure's kind (`FetchFailure.Kind`): a bounded label for scripts, logs and metrics.
     public var failure: FetchFailure.Kind?
     /// Whether a later run may succeed without any change (`FetchFailure.isTemporary`).
@@ -206,6 +214,7 @@ public struct Fetcher: Sendable {
 
     public func run() async -> FetchSummary {
         var summary = FetchSummary(account: self.job.name)
+        let started = self.clock.monotonic()
         do {
             try await self.fetch(&summary)
         } catch is FetchStopped {
@@ -219,6 +228,8 @@ public struct Fetcher: Sendable {
             summary.temporary = failure.isTemporary
             self.logger.debug("fetch failed", metadata: ["account": "\(self.job.name)", "failure": "\(failure.kind.rawValue)"])
         }
+        let elapsed = self.clock.monotonic() - started
+        summary.seconds = ((Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18) * 1000).rounded() / 1000
         return summary
     }
 
@@ -314,6 +325,11 @@ public struct Fetcher: Sendable {
             } else {
                 try await connection.login(user: self.job.url.user, password: password)
             }
+            if let tls = connection.tls {
+                summary.tls = tls.version
+                summary.cipher = tls.cipherSuite.map(TLSCipherSuite.name)
+            }
+            summary.mechanism = (self.job.authentication.usesBearerToken ? self.job.authentication : connection.resolve(self.job.authentication))?.rawValue
             let uidl = try await connection.uidl()
             let sizes = try await connection.list()
             if first { summary.onServer = uidl.count }
