@@ -119,14 +119,29 @@ def test_failures_are_counted_by_their_bounded_reason(pop3d):
                 ctx.wrap_socket(raw, server_hostname=kwargs.get("server_hostname", "localhost")).recv(10)
     with socket.create_connection((LOCALHOST, dev.tls_port), timeout=10) as raw:
         raw.sendall(client_hello()[:60])
+    # The failed login above puts 127.0.0.1 under the penalty: the next login waits (and is counted as delayed);
+    # a second login while that session holds the maildrop is refused [IN-USE].
+    holder = dev.session()
+    holder.login("demo", dev.password)
+    other = dev.session()
+    other.send(b"USER demo\r\n")
+    other.line()
+    other.send(f"PASS {dev.password}\r\n".encode())
+    assert b"[IN-USE]" in other.line()
+    other.quit()
+    holder.quit()
     after = wait_for(dev, "pop3d_tls_handshake_failures_total", 1, listener="pop3s", reason="sni")
+    assert delta(before, after, "pop3d_auth_penalty_delays_total") >= 1
+    assert delta(before, after, "pop3d_auth_penalty_delay_seconds_total") >= 1.5
+    assert delta(before, after, "pop3d_in_use_refusals_total") == 1
+    assert delta(before, after, "pop3d_logins_total", mechanism="USER", result="in_use") == 1
     assert delta(before, after, "pop3d_logins_total", mechanism="USER", result="auth_failed") == 1
-    assert delta(before, after, "pop3d_logins_total", mechanism="USER", result="success") == 0
+    assert delta(before, after, "pop3d_logins_total", mechanism="USER", result="success") == 1
     assert delta(before, after, "pop3d_tls_handshake_failures_total", listener="pop3s", reason="alpn") == 1
     assert delta(before, after, "pop3d_tls_handshake_failures_total", listener="pop3s", reason="sni") == 1
     after = wait_for(dev, "pop3d_sessions_total", 3, listener="pop3s", result="tls_failed")
     assert delta(before, after, "pop3d_sessions_total", listener="pop3s", result="tls_failed") == 3
-    assert delta(before, after, "pop3d_sessions_total", listener="pop3s", result="quit") == 1
+    assert delta(before, after, "pop3d_sessions_total", listener="pop3s", result="quit") == 3
 
 
 def test_lmtp_deliveries_and_no_personal_data_in_labels(pop3d):
