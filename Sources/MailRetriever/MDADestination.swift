@@ -34,15 +34,20 @@ public final class MDADestination: MessageDestination {
 
     public func begin(uid: String) throws -> any MessageSink {
         guard let spoolDirectory else { throw MailRetrieverError.notRecovered }
-        // Unlinked as soon as it is open: a crash leaves nothing behind. A name taken already (EEXIST) is retried
-        // with another random name, 100 times at most.
+        let (fd, path) = try Self.spoolFile(in: spoolDirectory, prefix: ".mda-spool")
+        return Sink(command: command, timeoutSeconds: timeoutSeconds, fd: fd, path: path)
+    }
+
+    /// A spool file for one message, unlinked as soon as it is open (a crash leaves nothing behind). A name taken
+    /// already (EEXIST) is retried with another random name, 100 times at most.
+    static func spoolFile(in directory: String, prefix: String) throws -> (fd: Int32, path: String) {
         for _ in 0..<100 {
-            let path = FileSystem.join(spoolDirectory, ".mda-spool.\(getpid()).\(UInt64.random(in: 0...UInt64.max))")
+            let path = FileSystem.join(directory, "\(prefix).\(getpid()).\(UInt64.random(in: 0...UInt64.max))")
             guard let fd = try FileSystem.createExclusive(path, O_RDWR) else { continue }
             _ = unlink(path)
-            return Sink(command: command, timeoutSeconds: timeoutSeconds, fd: fd, path: path)
+            return (fd, path)
         }
-        throw FileSystemError("open", path: spoolDirectory + "/.mda-spool.*", errno: EEXIST)
+        throw FileSystemError("open", path: directory + "/\(prefix).*", errno: EEXIST)
     }
 
     private final class Sink: MessageSink {

@@ -82,13 +82,8 @@ public final class MTADestination: MessageDestination {
 
     public func begin(uid: String) throws -> any MessageSink {
         guard let spoolDirectory else { throw MailRetrieverError.notRecovered }
-        for _ in 0..<100 {
-            let path = FileSystem.join(spoolDirectory, ".mta-spool.\(getpid()).\(UInt64.random(in: 0...UInt64.max))")
-            guard let fd = try FileSystem.createExclusive(path, O_RDWR) else { continue }
-            _ = unlink(path)
-            return Sink(destination: self, fd: fd, path: path)
-        }
-        throw FileSystemError("open", path: spoolDirectory + "/.mta-spool.*", errno: EEXIST)
+        let (fd, path) = try MDADestination.spoolFile(in: spoolDirectory, prefix: ".mta-spool")
+        return Sink(destination: self, fd: fd, path: path)
     }
 
     /// One transaction for the spooled message (CRLF text); a failed one drops the connection.

@@ -159,16 +159,22 @@ public final class ControlService: Service, Sendable {
     }
 }
 
-/// Closes a connection that sent nothing for the IdleStateHandler's time.
+/// Closes a connection that sent nothing for the IdleStateHandler's time, after `goodbye` if there is one (LMTP's
+/// 421; the control socket says nothing).
 final class CloseWhenIdleHandler: ChannelInboundHandler, Sendable {
     typealias InboundIn = ByteBuffer
     typealias InboundOut = ByteBuffer
+
+    let goodbye: ByteBuffer?
+
+    init(goodbye: ByteBuffer? = nil) { self.goodbye = goodbye }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         guard event is IdleStateHandler.IdleStateEvent else {
             context.fireUserInboundEventTriggered(event)
             return
         }
+        if let goodbye = self.goodbye { context.writeAndFlush(NIOAny(goodbye), promise: nil) }
         context.close(promise: nil)
     }
 }

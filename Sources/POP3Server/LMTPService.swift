@@ -135,7 +135,9 @@ public final class LMTPService: Service, Sendable {
                 channel.eventLoop.makeCompletedFuture {
                     let idle = TimeAmount.seconds(live.current.lmtp.idleTimeout.components.seconds)
                     try channel.pipeline.syncOperations.addHandler(IdleStateHandler(readTimeout: idle))
-                    try channel.pipeline.syncOperations.addHandler(LMTPIdleTimeoutHandler())
+                    var goodbye = ByteBuffer()
+                    LMTPReply.timeout.write(into: &goodbye)
+                    try channel.pipeline.syncOperations.addHandler(CloseWhenIdleHandler(goodbye: goodbye))
                     return AcceptedChannel(channel: channel)
                 }
             }
@@ -322,22 +324,5 @@ public final class LMTPService: Service, Sendable {
         case .quotaExceeded: quotaFullTempfail ? .quotaExceededTemporary : .quotaExceeded
         case .temporary: .localError
         }
-    }
-}
-
-/// Closes an LMTP connection that has been idle too long, with 421 first.
-final class LMTPIdleTimeoutHandler: ChannelInboundHandler, Sendable {
-    typealias InboundIn = ByteBuffer
-    typealias InboundOut = ByteBuffer
-
-    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        guard event is IdleStateHandler.IdleStateEvent else {
-            context.fireUserInboundEventTriggered(event)
-            return
-        }
-        var buffer = context.channel.allocator.buffer(capacity: 64)
-        LMTPReply.timeout.write(into: &buffer)
-        context.writeAndFlush(NIOAny(buffer), promise: nil)
-        context.close(promise: nil)
     }
 }
