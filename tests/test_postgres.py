@@ -4,6 +4,7 @@ mid-session, PostgreSQL restarted mid-session, and the start-up refusals (old sc
 
 Each test gets a database of its own in the session's private cluster (conftest `postgres`)."""
 import itertools
+import json
 import os
 import poplib
 import subprocess
@@ -423,6 +424,17 @@ def test_the_auth_penalty_is_shared_by_the_nodes(pop3d_bin, cluster_db, postgres
         assert postgres.psql("SELECT failures FROM auth_penalty", db=db).strip() == "2", "the same wrong password again"
         ok, took = attempt(second, "pw-alice", "127.0.0.6")
         assert ok and took < 2, "another address is not slowed"
+        # The admin view is the database's: node2 lists what node1 counted, and clearing there clears for all.
+        r = second.pop3d("penalty", "list", "--json")
+        assert r.returncode == 0, r.stderr
+        listed = {p["address"]: p["failures"] for p in json.loads(r.stdout)}
+        assert listed.get("127.0.0.5") == 2, listed
+        r = second.pop3d("penalty", "clear", "127.0.0.5")
+        assert r.returncode == 0 and b"cleared" in r.stdout, r.stdout
+        assert postgres.psql("SELECT count(*) FROM auth_penalty", db=db).strip() == "0"
+        ok, took = attempt(first, "pw-alice", "127.0.0.5")
+        assert ok and took < 2, "a cleared address is not slowed on the other node either"
+        attempt(first, "wrong-3", "127.0.0.5")
         postgres.psql("UPDATE auth_penalty SET last_failure = now() - interval '2 hours'", db=db)
         ok, took = attempt(first, "pw-alice", "127.0.0.5")
         assert ok and took < 2, "failures an hour old are forgotten"
