@@ -27,7 +27,7 @@ public enum ConfigurationKeys {
         "lmtp.quota_full_tempfail", "lmtp.max_recipients", "lmtp.idle_timeout", "lmtp.max_connections",
         "lmtp.max_bad_commands", "lmtp.hostname",
         "policy.login_delay", "policy.utf8", "policy.expire_days", "state_dir",
-        "log.level", "log.format", "metrics.listen", "control.socket",
+        "log.level", "log.format", "metrics.listen", "control.socket", "autoconfig.listen", "autoconfig.hostname",
     ]
 
     /// The environment variable that overrides `key`: `limits.idle_timeout` → `POP3D_LIMITS_IDLE_TIMEOUT`.

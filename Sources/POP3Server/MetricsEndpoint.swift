@@ -78,28 +78,10 @@ final class MetricsRequestHandler: ChannelInboundHandler, RemovableChannelHandle
             if head.method == .GET && path == "/metrics" {
                 var bytes: [UInt8] = []
                 self.registry.emit(into: &bytes)
-                self.respond(context: context, head: head, status: .ok, contentType: "text/plain; version=0.0.4; charset=utf-8", body: bytes)
+                HTTPReply.send(context: context, head: head, status: .ok, contentType: "text/plain; version=0.0.4; charset=utf-8", body: bytes)
             } else {
-                self.respond(context: context, head: head, status: .notFound, contentType: "text/plain; charset=utf-8", body: Array("Not found: only GET /metrics is served.\n".utf8))
+                HTTPReply.send(context: context, head: head, status: .notFound, contentType: "text/plain; charset=utf-8", body: Array("Not found: only GET /metrics is served.\n".utf8))
             }
-        }
-    }
-
-    private func respond(context: ChannelHandlerContext, head: HTTPRequestHead, status: HTTPResponseStatus, contentType: String, body: [UInt8]) {
-        var headers = HTTPHeaders()
-        headers.add(name: "Content-Type", value: contentType)
-        headers.add(name: "Content-Length", value: "\(body.count)")
-        let keepAlive = head.isKeepAlive
-        if !keepAlive { headers.add(name: "Connection", value: "close") }
-        context.write(Self.wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: status, headers: headers))), promise: nil)
-        if head.method != .HEAD {
-            context.write(Self.wrapOutboundOut(.body(.byteBuffer(ByteBuffer(bytes: body)))), promise: nil)
-        }
-        let done = context.eventLoop.makePromise(of: Void.self)
-        context.writeAndFlush(Self.wrapOutboundOut(.end(nil)), promise: done)
-        if !keepAlive {
-            let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
-            done.futureResult.whenComplete { _ in bound.value.close(promise: nil) }
         }
     }
 
@@ -109,5 +91,35 @@ final class MetricsRequestHandler: ChannelInboundHandler, RemovableChannelHandle
             return
         }
         context.fireUserInboundEventTriggered(event)
+    }
+}
+
+/// One HTTP/1.1 response on a NIOHTTP1 server pipeline: head with Content-Type and Content-Length, the body (not
+/// for HEAD), then a close unless the request asked to keep the connection.
+enum HTTPReply {
+    static func send(
+        context: ChannelHandlerContext,
+        head: HTTPRequestHead,
+        status: HTTPResponseStatus,
+        contentType: String,
+        body: [UInt8],
+        extraHeaders: [(String, String)] = []
+    ) {
+        var headers = HTTPHeaders()
+        headers.add(name: "Content-Type", value: contentType)
+        headers.add(name: "Content-Length", value: "\(body.count)")
+        for (name, value) in extraHeaders { headers.add(name: name, value: value) }
+        let keepAlive = head.isKeepAlive
+        if !keepAlive { headers.add(name: "Connection", value: "close") }
+        context.write(NIOAny(HTTPServerResponsePart.head(HTTPResponseHead(version: head.version, status: status, headers: headers))), promise: nil)
+        if head.method != .HEAD {
+            context.write(NIOAny(HTTPServerResponsePart.body(.byteBuffer(ByteBuffer(bytes: body)))), promise: nil)
+        }
+        let done = context.eventLoop.makePromise(of: Void.self)
+        context.writeAndFlush(NIOAny(HTTPServerResponsePart.end(nil)), promise: done)
+        if !keepAlive {
+            let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
+            done.futureResult.whenComplete { _ in bound.value.close(promise: nil) }
+        }
     }
 }

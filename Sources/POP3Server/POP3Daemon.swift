@@ -6,6 +6,7 @@ import MailStorePostgres
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
+import NIOSSL
 import Privileges
 import ServiceLifecycle
 import SystemIO
@@ -41,6 +42,8 @@ public final class POP3Daemon: Sendable {
     let metricsSocket: CInt?
     /// What a SIGHUP reload changes for new connections.
     let live: LiveConfiguration
+    /// `autoconfig.listen`'s socket, its TLS context and the host name its documents give.
+    let autoconfig: (descriptor: CInt, context: NIOSSLContext, hostname: String)?
     /// The control socket (`pop3d who`, `kick`, `penalty`) and its path, when there is one.
     let controlSocket: (descriptor: CInt, path: String)?
 
@@ -80,6 +83,20 @@ public final class POP3Daemon: Sendable {
             logger.warning("TLS certificate: \(warning.text)")
         }
         self.metrics.certificateExpiry(self.tls?.notAfter)
+        if let address = configuration.autoconfigListener, let tls = self.tls {
+            guard let hostname = configuration.autoconfigHostname ?? tls.serverNames.first(where: { !$0.hasPrefix("*.") }) else {
+                throw ConfigurationError(key: "autoconfig.hostname", "the certificate names no host: set the name clients connect to")
+            }
+            let context: NIOSSLContext
+            do {
+                context = try tls.makeHTTPSContext()
+            } catch {
+                throw ConfigurationError(key: "tls.certificate", "cannot make the HTTPS context for autoconfig: \(error)")
+            }
+            self.autoconfig = (try ListenSocket.bind(address, key: "autoconfig.listen"), context, hostname)
+        } else {
+            self.autoconfig = nil
+        }
         let scramSecret = Self.scramSecret(stateFolder: configuration.stateFolder, logger: logger)
         let verifier = try configuration.usesPasswdFile
             ? PasswdFileVerifier(
@@ -195,8 +212,8 @@ public final class POP3Daemon: Sendable {
         onListening: @escaping @Sendable ([BoundListener]) -> Void = { _ in }
     ) async throws {
         defer { self.separation?.helper.shutdown() }
-        // POP3, LMTP and metrics bind separately; the caller hears once, with every listener.
-        let expected = 1 + (self.preboundLMTP.isEmpty ? 0 : 1) + (self.metricsSocket == nil ? 0 : 1)
+        // POP3, LMTP, metrics and autoconfig bind separately; the caller hears once, with every listener.
+        let expected = 1 + (self.preboundLMTP.isEmpty ? 0 : 1) + (self.metricsSocket == nil ? 0 : 1) + (self.autoconfig == nil ? 0 : 1)
         let reported = NIOLockedValueBox<(count: Int, listeners: [BoundListener])>((0, []))
         let userOnListening = onListening
         let onListening: @Sendable ([BoundListener]) -> Void = { listeners in
@@ -285,6 +302,18 @@ public final class POP3Daemon: Sendable {
                 onListening: onListening
             )
             services.append(.init(service: lmtp, successTerminationBehavior: .gracefullyShutdownGroup))
+        }
+        if let autoconfig = self.autoconfig {
+            let live = self.live
+            let verifier = self.verifier
+            let documents: @Sendable () -> AutoconfigDocuments = {
+                AutoconfigDocuments.from(live.current, hostname: autoconfig.hostname, userNames: verifier?.records().map(\.name) ?? [])
+            }
+            services.append(
+                .init(service: AutoconfigService(descriptor: autoconfig.descriptor, context: autoconfig.context, documents: documents, logger: self.logger) { address in
+                    onListening([BoundListener(kind: .autoconfig, address: address)])
+                })
+            )
         }
         if let control = self.controlSocket {
             services.append(.init(service: ControlService(descriptor: control.descriptor, path: control.path, server: server, logger: self.logger)))

@@ -20,6 +20,8 @@ public enum ListenerKind: String, Sendable {
     case lmtp
     /// `GET /metrics` (Prometheus).
     case metrics
+    /// HTTPS client auto-configuration (Thunderbird autoconfig, Outlook Autodiscover).
+    case autoconfig
 }
 
 /// A listener once bound (with the real port when 0 was asked for).

@@ -176,6 +176,10 @@ public struct ServerConfiguration: Sendable, Equatable {
     /// configurations default to `run/pop3d.sock` beside the file (`controlSocketIsDefault`); nil: none.
     public var controlSocket: String?
     public var controlSocketIsDefault = false
+    /// `autoconfig.listen`: HTTPS for Thunderbird's autoconfig and Outlook's Autodiscover (off when nil), and the
+    /// host name those documents give clients (`autoconfig.hostname`; default: the certificate's first DNS name).
+    public var autoconfigListener: ListenAddress?
+    public var autoconfigHostname: String?
     /// The file this configuration was loaded from (SIGHUP reads it again); nil when made in code.
     public var sourceFile: String?
     /// The listeners came from the command line (`pop3d dev`): a reload keeps them, whatever the file says.
@@ -520,6 +524,21 @@ extension ServerConfiguration {
             result.controlSocket = resolve("run/pop3d.sock")
             result.controlSocketIsDefault = true
         }
+        if let text = config.string(forKey: "autoconfig.listen"), !text.isEmpty {
+            guard let address = ListenAddress(parsing: text) else {
+                throw ConfigurationError(key: "autoconfig.listen", "expected HOST:PORT or [IPv6]:PORT, got \"\(text)\"")
+            }
+            guard result.tlsConfigured else {
+                throw ConfigurationError(key: "autoconfig.listen", "needs tls.certificate and tls.key (it is served over HTTPS)")
+            }
+            result.autoconfigListener = address
+        }
+        if let text = config.string(forKey: "autoconfig.hostname"), !text.isEmpty {
+            guard text.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "." || $0 == "-" }) else {
+                throw ConfigurationError(key: "autoconfig.hostname", "expected a host name, got \"\(text)\"")
+            }
+            result.autoconfigHostname = text.lowercased()
+        }
         if let text = config.string(forKey: "metrics.listen"), !text.isEmpty {
             guard let address = ListenAddress(parsing: text) else {
                 throw ConfigurationError(key: "metrics.listen", "expected HOST:PORT or [IPv6]:PORT, got \"\(text)\"")
@@ -613,6 +632,9 @@ extension ServerConfiguration {
               listen: \(self.metricsListener.map { "\"\($0)\"" } ?? "null")
             control:
               socket: \(self.controlSocket.map { "\"\($0)\"" } ?? "null")
+            autoconfig:
+              listen: \(self.autoconfigListener.map { "\"\($0)\"" } ?? "null")
+              hostname: \(self.autoconfigHostname.map { "\"\($0)\"" } ?? "null")
             user: \(self.user ?? "null")
             group: \(self.group ?? "null")
             first_valid_uid: \(self.firstValidUID)

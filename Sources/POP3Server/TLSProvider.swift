@@ -149,6 +149,18 @@ public final class TLSProvider: Sendable {
         return [before, guardHandler, NIOSSLServerHandler(context: context), HandshakeDeadlineHandler(timeout: handshakeTimeout), after]
     }
 
+    /// A TLS context with the same certificate, key and policy for HTTPS (ALPN http/1.1): the autoconfig service.
+    public func makeHTTPSContext() throws -> NIOSSLContext {
+        let chain = try NIOSSLCertificate.fromPEMFile(self.certificatePath)
+        let key = try NIOSSLPrivateKey(file: self.privateKeyPath, format: .pem)
+        var configuration = TLSConfiguration.makeServerConfiguration(certificateChain: chain.map { .certificate($0) }, privateKey: .privateKey(key))
+        configuration.minimumTLSVersion = .tlsv12
+        configuration.cipherSuites = Self.intermediateCipherSuites
+        configuration.curves = Self.curves
+        configuration.applicationProtocols = ["http/1.1"]
+        return try NIOSSLContext(configuration: configuration)
+    }
+
     /// The leaf certificate's notAfter (for the certificate-expiry metric).
     public var notAfter: Date? { self.material.withLockedValue { $0.notAfter } }
 }
