@@ -245,7 +245,7 @@ def sha512_crypt(password):
     return "{SHA512-CRYPT}" + r.stdout.decode().strip()
 
 
-def make_cert(folder, dns=("localhost",), ips=("127.0.0.1", "::1"), days=30):
+def make_cert(folder, dns=("localhost",), ips=("127.0.0.1", "::1"), days=30, issued_days_ago=0):
     """A self-signed end-entity certificate (CA:FALSE, SKI/AKI, serverAuth, SAN DNS + IP), the profile `pop3d dev`
     writes; EC P-256. Writes folder/cert.pem and folder/key.pem (0600); returns (cert path, key path).
     No keyUsage: BoringSSL (the client's TLS) checks a self-signed certificate's own keyUsage as its issuer's, and
@@ -262,7 +262,7 @@ def make_cert(folder, dns=("localhost",), ips=("127.0.0.1", "::1"), days=30):
     san = [x509.DNSName(d) for d in dns] + [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
             .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=days))
+            .not_valid_before(now - datetime.timedelta(hours=1, days=issued_days_ago)).not_valid_after(now + datetime.timedelta(days=days))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
             .add_extension(ski, critical=False)

@@ -17,7 +17,7 @@ struct POP3D: ParsableCommand {
         commandName: "pop3d",
         abstract: "A POP3S server for Maildir.",
         version: POP3Daemon.version,
-        subcommands: [Dev.self, Serve.self, CheckConfig.self, Who.self, Kick.self, Penalty.self, DNSRecords.self, User.self, Deliver.self, Import.self, Database.self, Migrate.self, Export.self, PrivilegedHelperCommand.self, MailWorkerCommand.self]
+        subcommands: [Dev.self, Serve.self, CheckConfig.self, DoctorCommand.self, Who.self, Kick.self, Penalty.self, DNSRecords.self, User.self, Deliver.self, Import.self, Database.self, Migrate.self, Export.self, PrivilegedHelperCommand.self, MailWorkerCommand.self]
     )
 }
 

@@ -97,3 +97,29 @@ import Testing
         #expect(live.logLevel.level == .debug)
     }
 }
+
+@Suite struct DoctorTests {
+    @Test func firewallRulesets() {
+        let open = """
+            table inet filter {
+                chain input {
+                    type filter hook input priority filter; policy drop;
+                    ct state established,related accept
+                    tcp dport { 22, 995 } accept
+                }
+            }
+            """
+        #expect(Doctor.judgeFirewall(ruleset: open, port: 995, tool: "nftables").status == .pass)
+        let closed = open.replacingOccurrences(of: "{ 22, 995 }", with: "22")
+        let finding = Doctor.judgeFirewall(ruleset: closed, port: 995, tool: "nftables")
+        #expect(finding.status == .fail)
+        #expect(finding.fix == "nft add rule inet filter input tcp dport 995 accept")
+        let dropping = "table inet filter {\n chain input {\n type filter hook input priority 0; policy accept;\n tcp dport 995 drop\n }\n}\n"
+        #expect(Doctor.judgeFirewall(ruleset: dropping, port: 995, tool: "nftables").status == .fail)
+        #expect(Doctor.judgeFirewall(ruleset: "table inet filter {\n}\n", port: 995, tool: "nftables").status == .pass)
+        let iptables = "*filter\n:INPUT DROP [0:0]\n-A INPUT -p tcp -m tcp --dport 995 -j ACCEPT\nCOMMIT\n"
+        #expect(Doctor.judgeFirewall(ruleset: iptables, port: 995, tool: "iptables").status == .pass)
+        #expect(Doctor.judgeFirewall(ruleset: iptables.replacingOccurrences(of: "995", with: "993"), port: 995, tool: "iptables").status == .fail)
+        #expect(Doctor.judgeFirewall(ruleset: "tcp dport 1995 accept\nchain input { type filter hook input priority 0; policy drop; }", port: 995, tool: "nftables").status == .fail)
+    }
+}
