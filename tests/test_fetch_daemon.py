@@ -278,3 +278,22 @@ def test_smtp_destination_into_a_python_smtpd(pop3d, pop3_bin, tmp_path):
     r = subprocess.run([pop3_bin, "fetch", "--password-file", "/dev/null", "--smtp", "192.0.2.1:25",
                         f"pop3s://demo@localhost:{dev.tls_port}"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 64 and "not a loopback address" in r.stderr, r.stderr
+
+
+def test_first_run_says_once_that_messages_are_deleted(pop3d, pop3_bin, tmp_path):
+    path, pw = accounts_file(tmp_path, pop3d)
+    with open(path, "a") as f:
+        f.write("  kept:\n"
+                f"    url: pop3s://demo@localhost:{pop3d.tls_port}\n"
+                f"    password_file: {pw}\n"
+                f"    ca_file: {pop3d.ca}\n"
+                f"    maildir: {tmp_path / 'Kept'}\n"
+                "    keep: true\n")
+    env = dict(os.environ, XDG_STATE_HOME=str(tmp_path / "state"))
+    runs = [subprocess.run([pop3_bin, "fetch", "--config", path, name], capture_output=True, text=True, timeout=120,
+                           env=env) for name in ("kept", "good", "good")]
+    assert all(r.returncode == 0 for r in runs), [r.stderr for r in runs]
+    assert "DELETED" not in runs[0].stderr  # keep: true says nothing
+    assert "pop3: good: messages are DELETED from the server once they are stored here" in runs[1].stderr
+    assert "keep: true" in runs[1].stderr and "keep_days: 14" in runs[1].stderr
+    assert "DELETED" not in runs[2].stderr, "the notice is shown once"

@@ -114,6 +114,14 @@ struct Fetch: AsyncParsableCommand {
         let logger = configuredLogger
         let jobs = try self.jobs()
         let stateDirectory = try StatePaths.directory()
+        let fromAccountsFile = !(self.targets.first?.contains("://") ?? false)
+        if fromAccountsFile && !self.keep && self.keepDays == nil {
+            for job in jobs where job.retention == .deleteAfterDownload {
+                if let notice = DeletionNotice.once(account: job.name, key: job.url.accountKey, stateDirectory: stateDirectory) {
+                    FileHandle.standardError.write(Data((notice + "\n").utf8))
+                }
+            }
+        }
         if let seconds = self.daemon {
             try await self.runDaemon(jobs, seconds: seconds, stateDirectory: stateDirectory, logger: logger)
             return
