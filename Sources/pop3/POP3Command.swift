@@ -13,7 +13,7 @@ struct POP3Command: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "pop3",
         abstract: "Download mail over POP3S into a Maildir, an mbox or a delivery command, without ever losing a message.",
-        subcommands: [Fetch.self, Probe.self, OAuth2Command.self]
+        subcommands: [Fetch.self, Probe.self, Setup.self, OAuth2Command.self]
     )
 }
 

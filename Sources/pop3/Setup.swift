@@ -1,0 +1,191 @@
+import ArgumentParser
+import Foundation
+import MailRetriever
+import POP3Client
+import SystemIO
+
+struct Setup: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Find the POP3 server of an e-mail address, ask whether to delete or keep mail on the server, check the login (STAT only) and write the account.",
+        discussion: """
+            The server is found as Thunderbird finds it: the domain's autoconfig document, the _pop3s._tcp SRV record (RFC 6186), \
+            then pop.DOMAIN and mail.DOMAIN on 995; each candidate is probed (TLS, certificate verified). Nothing is downloaded or \
+            deleted. Non-interactive with --password-file or --password-command and one of --delete, --keep, --keep-days.
+            """
+    )
+
+    @Argument(help: "The e-mail address, e.g. alice@example.com.")
+    var address: String
+    @Option(help: "Accounts file to add the account to (default ~/.config/pop3/accounts.yaml).")
+    var config: String?
+    @Option(help: "The account's name in the accounts file (default: the address).")
+    var name: String?
+    @Option(help: "Deliver into this Maildir (default ~/Mail/DOMAIN).")
+    var maildir: String?
+    @Option(name: .customLong("password-file"), help: "A file (mode 0600) whose first line is the password; else asked on the terminal and kept 0600 beside the accounts file.")
+    var passwordFile: String?
+    @Option(name: .customLong("password-command"), help: "A command whose first output line is the password (e.g. pass show mail/alice).")
+    var passwordCommand: String?
+    @Flag(help: "Delete messages from the server once stored here (POP3's default).")
+    var delete = false
+    @Flag(help: "Leave messages on the server.")
+    var keep = false
+    @Option(name: .customLong("keep-days"), help: "Leave messages on the server for N days, then delete them (Outlook and Thunderbird offer 14).")
+    var keepDays: Int?
+    @Option(name: .customLong("autoconfig-url"), help: "Look up https://BASE/mail/config-v1.1.xml instead of the domain's autoconfig names.")
+    var autoconfigURL: String?
+    @Option(name: .customLong("dns-server"), help: "Ask this DNS server (HOST:PORT) for the SRV record instead of /etc/resolv.conf's.")
+    var dnsServer: String?
+    @Option(name: .customLong("ca-file"), help: "Trust the certificates in this PEM file (instead of the system store), for the server and the autoconfig document.")
+    var caFile: String?
+
+    func validate() throws {
+        guard AddressCheck.plausible(self.address) else { throw ValidationError("\(self.address) is not an e-mail address") }
+        if [self.delete, self.keep, self.keepDays != nil].filter({ $0 }).count > 1 {
+            throw ValidationError("give one of --delete, --keep, --keep-days")
+        }
+        if let days = self.keepDays, days < 1 { throw ValidationError("--keep-days must be 1 or more") }
+        if self.passwordFile != nil && self.passwordCommand != nil { throw ValidationError("give --password-file or --password-command, not both") }
+    }
+
+    func run() async throws {
+        let interactive = isatty(STDIN_FILENO) == 1
+        let trust: TrustPolicy = self.caFile.map { .caFile($0) } ?? .system
+        let discovery = AccountDiscovery(address: self.address, autoconfigBase: self.autoconfigURL, dnsServer: self.dnsServer, trust: trust)
+        let say: (String) -> Void = { FileHandle.standardError.write(Data(($0 + "\n").utf8)) }
+        say("looking for the POP3 server of \(self.address):")
+        let candidates = await discovery.candidates { say("  \($0)") }
+        var chosen: AccountDiscovery.Candidate?
+        var probe: ProbeReport?
+        for candidate in candidates {
+            var configuration = POP3ClientConfiguration(host: candidate.host, port: candidate.port, security: .implicitTLS, trust: trust)
+            configuration.connectTimeout = .seconds(5)
+            configuration.replyTimeout = .seconds(15)
+            let report = await ServerProbe.run(configuration)
+            if report.error == nil, report.tls != nil {
+                say("  probe \(candidate): \(report.tls!.version), certificate verified, login: \(report.login.joined(separator: ", "))")
+                chosen = candidate
+                probe = report
+                break
+            }
+            say("  probe \(candidate): \(report.error ?? "no TLS")")
+        }
+        guard let server = chosen, let report = probe else {
+            say("pop3: no POP3 server over TLS found for \(self.address); give the server by hand with pop3 fetch pop3s://USER@HOST")
+            throw ExitCode(1)
+        }
+        let user = server.username ?? self.address
+        say("found: \(server.host):\(server.port), user \(user), login \(report.automaticMethod.map { "\($0)" } ?? "none usable")")
+        guard report.automaticMethod != nil else {
+            say("pop3: the server offers no login pop3 can use with a password (OAuth only?): see pop3 oauth2 login")
+            throw ExitCode(1)
+        }
+
+        // The one question POP3 users get wrong.
+        var keep = self.keep
+        var keepDays = self.keepDays
+        if !self.delete && !self.keep && self.keepDays == nil {
+            if interactive {
+                print("After downloading, should messages be deleted from the server (d), kept (k), or kept N days (a number)? [14] ", terminator: "")
+                fflush(nil)
+                let answer = (readLine() ?? "").trimmingCharacters(in: .whitespaces).lowercased()
+                switch answer {
+                case "d", "delete": break
+                case "k", "keep": keep = true
+                case "": keepDays = 14
+                default:
+                    guard let days = Int(answer), days > 0 else { throw ValidationError("answer d, k or a number of days") }
+                    keepDays = days
+                }
+            } else {
+                keepDays = 14
+                say("keeping messages on the server for 14 days (give --delete, --keep or --keep-days N to choose)")
+            }
+        }
+
+        let accountsPath = self.config ?? AccountsFile.defaultPath()
+        let accountName = self.name ?? self.address
+        // The password: a file or command given, else asked and kept 0600 beside the accounts file.
+        var passwordLine: String
+        let password: String
+        if let file = self.passwordFile {
+            password = try PasswordSource.file(file).readPassword()
+            passwordLine = "password_file: \(Self.yaml(file))"
+        } else if let command = self.passwordCommand {
+            password = try PasswordSource.command(command).readPassword()
+            passwordLine = "password_command: \(Self.yaml(command))"
+        } else {
+            guard interactive else { throw ValidationError("--password-file or --password-command is needed without a terminal") }
+            password = try PasswordSource.prompt.readPassword(prompt: "Password for \(user): ")
+            let file = FileSystem.join((accountsPath as NSString).deletingLastPathComponent, Self.safeFileName(accountName) + ".pass")
+            _ = try FileSystem.makeDirectories((file as NSString).deletingLastPathComponent, mode: 0o700)
+            try FileSystem.atomicReplace(file, with: Array((password + "\n").utf8), mode: 0o600)
+            passwordLine = "password_file: \(Self.yaml(file))"
+        }
+
+        // The login, checked with STAT only: nothing is downloaded or deleted.
+        var configuration = POP3ClientConfiguration(host: server.host, port: server.port, security: .implicitTLS, trust: trust)
+        configuration.replyTimeout = .seconds(30)
+        do {
+            let connection = try await POP3Connection.connect(configuration)
+            try await connection.login(user: user, password: password)
+            let (count, size) = try await connection.stat()
+            try await connection.quit()
+            say("login works: \(count) messages (\(size) octets) on the server")
+        } catch {
+            say("pop3: login as \(user) at \(server.host):\(server.port) failed: \(error); nothing was written")
+            throw ExitCode(1)
+        }
+
+        let url = "pop3s://\(user.replacingOccurrences(of: "%", with: "%25").replacingOccurrences(of: "@", with: "%40"))@\(server.host):\(server.port)"
+        var lines = ["  \(Self.yaml(accountName)):", "    url: \(url)", "    \(passwordLine)"]
+        if case .caFile(let path) = trust { lines.append("    ca_file: \(Self.yaml(path))") }
+        lines.append("    maildir: \(Self.yaml(self.maildir ?? "~/Mail/\(discovery.domain)"))")
+        if let keepDays { lines.append("    keep_days: \(keepDays)") } else if keep { lines.append("    keep: true") }
+        try Self.addAccount(lines, named: accountName, to: accountsPath)
+        say("added account \(accountName) to \(accountsPath); fetch with: pop3 fetch \(accountsPath == AccountsFile.defaultPath() ? "" : "--config \(accountsPath) ")\(Self.yaml(accountName))")
+    }
+
+    /// Inserts the account right under `accounts:` (the file is created if missing), then checks the whole file
+    /// loads; on any problem the file is left as it was.
+    static func addAccount(_ lines: [String], named name: String, to path: String) throws {
+        let before = (try? FileSystem.readFile(path, limit: 1 << 20)).flatMap { $0 }.map { String(decoding: $0, as: UTF8.self) }
+        var text = before ?? "# pop3 accounts (see pop3(1)); written by pop3 setup\naccounts:\n"
+        if let existing = before, let accounts = try? AccountsFile.parse(yaml: existing, path: path), accounts.contains(where: { $0.name == name }) {
+            throw ValidationError("\(path) already has an account \(name) (give --name)")
+        }
+        var rows = text.components(separatedBy: "\n")
+        guard let index = rows.firstIndex(where: { $0.hasPrefix("accounts:") }) else {
+            throw ValidationError("\(path) has no 'accounts:' line to add to")
+        }
+        rows.insert(contentsOf: lines, at: index + 1)
+        text = rows.joined(separator: "\n")
+        _ = try FileSystem.makeDirectories((path as NSString).deletingLastPathComponent, mode: 0o700)
+        try FileSystem.atomicReplace(path, with: Array(text.utf8), mode: 0o600)
+        do {
+            _ = try AccountsFile.load(path: path)
+        } catch {
+            if let before { try? FileSystem.atomicReplace(path, with: Array(before.utf8), mode: 0o600) } else { unlink(path) }
+            throw ValidationError("the account would not load (\(error)); \(path) is unchanged")
+        }
+    }
+
+    /// A YAML scalar, quoted when it needs to be.
+    static func yaml(_ text: String) -> String {
+        let plain = text.allSatisfy { $0.isLetter || $0.isNumber || "._-/~+".contains($0) } && !text.isEmpty && !"~".contains(text.first!)
+        if plain { return text }
+        return "\"" + text.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"") + "\""
+    }
+
+    static func safeFileName(_ text: String) -> String {
+        String(text.map { $0.isLetter || $0.isNumber || $0 == "." || $0 == "-" || $0 == "@" ? $0 : "_" })
+    }
+}
+
+enum AddressCheck {
+    static func plausible(_ text: String) -> Bool {
+        let parts = text.split(separator: "@", omittingEmptySubsequences: false)
+        return parts.count == 2 && !parts[0].isEmpty && parts[1].contains(".") && !text.contains(where: { $0.isWhitespace })
+            && parts[1].allSatisfy { $0.isLetter || $0.isNumber || $0 == "." || $0 == "-" }
+    }
+}

@@ -1,0 +1,135 @@
+"""`pop3 setup ADDRESS` (issue 16) against pop3d's own autoconfig service and a DNS server of the test's own (SRV
+answers, UDP on loopback), as Thunderbird looks a server up: it finds the server, checks the login with STAT only
+(nothing downloaded or deleted), writes an account that `pop3 fetch` then uses, and keeps what it was told."""
+import os
+import socket
+import struct
+import subprocess
+import threading
+
+import pytest
+
+from pop3support import Pop3dDev, free_port, wait_port, write_secret
+
+
+class SRVServer(threading.Thread):
+    """Answers SRV questions for `records` ({name: (target, port)}) over UDP; NXDOMAIN for anything else."""
+
+    def __init__(self, records):
+        super().__init__(daemon=True)
+        self.records = records
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.asked = []
+
+    @staticmethod
+    def encode(name):
+        return b"".join(bytes([len(p)]) + p.encode() for p in name.rstrip(".").split(".")) + b"\0"
+
+    def run(self):
+        while True:
+            try:
+                query, peer = self.sock.recvfrom(4096)
+            except OSError:
+                return
+            qid = query[:2]
+            i, labels = 12, []
+            while query[i]:
+                labels.append(query[i + 1:i + 1 + query[i]].decode())
+                i += 1 + query[i]
+            name = ".".join(labels)
+            question = query[12:i + 5]
+            self.asked.append(name)
+            if name in self.records:
+                target, port = self.records[name]
+                rdata = struct.pack("!HHH", 0, 1, port) + self.encode(target)
+                answer = b"\xc0\x0c" + struct.pack("!HHIH", 33, 1, 60, len(rdata)) + rdata
+                reply = qid + b"\x81\x80" + struct.pack("!HHHH", 1, 1, 0, 0) + question + answer
+            else:
+                reply = qid + b"\x81\x83" + struct.pack("!HHHH", 1, 0, 0, 0) + question
+            self.sock.sendto(reply, peer)
+
+    def close(self):
+        self.sock.close()
+
+
+@pytest.fixture
+def served(pop3d_bin, tmp_path):
+    (tmp_path / "server").mkdir()
+    dev = Pop3dDev(pop3d_bin, tmp_path / "server")
+    dev.autoconfig_port = free_port()
+    dev.configure(f'autoconfig:\n  listen: "127.0.0.1:{dev.autoconfig_port}"\n')
+    dev.start()
+    wait_port(dev.autoconfig_port, dev.proc, 60)
+    yield dev
+    dev.stop()
+
+
+def setup(pop3_bin, tmp_path, *args):
+    env = dict(os.environ, XDG_STATE_HOME=str(tmp_path / "state"), HOME=str(tmp_path))
+    return subprocess.run([pop3_bin, "setup", *args], capture_output=True, text=True, timeout=120, env=env,
+                          stdin=subprocess.DEVNULL)
+
+
+def test_setup_through_autoconfig_then_fetch_keeps_mail(served, pop3_bin, tmp_path):
+    dev = served
+    pw = str(tmp_path / "demo.pass")
+    write_secret(pw, dev.password + "\n")
+    accounts = str(tmp_path / "accounts.yaml")
+    r = setup(pop3_bin, tmp_path, "demo@localhost.test", "--autoconfig-url", f"https://localhost:{dev.autoconfig_port}",
+              "--ca-file", dev.ca, "--password-file", pw, "--config", accounts, "--maildir", str(tmp_path / "Mail"),
+              "--dns-server", "127.0.0.1:9")  # the SRV lookup fails fast; autoconfig already answered
+    assert r.returncode == 0, r.stderr
+    assert f"found: localhost:{dev.tls_port}, user demo" in r.stderr, r.stderr  # %EMAILLOCALPART% for plain names
+    assert "keeping messages on the server for 14 days" in r.stderr  # the default offered, said
+    assert "login works: 3 messages" in r.stderr
+    text = open(accounts).read()
+    assert f"url: pop3s://demo@localhost:{dev.tls_port}" in text and "keep_days: 14" in text, text
+    # STAT only: nothing was downloaded or deleted.
+    s = dev.session()
+    s.login("demo", dev.password)
+    assert s.stat()[0] == 3
+    s.quit()
+    env = dict(os.environ, XDG_STATE_HOME=str(tmp_path / "state"))
+    r = subprocess.run([pop3_bin, "fetch", "--config", accounts], capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 0, r.stderr
+    assert len(os.listdir(tmp_path / "Mail" / "new")) + len(os.listdir(tmp_path / "Mail" / "cur")) == 3
+    s = dev.session()
+    s.login("demo", dev.password)
+    assert s.stat()[0] == 3, "keep_days 14: the messages stay on the server"
+    s.quit()
+    # The same account again: refused, the file unchanged.
+    r = setup(pop3_bin, tmp_path, "demo@localhost.test", "--autoconfig-url", f"https://localhost:{dev.autoconfig_port}",
+              "--ca-file", dev.ca, "--password-file", pw, "--config", accounts, "--delete", "--dns-server", "127.0.0.1:9")
+    assert r.returncode != 0 and "already has an account" in r.stderr, r.stderr
+    assert open(accounts).read() == text
+
+
+def test_setup_through_srv_when_autoconfig_fails(served, pop3_bin, tmp_path):
+    dev = served
+    dns = SRVServer({"_pop3s._tcp.example.test": ("localhost", dev.tls_port)})
+    dns.start()
+    try:
+        pw = str(tmp_path / "demo.pass")
+        write_secret(pw, dev.password + "\n")
+        accounts = str(tmp_path / "accounts.yaml")
+        closed = free_port()
+        r = setup(pop3_bin, tmp_path, "demo@example.test", "--autoconfig-url", f"https://127.0.0.1:{closed}",
+                  "--dns-server", f"127.0.0.1:{dns.port}", "--ca-file", dev.ca, "--password-file", pw,
+                  "--config", accounts, "--delete", "--name", "work")
+    finally:
+        dns.close()
+    # demo@example.test is not a user of the dev server: the SRV record leads there, the login check fails, and
+    # nothing is written.
+    assert "_pop3s._tcp.example.test" in dns.asked
+    assert f"DNS SRV _pop3s._tcp.example.test: localhost:{dev.tls_port}" in r.stderr, r.stderr
+    assert r.returncode == 1 and "nothing was written" in r.stderr, r.stderr
+    assert not os.path.exists(accounts)
+
+
+def test_setup_refuses_bad_input(pop3_bin, tmp_path):
+    for args, needle in ((["not-an-address"], "not an e-mail address"),
+                         (["a@b.test", "--keep", "--delete"], "one of --delete, --keep, --keep-days")):
+        r = setup(pop3_bin, tmp_path, *args)
+        assert r.returncode == 64 and needle in r.stderr, (args, r.stderr)
