@@ -1,9 +1,13 @@
 """`pop3d doctor` (issue 16) against good and deliberately broken set-ups: a running `pop3d dev`, a certificate for
 another name, an expired certificate, port 110 with cleartext logins allowed, and a server that is not running.
-The firewall judgement is unit-tested on real rulesets (DoctorTests); this machine's own firewall is only read."""
+The firewall is checked against nftables rules in a network namespace of the test's own (and the judgement
+unit-tested on nft and iptables rulesets, DoctorTests); this machine's own firewall is only read."""
 import json
 import os
 import shutil
+import subprocess
+
+import pytest
 
 from pop3support import Pop3dDev, make_cert
 
@@ -74,3 +78,29 @@ def test_text_output_and_a_configuration_that_does_not_load(pop3d):
         f.write("limits:\n  idle_timout: 5\n")
     r = pop3d.pop3d("doctor", "--config", pop3d.config)
     assert r.returncode == 1 and r.stdout.decode().startswith("FAIL  configuration:"), r.stdout
+
+
+@pytest.mark.root
+def test_firewall_in_a_network_namespace_of_our_own(pop3d):
+    """nftables rules in a fresh network namespace (unshare -n: this machine's own rules are never touched): an input
+    chain that drops by default without a rule for the POP3S port FAILs with the nft command that opens it; the same
+    chain with that rule PASSes."""
+    nft = shutil.which("nft")
+    if nft is None:
+        pytest.fail("nft is missing (apt-get install nftables, as scripts/test-deps does)")
+    port = pop3d.tls_port
+    closed = "table inet filter {\n chain input {\n type filter hook input priority 0; policy drop;\n tcp dport 22 accept\n }\n}\n"
+    opened = closed.replace("tcp dport 22 accept", f"tcp dport {{ 22, {port} }} accept")
+    results = {}
+    for name, rules in (("closed", closed), ("opened", opened)):
+        path = os.path.join(pop3d.root, f"{name}.nft")
+        with open(path, "w") as f:
+            f.write(rules)
+        script = f"ip link set lo up && {nft} -f {path} && {pop3d.bin} doctor --config {pop3d.config} --json"
+        r = subprocess.run(["unshare", "-n", "sh", "-c", script], capture_output=True, text=True, timeout=120)
+        findings = json.loads(r.stdout)
+        (firewall,) = [f for f in findings if f["step"] == "firewall"]
+        results[name] = firewall
+    assert results["closed"]["status"] == "FAIL", results
+    assert results["closed"]["fix"] == f"nft add rule inet filter input tcp dport {port} accept", results
+    assert results["opened"]["status"] == "PASS" and "accepts TCP" in results["opened"]["message"], results
