@@ -1421,6 +1421,55 @@ class HAProxy:
 
 # ---------------------------------------------------------------- LMTP
 
+class DNSServer(threading.Thread):
+    """A DNS server on a loopback UDP port answering SRV (`srv`: {name: (target, port)}) and MX (`mx`: {name:
+    exchange}) questions; NXDOMAIN for anything else. `asked` lists the names asked."""
+
+    def __init__(self, srv=None, mx=None):
+        super().__init__(daemon=True)
+        self.srv = srv or {}
+        self.mx = mx or {}
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.asked = []
+        self.start()
+
+    @staticmethod
+    def encode(name):
+        return b"".join(bytes([len(p)]) + p.encode() for p in name.rstrip(".").split(".")) + b"\0"
+
+    def run(self):
+        while True:
+            try:
+                query, peer = self.sock.recvfrom(4096)
+            except OSError:
+                return
+            i, labels = 12, []
+            while query[i]:
+                labels.append(query[i + 1:i + 1 + query[i]].decode())
+                i += 1 + query[i]
+            name = ".".join(labels)
+            qtype = struct.unpack("!H", query[i + 1:i + 3])[0]
+            question = query[12:i + 5]
+            self.asked.append(name)
+            rdata = None
+            if qtype == 33 and name in self.srv:
+                target, port = self.srv[name]
+                rdata = struct.pack("!HHH", 0, 1, port) + self.encode(target)
+            elif qtype == 15 and name in self.mx:
+                rdata = struct.pack("!H", 10) + self.encode(self.mx[name])
+            if rdata is not None:
+                answer = b"\xc0\x0c" + struct.pack("!HHIH", qtype, 1, 60, len(rdata)) + rdata
+                reply = query[:2] + b"\x81\x80" + struct.pack("!HHHH", 1, 1, 0, 0) + question + answer
+            else:
+                reply = query[:2] + b"\x81\x83" + struct.pack("!HHHH", 1, 0, 0, 0) + question
+            self.sock.sendto(reply, peer)
+
+    def close(self):
+        self.sock.close()
+
+
 class LMTPClient:
     """A raw LMTP connection: send bytes, read whole replies (multi-line ones as one list)."""
 

@@ -104,3 +104,22 @@ def test_firewall_in_a_network_namespace_of_our_own(pop3d):
     assert results["closed"]["status"] == "FAIL", results
     assert results["closed"]["fix"] == f"nft add rule inet filter input tcp dport {port} accept", results
     assert results["opened"]["status"] == "PASS" and "accepts TCP" in results["opened"]["message"], results
+
+
+def test_srv_and_mx_records_of_the_domain(pop3d):
+    """--domain: the RFC 6186 SRV record must name the host and the POP3S port (else FAIL with what to publish); the
+    MX should (else WARN). Asked of a DNS server of the test's own."""
+    from pop3support import DNSServer
+    good = DNSServer(srv={"_pop3s._tcp.example.test": ("localhost", pop3d.tls_port)}, mx={"example.test": "localhost"})
+    wrong = DNSServer(srv={"_pop3s._tcp.example.test": ("other.example.test", 995)})
+    try:
+        _, findings = doctor(pop3d, "--host", "localhost", "--domain", "example.test", "--dns-server", f"127.0.0.1:{good.port}")
+        assert status(findings, "dns srv") == ["PASS"] and status(findings, "dns mx") == ["PASS"], findings
+        rc, findings = doctor(pop3d, "--host", "localhost", "--domain", "example.test", "--dns-server", f"127.0.0.1:{wrong.port}")
+        (srv,) = [f for f in findings if f["step"] == "dns srv"]
+        assert rc == 1 and srv["status"] == "FAIL" and "other.example.test:995" in srv["message"], srv
+        assert "pop3d dns-records --host localhost --domain example.test" in srv["fix"], srv
+        assert status(findings, "dns mx") == ["WARN"]
+    finally:
+        good.close()
+        wrong.close()

@@ -2,56 +2,11 @@
 answers, UDP on loopback), as Thunderbird looks a server up: it finds the server, checks the login with STAT only
 (nothing downloaded or deleted), writes an account that `pop3 fetch` then uses, and keeps what it was told."""
 import os
-import socket
-import struct
 import subprocess
-import threading
 
 import pytest
 
-from pop3support import Pop3dDev, free_port, wait_port, write_secret
-
-
-class SRVServer(threading.Thread):
-    """Answers SRV questions for `records` ({name: (target, port)}) over UDP; NXDOMAIN for anything else."""
-
-    def __init__(self, records):
-        super().__init__(daemon=True)
-        self.records = records
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.asked = []
-
-    @staticmethod
-    def encode(name):
-        return b"".join(bytes([len(p)]) + p.encode() for p in name.rstrip(".").split(".")) + b"\0"
-
-    def run(self):
-        while True:
-            try:
-                query, peer = self.sock.recvfrom(4096)
-            except OSError:
-                return
-            qid = query[:2]
-            i, labels = 12, []
-            while query[i]:
-                labels.append(query[i + 1:i + 1 + query[i]].decode())
-                i += 1 + query[i]
-            name = ".".join(labels)
-            question = query[12:i + 5]
-            self.asked.append(name)
-            if name in self.records:
-                target, port = self.records[name]
-                rdata = struct.pack("!HHH", 0, 1, port) + self.encode(target)
-                answer = b"\xc0\x0c" + struct.pack("!HHIH", 33, 1, 60, len(rdata)) + rdata
-                reply = qid + b"\x81\x80" + struct.pack("!HHHH", 1, 1, 0, 0) + question + answer
-            else:
-                reply = qid + b"\x81\x83" + struct.pack("!HHHH", 1, 0, 0, 0) + question
-            self.sock.sendto(reply, peer)
-
-    def close(self):
-        self.sock.close()
+from pop3support import DNSServer, Pop3dDev, free_port, wait_port, write_secret
 
 
 @pytest.fixture
@@ -108,8 +63,7 @@ def test_setup_through_autoconfig_then_fetch_keeps_mail(served, pop3_bin, tmp_pa
 
 def test_setup_through_srv_when_autoconfig_fails(served, pop3_bin, tmp_path):
     dev = served
-    dns = SRVServer({"_pop3s._tcp.example.test": ("localhost", dev.tls_port)})
-    dns.start()
+    dns = DNSServer(srv={"_pop3s._tcp.example.test": ("localhost", dev.tls_port)})
     try:
         pw = str(tmp_path / "demo.pass")
         write_secret(pw, dev.password + "\n")

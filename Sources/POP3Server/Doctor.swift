@@ -22,11 +22,17 @@ public struct Doctor: Sendable {
     public let configurationFile: String
     /// The name clients use (`--host`): the certificate must cover it, DNS should point here.
     public let host: String?
+    /// The mail domain (`--domain`): its `_pop3s._tcp` SRV and MX records should name `host`.
+    public let domain: String?
+    /// The DNS server asked for those (`--dns-server HOST:PORT`; default /etc/resolv.conf's).
+    public let dnsServer: String?
 
-    public init(configuration: ServerConfiguration, configurationFile: String, host: String?) {
+    public init(configuration: ServerConfiguration, configurationFile: String, host: String?, domain: String? = nil, dnsServer: String? = nil) {
         self.configuration = configuration
         self.configurationFile = configurationFile
         self.host = host
+        self.domain = domain
+        self.dnsServer = dnsServer
     }
 
     public func run() async -> [Finding] {
@@ -261,7 +267,41 @@ public struct Doctor: Sendable {
         } else {
             out.append(.init(step: "dns", status: .pass, message: "\(host) resolves to \(here.joined(separator: ", ")) (this host)", fix: nil))
         }
-        out.append(.init(step: "dns records", status: .warn, message: "SRV (_pop3s._tcp, RFC 6186), MX and autoconfig names are not looked up here", fix: "pop3d dns-records --host \(host) --domain DOMAIN, and compare with dig SRV _pop3s._tcp.DOMAIN"))
+        out += self.domainRecords(host: host)
+        return out
+    }
+
+    /// With `--domain`: the RFC 6186 SRV record `_pop3s._tcp.DOMAIN` must name this host and port; the MX should.
+    func domainRecords(host: String) -> [Finding] {
+        guard let domain = self.domain else {
+            return [.init(step: "dns records", status: .warn, message: "no --domain given: the SRV and MX records were not looked up",
+                          fix: "pop3d doctor --host \(host) --domain DOMAIN --config \(self.configurationFile)")]
+        }
+        let fix = "publish what pop3d dns-records --host \(host) --domain \(domain) --config \(self.configurationFile) prints"
+        let port = self.configuration.pop3sListeners.first?.port ?? 995
+        let target = host.lowercased().trimmingCharacters(in: CharacterSet(charactersIn: "."))
+        var out: [Finding] = []
+        do {
+            let records = try DNSQuery.srv("_pop3s._tcp.\(domain)", server: self.dnsServer)
+            if records.contains(where: { $0.target.lowercased().trimmingCharacters(in: CharacterSet(charactersIn: ".")) == target && $0.port == port }) {
+                out.append(.init(step: "dns srv", status: .pass, message: "_pop3s._tcp.\(domain) names \(host):\(port) (RFC 6186)", fix: nil))
+            } else {
+                let found = records.isEmpty ? "no record" : records.map { "\($0.target):\($0.port)" }.joined(separator: ", ")
+                out.append(.init(step: "dns srv", status: .fail, message: "_pop3s._tcp.\(domain): \(found), not \(host):\(port): clients that look it up (RFC 6186) will not find this server", fix: fix))
+            }
+        } catch {
+            out.append(.init(step: "dns srv", status: .warn, message: "_pop3s._tcp.\(domain) not looked up: \(error)", fix: "give --dns-server HOST:PORT"))
+        }
+        do {
+            let exchanges = try DNSQuery.mx(domain, server: self.dnsServer)
+            if exchanges.contains(where: { $0.exchange.lowercased().trimmingCharacters(in: CharacterSet(charactersIn: ".")) == target }) {
+                out.append(.init(step: "dns mx", status: .pass, message: "\(domain)'s MX names \(host)", fix: nil))
+            } else {
+                out.append(.init(step: "dns mx", status: .warn, message: "\(domain)'s MX is \(exchanges.isEmpty ? "missing" : exchanges.map(\.exchange).joined(separator: ", ")): fine if mail arrives elsewhere and reaches pop3d by LMTP", fix: fix))
+            }
+        } catch {
+            out.append(.init(step: "dns mx", status: .warn, message: "\(domain)'s MX not looked up: \(error)", fix: "give --dns-server HOST:PORT"))
+        }
         return out
     }
 

@@ -12,6 +12,10 @@ struct DoctorCommand: ParsableCommand {
     @OptionGroup var options: ConfigOption
     @Option(help: "The name clients connect to: the certificate must cover it, DNS should point here.")
     var host: String?
+    @Option(help: "The mail domain: its _pop3s._tcp SRV (RFC 6186) and MX records should name --host.")
+    var domain: String?
+    @Option(name: .customLong("dns-server"), help: "Ask this DNS server (HOST:PORT) for the SRV and MX records instead of /etc/resolv.conf's.")
+    var dnsServer: String?
     @Flag(help: "One JSON array of {step, status, message, fix} instead of lines.")
     var json = false
 
@@ -28,7 +32,7 @@ struct DoctorCommand: ParsableCommand {
             }
             throw ExitCode(1)
         }
-        let doctor = Doctor(configuration: configuration, configurationFile: options.config, host: self.host)
+        let doctor = Doctor(configuration: configuration, configurationFile: options.config, host: self.host, domain: self.domain, dnsServer: self.dnsServer)
         let findings = try runBlocking { await doctor.run() }
         if self.json {
             let encoder = JSONEncoder()
