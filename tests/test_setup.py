@@ -62,24 +62,34 @@ def test_setup_through_autoconfig_then_fetch_keeps_mail(served, pop3_bin, tmp_pa
 
 
 def test_setup_through_srv_when_autoconfig_fails(served, pop3_bin, tmp_path):
+    """No autoconfig answers (a closed port): the SRV record leads to the server; the account is set up and works.
+    An address the server does not know gets there too, fails the login check, and nothing is written."""
     dev = served
+    dev.add_user("carol@example.test", "carol-password")
     dns = DNSServer(srv={"_pop3s._tcp.example.test": ("localhost", dev.tls_port)})
+    closed = free_port()
     try:
-        pw = str(tmp_path / "demo.pass")
-        write_secret(pw, dev.password + "\n")
+        pw = str(tmp_path / "carol.pass")
+        write_secret(pw, "carol-password\n")
         accounts = str(tmp_path / "accounts.yaml")
-        closed = free_port()
-        r = setup(pop3_bin, tmp_path, "demo@example.test", "--autoconfig-url", f"https://127.0.0.1:{closed}",
-                  "--dns-server", f"127.0.0.1:{dns.port}", "--ca-file", dev.ca, "--password-file", pw,
-                  "--config", accounts, "--delete", "--name", "work")
+        common = ["--autoconfig-url", f"https://127.0.0.1:{closed}", "--dns-server", f"127.0.0.1:{dns.port}",
+                  "--ca-file", dev.ca, "--password-file", pw, "--config", accounts, "--maildir", str(tmp_path / "Mail")]
+        r = setup(pop3_bin, tmp_path, "carol@example.test", *common, "--delete", "--name", "work")
+        assert "_pop3s._tcp.example.test" in dns.asked
+        assert f"DNS SRV _pop3s._tcp.example.test: localhost:{dev.tls_port}" in r.stderr, r.stderr
+        assert r.returncode == 0 and "login works: 0 messages" in r.stderr, r.stderr
+        text = open(accounts).read()
+        assert "  work:" in text and f"url: pop3s://carol%40example.test@localhost:{dev.tls_port}" in text, text
+        assert "keep" not in text  # --delete: POP3's default, nothing to write
+        r = setup(pop3_bin, tmp_path, "nobody@example.test", *common, "--delete", "--name", "other")
+        assert r.returncode == 1 and "nothing was written" in r.stderr, r.stderr
+        assert open(accounts).read() == text
     finally:
         dns.close()
-    # demo@example.test is not a user of the dev server: the SRV record leads there, the login check fails, and
-    # nothing is written.
-    assert "_pop3s._tcp.example.test" in dns.asked
-    assert f"DNS SRV _pop3s._tcp.example.test: localhost:{dev.tls_port}" in r.stderr, r.stderr
-    assert r.returncode == 1 and "nothing was written" in r.stderr, r.stderr
-    assert not os.path.exists(accounts)
+    env = dict(os.environ, XDG_STATE_HOME=str(tmp_path / "state"))
+    r = subprocess.run([pop3_bin, "fetch", "--config", accounts, "work"], capture_output=True, text=True, timeout=120,
+                       env=env)
+    assert r.returncode == 0, r.stderr
 
 
 def test_setup_refuses_bad_input(pop3_bin, tmp_path):
