@@ -12,7 +12,7 @@ import ServiceLifecycle
 /// over 64 KiB 413, a connection idle for 30 s closed.
 public final class AutoconfigService: Service, Sendable {
     let descriptor: CInt
-    let context: NIOSSLContext
+    let tls: TLSProvider
     let documents: @Sendable () -> AutoconfigDocuments
     let logger: Logger
     let group: any EventLoopGroup
@@ -20,14 +20,14 @@ public final class AutoconfigService: Service, Sendable {
 
     public init(
         descriptor: CInt,
-        context: NIOSSLContext,
+        tls: TLSProvider,
         documents: @escaping @Sendable () -> AutoconfigDocuments,
         group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
         logger: Logger,
         onListening: @escaping @Sendable (SocketAddress) -> Void = { _ in }
     ) {
         self.descriptor = descriptor
-        self.context = context
+        self.tls = tls
         self.documents = documents
         self.group = group
         self.logger = logger
@@ -35,14 +35,15 @@ public final class AutoconfigService: Service, Sendable {
     }
 
     public func run() async throws {
-        let context = self.context
+        let tls = self.tls
         let documents = self.documents
         let channel = try await ServerBootstrap(group: self.group)
             .serverChannelOption(.backlog, value: 64)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     let sync = channel.pipeline.syncOperations
-                    try sync.addHandler(NIOSSLServerHandler(context: context))
+                    // The current certificate: a SIGHUP reload applies to the next connection.
+                    try sync.addHandler(NIOSSLServerHandler(context: tls.httpsContext))
                     try sync.addHandler(IdleStateHandler(readTimeout: .seconds(30)))
                     try sync.configureHTTPServerPipeline(withErrorHandling: true)
                     try sync.addHandler(AutoconfigRequestHandler(documents: documents))

@@ -43,7 +43,7 @@ public final class POP3Daemon: Sendable {
     /// What a SIGHUP reload changes for new connections.
     let live: LiveConfiguration
     /// `autoconfig.listen`'s socket, its TLS context and the host name its documents give.
-    let autoconfig: (descriptor: CInt, context: NIOSSLContext, hostname: String)?
+    let autoconfig: (descriptor: CInt, hostname: String)?
     /// The control socket (`pop3d who`, `kick`, `penalty`) and its path, when there is one.
     let controlSocket: (descriptor: CInt, path: String)?
 
@@ -87,13 +87,7 @@ public final class POP3Daemon: Sendable {
             guard let hostname = configuration.autoconfigHostname ?? tls.serverNames.first(where: { !$0.hasPrefix("*.") }) else {
                 throw ConfigurationError(key: "autoconfig.hostname", "the certificate names no host: set the name clients connect to")
             }
-            let context: NIOSSLContext
-            do {
-                context = try tls.makeHTTPSContext()
-            } catch {
-                throw ConfigurationError(key: "tls.certificate", "cannot make the HTTPS context for autoconfig: \(error)")
-            }
-            self.autoconfig = (try ListenSocket.bind(address, key: "autoconfig.listen"), context, hostname)
+            self.autoconfig = (try ListenSocket.bind(address, key: "autoconfig.listen"), hostname)
         } else {
             self.autoconfig = nil
         }
@@ -303,14 +297,14 @@ public final class POP3Daemon: Sendable {
             )
             services.append(.init(service: lmtp, successTerminationBehavior: .gracefullyShutdownGroup))
         }
-        if let autoconfig = self.autoconfig {
+        if let autoconfig = self.autoconfig, let tls = self.tls {
             let live = self.live
             let verifier = self.verifier
             let documents: @Sendable () -> AutoconfigDocuments = {
                 AutoconfigDocuments.from(live.current, hostname: autoconfig.hostname, userNames: verifier?.records().map(\.name) ?? [])
             }
             services.append(
-                .init(service: AutoconfigService(descriptor: autoconfig.descriptor, context: autoconfig.context, documents: documents, logger: self.logger) { address in
+                .init(service: AutoconfigService(descriptor: autoconfig.descriptor, tls: tls, documents: documents, logger: self.logger) { address in
                     onListening([BoundListener(kind: .autoconfig, address: address)])
                 })
             )

@@ -33,6 +33,8 @@ public final class TLSProvider: Sendable {
         /// `tls-server-end-point` of the leaf certificate, for SCRAM-…-PLUS.
         let channelBinding: ChannelBinding?
         let notAfter: Date?
+        /// The same identity and policy for HTTPS (ALPN http/1.1): the autoconfig service.
+        let httpsContext: NIOSSLContext
     }
 
     public let certificatePath: String
@@ -99,7 +101,12 @@ public final class TLSProvider: Sendable {
             }
         }
         let binding = (try? chain[0].toDERBytes()).flatMap(ChannelBinding.tlsServerEndPoint(certificateDER:))
-        return Material(context: context, serverNames: names, warnings: findings, channelBinding: binding, notAfter: leaf?.notValidAfter)
+        configuration.applicationProtocols = ["http/1.1"]
+        let httpsContext = try NIOSSLContext(configuration: configuration)
+        return Material(
+            context: context, serverNames: names, warnings: findings, channelBinding: binding, notAfter: leaf?.notValidAfter,
+            httpsContext: httpsContext
+        )
     }
 
     static func firstPEMBlock(_ text: String) -> String {
@@ -149,17 +156,9 @@ public final class TLSProvider: Sendable {
         return [before, guardHandler, NIOSSLServerHandler(context: context), HandshakeDeadlineHandler(timeout: handshakeTimeout), after]
     }
 
-    /// A TLS context with the same certificate, key and policy for HTTPS (ALPN http/1.1): the autoconfig service.
-    public func makeHTTPSContext() throws -> NIOSSLContext {
-        let chain = try NIOSSLCertificate.fromPEMFile(self.certificatePath)
-        let key = try NIOSSLPrivateKey(file: self.privateKeyPath, format: .pem)
-        var configuration = TLSConfiguration.makeServerConfiguration(certificateChain: chain.map { .certificate($0) }, privateKey: .privateKey(key))
-        configuration.minimumTLSVersion = .tlsv12
-        configuration.cipherSuites = Self.intermediateCipherSuites
-        configuration.curves = Self.curves
-        configuration.applicationProtocols = ["http/1.1"]
-        return try NIOSSLContext(configuration: configuration)
-    }
+    /// The TLS context for HTTPS (ALPN http/1.1) with the current certificate and key: the autoconfig service takes
+    /// it for each connection, so a SIGHUP reload reaches it too.
+    public var httpsContext: NIOSSLContext { self.material.withLockedValue { $0.httpsContext } }
 
     /// The leaf certificate's notAfter (for the certificate-expiry metric).
     public var notAfter: Date? { self.material.withLockedValue { $0.notAfter } }
