@@ -401,3 +401,34 @@ def test_jwks_url_and_introspection(pop3d_bin, tmp_path):
         assert r.returncode != 0 and "client_credentials_file" in err and "chmod 600" in err, err
     finally:
         server.stop()
+
+
+def test_setup_with_a_provider_runs_the_flow_checks_the_login_and_writes_the_account(oauth, pop3_bin, tmp_path):
+    """pop3 setup ADDRESS --provider custom …: the server is found by its SRV record, the device flow runs (the URL
+    and code printed), the token logs in (STAT only), then the account with its provider keys is written, the tokens
+    kept 0600, and pop3 fetch uses them."""
+    from pop3support import AuthorizationServer, DNSServer
+    server = AuthorizationServer(oauth.issuer, USER)
+    dns = DNSServer(srv={"_pop3s._tcp.example.com": ("localhost", oauth.tls_port)})
+    try:
+        folder = str(tmp_path)
+        config = os.path.join(folder, "accounts.yaml")
+        r = run_pop3(pop3_bin, folder, "setup", USER, "--autoconfig-url", "https://127.0.0.1:9",
+                     "--dns-server", f"127.0.0.1:{dns.port}", "--ca-file", oauth.ca, "--config", config, "--keep",
+                     "--maildir", os.path.join(folder, "Maildir"), "--name", "corp",
+                     "--provider", "custom", "--oauth2-client-id", "pop3-tests",
+                     "--oauth2-token-endpoint", f"{server.url}/token", "--oauth2-device-endpoint", f"{server.url}/device",
+                     "--oauth2-scope", "openid pop3")
+        err = r.stderr.decode(errors="replace")
+        assert r.returncode == 0, err
+        assert f"Open {server.url}/activate and enter the code ABCD-EFGH" in err
+        assert "login works: " in err and "added account corp" in err, err
+        text = open(config).read()
+        assert "provider: custom" in text and "auth: oauthbearer" in text and "keep: true" in text, text
+        assert oct(os.stat(token_file(folder)).st_mode & 0o777) == "0o600"
+        r2 = run_pop3(pop3_bin, folder, "fetch", "--config", config, "corp")
+        assert r2.returncode == 0, r2.stderr.decode(errors="replace")
+        no_token_printed(server, r, r2)
+    finally:
+        dns.close()
+        server.stop()

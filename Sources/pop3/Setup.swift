@@ -38,6 +38,20 @@ struct Setup: AsyncParsableCommand {
     var dnsServer: String?
     @Option(name: .customLong("ca-file"), help: "Trust the certificates in this PEM file (instead of the system store), for the server and the autoconfig document.")
     var caFile: String?
+    @Option(help: "Log in with OAuth 2.0 instead of a password: microsoft, google or custom (then the endpoints below); the login flow runs now and its tokens are kept 0600.")
+    var provider: String?
+    @Option(name: .customLong("oauth2-client-id"), help: "The client id registered with the provider (required with --provider).")
+    var oauth2ClientID: String?
+    @Option(name: .customLong("oauth2-tenant"), help: "Microsoft: the tenant (default common).")
+    var oauth2Tenant: String?
+    @Option(name: .customLong("oauth2-token-endpoint"), help: "custom: the token endpoint.")
+    var oauth2TokenEndpoint: String?
+    @Option(name: .customLong("oauth2-device-endpoint"), help: "custom: the device authorization endpoint (device flow).")
+    var oauth2DeviceEndpoint: String?
+    @Option(name: .customLong("oauth2-authorization-endpoint"), help: "custom: the authorization endpoint (authorization code flow).")
+    var oauth2AuthorizationEndpoint: String?
+    @Option(name: .customLong("oauth2-scope"), help: "The scope to ask for (custom; the presets know theirs).")
+    var oauth2Scope: String?
 
     func validate() throws {
         guard AddressCheck.plausible(self.address) else { throw ValidationError("\(self.address) is not an e-mail address") }
@@ -46,6 +60,10 @@ struct Setup: AsyncParsableCommand {
         }
         if let days = self.keepDays, days < 1 { throw ValidationError("--keep-days must be 1 or more") }
         if self.passwordFile != nil && self.passwordCommand != nil { throw ValidationError("give --password-file or --password-command, not both") }
+        if self.provider != nil && (self.passwordFile != nil || self.passwordCommand != nil) {
+            throw ValidationError("--provider logs in with OAuth 2.0: no password is needed")
+        }
+        if self.provider != nil && self.oauth2ClientID == nil { throw ValidationError("--provider needs --oauth2-client-id") }
     }
 
     func run() async throws {
@@ -75,9 +93,14 @@ struct Setup: AsyncParsableCommand {
             throw ExitCode(1)
         }
         let user = server.username ?? self.address
-        say("found: \(server.host):\(server.port), user \(user), login \(report.automaticMethod.map { "\($0)" } ?? "none usable")")
-        guard report.automaticMethod != nil else {
-            say("pop3: the server offers no login pop3 can use with a password (OAuth only?): see pop3 oauth2 login")
+        let offersOAuth = report.login.contains { $0.contains("OAUTHBEARER") || $0.contains("XOAUTH2") }
+        say("found: \(server.host):\(server.port), user \(user), login \(self.provider != nil ? "OAuth 2.0" : report.automaticMethod.map { "\($0)" } ?? "none usable")")
+        if self.provider != nil && !offersOAuth {
+            say("pop3: the server does not offer OAUTHBEARER or XOAUTH2; set the account up with a password")
+            throw ExitCode(1)
+        }
+        guard self.provider != nil || report.automaticMethod != nil else {
+            say("pop3: the server offers no login pop3 can use with a password\(offersOAuth ? " (it wants OAuth 2.0: give --provider and --oauth2-client-id)" : "")")
             throw ExitCode(1)
         }
 
@@ -105,6 +128,13 @@ struct Setup: AsyncParsableCommand {
 
         let accountsPath = self.config ?? AccountsFile.defaultPath()
         let accountName = self.name ?? self.address
+        let url = "pop3s://\(user.replacingOccurrences(of: "%", with: "%25").replacingOccurrences(of: "@", with: "%40"))@\(server.host):\(server.port)"
+        if self.provider != nil {
+            let method = report.login.contains { $0.contains("OAUTHBEARER") } ? "oauthbearer" : "xoauth2"
+            try await self.setUpOAuth(url: url, method: method, accountName: accountName, accountsPath: accountsPath, domain: discovery.domain,
+                                      keep: keep, keepDays: keepDays, trust: trust, server: server, user: user, say: say)
+            return
+        }
         // The password: a file or command given, else asked and kept 0600 beside the accounts file.
         var passwordLine: String
         let password: String
@@ -137,13 +167,59 @@ struct Setup: AsyncParsableCommand {
             throw ExitCode(1)
         }
 
-        let url = "pop3s://\(user.replacingOccurrences(of: "%", with: "%25").replacingOccurrences(of: "@", with: "%40"))@\(server.host):\(server.port)"
         var lines = ["  \(Self.yaml(accountName)):", "    url: \(url)", "    \(passwordLine)"]
         if case .caFile(let path) = trust { lines.append("    ca_file: \(Self.yaml(path))") }
         lines.append("    maildir: \(Self.yaml(self.maildir ?? "~/Mail/\(discovery.domain)"))")
         if let keepDays { lines.append("    keep_days: \(keepDays)") } else if keep { lines.append("    keep: true") }
         try Self.addAccount(lines, named: accountName, to: accountsPath)
         say("added account \(accountName) to \(accountsPath); fetch with: pop3 fetch \(accountsPath == AccountsFile.defaultPath() ? "" : "--config \(accountsPath) ")\(Self.yaml(accountName))")
+    }
+
+    /// `--provider`: the account's lines with the provider keys, parsed as the accounts file would parse them, the
+    /// login flow run now (tokens kept 0600 in the state folder), the login checked with STAT, then the account added.
+    func setUpOAuth(
+        url: String, method: String, accountName: String, accountsPath: String, domain: String, keep: Bool, keepDays: Int?,
+        trust: TrustPolicy, server: AccountDiscovery.Candidate, user: String, say: (String) -> Void
+    ) async throws {
+        var lines = ["  \(Self.yaml(accountName)):", "    url: \(url)", "    auth: \(method)", "    provider: \(Self.yaml(self.provider!))",
+                     "    oauth2_client_id: \(Self.yaml(self.oauth2ClientID!))"]
+        for (key, value) in [("oauth2_tenant", self.oauth2Tenant), ("oauth2_token_endpoint", self.oauth2TokenEndpoint),
+                             ("oauth2_device_endpoint", self.oauth2DeviceEndpoint), ("oauth2_authorization_endpoint", self.oauth2AuthorizationEndpoint),
+                             ("oauth2_scope", self.oauth2Scope)] {
+            if let value { lines.append("    \(key): \(Self.yaml(value))") }
+        }
+        if case .caFile(let path) = trust { lines.append("    ca_file: \(Self.yaml(path))") }
+        lines.append("    maildir: \(Self.yaml(self.maildir ?? "~/Mail/\(domain)"))")
+        if let keepDays { lines.append("    keep_days: \(keepDays)") } else if keep { lines.append("    keep: true") }
+        let account: AccountConfiguration
+        do {
+            guard let parsed = try AccountsFile.parse(yaml: "accounts:\n" + lines.joined(separator: "\n") + "\n", path: accountsPath).first,
+                let provider = parsed.oauth2
+            else { throw ValidationError("the OAuth 2.0 settings did not make an account") }
+            account = parsed
+            let flows = OAuth2Flows(provider: provider) { text in FileHandle.standardError.write(Data("pop3: \(text)\n".utf8)) }
+            let now: @Sendable () -> Int64 = { FetchClock.system.unixSeconds() }
+            let tokens = try await (provider.flow == .device ? flows.deviceFlow(now: now) : flows.authorizationCodeFlow(now: now))
+            guard let accessToken = tokens.accessToken, tokens.refreshToken != nil else {
+                throw OAuth2Error.server("no access and refresh token were issued (the scope may lack offline_access)")
+            }
+            var configuration = POP3ClientConfiguration(host: server.host, port: server.port, security: .implicitTLS, trust: trust)
+            configuration.authentication = account.authentication
+            configuration.replyTimeout = .seconds(30)
+            let connection = try await POP3Connection.connect(configuration)
+            try await connection.login(user: user, bearerToken: accessToken)
+            let (count, size) = try await connection.stat()
+            try await connection.quit()
+            say("login works: \(count) messages (\(size) octets) on the server")
+            try tokens.save(account.url.accountKey, stateDirectory: try StatePaths.directory())
+        } catch let error as ValidationError {
+            throw error
+        } catch {
+            say("pop3: OAuth 2.0 set-up of \(user) at \(server.host):\(server.port) failed: \(error); nothing was written")
+            throw ExitCode(1)
+        }
+        try Self.addAccount(lines, named: accountName, to: accountsPath)
+        say("added account \(accountName) to \(accountsPath) (OAuth 2.0; pop3 fetch renews the token); fetch with: pop3 fetch --config \(accountsPath) \(Self.yaml(accountName))")
     }
 
     /// Inserts the account right under `accounts:` (the file is created if missing), then checks the whole file
