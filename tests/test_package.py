@@ -71,7 +71,7 @@ def test_package_installs_checks_and_purges_keeping_mail(bin_dir, tmp_path):
             findings = json.loads(r.stdout)
             failed = [f for f in findings if f["status"] == "FAIL"]
             assert r.returncode == 0 and not failed, failed
-            for step in ("cleartext login", "certificate", "certificate name", "reachability", "privileges",
+            for step in ("cleartext login", "certificate", "certificate name", "reachability", "privileges", "mail folder",
                          "passwd-file", "delivery"):
                 assert {f["status"] for f in findings if f["step"] == step} == {"PASS"}, (step, findings)
             assert all(f["message"] for f in findings if f["status"] == "WARN"), findings

@@ -319,6 +319,20 @@ public struct Doctor: Sendable {
         } else {
             out.append(.init(step: "privileges", status: .warn, message: "no user: set; pop3d runs as the uid every passwd-file entry shares, or as the user that starts it", fix: "set user: pop3d (an account that owns no mail)"))
         }
+        if c.storageBackend == .maildir, !c.maildirTemplate.hasPrefix("~") {
+            // The mail folder must be the run-as user's (virtual mail), or the accounts' own (privilege separation).
+            let root = Self.existingAncestor(of: c.maildirTemplate.components(separatedBy: "%").first ?? c.maildirTemplate)
+            var st = stat()
+            if stat(root, &st) == 0 {
+                let owner = getpwuid(st.st_uid).map { String(cString: $0.pointee.pw_name) } ?? "uid \(st.st_uid)"
+                if let user = c.user, let entry = getpwnam(user), entry.pointee.pw_uid != st.st_uid, st.st_uid == 0, st.st_mode & 0o002 == 0 {
+                    out.append(.init(step: "mail folder", status: .warn, message: "\(root) belongs to \(owner), not to \(user): pop3d (as \(user)) cannot create Maildirs there",
+                                     fix: "chown \(user): \(root)"))
+                } else {
+                    out.append(.init(step: "mail folder", status: .pass, message: "\(root) belongs to \(owner)", fix: nil))
+                }
+            }
+        }
         if c.usesPasswdFile {
             var st = stat()
             if stat(c.passwdFile, &st) != 0 {
