@@ -37,29 +37,12 @@ public final class AutoconfigService: Service, Sendable {
     public func run() async throws {
         let tls = self.tls
         let documents = self.documents
-        let channel = try await ServerBootstrap(group: self.group)
-            .serverChannelOption(.backlog, value: 64)
-            .childChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    let sync = channel.pipeline.syncOperations
-                    // The current certificate: a SIGHUP reload applies to the next connection.
-                    try sync.addHandler(NIOSSLServerHandler(context: tls.httpsContext))
-                    try sync.addHandler(IdleStateHandler(readTimeout: .seconds(30)))
-                    try sync.configureHTTPServerPipeline(withErrorHandling: true)
-                    try sync.addHandler(AutoconfigRequestHandler(documents: documents))
-                }
-            }
-            .withBoundSocket(self.descriptor)
-            .get()
-        if let address = channel.localAddress {
-            self.logger.info("listening", metadata: ["kind": "autoconfig", "address": "\(address)"])
-            self.onListening(address)
-        }
-        await withGracefulShutdownHandler {
-            try? await channel.closeFuture.get()
-        } onGracefulShutdown: {
-            channel.close(promise: nil)
-        }
+        try await HTTPListener.serve(
+            descriptor: self.descriptor, kind: "autoconfig", group: self.group, logger: self.logger, onListening: self.onListening,
+            // The current certificate: a SIGHUP reload applies to the next connection.
+            before: { sync in try sync.addHandler(NIOSSLServerHandler(context: tls.httpsContext)) },
+            after: { sync in try sync.addHandler(AutoconfigRequestHandler(documents: documents)) }
+        )
     }
 }
 

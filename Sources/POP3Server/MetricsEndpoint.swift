@@ -31,21 +31,40 @@ public final class MetricsEndpoint: Service, Sendable {
 
     public func run() async throws {
         let registry = self.registry
-        let channel = try await ServerBootstrap(group: self.group)
+        try await HTTPListener.serve(descriptor: self.descriptor, kind: "metrics", group: self.group, logger: self.logger, onListening: self.onListening) { sync in
+            try sync.addHandler(MetricsRequestHandler(registry: registry))
+        }
+    }
+}
+
+/// An HTTP/1.1 listener on a socket bound before the privilege drop, until graceful shutdown: each connection gets
+/// `before` (e.g. TLS), a 30 s idle limit, swift-nio's HTTP server codec, then the handler `after` adds.
+enum HTTPListener {
+    static func serve(
+        descriptor: CInt,
+        kind: String,
+        group: any EventLoopGroup,
+        logger: Logger,
+        onListening: @escaping @Sendable (SocketAddress) -> Void,
+        before: @escaping @Sendable (ChannelPipeline.SynchronousOperations) throws -> Void = { _ in },
+        after: @escaping @Sendable (ChannelPipeline.SynchronousOperations) throws -> Void
+    ) async throws {
+        let channel = try await ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 64)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     let sync = channel.pipeline.syncOperations
+                    try before(sync)
                     try sync.addHandler(IdleStateHandler(readTimeout: .seconds(30)))
                     try sync.configureHTTPServerPipeline(withErrorHandling: true)
-                    try sync.addHandler(MetricsRequestHandler(registry: registry))
+                    try after(sync)
                 }
             }
-            .withBoundSocket(self.descriptor)
+            .withBoundSocket(descriptor)
             .get()
         if let address = channel.localAddress {
-            self.logger.info("listening", metadata: ["kind": "metrics", "address": "\(address)"])
-            self.onListening(address)
+            logger.info("listening", metadata: ["kind": "\(kind)", "address": "\(address)"])
+            onListening(address)
         }
         await withGracefulShutdownHandler {
             try? await channel.closeFuture.get()
