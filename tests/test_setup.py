@@ -40,7 +40,7 @@ def test_setup_through_autoconfig_then_fetch_keeps_mail(served, pop3_bin, tmp_pa
     assert "keeping messages on the server for 14 days" in r.stderr  # the default offered, said
     assert "login works: 3 messages" in r.stderr
     text = open(accounts).read()
-    assert f"url: pop3s://demo@localhost:{dev.tls_port}" in text and "keep_days: 14" in text, text
+    assert f'url: "pop3s://demo@localhost:{dev.tls_port}"' in text and "keep_days: 14" in text, text
     # STAT only: nothing was downloaded or deleted.
     s = dev.session()
     s.login("demo", dev.password)
@@ -79,7 +79,7 @@ def test_setup_through_srv_when_autoconfig_fails(served, pop3_bin, tmp_path):
         assert f"DNS SRV _pop3s._tcp.example.test: localhost:{dev.tls_port}" in r.stderr, r.stderr
         assert r.returncode == 0 and "login works: 0 messages" in r.stderr, r.stderr
         text = open(accounts).read()
-        assert "  work:" in text and f"url: pop3s://carol%40example.test@localhost:{dev.tls_port}" in text, text
+        assert "  work:" in text and f'url: "pop3s://carol%40example.test@localhost:{dev.tls_port}"' in text, text
         assert "keep" not in text  # --delete: POP3's default, nothing to write
         r = setup(pop3_bin, tmp_path, "nobody@example.test", *common, "--delete", "--name", "other")
         assert r.returncode == 1 and "nothing was written" in r.stderr, r.stderr

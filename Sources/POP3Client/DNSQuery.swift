@@ -52,7 +52,7 @@ public enum DNSQuery {
 
     /// The MX records of an answer (RFC 1035 §3.3.9).
     public static func mxRecords(_ reply: [UInt8], id: UInt16) throws -> [MX] {
-        try Self.records(reply, id: id, type: 15).map { offset, _ in
+        try Self.records(reply, id: id, type: 15).filter { $0.length >= 3 }.map { offset, _ in
             var at = offset + 2
             return MX(preference: Int(reply[offset]) << 8 | Int(reply[offset + 1]), exchange: try Self.name(reply, at: &at))
         }

@@ -101,8 +101,9 @@ public enum ListenSocket {
         }
         let fd = socket(AF_UNIX, CInt(SOCK_STREAM.rawValue) | CInt(SOCK_CLOEXEC.rawValue) | CInt(SOCK_NONBLOCK.rawValue), 0)
         guard fd >= 0 else { throw ConfigurationError(key: key, "socket(): \(String(cString: strerror(errno)))") }
-        // Created with no access for anyone, then given its mode: no window in which others could connect.
-        let previous = umask(0o777)
+        // Created with its mode at once (bind gives 0777 less the umask): no window in which others could connect,
+        // and no chmod by path afterwards that a symlink put in the socket's place could redirect.
+        let previous = umask(~mode & 0o777)
         let result = address.withSockAddr { pointer, size in Glibc.bind(fd, pointer, socklen_t(size)) }
         let bindErrno = errno
         umask(previous)
@@ -110,7 +111,7 @@ public enum ListenSocket {
             close(fd)
             throw ConfigurationError(key: key, "cannot listen on unix:\(path): \(String(cString: strerror(bindErrno)))")
         }
-        guard chmod(path, mode) == 0, Glibc.listen(fd, Self.backlog) == 0 else {
+        guard Glibc.listen(fd, Self.backlog) == 0 else {
             let reason = String(cString: strerror(errno))
             close(fd)
             unlink(path)

@@ -45,7 +45,7 @@ public final class POP3Daemon: Sendable {
     /// `autoconfig.listen`'s socket, its TLS context and the host name its documents give.
     let autoconfig: (descriptor: CInt, hostname: String)?
     /// The control socket (`pop3d who`, `kick`, `penalty`) and its path, when there is one.
-    let controlSocket: (descriptor: CInt, path: String)?
+    let controlSocket: (descriptor: CInt, path: String, madeFolder: Bool)?
 
     struct Separation: Sendable {
         let helper: PrivilegedHelper
@@ -150,14 +150,16 @@ public final class POP3Daemon: Sendable {
             }
             if let control = self.controlSocket {
                 // Root and the run-as user only (mode 0600): the folder and the socket are the run-as user's.
+                // The folder only if pop3d made it (never an existing /run or /tmp); the socket with lchown, which does
+                // not follow a symlink put in its place.
                 let folder = (control.path as NSString).deletingLastPathComponent
-                for path in [folder, control.path] where chown(path, identity.uid, identity.gid) != 0 {
+                for path in (control.madeFolder ? [folder] : []) + [control.path] where lchown(path, identity.uid, identity.gid) != 0 {
                     throw ConfigurationError(key: "control.socket", "cannot give \(path) to \(identity): \(String(cString: strerror(errno)))")
                 }
             }
             for listener in self.preboundLMTP {
                 // The socket belongs to the user pop3d runs as; its mode (lmtp.socket_mode) says who else connects.
-                if case .unix(let path) = listener.address, chown(path, identity.uid, identity.gid) != 0 {
+                if case .unix(let path) = listener.address, lchown(path, identity.uid, identity.gid) != 0 {
                     throw ConfigurationError(key: "listen.lmtp", "cannot give unix:\(path) to \(identity): \(String(cString: strerror(errno)))")
                 }
             }
@@ -358,7 +360,7 @@ public final class POP3Daemon: Sendable {
     /// Binds `control.socket` (mode 0600), making its folder (0750) if needed. The default path beside the
     /// configuration is skipped with a warning when it is too long for a Unix socket (108 bytes); a configured one
     /// must work.
-    static func bindControlSocket(_ configuration: ServerConfiguration, logger: Logger) throws -> (descriptor: CInt, path: String)? {
+    static func bindControlSocket(_ configuration: ServerConfiguration, logger: Logger) throws -> (descriptor: CInt, path: String, madeFolder: Bool)? {
         guard let path = configuration.controlSocket else { return nil }
         if path.utf8.count >= 108 {
             guard configuration.controlSocketIsDefault else {
@@ -368,12 +370,13 @@ public final class POP3Daemon: Sendable {
             return nil
         }
         let folder = (path as NSString).deletingLastPathComponent
+        let made: Bool
         do {
-            _ = try FileSystem.makeDirectories(folder, mode: 0o750)
+            made = try FileSystem.makeDirectories(folder, mode: 0o750)
         } catch {
             throw ConfigurationError(key: "control.socket", "cannot create \(folder): \(error)")
         }
-        return (try ListenSocket.bindUnix(path, mode: 0o600, key: "control.socket"), path)
+        return (try ListenSocket.bindUnix(path, mode: 0o600, key: "control.socket"), path, made)
     }
 
     /// What `pop3d check-config` checks beyond loading: the certificate and key load and pass the audit, the

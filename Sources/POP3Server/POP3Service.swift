@@ -269,6 +269,7 @@ public final class POP3Service: Service, Sendable {
         } catch {
             logger.debug("connection closed before its session started", metadata: ["error": "\(error)"])
             setup.channel.close(promise: nil)
+            setup.record.finish()
             self.metrics.sessionEnded(kind, setup.record.endWithoutQuit(error: error), duration: ContinuousClock.now - setup.record.started)
             return
         }

@@ -93,6 +93,12 @@ struct Setup: AsyncParsableCommand {
             throw ExitCode(1)
         }
         let user = server.username ?? self.address
+        // The user name may come from the remote autoconfig document: it must be a plain name before it goes into a
+        // URL and the accounts file.
+        guard !user.isEmpty, user.utf8.count <= 254, !user.contains(where: { $0.isWhitespace || $0.isNewline || $0.asciiValue.map { $0 < 0x20 || $0 == 0x7F } == true }) else {
+            say("pop3: the server's autoconfig document names an unusable user name; nothing was written")
+            throw ExitCode(1)
+        }
         let offersOAuth = report.login.contains { $0.contains("OAUTHBEARER") || $0.contains("XOAUTH2") }
         say("found: \(server.host):\(server.port), user \(user), login \(self.provider != nil ? "OAuth 2.0" : report.automaticMethod.map { "\($0)" } ?? "none usable")")
         if self.provider != nil && !offersOAuth {
@@ -128,14 +134,19 @@ struct Setup: AsyncParsableCommand {
 
         let accountsPath = self.config ?? AccountsFile.defaultPath()
         let accountName = self.name ?? self.address
-        let url = "pop3s://\(user.replacingOccurrences(of: "%", with: "%25").replacingOccurrences(of: "@", with: "%40"))@\(server.host):\(server.port)"
+        let encodedUser = user.addingPercentEncoding(withAllowedCharacters: CharacterSet(charactersIn: "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~+")) ?? user
+        let url = "pop3s://\(encodedUser)@\(server.host):\(server.port)"
+        // A name taken already is refused before anything is written (password file, tokens).
+        try Self.checkNameFree(accountName, in: accountsPath)
         if self.provider != nil {
             let method = report.login.contains { $0.contains("OAUTHBEARER") } ? "oauthbearer" : "xoauth2"
             try await self.setUpOAuth(url: url, method: method, accountName: accountName, accountsPath: accountsPath, domain: discovery.domain,
                                       keep: keep, keepDays: keepDays, trust: trust, server: server, user: user, say: say)
             return
         }
-        // The password: a file or command given, else asked and kept 0600 beside the accounts file.
+        // The password: a file or command given, else asked and kept 0600 beside the accounts file (written only once
+        // the login works).
+        var promptedPasswordFile: String?
         var passwordLine: String
         let password: String
         if let file = self.passwordFile {
@@ -148,8 +159,7 @@ struct Setup: AsyncParsableCommand {
             guard interactive else { throw ValidationError("--password-file or --password-command is needed without a terminal") }
             password = try PasswordSource.prompt.readPassword(prompt: "Password for \(user): ")
             let file = FileSystem.join((accountsPath as NSString).deletingLastPathComponent, Self.safeFileName(accountName) + ".pass")
-            _ = try FileSystem.makeDirectories((file as NSString).deletingLastPathComponent, mode: 0o700)
-            try FileSystem.atomicReplace(file, with: Array((password + "\n").utf8), mode: 0o600)
+            promptedPasswordFile = file
             passwordLine = "password_file: \(Self.yaml(file))"
         }
 
@@ -166,8 +176,12 @@ struct Setup: AsyncParsableCommand {
             say("pop3: login as \(user) at \(server.host):\(server.port) failed: \(error); nothing was written")
             throw ExitCode(1)
         }
+        if let file = promptedPasswordFile {
+            _ = try FileSystem.makeDirectories((file as NSString).deletingLastPathComponent, mode: 0o700)
+            try FileSystem.atomicReplace(file, with: Array((password + "\n").utf8), mode: 0o600)
+        }
 
-        var lines = ["  \(Self.yaml(accountName)):", "    url: \(url)", "    \(passwordLine)"]
+        var lines = ["  \(Self.yaml(accountName)):", "    url: \(Self.yaml(url))", "    \(passwordLine)"]
         if case .caFile(let path) = trust { lines.append("    ca_file: \(Self.yaml(path))") }
         lines.append("    maildir: \(Self.yaml(self.maildir ?? "~/Mail/\(discovery.domain)"))")
         if let keepDays { lines.append("    keep_days: \(keepDays)") } else if keep { lines.append("    keep: true") }
@@ -181,7 +195,7 @@ struct Setup: AsyncParsableCommand {
         url: String, method: String, accountName: String, accountsPath: String, domain: String, keep: Bool, keepDays: Int?,
         trust: TrustPolicy, server: AccountDiscovery.Candidate, user: String, say: (String) -> Void
     ) async throws {
-        var lines = ["  \(Self.yaml(accountName)):", "    url: \(url)", "    auth: \(method)", "    provider: \(Self.yaml(self.provider!))",
+        var lines = ["  \(Self.yaml(accountName)):", "    url: \(Self.yaml(url))", "    auth: \(method)", "    provider: \(Self.yaml(self.provider!))",
                      "    oauth2_client_id: \(Self.yaml(self.oauth2ClientID!))"]
         for (key, value) in [("oauth2_tenant", self.oauth2Tenant), ("oauth2_token_endpoint", self.oauth2TokenEndpoint),
                              ("oauth2_device_endpoint", self.oauth2DeviceEndpoint), ("oauth2_authorization_endpoint", self.oauth2AuthorizationEndpoint),
@@ -224,8 +238,16 @@ struct Setup: AsyncParsableCommand {
 
     /// Inserts the account right under `accounts:` (the file is created if missing), then checks the whole file
     /// loads; on any problem the file is left as it was.
+    /// Refuses a name the accounts file already has (an unreadable file is an error, never "no file").
+    static func checkNameFree(_ name: String, in path: String) throws {
+        guard let bytes = try FileSystem.readFile(path, limit: 1 << 20) else { return }
+        if let accounts = try? AccountsFile.parse(yaml: String(decoding: bytes, as: UTF8.self), path: path), accounts.contains(where: { $0.name == name }) {
+            throw ValidationError("\(path) already has an account \(name) (give --name)")
+        }
+    }
+
     static func addAccount(_ lines: [String], named name: String, to path: String) throws {
-        let before = (try? FileSystem.readFile(path, limit: 1 << 20)).flatMap { $0 }.map { String(decoding: $0, as: UTF8.self) }
+        let before = try FileSystem.readFile(path, limit: 1 << 20).map { String(decoding: $0, as: UTF8.self) }
         var text = before ?? "# pop3 accounts (see pop3(1)); written by pop3 setup\naccounts:\n"
         if let existing = before, let accounts = try? AccountsFile.parse(yaml: existing, path: path), accounts.contains(where: { $0.name == name }) {
             throw ValidationError("\(path) already has an account \(name) (give --name)")
