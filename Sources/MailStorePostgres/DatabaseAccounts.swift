@@ -42,14 +42,12 @@ public final class DatabaseAccounts: CredentialVerifier {
     public func lookup(user: String) async throws -> UserRecord? {
         guard UserName.isValid(user) else { return nil }
         let database = self.database
-        return try await database.withConnection("account lookup") { connection in
-            var record: UserRecord?
-            let rows = try await connection.query("SELECT name, password FROM accounts WHERE name = \(user)", logger: database.logger)
-            for try await (name, password) in rows.decode((String, String).self) {
-                record = UserRecord(name: name, passwordField: password)
-            }
-            return record
+        let found = try await database.withConnection("account lookup") { connection in
+            try await connection.rows(Statements.Account(name: user), logger: database.logger).first
         }
+        guard let (id, password) = found else { return nil }
+        database.accountIDs.remember(user, id)
+        return UserRecord(name: user, passwordField: password)
     }
 
     public func scramKeys(user: String, algorithm: SCRAMAlgorithm) async throws -> SCRAMLookup {

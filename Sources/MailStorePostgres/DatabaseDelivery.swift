@@ -99,11 +99,7 @@ extension MailDatabase {
     public func accountID(_ user: String, create: Bool) async throws -> Int64? {
         try await self.withConnection("account") { connection in
             func find() async throws -> Int64? {
-                var id: Int64?
-                for try await found in try await connection.query("SELECT id FROM accounts WHERE name = \(user)", logger: self.logger).decode(Int64.self) {
-                    id = found
-                }
-                return id
+                try await connection.rows(Statements.Account(name: user), logger: self.logger).first?.0
             }
             if let id = try await find() { return id }
             guard create else { return nil }
@@ -289,14 +285,7 @@ extension MailDatabase {
     /// Chunk `seq` of message `id`.
     public func chunk(message id: Int64, seq: Int) async throws -> ByteBuffer? {
         try await self.withConnection("message read") { connection in
-            var data: ByteBuffer?
-            for try await chunk in try await connection.query(
-                "SELECT data FROM message_chunks WHERE message_id = \(id) AND seq = \(Int32(seq))",
-                logger: self.logger
-            ).decode(ByteBuffer.self) {
-                data = chunk
-            }
-            return data
+            try await connection.rows(Statements.Chunk(message: id, seq: Int32(seq)), logger: self.logger).first
         }
     }
 }

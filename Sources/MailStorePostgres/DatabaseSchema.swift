@@ -10,6 +10,7 @@
 ///   (`STORAGE EXTERNAL`: a RETR reads without decompressing).
 /// - `auth_penalty`, `pop3d_secrets` (version 2): the authentication penalty all nodes share, and its digest key.
 /// - `accounts.last_login` (version 3): LOGIN-DELAY across nodes.
+/// - `pop3d_listing(account, max)` (version 4): the login's listing in one statement.
 public enum DatabaseSchema {
     /// Octets per stored chunk: memory per message in delivery and RETR is bounded by it.
     public static let chunkSize = 256 * 1024
@@ -69,6 +70,27 @@ public enum DatabaseSchema {
         [
             // LOGIN-DELAY shared by every node (SharedLoginTimes).
             "ALTER TABLE accounts ADD COLUMN last_login timestamptz",
+        ],
+        [
+            // The listing at login in one statement (one round trip instead of four). The account row is taken
+            // FOR SHARE first, so the listing waits for a commit of the account in flight on another node (which
+            // holds it FOR NO KEY UPDATE); a VOLATILE function takes a new snapshot for its next statement, so the
+            // listing shows what that commit left. No row: the account is gone (SQLSTATE P0002).
+            """
+            CREATE FUNCTION pop3d_listing(account bigint, max_messages integer)
+            RETURNS TABLE (m_id bigint, m_uidl text, m_size bigint, m_chunks integer)
+            LANGUAGE plpgsql VOLATILE AS $$
+            BEGIN
+                PERFORM 1 FROM accounts a WHERE a.id = account FOR SHARE;
+                IF NOT FOUND THEN
+                    RAISE EXCEPTION 'no such account' USING ERRCODE = 'no_data_found';
+                END IF;
+                RETURN QUERY
+                    SELECT m.id, coalesce(m.uidl, 'pg' || lpad(to_hex(m.id), 16, '0')), m.size, m.chunks FROM messages m
+                    WHERE m.account_id = account ORDER BY m.id LIMIT max_messages;
+            END
+            $$
+            """,
         ],
     ]
 

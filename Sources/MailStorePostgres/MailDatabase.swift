@@ -24,6 +24,8 @@ public final class MailDatabase: Sendable {
     let client: PostgresClient
     let locks: MaildropLocks
     let logger: Logger
+    /// Ids read by logins' account lookups, for the maildrop open that follows.
+    let accountIDs = AccountIDCache()
 
     public init(settings: PostgresSettings, password: String?, logger: Logger) throws(DatabaseError) {
         self.settings = settings
@@ -110,20 +112,18 @@ public final class MailDatabase: Sendable {
     /// statements are still bounded by the server, and a body that committed must never be reported as failed.
     private func leased<T: Sendable>(boundedBody: Bool, _ body: @escaping @Sendable (PostgresConnection) async throws -> T) async throws -> T {
         let started = StartedFlag()
-        let (poolTimeout, statementTimeout) = (self.settings.poolTimeout, self.settings.statementTimeout)
+        let (poolTimeout, bodyLimit) = (self.settings.poolTimeout, self.settings.statementTimeout + .seconds(10))
         return try await withThrowingTaskGroup(of: T?.self) { group in
             group.addTask {
                 try await self.client.withConnection { connection in
                     started.value.withLock { $0 = true }
-                    return try await body(connection)
+                    return try await boundedBody ? connection.bounded(by: bodyLimit) { try await body(connection) } : body(connection)
                 }
             }
             group.addTask {
                 try await Task.sleep(for: poolTimeout)
                 if !started.value.withLock({ $0 }) { throw DeadlineExceeded(duration: poolTimeout) }
-                guard boundedBody else { return nil }
-                try await Task.sleep(for: statementTimeout + .seconds(10))
-                throw DeadlineExceeded(duration: poolTimeout + statementTimeout + .seconds(10))
+                return nil
             }
             defer { group.cancelAll() }
             while let result = try await group.next() {
@@ -325,6 +325,50 @@ public final class MailDatabase: Sendable {
             ("tcp_keepalives_interval", "1"),
             ("tcp_keepalives_count", "2"),
         ]
+    }
+}
+
+extension PostgresConnection {
+    /// `body`, bounded by `limit`. postgres-nio's queries cannot be cancelled, so when the time is up the connection
+    /// is closed, which fails the query in flight at once (`DeadlineExceeded`), where a task-group deadline would
+    /// still wait for the query's end. The pool replaces a closed connection; a closed lock connection takes its
+    /// locks with it, as a dead one would. Cancelling the calling task does not close the connection.
+    func bounded<T: Sendable>(by limit: Duration, _ body: () async throws -> T) async throws -> T {
+        let fired = FiredFlag()
+        let timer = self.eventLoop.scheduleTask(in: TimeAmount(limit)) {
+            fired.value.store(true, ordering: .releasing)
+            self.close().whenComplete { _ in }
+        }
+        defer { timer.cancel() }
+        do {
+            return try await body()
+        } catch {
+            if fired.value.load(ordering: .acquiring) { throw DeadlineExceeded(duration: limit) }
+            throw error
+        }
+    }
+}
+
+private final class FiredFlag: Sendable {
+    let value = Atomic(false)
+}
+
+/// The account ids that logins' lookups read, kept for the maildrop open that follows the login so that it need not
+/// ask again: each taken once, at most `capacity` kept. Only a hint: the listing checks that the account still
+/// exists, and a miss asks by name.
+final class AccountIDCache: Sendable {
+    static let capacity = 4096
+    private let ids = Mutex<[String: Int64]>([:])
+
+    func remember(_ name: String, _ id: Int64) {
+        self.ids.withLock {
+            if $0.count >= Self.capacity { $0.removeAll(keepingCapacity: true) }
+            $0[name] = id
+        }
+    }
+
+    func take(_ name: String) -> Int64? {
+        self.ids.withLock { $0.removeValue(forKey: name) }
     }
 }
 

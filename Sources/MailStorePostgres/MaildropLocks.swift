@@ -59,11 +59,8 @@ actor MaildropLocks {
             let (connection, backend) = try await self.currentConnection()
             used = connection
             let logger = self.logger
-            let granted = try await withDeadline(Self.queryDeadline) {
-                var granted = false
-                let rows = try await connection.query("SELECT pg_try_advisory_lock(\(DatabaseSchema.lockClass), \(key))", logger: logger)
-                for try await value in rows.decode(Bool.self) { granted = value }
-                return granted
+            let granted = try await connection.bounded(by: Self.queryDeadline) {
+                try await connection.rows(Statements.TryLock(key: key), logger: logger).first ?? false
             }
             guard granted else {
                 self.held[account] = nil
@@ -88,9 +85,8 @@ actor MaildropLocks {
         }
         let logger = self.logger
         do {
-            _ = try await withDeadline(Self.queryDeadline) {
-                try await connection.query("SELECT pg_advisory_unlock(\(DatabaseSchema.lockClass), \(key))", logger: logger)
-                return true
+            _ = try await connection.bounded(by: Self.queryDeadline) {
+                try await connection.rows(Statements.Unlock(key: key), logger: logger).first ?? false
             }
         } catch {
             self.dropConnection(connection, after: error)
@@ -130,13 +126,20 @@ actor MaildropLocks {
         let connecting = Task {
             try await withDeadline(Self.queryDeadline) {
                 let connection = try await PostgresConnection.connect(configuration: configuration, id: -id, logger: logger)
-                var backend = Backend(pid: 0, started: 0)
-                let rows = try await connection.query(
-                    "SELECT pid, extract(epoch FROM backend_start)::float8 FROM pg_stat_activity WHERE pid = pg_backend_pid()",
-                    logger: logger
-                )
-                for try await (pid, started) in rows.decode((Int32, Double).self) { backend = Backend(pid: pid, started: started) }
-                return (connection, backend)
+                // Made just as the deadline fired: nobody would use, or close, it.
+                guard !Task.isCancelled else {
+                    connection.close().whenComplete { _ in }
+                    throw DeadlineExceeded(duration: Self.queryDeadline)
+                }
+                return try await connection.bounded(by: Self.queryDeadline) {
+                    var backend = Backend(pid: 0, started: 0)
+                    let rows = try await connection.query(
+                        "SELECT pid, extract(epoch FROM backend_start)::float8 FROM pg_stat_activity WHERE pid = pg_backend_pid()",
+                        logger: logger
+                    )
+                    for try await (pid, started) in rows.decode((Int32, Double).self) { backend = Backend(pid: pid, started: started) }
+                    return (connection, backend)
+                }
             }
         }
         self.connecting = connecting

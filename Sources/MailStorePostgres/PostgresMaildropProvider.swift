@@ -23,30 +23,39 @@ public final class PostgresMaildropProvider: MaildropProvider {
     }
 
     public func openMaildrop(user: String, path: String, owner: MailOwner?) async throws -> any Maildrop {
-        guard let account = try await self.database.accountID(user, create: self.createsAccounts) else {
+        // The id the login's account lookup just read, if it did (no second query); checked by the listing.
+        if let known = self.database.accountIDs.take(user) {
+            if let maildrop = try await self.open(account: known) { return maildrop }
+            // Deleted (and perhaps made again under a new id) since the lookup: ask by name.
+        }
+        guard let account = try await self.database.accountID(user, create: self.createsAccounts),
+            let maildrop = try await self.open(account: account)
+        else {
             // Authenticated a moment ago, removed since (`pop3d user del`).
             throw MaildropError.permanent("no such account")
         }
+        return maildrop
+    }
+
+    /// Locks and lists `account`; nil when no such account exists (nothing is left locked then).
+    private func open(account: Int64) async throws -> PostgresMaildrop? {
         let token = try await self.database.locks.acquire(account)
         do {
-            let limit = self.maximumMessages
-            let messages = try await self.database.withTransaction("listing") { connection in
-                // Waits for a commit of this account in flight (see `delete`), then lists what it left.
-                try await connection.query("SELECT id FROM accounts WHERE id = \(account) FOR SHARE", logger: self.database.logger)
-                var listed: [(id: Int64, message: MaildropMessage, chunks: Int)] = []
-                let rows = try await connection.query(
-                    """
-                    SELECT id, \(unescaped: DatabaseSchema.uidlExpression), size, chunks FROM messages
-                    WHERE account_id = \(account) ORDER BY id LIMIT \(limit)
-                    """,
-                    logger: self.database.logger
-                )
-                for try await (id, uidl, size, chunks) in rows.decode((Int64, String, Int64, Int32).self) {
-                    listed.append((id, MaildropMessage(uniqueID: uidl, size: Int(size)), Int(chunks)))
+            let statement = Statements.Listing(account: account, limit: Int32(clamping: self.maximumMessages))
+            let database = self.database
+            let rows = try await database.withConnection("listing") { connection -> [Statements.Listing.Row]? in
+                do {
+                    return try await connection.rows(statement, logger: database.logger)
+                } catch let error as PSQLError where MailDatabase.sqlState(error) == "P0002" {
+                    return nil
                 }
-                return listed
             }
-            return PostgresMaildrop(database: self.database, token: token, entries: messages)
+            guard let rows else {
+                await self.database.locks.release(token)
+                return nil
+            }
+            let entries = rows.map { (id, uidl, size, chunks) in (id: id, message: MaildropMessage(uniqueID: uidl, size: Int(size)), chunks: Int(chunks)) }
+            return PostgresMaildrop(database: self.database, token: token, entries: entries)
         } catch {
             await self.database.locks.release(token)
             throw error
@@ -74,7 +83,6 @@ final class PostgresMaildrop: Maildrop {
     func content(ofMessageAt index: Int, chunkSize: Int) async throws -> MessageContent {
         guard self.entries.indices.contains(index) else { throw MaildropError.permanent("no such message") }
         let entry = self.entries[index]
-        let database = self.database
         let limit = max(1, chunkSize)
         // The stored chunk being handed out, and the next one to fetch.
         let state = Mutex<(pending: ByteBuffer?, next: Int32)>((nil, 0))
@@ -89,11 +97,42 @@ final class PostgresMaildrop: Maildrop {
             }
             let seq = state.withLock { $0.next }
             guard Int(seq) < entry.chunks else { return nil }
-            guard var stored = try await database.chunk(message: entry.id, seq: Int(seq)) else { throw MaildropError.messageGone }
+            guard var stored = try await self.chunk(ChunkKey(index: index, seq: seq)) else { throw MaildropError.messageGone }
             let piece = stored.readSlice(length: min(limit, stored.readableBytes)) ?? ByteBuffer()
             state.withLock { $0 = (stored, seq + 1) }
             return piece
         }
+    }
+
+    /// A stored chunk: the message's index in the listing and the chunk's number.
+    struct ChunkKey: Equatable {
+        let index: Int
+        let seq: Int32
+    }
+
+    /// The chunk after the one last read, fetched while that one is sent: the next of the same message, or the first
+    /// of the next message (clients RETR in order, often pipelined). One at most, so at most one more chunk
+    /// (`DatabaseSchema.chunkSize`) is held per session; a guess not used is dropped.
+    private let readAhead = Mutex<(key: ChunkKey, task: Task<ByteBuffer?, any Error>)?>(nil)
+
+    /// `key`'s chunk, from the read-ahead if it guessed right; then starts reading the one after it.
+    private func chunk(_ key: ChunkKey) async throws -> ByteBuffer? {
+        let guessed = self.readAhead.withLock { slot -> Task<ByteBuffer?, any Error>? in
+            defer { slot = nil }
+            return slot?.key == key ? slot?.task : nil
+        }
+        let following =
+            Int(key.seq) + 1 < self.entries[key.index].chunks
+            ? ChunkKey(index: key.index, seq: key.seq + 1)
+            : (self.entries.indices.contains(key.index + 1) && self.entries[key.index + 1].chunks > 0 ? ChunkKey(index: key.index + 1, seq: 0) : nil)
+        if let following, !self.finished.load(ordering: .acquiring) {
+            let (database, message) = (self.database, self.entries[following.index].id)
+            let task = Task { try await database.chunk(message: message, seq: Int(following.seq)) }
+            self.readAhead.withLock { $0 = (following, task) }
+        }
+        // A guess that failed (say, no pooled connection free for it) is not the read's failure: read again.
+        if let guessed, case .success(let value) = await guessed.result { return value }
+        return try await self.database.chunk(message: self.entries[key.index].id, seq: Int(key.seq))
     }
 
     func commit(deleting indices: Set<Int>) async throws {

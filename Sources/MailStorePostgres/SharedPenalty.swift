@@ -34,18 +34,7 @@ public struct SharedPenalty: Sendable {
     public func admit(_ address: String) async throws -> (wait: Duration, failures: Int) {
         try await self.database.withConnection("penalty") { connection in
             var result: (wait: Duration, failures: Int) = (.zero, 0)
-            let rows = try await connection.query(
-                """
-                UPDATE auth_penalty
-                SET next_slot = greatest(now() + (ARRAY[0, 2, 4, 8, 15])[least(failures, 4) + 1] * interval '1 second', next_slot)
-                    + (ARRAY[0, 2, 4, 8, 15])[least(failures, 4) + 1] * interval '1 second'
-                WHERE address = \(address) AND last_failure > now() - interval '1 hour'
-                RETURNING failures,
-                    (extract(epoch FROM next_slot - now()) - (ARRAY[0, 2, 4, 8, 15])[least(failures, 4) + 1])::float8
-                """,
-                logger: self.database.logger
-            )
-            for try await (failures, seconds) in rows.decode((Int32, Double).self) {
+            for (failures, seconds) in try await connection.rows(Statements.PenaltyAdmit(address: address), logger: self.database.logger) {
                 result = (.milliseconds(Int64(max(0, seconds) * 1000)), Int(failures))
             }
             return result
