@@ -3,10 +3,15 @@ into it, POP3 sessions on two stateless nodes sharing one database, the maildrop
 mid-session, PostgreSQL restarted mid-session, and the start-up refusals (old schema, synchronous_commit off).
 
 Each test gets a database of its own in the session's private cluster (conftest `postgres`)."""
+import hashlib
 import itertools
 import json
 import os
 import poplib
+import re
+import shutil
+import signal
+import socket
 import subprocess
 import threading
 import time
@@ -45,8 +50,8 @@ def test_serve_refuses_a_database_without_schema_until_migrated(pop3d_bin, clust
     status, output = n.run_serve()
     assert status == 78, output
     assert "pop3d db migrate" in output
-    assert "schema migrated from version 0 to 3" in n.migrate()
-    assert "schema is current (version 3)" in n.migrate(), "migrate runs again harmlessly"
+    assert "schema migrated from version 0 to 4" in n.migrate()
+    assert "schema is current (version 4)" in n.migrate(), "migrate runs again harmlessly"
     n.start()
     n.stop()
 
@@ -250,50 +255,54 @@ def test_database_password_from_a_private_file(pop3d_bin, postgres):
 def test_a_blocked_database_ends_logins_with_sys_temp_after_statement_timeout(pop3d_bin, cluster_db, postgres):
     """A table locked by someone else: account lookups wait for it, PostgreSQL cancels them after
     storage.postgres.statement_timeout, and the client gets [SYS/TEMP] instead of waiting forever. With the one
-    pooled connection held by such a login, another login waits pool_timeout for a connection, then [SYS/TEMP]."""
+    pooled connection held by such a login, another login waits pool_timeout for a connection, then [SYS/TEMP].
+    Once the table is free, logins work again: a statement whose preparation the timeout cancelled does not stay
+    failed on its connection (postgres-nio keeps such an error; pop3d closes the connection)."""
     url, folder = cluster_db
     db = url.rsplit("/", 1)[1]
     n = node(pop3d_bin, cluster_db, extra="    statement_timeout: 4\n    pool_size: 1\n    pool_timeout: 1\n")
     n.migrate()
     n.add_user("alice", "pw-alice")
     n.start()
-    holder = subprocess.Popen(
-        ["/usr/bin/psql", "-h", postgres.root, "-p", str(postgres.port), "-U", "postgres", "-d", db, "-q"],
-        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **postgres.ids)
     try:
-        holder.stdin.write(b"BEGIN;\nLOCK TABLE accounts IN ACCESS EXCLUSIVE MODE;\n")
-        holder.stdin.flush()
-        deadline = time.monotonic() + 10
-        while postgres.psql("SELECT count(*) FROM pg_locks WHERE relation = 'accounts'::regclass AND mode = "
-                            "'AccessExclusiveLock' AND granted", db=db).strip() != "1":
-            assert time.monotonic() < deadline, "the lock holder did not get its lock"
-            time.sleep(0.1)
-        outcome = {}
+        holder = subprocess.Popen(
+            ["/usr/bin/psql", "-h", postgres.root, "-p", str(postgres.port), "-U", "postgres", "-d", db, "-q"],
+            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **postgres.ids)
+        try:
+            holder.stdin.write(b"BEGIN;\nLOCK TABLE accounts IN ACCESS EXCLUSIVE MODE;\n")
+            holder.stdin.flush()
+            deadline = time.monotonic() + 10
+            while postgres.psql("SELECT count(*) FROM pg_locks WHERE relation = 'accounts'::regclass AND mode = "
+                                "'AccessExclusiveLock' AND granted", db=db).strip() != "1":
+                assert time.monotonic() < deadline, "the lock holder did not get its lock"
+                time.sleep(0.1)
+            outcome = {}
 
-        def blocked_login():
+            def blocked_login():
+                started = time.monotonic()
+                try:
+                    n.poplib_pop3s("alice")
+                    outcome["blocked"] = ("logged in", time.monotonic() - started)
+                except poplib.error_proto as e:
+                    outcome["blocked"] = (str(e), time.monotonic() - started)
+
+            first = threading.Thread(target=blocked_login)
+            first.start()
+            time.sleep(0.5)  # the first login holds the only pooled connection, waiting for the table
             started = time.monotonic()
-            try:
-                n.poplib_pop3s("alice")
-                outcome["blocked"] = ("logged in", time.monotonic() - started)
-            except poplib.error_proto as e:
-                outcome["blocked"] = (str(e), time.monotonic() - started)
-
-        first = threading.Thread(target=blocked_login)
-        first.start()
-        time.sleep(0.5)  # the first login holds the only pooled connection, waiting for the table
-        started = time.monotonic()
-        reply = expect_err(lambda: n.poplib_pop3s("alice"), "[SYS/TEMP]")
-        waited = time.monotonic() - started
-        assert waited < 3.5, f"the pool-exhausted login waited {waited:.1f} s, not pool_timeout (1 s): {reply}"
-        first.join(30)
-        assert "[SYS/TEMP]" in outcome["blocked"][0] and outcome["blocked"][1] < 20, outcome
+            reply = expect_err(lambda: n.poplib_pop3s("alice"), "[SYS/TEMP]")
+            waited = time.monotonic() - started
+            assert waited < 3.5, f"the pool-exhausted login waited {waited:.1f} s, not pool_timeout (1 s): {reply}"
+            first.join(30)
+            assert "[SYS/TEMP]" in outcome["blocked"][0] and outcome["blocked"][1] < 20, outcome
+        finally:
+            holder.stdin.close()
+            holder.kill()
+            holder.wait(timeout=10)
+        n.poplib_pop3s("alice").quit()
+        assert "canceling statement due to statement timeout" in n.log_text()
     finally:
-        holder.stdin.close()
-        holder.kill()
-        holder.wait(timeout=10)
-    n.poplib_pop3s("alice").quit()
-    assert "canceling statement due to statement timeout" in n.log_text()
-    n.stop()
+        n.stop()
 
 
 @pytest.mark.haproxy
@@ -719,3 +728,443 @@ def test_concurrent_first_logins_leave_no_lock_behind(pop3d_bin, cluster_db):
             assert not failures, f"round {round_}: {failures}"
     finally:
         n.stop()
+
+
+def test_a_stopped_lock_backend_ends_lock_queries_after_the_deadline(pop3d_bin, cluster_db, postgres):
+    """postgres-nio's queries cannot be cancelled, so a lock query whose database stops answering is ended by closing
+    the node's lock connection after its 5 s deadline (MaildropLocks.queryDeadline). The lock connection's backend is
+    stopped (SIGSTOP, as a hung server): a login waits for the lock at most the deadline and gets [SYS/TEMP] (it
+    used to wait for as long as the backend was stopped); the next login reconnects and works; the session that held
+    a lock on the closed connection deletes all or nothing."""
+    url, folder = cluster_db
+    db = url.rsplit("/", 1)[1]
+    n = node(pop3d_bin, cluster_db)
+    n.migrate()
+    for user in ("alice", "bob"):
+        n.add_user(user, f"pw-{user}")
+        assert n.deliver(user, make_message(user, 1)[1])[0] == 0
+    n.start()
+    try:
+        a = n.poplib_pop3s("alice")
+        a.dele(1)
+        backend = int(postgres.psql("SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted", db=db).split()[0])
+        os.kill(backend, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            reply = expect_err(lambda: n.poplib_pop3s("bob"), "[SYS/TEMP]")
+            waited = time.monotonic() - started
+        finally:
+            os.kill(backend, signal.SIGCONT)
+        assert 4 <= waited < 15, f"a lock query on a stopped backend ended after {waited:.1f} s: {reply}"
+        assert "maildrop lock connection failed" in n.log_text()
+        deadline = time.monotonic() + 10
+        while True:  # the old backend sees its connection closed and exits, freeing alice's lock
+            try:
+                b = n.poplib_pop3s("bob")
+                break
+            except poplib.error_proto as e:
+                assert time.monotonic() < deadline, f"no login after the lock connection was replaced: {e}"
+                time.sleep(0.2)
+        assert b.stat()[0] == 1
+        b.quit()
+        try:
+            a.quit()
+            deleted = True
+        except poplib.error_proto as e:
+            assert "[SYS/TEMP]" in str(e), e
+            deleted = False
+        c = n.poplib_pop3s("alice")
+        assert c.stat()[0] == (0 if deleted else 1), "QUIT's answer and the maildrop agree"
+        c.quit()
+    finally:
+        n.stop()
+
+
+
+# ---------------------------------------------------------------- a node cut off from the database
+
+CUT_ADDRESS = "127.0.0.3"
+
+
+class _TwoAddressPostgres(pop3support.Postgres):
+    """A private cluster that listens on 127.0.0.1 and on CUT_ADDRESS: a node given CUT_ADDRESS in its URL is the
+    only one whose database traffic goes there, so a firewall rule on that address cuts it, and only it, off.
+    (Connections to 127.0.0.3 leave from 127.0.0.1, which pg_hba.conf trusts.)"""
+
+    def _options(self):
+        return f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1,{CUT_ADDRESS}"
+
+
+class _Partition:
+    """A network partition between ADDRESS:PORT and its clients: an nftables table of our own (inet
+    pop3test_cutoff_<pid>) whose input chain silently drops every TCP packet to and from ADDRESS:PORT (on loopback
+    both directions pass the input hook). No RST, no ICMP: both ends only stop hearing each other. heal() removes
+    the table; it is idempotent and belongs in a finally."""
+
+    def __init__(self, address, port):
+        self.table = f"pop3test_cutoff_{os.getpid()}"
+        self.address, self.port = address, port
+        self.active = False
+
+    def cut(self):
+        self.active = True  # first: a table half made is removed too
+        script = (f"table inet {self.table} {{\n"
+                  "  chain input {\n"
+                  "    type filter hook input priority -10; policy accept;\n"
+                  f"    ip daddr {self.address} tcp dport {self.port} counter drop\n"
+                  f"    ip saddr {self.address} tcp sport {self.port} counter drop\n"
+                  "  }\n"
+                  "}\n")
+        r = subprocess.run(["nft", "-f", "-"], input=script, capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0, f"nft -f: {r.stderr.strip()}"
+
+    def counters(self):
+        """The two rules' dropped packet counts (to the server, from it)."""
+        r = subprocess.run(["nft", "list", "table", "inet", self.table], capture_output=True, text=True, timeout=30)
+        return [int(n) for n in re.findall(r"counter packets (\d+)", r.stdout)]
+
+    def heal(self):
+        if not self.active:
+            return
+        r = subprocess.run(["nft", "delete", "table", "inet", self.table], capture_output=True, text=True, timeout=30)
+        listed = subprocess.run(["nft", "list", "table", "inet", self.table], capture_output=True, timeout=30)
+        assert listed.returncode != 0, f"nft table {self.table} still there: {r.stderr.strip()}"
+        self.active = False
+
+
+def _ss(*filter_):
+    """`ss -Htnpo FILTER` lines (TCP, no header, processes, timers)."""
+    r = subprocess.run(["ss", "-Htnpo", *filter_], capture_output=True, text=True, timeout=30)
+    return [" ".join(line.split()) for line in r.stdout.splitlines() if line.strip()]
+
+
+class _LockTimeline(threading.Thread):
+    """Every 0.5 s: pop3d's sessions in pg_stat_activity with the advisory locks each holds (pg_locks), and the
+    TCP sockets to and from ADDRESS:PORT with their timers (ss -o: keepalive probes, retransmissions)."""
+
+    def __init__(self, cluster, db, address):
+        super().__init__(daemon=True)
+        self.cluster, self.db, self.address = cluster, db, address
+        self.samples = []  # (time.time(), [pg rows], [ss lines])
+        self._stop_event = threading.Event()
+
+    def sample(self):
+        try:
+            rows = self.cluster.psql(
+                "SELECT a.pid, a.client_port, a.state, coalesce(a.wait_event, '-'), coalesce((SELECT string_agg("
+                "l.objid::text, ',') FROM pg_locks l WHERE l.pid = a.pid AND l.locktype = 'advisory' AND l.granted), "
+                f"'-') FROM pg_stat_activity a WHERE a.datname = '{self.db}' AND a.application_name = 'pop3d' "
+                "ORDER BY a.pid").split("\n")
+        except Exception as e:  # noqa: BLE001 - a sample that failed is recorded as such
+            rows = [f"psql failed: {e}"]
+        port = self.cluster.port
+        sockets = _ss("(", "dst", f"{self.address}:{port}", "or", "src", f"{self.address}:{port}", ")")
+        self.samples.append((time.time(), [r for r in rows if r], sockets))
+
+    def run(self):
+        while not self._stop_event.is_set():
+            self.sample()
+            self._stop_event.wait(0.5)
+
+    def stop(self):
+        self._stop_event.set()
+        if self.is_alive():
+            self.join(30)
+
+    def render(self, origin, full_until=15):
+        """Every sample up to `full_until` s after `origin`, then only those whose database sessions changed."""
+        out, last = [], None
+        for when, rows, sockets in self.samples:
+            t = when - origin
+            if t > full_until and rows == last:
+                continue
+            last = rows
+            out.append(f"t={t:+7.2f}s pg (pid|client_port|state|wait_event|advisory lock objids): {'; '.join(rows)}")
+            out.extend(f"            ss: {line}" for line in sockets)
+        return "\n".join(out)
+
+
+def _postgres_log_since(cluster, offset):
+    with open(cluster.log_path, errors="replace") as f:
+        f.seek(offset)
+        return f.read()
+
+
+def _wait_for_line(session, seconds):
+    """The session's next reply line, or a description of why there was none within `seconds`."""
+    session.sock.settimeout(max(1.0, seconds))
+    try:
+        return session.line().decode(errors="replace")
+    except (pop3support.POP3Error, OSError) as e:
+        return f"(no reply: {type(e).__name__}: {e})"
+
+
+@pytest.mark.root
+def test_a_node_cut_off_from_the_database_frees_its_maildrops_and_applies_no_deletions(pop3d_bin):
+    """Issue 13: a node cut off from PostgreSQL (not killed: a silent network partition, nftables dropping its
+    packets both ways) loses its maildrop locks within seconds, because its lock connection asked PostgreSQL for
+    2 s + 2 × 1 s TCP keepalives; the other node then serves the user (bound: 15 s from the cut). The cut-off
+    session's DELEs are never applied: its QUIT does not answer +OK, and nothing is deleted, not even once the
+    partition heals. The node does not hang on the dead database either: its QUIT answers -ERR within its own
+    deadlines (pool_timeout + statement_timeout + 10 s, then 5 s for the lock's release: 25 s here, bound 45 s),
+    and once the partition heals the node serves the user again (bound 30 s).
+
+    Node 1 reaches the cluster at 127.0.0.3 and node 2 at 127.0.0.1 (a private cluster listening on both), so
+    the rule cuts node 1 alone."""
+    if shutil.which("nft") is None:
+        pytest.skip("nft is not installed (apt-get install nftables, as scripts/test-deps does)")
+    if shutil.which("ss") is None:
+        pytest.skip("ss is not installed (apt-get install iproute2)")
+    cluster = _TwoAddressPostgres(shared_tmpdir("pop3-pgcut-"))
+    folder = shared_tmpdir("pop3-pgnode-")
+    cluster.start()
+    partition = _Partition(CUT_ADDRESS, cluster.port)
+    first = second = held = timeline = None
+    facts = {}
+    try:
+        db = "pop3_cut"
+        url = cluster.create(db)
+        assert "@127.0.0.1:" in url, url
+        # statement_timeout 5 on node 1: its deadlines on the unreachable database are shorter (the lock's fate
+        # does not depend on them: that is PostgreSQL's keepalive).
+        first = Pop3dNode(pop3d_bin, folder, url.replace("@127.0.0.1:", f"@{CUT_ADDRESS}:"), tag="node1",
+                          extra_config="    statement_timeout: 5\n")
+        second = Pop3dNode(pop3d_bin, folder, url, tag="node2")
+        first.migrate()
+        first.add_user("alice", "pw-alice")
+        second.passwords["alice"] = "pw-alice"
+        messages = [make_message("cut", i)[1] for i in range(5)]
+        for data in messages:
+            assert first.deliver("alice", data)[0] == 0
+        first.start()
+        second.start()
+
+        held = pop3support.POP3Session(first, timeout=30).login("alice", "pw-alice")
+        assert held.stat()[0] == 5
+        uidls = held.uidl()
+        held.dele_many([1, 2, 3])
+        expect_err(lambda: second.poplib_pop3s("alice"), "[IN-USE]")
+        # Node 1's database connections, and only node 1's, go to CUT_ADDRESS.
+        to_cut = _ss("dst", f"{CUT_ADDRESS}:{cluster.port}")
+        assert to_cut, "node 1 has no connection to the cluster at 127.0.0.3"
+        assert all(f"pid={first.proc.pid}," in line for line in to_cut), to_cut
+        facts["node 1 connections before the cut"] = to_cut
+        locks = cluster.psql("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted", db=db).strip()
+        assert locks == "1", f"{locks} advisory locks before the cut"
+
+        log_offset = os.path.getsize(cluster.log_path)
+        timeline = _LockTimeline(cluster, db, CUT_ADDRESS)
+        timeline.sample()
+        partition.cut()
+        cut_at, cut_wall = time.monotonic(), time.time()
+        timeline.start()
+        held.send(b"QUIT\r\n")  # sent into the partition: node 1 tries to commit the DELEs
+
+        attempts, b = 0, None
+        while time.monotonic() - cut_at < 60:
+            attempts += 1
+            try:
+                b = second.poplib_pop3s("alice")
+                break
+            except poplib.error_proto as e:
+                assert "[IN-USE]" in str(e), f"node 2 answered {e} {time.monotonic() - cut_at:.1f} s after the cut"
+            time.sleep(0.2)
+        freed = facts["node 2 logged alice in (s after the cut)"] = round(time.monotonic() - cut_at, 2)
+        facts["node 2 login attempts"] = attempts
+        if b is None:
+            timeline.stop()
+            pytest.fail(f"alice still [IN-USE] on node 2 60 s after node 1 was cut off ({attempts} attempts)\n"
+                        f"{timeline.render(cut_wall, full_until=60)}\n--- postgres log since the cut:\n"
+                        f"{_postgres_log_since(cluster, log_offset)}\n--- node 1 log:\n{first.log_text()[-6000:]}")
+
+        count, _ = b.stat()
+        listing = {int(n): u for n, u in (line.decode().split() for line in b.uidl()[1])}
+        bodies = [b"\r\n".join(b.retr(i)[1]) + b"\r\n" for i in range(1, count + 1)]
+        assert b.quit().startswith(b"+OK")
+
+        quit_reply = _wait_for_line(held, 45 - (time.monotonic() - cut_at))
+        facts["node 1 QUIT reply during the partition"] = quit_reply
+        facts["node 1 QUIT waited (s after the cut)"] = round(time.monotonic() - cut_at, 1)
+        left_cut = facts["messages during the partition"] = int(
+            cluster.psql("SELECT count(*) FROM messages", db=db).strip())
+        facts["packets dropped (to the server, from it)"] = partition.counters()
+
+        partition.heal()
+        healed_at = time.monotonic()
+        facts["healed (s after the cut)"] = round(healed_at - cut_at, 1)
+        if quit_reply.startswith("(no reply"):
+            # Still waiting: whatever node 1 had in flight now reaches PostgreSQL (TCP retransmits back off to 120 s).
+            late = facts["node 1 QUIT reply after the heal"] = _wait_for_line(held, 180)
+            facts["node 1 QUIT answered after the heal (s)"] = round(time.monotonic() - healed_at, 1)
+        else:
+            late = ""
+            time.sleep(5)  # anything node 1 still had in flight reaches PostgreSQL now
+        left_healed = int(cluster.psql("SELECT count(*) FROM messages", db=db).strip())
+        facts["messages after the heal"] = left_healed
+        started = time.monotonic()
+        again = None
+        while time.monotonic() - started < 30:
+            try:
+                again = first.poplib_pop3s("alice")
+                break
+            except (poplib.error_proto, OSError) as e:
+                facts["node 1 last refusal after the heal"] = str(e)
+                time.sleep(0.5)
+        facts["node 1 serves alice again (s after the heal wait)"] = (
+            round(time.monotonic() - started, 1) if again else "not within 30 s")
+        if again is not None:
+            assert again.stat()[0] == 5
+            assert again.quit().startswith(b"+OK")
+        timeline.stop()
+
+        report = "\n".join(f"  {k}: {v}" for k, v in facts.items())
+        print(f"\ncut-off node:\n{report}")
+        print(timeline.render(cut_wall))
+        print("--- postgres log since the cut:\n" + _postgres_log_since(cluster, log_offset))
+        print("--- node 1 log:\n" + first.log_text()[-6000:])
+        # The lock, and nothing lost or deleted.
+        assert freed <= 15, f"the cut-off node's lock outlived the cut by {freed} s\n{report}"
+        assert count == 5 and listing == uidls, "the cut-off session's DELEs are not applied"
+        assert bodies == [crlf(m) for m in messages], "nothing is lost"
+        assert not quit_reply.startswith("+OK") and not late.startswith("+OK"), f"+OK to a cut-off QUIT\n{report}"
+        assert left_cut == 5 and left_healed == 5, report
+        # The node's own deadlines.
+        assert quit_reply.startswith("-ERR"), f"the cut-off node's QUIT hangs past its deadlines\n{report}"
+        assert again is not None, f"node 1 does not serve alice again within 30 s of the heal\n{report}"
+    finally:
+        partition.heal()
+        if timeline is not None:
+            timeline.stop()
+        if held is not None:
+            held.close()
+        for n in (first, second):
+            if n is not None:
+                n.stop()
+        cluster.stop()
+        shutil.rmtree(cluster.root, ignore_errors=True)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- a 1 GiB message through the database
+
+GIB = 1 << 30
+
+
+def _gigabyte_message(sha):
+    """Yields a message of 1 GiB plus its header, in 1 MiB blocks of 128-octet CRLF lines, each block's first line
+    starting with a dot (dot-stuffed on the wire); updates `sha` with every block. Nothing is kept."""
+    header = (b"From: tests@example.test\r\nTo: big@example.test\r\nSubject: one gigabyte\r\n"
+              b"Message-ID: <gigabyte@pop3.test>\r\n\r\n")
+    sha.update(header)
+    yield header
+    line = bytes(range(0x21, 0x7f)) * 3  # printable ASCII; one line in 94 starts with a dot as well
+    rest = b"".join(line[i % 94:i % 94 + 126] + b"\r\n" for i in range(1, 8192))
+    for n in range(GIB // (1 << 20)):
+        block = (b".block %08d " % n).ljust(126, b"-") + b"\r\n" + rest
+        sha.update(block)
+        yield block
+
+
+def _stream_retr(node, user, password, number, pause_after=64 << 20, pause=3.0):
+    """RETR over TLS, each line read, dot-unstuffed, counted, hashed and thrown away; reading pauses for `pause` s
+    after `pause_after` octets (the server must then wait, not buffer). (octets, sha256, pop3d VmRSS at the end
+    of the pause in KiB)."""
+    sha = hashlib.sha256()
+    octets, rss_paused = 0, None
+    with socket.create_connection(("127.0.0.1", node.tls_port), timeout=300) as raw:
+        with node.ctx.wrap_socket(raw, server_hostname="localhost") as s:
+            f = s.makefile("rb", buffering=1 << 20)
+            assert f.readline().startswith(b"+OK")
+            for command in (f"USER {user}", f"PASS {password}", f"RETR {number}"):
+                s.sendall(command.encode() + b"\r\n")
+                reply = f.readline()
+                assert reply.startswith(b"+OK"), (command.split()[0], reply)
+            while True:
+                line = f.readline(1 << 16)
+                assert line.endswith(b"\r\n"), f"connection closed, or a line without CRLF, after {octets} octets"
+                if line == b".\r\n":
+                    break
+                if line.startswith(b"."):
+                    line = line[1:]
+                octets += len(line)
+                sha.update(line)
+                if rss_paused is None and octets >= pause_after:
+                    time.sleep(pause)
+                    rss_paused = pop3support.vm_kib(node.proc.pid, "VmRSS")
+            s.sendall(b"QUIT\r\n")
+            assert f.readline().startswith(b"+OK")
+    return octets, sha.hexdigest(), rss_paused
+
+
+@pytest.mark.slow
+def test_a_gigabyte_message_streams_through_postgres_with_bounded_memory(pop3d_bin, cluster_db, postgres):
+    """A message of 1 GiB (plus header) piped into `pop3d deliver` and read back by RETR: both stream it chunk by
+    chunk (storage chunks of 256 KiB), so neither process grows with the message: peak RSS under 200 MiB for the
+    delivering process (ru_maxrss) and for the serving node (VmHWM after the RETR, which pauses a while midway);
+    the octets read equal LIST's size and the bytes are the ones delivered (SHA-256). The database is dropped
+    afterwards (it holds the gigabyte)."""
+    url, folder = cluster_db
+    db = url.rsplit("/", 1)[1]
+    free = shutil.disk_usage(postgres.data).free
+    if free < 6 * GIB:
+        pytest.skip(f"{free / GIB:.1f} GiB free under {postgres.data}: a 1 GiB message in PostgreSQL (table, TOAST "
+                    "and WAL) wants 6 GiB")
+    limit_kib = 200 * 1024
+    n = node(pop3d_bin, cluster_db)
+    try:
+        n.migrate()
+        n.add_user("big", "pw-big")
+        sent = hashlib.sha256()
+        size = 0
+        started = time.monotonic()
+        with open(os.path.join(folder, "deliver.err"), "wb+") as err:
+            p = subprocess.Popen([n.bin, "deliver", "big", "--config", n.config], stdin=subprocess.PIPE,
+                                 stdout=subprocess.DEVNULL, stderr=err)
+            try:
+                for block in _gigabyte_message(sent):
+                    p.stdin.write(block)
+                    size += len(block)
+                p.stdin.close()
+            except BrokenPipeError:
+                pass
+            finally:
+                try:
+                    p.stdin.close()
+                except OSError:
+                    pass
+                deadline = time.monotonic() + 900
+                while (waited := os.wait4(p.pid, os.WNOHANG))[0] == 0:
+                    if time.monotonic() > deadline:
+                        p.kill()
+                    time.sleep(0.1)
+                _, status, usage = waited
+                p.returncode = os.waitstatus_to_exitcode(status)
+            err.seek(0)
+            message = err.read().decode(errors="replace").strip()
+        deliver_s = time.monotonic() - started
+        deliver_peak = usage.ru_maxrss  # KiB on Linux
+        assert p.returncode == 0, f"pop3d deliver: exit {p.returncode}: {message[-500:]}"
+        assert size > GIB
+
+        n.start()
+        s = pop3support.POP3Session(n, timeout=300).login("big", "pw-big")
+        listed = s.list()
+        assert s.quit().startswith(b"+OK")
+        assert listed == {1: size}, f"LIST {listed}, delivered {size} octets (CRLF lines: the POP3 size is the size)"
+        before = pop3support.vm_kib(n.proc.pid, "VmRSS")
+        started = time.monotonic()
+        octets, digest, paused = _stream_retr(n, "big", "pw-big", 1)
+        retr_s = time.monotonic() - started
+        serve_peak = pop3support.vm_kib(n.proc.pid, "VmHWM")
+        print(f"\n1 GiB through PostgreSQL: {size} octets; deliver {deliver_s:.1f} s, peak RSS {deliver_peak} KiB "
+              f"({deliver_peak / 1024:.1f} MiB); RETR {retr_s:.1f} s, {octets} octets; pop3d serve RSS "
+              f"{before / 1024:.1f} MiB before, {paused / 1024:.1f} MiB while the reader paused, peak (VmHWM) "
+              f"{serve_peak / 1024:.1f} MiB")
+        assert octets == size, f"RETR gave {octets} octets, LIST said {size}"
+        assert digest == sent.hexdigest(), "RETR's bytes differ from the delivered ones"
+        assert deliver_peak < limit_kib, f"pop3d deliver peaked at {deliver_peak / 1024:.0f} MiB: not streaming"
+        assert serve_peak < limit_kib, f"pop3d serve peaked at {serve_peak / 1024:.0f} MiB: RETR is not streaming"
+    finally:
+        n.stop()
+        postgres.psql(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+        postgres.psql("CHECKPOINT")
