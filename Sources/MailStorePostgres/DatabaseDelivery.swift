@@ -282,6 +282,17 @@ extension MailDatabase {
         }
     }
 
+    /// The chunks `wanted` (message id, seq), in one query: each one's data, or nil where none is stored.
+    func chunks(_ wanted: [(Int64, Int32)]) async throws -> [ByteBuffer?] {
+        let statement = Statements.Chunks(messages: wanted.map(\.0), seqs: wanted.map(\.1))
+        let rows = try await self.withConnection("message read") { connection in
+            try await connection.rows(statement, logger: self.logger)
+        }
+        var found: [Int64: [Int32: ByteBuffer]] = [:]
+        for (message, seq, data) in rows { found[message, default: [:]][seq] = data }
+        return wanted.map { found[$0.0]?[$0.1] }
+    }
+
     /// Chunk `seq` of message `id`.
     public func chunk(message id: Int64, seq: Int) async throws -> ByteBuffer? {
         try await self.withConnection("message read") { connection in

@@ -110,29 +110,54 @@ final class PostgresMaildrop: Maildrop {
         let seq: Int32
     }
 
-    /// The chunk after the one last read, fetched while that one is sent: the next of the same message, or the first
-    /// of the next message (clients RETR in order, often pipelined). One at most, so at most one more chunk
-    /// (`DatabaseSchema.chunkSize`) is held per session; a guess not used is dropped.
-    private let readAhead = Mutex<(key: ChunkKey, task: Task<ByteBuffer?, any Error>)?>(nil)
+    /// Chunks read ahead in one query, while the ones before them are sent: the chunks that follow the one last
+    /// read, in order (the rest of its message, then the next messages': clients RETR in order, often pipelined),
+    /// up to `readAheadOctets` or `readAheadChunks`. Small messages then cost a fraction of a query each. One batch
+    /// at a time, so at most about `readAheadOctets` more are held per session; a guess not used is dropped.
+    private struct Batch {
+        let keys: [ChunkKey]
+        let task: Task<[ByteBuffer?], any Error>
+    }
 
-    /// `key`'s chunk, from the read-ahead if it guessed right; then starts reading the one after it.
+    private let readAhead = Mutex<Batch?>(nil)
+    static let readAheadOctets = DatabaseSchema.chunkSize
+    static let readAheadChunks = 16
+
+    /// `key`'s chunk, from the read-ahead if it guessed right. The next batch is started when `key` was not
+    /// guessed, or is the last of its batch, so that its query runs while this chunk is sent.
     private func chunk(_ key: ChunkKey) async throws -> ByteBuffer? {
-        let guessed = self.readAhead.withLock { slot -> Task<ByteBuffer?, any Error>? in
-            defer { slot = nil }
-            return slot?.key == key ? slot?.task : nil
+        let (batch, position) = self.readAhead.withLock { slot -> (Batch?, Int?) in
+            guard let batch = slot, let position = batch.keys.firstIndex(of: key) else {
+                slot = nil
+                return (nil, nil)
+            }
+            return (batch, position)
         }
-        let following =
-            Int(key.seq) + 1 < self.entries[key.index].chunks
-            ? ChunkKey(index: key.index, seq: key.seq + 1)
-            : (self.entries.indices.contains(key.index + 1) && self.entries[key.index + 1].chunks > 0 ? ChunkKey(index: key.index + 1, seq: 0) : nil)
-        if let following, !self.finished.load(ordering: .acquiring) {
-            let (database, message) = (self.database, self.entries[following.index].id)
-            let task = Task { try await database.chunk(message: message, seq: Int(following.seq)) }
-            self.readAhead.withLock { $0 = (following, task) }
-        }
-        // A guess that failed (say, no pooled connection free for it) is not the read's failure: read again.
-        if let guessed, case .success(let value) = await guessed.result { return value }
+        if batch == nil || position == batch!.keys.count - 1 { self.startReadAhead(after: key) }
+        // A batch that failed (say, no pooled connection free for it) is not the read's failure: read again.
+        if let batch, let position, case .success(let chunks) = await batch.task.result { return chunks[position] }
         return try await self.database.chunk(message: self.entries[key.index].id, seq: Int(key.seq))
+    }
+
+    private func startReadAhead(after key: ChunkKey) {
+        guard !self.finished.load(ordering: .acquiring) else { return }
+        var keys: [ChunkKey] = []
+        var octets = 0
+        var last = key
+        while keys.count < Self.readAheadChunks, octets < Self.readAheadOctets {
+            if Int(last.seq) + 1 < self.entries[last.index].chunks {
+                last = ChunkKey(index: last.index, seq: last.seq + 1)
+            } else {
+                guard let index = self.entries.indices[(last.index + 1)...].first(where: { self.entries[$0].chunks > 0 }) else { break }
+                last = ChunkKey(index: index, seq: 0)
+            }
+            keys.append(last)
+            octets += max(1, min(DatabaseSchema.chunkSize, self.entries[last.index].message.size - Int(last.seq) * DatabaseSchema.chunkSize))
+        }
+        guard !keys.isEmpty else { return }
+        let (database, wanted) = (self.database, keys.map { (self.entries[$0.index].id, $0.seq) })
+        let task = Task { try await database.chunks(wanted) }
+        self.readAhead.withLock { $0 = Batch(keys: keys, task: task) }
     }
 
     func commit(deleting indices: Set<Int>) async throws {

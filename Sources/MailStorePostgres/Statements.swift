@@ -53,6 +53,24 @@ enum Statements {
         func decodeRow(_ row: PostgresRow) throws -> Row { try row.decode(ByteBuffer.self) }
     }
 
+    /// Several stored chunks at once (the read-ahead): rows for those of the (message, seq) pairs that exist.
+    struct Chunks: PostgresPreparedStatement {
+        static let sql = """
+            SELECT c.message_id, c.seq, c.data FROM unnest($1::bigint[], $2::integer[]) AS k (message_id, seq)
+            JOIN message_chunks c ON c.message_id = k.message_id AND c.seq = k.seq
+            """
+        typealias Row = (Int64, Int32, ByteBuffer)
+        let messages: [Int64]
+        let seqs: [Int32]
+        func makeBindings() throws -> PostgresBindings {
+            var bindings = PostgresBindings(capacity: 2)
+            bindings.append(self.messages)
+            bindings.append(self.seqs)
+            return bindings
+        }
+        func decodeRow(_ row: PostgresRow) throws -> Row { try row.decode(Row.self) }
+    }
+
     /// The shared auth penalty's admission step (see `SharedPenalty.admit`).
     struct PenaltyAdmit: PostgresPreparedStatement {
         static let sql = """
