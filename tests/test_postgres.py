@@ -125,6 +125,47 @@ def test_deliver_store_retrieve_and_delete_across_two_nodes(pop3d_bin, cluster_d
         second.stop()
 
 
+
+def test_read_ahead_returns_every_message_whole_in_any_order(pop3d_bin, cluster_db):
+    """RETR reads the chunks that follow ahead, several messages' in one query (PostgresMaildrop's read-ahead).
+    Whatever the order the client asks in (in order and pipelined, backwards, skipping, TOP between, the same one
+    twice, a message deleted meanwhile by DELE), each reply is the whole message it names."""
+    n = node(pop3d_bin, cluster_db)
+    n.migrate()
+    n.add_user("alice", "pw-alice")
+    sizes = [0, 40_000, 600_000, 0, 70_000, 300_000, 10_000, 0, 520_000, 5_000, 0, 90_000]
+    messages = [crlf(make_message("ahead", i, body_bytes=size)[1]) for i, size in enumerate(sizes)]
+    for data in messages:
+        assert n.deliver("alice", data)[0] == 0
+    n.start()
+    try:
+        def whole(session, number):
+            return b"\r\n".join(session.retr(number)[1]) + b"\r\n"
+
+        a = n.poplib_pop3s("alice")
+        order = list(range(1, len(messages) + 1))
+        for number in order + order[::-1] + [3, 3, 9, 1, 12, 6, 2]:
+            assert whole(a, number) == messages[number - 1], f"message {number} differs"
+            if number == 5:
+                top = a.top(6, 0)[1]
+                assert top[0].startswith(b"From:"), top[:2]
+        a.dele(4)
+        for number in (2, 3, 5, 6):
+            assert whole(a, number) == messages[number - 1], f"message {number} differs after a DELE"
+        assert a.quit().startswith(b"+OK")
+        del messages[3]
+        # Pipelined: every RETR sent at once, the replies read after.
+        s = pop3support.POP3Session(n)
+        s.login("alice", "pw-alice")
+        s.pipeline(*[f"RETR {i}" for i in range(1, len(messages) + 1)])
+        for number in range(1, len(messages) + 1):
+            status = s.line()
+            assert status.startswith(b"+OK"), status
+            assert s.multiline() == messages[number - 1], f"pipelined message {number} differs"
+        s.ok("QUIT")
+    finally:
+        n.stop()
+
 def test_quota_in_the_database_refuses_with_nothing_stored(pop3d_bin, cluster_db, postgres):
     n = node(pop3d_bin, cluster_db)
     n.migrate()
