@@ -5,6 +5,7 @@ Binaries: POP3_BIN_DIR (holding pop3d and pop3), else `swift build --show-bin-pa
 prints the path; it does not build).
 """
 import os
+import shutil
 import subprocess
 
 import pytest
@@ -84,48 +85,58 @@ def shared_pop3d(pop3d_bin, tmp_path_factory):
 @pytest.fixture(scope="session")
 def postgres():
     """One private PostgreSQL 15 cluster for the session (initdb + pg_ctl in a temporary folder, a free port),
-    stopped at the end. Each test creates a database of its own (`postgres.create(name)`)."""
+    stopped and removed at the end (its write-ahead log alone can be a gigabyte after the slow tests). Each test
+    creates a database of its own (`postgres.create(name)`)."""
     if pop3support.postgres_binary() is None:
         pytest.skip("PostgreSQL 15 is not installed (apt-get install postgresql-15, as scripts/test-deps does)")
     cluster = pop3support.Postgres(pop3support.shared_tmpdir("pop3-pg-"))
     cluster.start()
     yield cluster
     cluster.stop()
+    shutil.rmtree(cluster.root, ignore_errors=True)
 
 
-_dev_databases = iter(range(1, 1_000_000))
+BACKENDS = [pytest.param(b, marks=pytest.mark.postgres) if b == "postgres" else b for b in pop3support.BACKENDS]
 
 
-def dev_on_postgres(pop3d_bin, root, postgres):
-    """A `pop3d dev` whose mail is in PostgreSQL: the dev set-up is made as usual (passwd-file, demo account, its
-    sample messages in a Maildir), then `storage.backend: postgres` is added and `pop3d migrate maildir` copies the
-    Maildir in (UIDLs kept), so every test sees the same demo maildrop on either backend. The passwd-file keeps
-    authenticating; deliveries (`dev.deliver`) go into the database."""
-    import shutil
-
-    dev = pop3support.Pop3dDev(pop3d_bin, root)
-    dev.start()
-    dev.stop()
-    maildir_config = os.path.join(dev.data, "maildir.yaml")
-    shutil.copy(dev.config, maildir_config)
-    url = postgres.create(f"dev_{next(_dev_databases)}")
-    dev.configure(f'storage:\n  backend: postgres\n  postgres:\n    url: "{url}"\n    tls: disable\n')
-    for args in (("db", "migrate"), ("migrate", "maildir", "--from", maildir_config)):
-        r = dev.pop3d(*args, "--config", dev.config)
-        if r.returncode != 0:
-            pytest.fail(f"pop3d {' '.join(args)}: exit {r.returncode}: {r.stderr.decode(errors='replace')}", pytrace=False)
-    dev.start()
-    return dev
+def _backend_dev(request, pop3d_bin, root, **kw):
+    postgres = request.getfixturevalue("postgres") if request.param == "postgres" else None
+    try:
+        return pop3support.start_backend_dev(pop3d_bin, root, request.param, postgres, **kw)
+    except RuntimeError as e:
+        pytest.fail(f"pop3d dev on {request.param}: {e}", pytrace=False)
 
 
-@pytest.fixture(scope="module", params=["maildir", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.fixture(scope="module", params=BACKENDS)
 def backend_pop3d(request, pop3d_bin, tmp_path_factory):
     """As `shared_pop3d` (one read-mostly `pop3d dev` per module), once per storage backend: the protocol checks
-    that use it run against Maildir and against PostgreSQL."""
-    root = tmp_path_factory.mktemp(f"pop3d-{request.param}")
-    if request.param == "postgres":
-        dev = dev_on_postgres(pop3d_bin, root, request.getfixturevalue("postgres"))
-    else:
-        dev = _dev(pop3d_bin, root)
+    that use it run against Maildir and against PostgreSQL (pop3support.start_backend_dev: the demo account and its
+    3 messages migrated into a database of its own, accounts there too). Each test must leave the maildrop and the
+    accounts as it found them, and fail logins only from loopback addresses of its own (the auth penalty)."""
+    dev = _backend_dev(request, pop3d_bin, tmp_path_factory.mktemp(f"pop3d-{request.param}"))
     yield dev
     dev.stop()
+
+
+@pytest.fixture(params=BACKENDS)
+def backend_pop3d_each(request, pop3d_bin, tmp_path):
+    """As `pop3d` (a `pop3d dev` of the test's own, stopped after it), once per storage backend: for protocol
+    checks that change the maildrop or the accounts, or leave an auth penalty behind."""
+    dev = _backend_dev(request, pop3d_bin, tmp_path)
+    yield dev
+    dev.stop()
+
+
+@pytest.fixture(params=BACKENDS)
+def backend_pop3d_factory(request, pop3d_bin, tmp_path):
+    """As `backend_pop3d_each` when the dev needs options: a function `start(extra_config="", run_as=None)` (as for
+    Pop3dDev) that returns the started `pop3d dev` of the test's own, on each storage backend in turn."""
+    started = []
+
+    def start(**kw):
+        assert not started, "one backend_pop3d_factory dev per test"
+        started.append(_backend_dev(request, pop3d_bin, tmp_path, **kw))
+        return started[0]
+    yield start
+    for dev in started:
+        dev.stop()

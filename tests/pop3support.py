@@ -142,8 +142,32 @@ def rss_kib(pid):
     return vm_kib(pid, "VmRSS")
 
 
-def fd_count(pid):
-    return len(os.listdir(f"/proc/{pid}/fd"))
+def fd_count(pid, except_peer_port=None):
+    """The process's open descriptors; with except_peer_port, less its TCP connections to that port on loopback
+    (a database connection pool opens them as it needs)."""
+    fds = os.listdir(f"/proc/{pid}/fd")
+    if except_peer_port is None:
+        return len(fds)
+    inodes = set()
+    for name in ("tcp", "tcp6"):
+        try:
+            with open(f"/proc/{pid}/net/{name}") as f:
+                rows = f.readlines()[1:]
+        except FileNotFoundError:
+            continue
+        for row in rows:
+            fields = row.split()  # sl local_address rem_address st ... uid timeout inode
+            if int(fields[2].rsplit(":", 1)[1], 16) == except_peer_port:
+                inodes.add(fields[9])
+    count = 0
+    for fd in fds:
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue  # closed meanwhile
+        if not (target.startswith("socket:[") and target[8:-1] in inodes):
+            count += 1
+    return count
 
 
 def settled_fd_count(pid, seconds=2.0):
@@ -592,6 +616,8 @@ class Pop3dDev(_Accounts):
     shared_tmpdir). extra_config: YAML appended to pop3d.yaml before the first start (see configure)."""
 
     name = "pop3d"
+    backend = "maildir"  # "postgres" when made by start_backend_dev(..., "postgres")
+    database_port = None  # then the PostgreSQL cluster's
 
     def __init__(self, pop3d_bin, root, run_as=None, extra_config=""):
         self.bin = pop3d_bin
@@ -748,7 +774,8 @@ class Pop3dDev(_Accounts):
         return rss_kib(self.pid)
 
     def fd_count(self):
-        return fd_count(self.pid)
+        """pop3d's open descriptors, less its connections to PostgreSQL (opened by its pool as needed)."""
+        return fd_count(self.pid, self.database_port)
 
     def session(self, **kw):
         """A POP3Session to this server (see POP3Session for the keywords)."""
@@ -1291,6 +1318,46 @@ class Postgres:
             self.psql(f"CREATE ROLE {owner} LOGIN" + (f" PASSWORD '{password}'" if password else ""))
         self.psql(f"CREATE DATABASE {db} OWNER {owner}")
         return f"postgresql://{owner}@127.0.0.1:{self.port}/{db}"
+
+
+BACKENDS = ("maildir", "postgres")
+_dev_databases = iter(range(1, 1_000_000))
+
+
+def start_backend_dev(pop3d_bin, root, backend="maildir", postgres=None, run_as=None, extra_config=""):
+    """A started `pop3d dev` in ROOT (run_as and extra_config as for Pop3dDev) with its mail, and on postgres its
+    accounts too, in `backend`: "maildir", or "postgres" (a database of its own in the Postgres cluster
+    `postgres`). On postgres the dev set-up is made as usual (passwd-file, demo account, its sample messages in a
+    Maildir), then `pop3d migrate maildir` copies accounts (password fields as they are, SCRAM keys too) and
+    messages (UIDLs kept) into the database, and `passwd_file` is taken out of pop3d.yaml: logins, SCRAM lookups,
+    the auth penalty, maildrop locks, deliveries (`dev.deliver`, `dev.add_user`) all go to PostgreSQL, and every
+    test sees the same demo maildrop on either backend. `dev.backend` says which; on postgres
+    `dev.maildir_config` is the Maildir set-up it was migrated from (its Maildirs stay on disk, no longer served)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}")
+    dev = Pop3dDev(pop3d_bin, root, run_as=run_as, extra_config=extra_config)
+    if backend == "maildir":
+        return dev.start()
+    if not os.path.exists(dev.config):
+        dev.start()  # creates the dev set-up (pop3d.yaml, certificate, passwd-file, demo Maildir)
+        dev.stop()
+    dev.backend = backend
+    dev.database_port = postgres.port
+    dev.maildir_config = os.path.join(dev.data, "maildir.yaml")
+    shutil.copy(dev.config, dev.maildir_config)
+    with open(dev.config) as f:
+        text = f.read()
+    if "\npasswd_file: users\n" not in text:
+        raise RuntimeError(f"{dev.config}: no `passwd_file: users` line to take out:\n{text}")
+    with open(dev.config, "w") as f:
+        f.write(text.replace("\npasswd_file: users\n", "\n"))
+    url = postgres.create(f"dev_{next(_dev_databases)}")
+    dev.configure(f'storage:\n  backend: postgres\n  postgres:\n    url: "{url}"\n    tls: disable\n')
+    for args in (("db", "migrate"), ("migrate", "maildir", "--from", dev.maildir_config)):
+        r = dev.pop3d(*args, "--config", dev.config)
+        if r.returncode != 0:
+            raise RuntimeError(f"pop3d {' '.join(args)}: exit {r.returncode}: {r.stderr.decode(errors='replace')}")
+    return dev.start()
 
 
 class Pop3dNode(_Accounts):

@@ -1,16 +1,17 @@
 """The retriever (`pop3 fetch`) against real servers on loopback: Dovecot 2.3 and `pop3d dev`.
 
-1. Functional (the same nine checks against `pop3d dev` and against Dovecot, which needs root and Debian's
-   dovecot-pop3d): 20 messages of assorted shapes (LF, CRLF, dot lines, `From ` lines, 8-bit, a 300 KB one)
-   fetched into a Maildir (pop3s://), an mbox (--starttls pop3://) and an MDA command; --keep and re-runs,
-   delete-after-download, --keep-days with a moved clock (POP3_NOW), --max-size, --json. Every message must arrive
-   exactly once with bytes identical to the source (after LF normalisation; mboxrd quoting undone for mbox).
-   The checks of one chain (keep, mda, size) build on each other and run in file order; one run alone skips,
+1. Functional (the same nine checks against `pop3d dev` on Maildir, `pop3d dev` on PostgreSQL, and Dovecot, which
+   needs root and Debian's dovecot-pop3d): 20 messages of assorted shapes (LF, CRLF, dot lines, `From ` lines,
+   8-bit, a 300 KB one) fetched into a Maildir (pop3s://), an mbox (--starttls pop3://) and an MDA command; --keep
+   and re-runs, delete-after-download, --keep-days with a moved clock (POP3_NOW), --max-size, --json. Every message
+   must arrive exactly once with bytes identical to the source (after LF normalisation; mboxrd quoting undone for
+   mbox). The checks of one chain (keep, mda, size) build on each other and run in file order; one run alone skips,
    saying which check must run before it.
-2. kill -9 crash safety against `pop3d dev` (docs/security-cases.md cases 98, 101): a ~300-message mailbox fetched
-   (delete mode) by runs that are killed with SIGKILL after a random delay and re-run until one exits 0 with the
-   server empty; then every message is in the Maildir exactly once. The same with an mbox destination.
-3. A 1 GiB message through pop3d into a Maildir with the client's peak RSS (VmHWM, polled) under 64 MiB
+2. kill -9 crash safety against `pop3d dev` on each storage backend (docs/security-cases.md cases 98, 101): a
+   ~300-message mailbox fetched (delete mode) by runs that are killed with SIGKILL after a random delay and re-run
+   until one exits 0 with the server empty; then every message is in the Maildir exactly once. The same with an
+   mbox destination.
+3. A 1 GiB message through pop3d (Maildir) into a Maildir with the client's peak RSS (VmHWM, polled) under 64 MiB
    (docs/security-cases.md case 108).
 
 As root, pop3d and its admin commands run as `nobody` (neither `dev` nor `deliver` has privileges to drop), the way
@@ -33,7 +34,7 @@ import time
 
 import pytest
 
-from pop3support import Dovecot, Pop3dDev, normalize, shared_tmpdir, tail, vm_kib
+from pop3support import Dovecot, Pop3dDev, normalize, shared_tmpdir, start_backend_dev, tail, vm_kib
 
 FUNCTIONAL_USERS = ("keeper", "stls", "mda", "sizer")
 N = 20  # messages in one corpus
@@ -312,16 +313,21 @@ class Target:
             list(pool.map(deliver, messages.values()))
 
 
-def start_pop3d(pop3d_bin, prefix, users):
-    """`pop3d dev` as nobody (when root) in a fresh 0755 folder, with `users` (random passwords)."""
-    server = Pop3dDev(pop3d_bin, shared_tmpdir(prefix), run_as="nobody")
+def start_pop3d(pop3d_bin, prefix, users, backend="maildir", postgres=None):
+    """`pop3d dev` as nobody (when root) in a fresh 0755 folder, with `users` (random passwords), its mail on
+    `backend` (pop3support.start_backend_dev)."""
+    root = shared_tmpdir(prefix)
+    server = None
     try:
-        server.start()
+        server = start_backend_dev(pop3d_bin, root, backend, postgres, run_as="nobody")
+        if backend != "maildir":
+            server.name = f"pop3d-{backend}"
         for user in users:
             server.add_user(user, secrets.token_urlsafe(12))
     except BaseException:
-        server.stop()
-        shutil.rmtree(server.root, ignore_errors=True)
+        if server is not None:
+            server.stop()
+        shutil.rmtree(root, ignore_errors=True)
         raise
     return server
 
@@ -334,12 +340,16 @@ def finish(server):
 
 @pytest.fixture(scope="module", params=[
     pytest.param("pop3d", id="pop3d"),
+    pytest.param("pop3d-postgres", id="pop3d-postgres", marks=pytest.mark.postgres),
     pytest.param("dovecot", id="dovecot", marks=[pytest.mark.dovecot, pytest.mark.root]),
 ])
 def target(request, pop3d_bin, pop3_bin):
     """One server for the nine functional checks, with the users keeper, stls, mda and sizer."""
     if request.param == "pop3d":
         server = start_pop3d(pop3d_bin, "client-interop-pop3d-", FUNCTIONAL_USERS)
+    elif request.param == "pop3d-postgres":
+        server = start_pop3d(pop3d_bin, "client-interop-pg-", FUNCTIONAL_USERS, "postgres",
+                             request.getfixturevalue("postgres"))
     else:
         server = Dovecot(shared_tmpdir("client-interop-dovecot-"))
         try:
@@ -505,9 +515,12 @@ def test_without_max_size_big_message_follows(target):
 
 # ---------------------------------------------------------------- 2. kill -9
 
-@pytest.fixture(scope="module")
-def crash_target(pop3d_bin, pop3_bin):
-    server = start_pop3d(pop3d_bin, "client-interop-crash-", ("crash", "crashmbox"))
+@pytest.fixture(scope="module", params=["maildir", pytest.param("postgres", marks=pytest.mark.postgres)])
+def crash_target(request, pop3d_bin, pop3_bin):
+    """pop3d on each storage backend: a killed client's session must end without applying its DELEs, and free the
+    maildrop for the next run at once."""
+    postgres = request.getfixturevalue("postgres") if request.param == "postgres" else None
+    server = start_pop3d(pop3d_bin, "client-interop-crash-", ("crash", "crashmbox"), request.param, postgres)
     yield Target(pop3_bin, server)
     finish(server)
 
@@ -616,6 +629,7 @@ def test_kill9_mbox_each_message_once(crash_target, rng):
 RSS_LIMIT_KIB = 64 * 1024
 
 
+# Maildir only: it checks the client's memory, which the server's backend does not change, and runs ~3 min.
 def test_one_gib_message_bounded_memory(pop3d_bin, pop3_bin):
     """A 1 GiB message fetched into a Maildir: identical (SHA-256), deleted on the server, the client's peak RSS
     (VmHWM, polled every 20 ms) under 64 MiB."""

@@ -5,8 +5,14 @@ with hashes made by `doveadm pw`; plus the hash schemes admins bring from Doveco
 Every failed SCRAM exchange must look like a wrong password: the same reply, the server-first message for unknown
 users too (with a salt that does not change between attempts), and the auth penalty. Failing tests use their own
 loopback source address, as the penalty is per client address.
+
+The checks of pop3d run once per storage backend (`backend_pop3d`, `backend_pop3d_each`, `backend_pop3d_factory`:
+Maildir with the passwd-file, and PostgreSQL with the accounts and the demo maildrop migrated in, so SCRAM keys,
+unknown users' dummy keys and the penalty come from the database); the ones about the passwd-file's format and the
+configuration stay on Maildir.
 """
 import base64
+import concurrent.futures
 import os
 import shutil
 import subprocess
@@ -34,16 +40,16 @@ def append_user(dev, line):
         f.write(line + "\n")
 
 
-def test_capa_announces_the_mechanisms_in_order(shared_pop3d):
+def test_capa_announces_the_mechanisms_in_order(backend_pop3d):
     """TLS: PLAIN, SCRAM-SHA-256-PLUS, SCRAM-SHA-256 (the default auth.mechanisms); the plaintext port before STLS
     announces no SASL at all; after STLS the -PLUS one is there too (it binds to the STLS session)."""
-    tls = POP3Session(shared_pop3d)
+    tls = POP3Session(backend_pop3d)
     assert MECHANISMS in capa(tls)
     tls.ok("QUIT")
-    plain = POP3Session(shared_pop3d, mode="plain")
+    plain = POP3Session(backend_pop3d, mode="plain")
     assert not [line for line in capa(plain) if line.startswith("SASL")]
     plain.ok("QUIT")
-    stls = POP3Session(shared_pop3d, mode="stls")
+    stls = POP3Session(backend_pop3d, mode="stls")
     assert MECHANISMS in capa(stls)
     stls.ok("QUIT")
 
@@ -55,11 +61,11 @@ def test_capa_announces_the_mechanisms_in_order(shared_pop3d):
     ("SCRAM-SHA-256-PLUS", "stls", False),
     ("SCRAM-SHA-256", "stls", True),
 ])
-def test_scram_login_with_an_independent_client(shared_pop3d, mechanism, mode, initial):
+def test_scram_login_with_an_independent_client(backend_pop3d, mechanism, mode, initial):
     """The demo account (stored as {SCRAM-SHA-256}) logs in with a SCRAM client that is not ours, with and without
     an initial response, over implicit TLS and after STLS; the server proves itself with its signature."""
-    s = POP3Session(shared_pop3d, mode=mode)
-    reply, attrs = scram_login(s, "demo", shared_pop3d.password, mechanism, initial=initial)
+    s = POP3Session(backend_pop3d, mode=mode)
+    reply, attrs = scram_login(s, "demo", backend_pop3d.password, mechanism, initial=initial)
     assert reply == b"+OK Logged in.", reply
     assert int(attrs["i"]) >= 4096
     assert s.stat()[0] == 3
@@ -73,58 +79,59 @@ def test_scram_login_with_an_independent_client(shared_pop3d, mechanism, mode, i
     ("p-flag-on-the-plain-mechanism", "127.0.0.24", "SCRAM-SHA-256", {"gs2": "p=tls-server-end-point,,"}),
     ("authzid-of-someone-else", "127.0.0.25", "SCRAM-SHA-256", {"gs2": "n,a=root,"}),
 ])
-def test_scram_binding_and_downgrade_failures_look_like_a_wrong_password(shared_pop3d, case, source, mechanism,
+def test_scram_binding_and_downgrade_failures_look_like_a_wrong_password(backend_pop3d, case, source, mechanism,
                                                                          kwargs):
     """A -PLUS binding to another channel (a TLS-terminating man in the middle), a binding type the server does not
     offer, the "y" flag while -PLUS is offered (someone removed it from CAPA), a p= flag on the plain mechanism,
     an authorisation identity of someone else: all answered as a wrong password, with the right password."""
-    s = POP3Session(shared_pop3d, source=source)
-    reply, _ = scram_login(s, "demo", shared_pop3d.password, mechanism, **kwargs)
+    s = POP3Session(backend_pop3d, source=source)
+    reply, _ = scram_login(s, "demo", backend_pop3d.password, mechanism, **kwargs)
     assert reply == AUTH_FAILED, (case, reply)
     s.ok("QUIT")
 
 
-def test_scram_plus_without_tls_fails_like_a_wrong_password(pop3d_bin, tmp_path):
+def test_scram_plus_without_tls_fails_like_a_wrong_password(backend_pop3d_factory):
     """With cleartext auth allowed, a -PLUS exchange on the plaintext port (no channel to bind to) is answered like
     a wrong password; the plain SCRAM mechanism works there, and -PLUS is not announced."""
-    dev = Pop3dDev(pop3d_bin, tmp_path, extra_config="auth:\n  allow_cleartext: true\n").start()
-    try:
-        s = POP3Session(dev, mode="plain", source="127.0.0.26")
-        assert "SASL PLAIN SCRAM-SHA-256" in capa(s)
-        reply, _ = scram_login(s, "demo", dev.password, "SCRAM-SHA-256-PLUS", gs2="p=tls-server-end-point,,",
-                               cb_data=b"\0" * 32)
-        assert reply == AUTH_FAILED, reply
-        s.ok("QUIT")
-        ok = POP3Session(dev, mode="plain", source="127.0.0.27")
-        assert scram_login(ok, "demo", dev.password, "SCRAM-SHA-256")[0] == b"+OK Logged in."
-        ok.ok("QUIT")
-    finally:
-        dev.stop()
+    dev = backend_pop3d_factory(extra_config="auth:\n  allow_cleartext: true\n")
+    s = POP3Session(dev, mode="plain", source="127.0.0.26")
+    assert "SASL PLAIN SCRAM-SHA-256" in capa(s)
+    reply, _ = scram_login(s, "demo", dev.password, "SCRAM-SHA-256-PLUS", gs2="p=tls-server-end-point,,",
+                           cb_data=b"\0" * 32)
+    assert reply == AUTH_FAILED, reply
+    s.ok("QUIT")
+    ok = POP3Session(dev, mode="plain", source="127.0.0.27")
+    assert scram_login(ok, "demo", dev.password, "SCRAM-SHA-256")[0] == b"+OK Logged in."
+    ok.ok("QUIT")
 
 
-def test_unknown_users_and_non_scram_hashes_fail_like_a_wrong_password(pop3d_bin, tmp_path):
+def test_unknown_users_and_non_scram_hashes_fail_like_a_wrong_password(backend_pop3d_each):
     """demo with a wrong password, an unknown user, and bob whose hash (SHA512-CRYPT) cannot do SCRAM: each gets a
     server-first message (an unknown user's salt is the same on every attempt, like a real one's), then the same
     reply after the proof. bob still logs in with PLAIN and USER/PASS."""
-    dev = Pop3dDev(pop3d_bin, tmp_path).start()
-    try:
-        dev.add_user("bob", "bob-secret", scheme="SHA512-CRYPT")
-        salts = {}
-        for index, (user, password) in enumerate([("demo", "wrong"), ("ghost", "x"), ("ghost", "y"),
-                                                  ("bob", "bob-secret")]):
-            s = POP3Session(dev, source=f"127.0.0.{30 + index}")
-            reply, attrs = scram_login(s, user, password)
-            assert reply == AUTH_FAILED, (user, reply)
-            assert attrs is not None and int(attrs["i"]) == 4096, (user, attrs)
-            salts.setdefault(user, set()).add(attrs["s"])
-            s.ok("QUIT")
-        assert len(salts["ghost"]) == 1, salts
-        assert dev.poplib_pop3s("bob").stat()[0] == 0
-        assert "login failed" in dev.log_text() and "bob-secret" not in dev.log_text()
-    finally:
-        dev.stop()
+    dev = backend_pop3d_each
+    dev.add_user("bob", "bob-secret", scheme="SHA512-CRYPT")
+
+    def attempt(index, user, password):
+        s = POP3Session(dev, source=f"127.0.0.{30 + index}")  # each from its own address: no penalty wait
+        reply, attrs = scram_login(s, user, password)
+        assert reply == AUTH_FAILED, (user, reply)
+        assert attrs is not None and int(attrs["i"]) == 4096, (user, attrs)
+        s.ok("QUIT")
+        return user, attrs["s"]
+    attempts = [("demo", "wrong"), ("ghost", "x"), ("ghost", "y"), ("bob", "bob-secret")]
+    with concurrent.futures.ThreadPoolExecutor(len(attempts)) as pool:  # each failure waits auth.failure_delay
+        results = list(pool.map(attempt, range(len(attempts)), *zip(*attempts)))
+    salts = {}
+    for user, salt in results:
+        salts.setdefault(user, set()).add(salt)
+    assert len(salts["ghost"]) == 1, salts
+    assert dev.poplib_pop3s("bob").stat()[0] == 0
+    assert "login failed" in dev.log_text() and "bob-secret" not in dev.log_text()
 
 
+# Maildir only: the passwd-file's lines and doveadm hashes pasted into it (database accounts with every scheme:
+# test_postgres.py, test_accounts_in_the_database_log_in_with_every_scheme).
 def test_scram_hashes_from_user_add_and_doveadm(pop3d_bin, tmp_path):
     """`pop3d user add --scheme SCRAM-SHA-256` writes Dovecot's format with auth.scram_iterations; `doveadm pw`
     hashes pasted into the passwd-file work as they are: SCRAM-SHA-256 for SCRAM and USER/PASS, and the schemes
@@ -159,6 +166,7 @@ def test_scram_hashes_from_user_add_and_doveadm(pop3d_bin, tmp_path):
         dev.stop()
 
 
+# Maildir only: configuration checks, and an account pasted into the passwd-file.
 def test_mechanisms_are_configurable(pop3d_bin, tmp_path):
     """auth.mechanisms: SCRAM-SHA-1 only when listed (in the order given); an unknown name, and the OAuth ones
     (auth.oauth2 is not implemented yet), are configuration errors that name the key."""
@@ -211,11 +219,12 @@ delivery maildir {maildir}
 
 
 @pytest.mark.parametrize("auth", ["scram-sha-256", "plain"])
-def test_mpop_logs_in_with_scram(pop3d, tmp_path, auth):
+def test_mpop_logs_in_with_scram(backend_pop3d_each, tmp_path, auth):
     """mpop 1.4 (GNU SASL) with `auth scram-sha-256` retrieves the demo maildrop; with a wrong password it fails
     and pop3d logs the failure (never the password)."""
     if shutil.which("mpop") is None:
         pytest.skip("mpop is not installed (apt-get install mpop, as scripts/test-deps does)")
+    pop3d = backend_pop3d_each  # of its own: the wrong password leaves a penalty on 127.0.0.1
     folder = str(tmp_path)
     maildir = os.path.join(folder, "Maildir")
     for sub in ("new", "cur", "tmp"):
@@ -240,9 +249,10 @@ def fetch(pop3_bin, server, user, password_file, maildir, state, *extra):
     return subprocess.run(cmd, capture_output=True, timeout=120, env=dict(os.environ, XDG_STATE_HOME=state))
 
 
-def test_pop3_scram_plus_against_pop3d(pop3d, pop3_bin, tmp_path):
+def test_pop3_scram_plus_against_pop3d(backend_pop3d, pop3_bin, tmp_path):
     """pop3 fetch --auth scram-sha-256-plus (and auto, which picks it) against pop3d; the verbose log shows the
     mechanism but neither the password nor the SCRAM messages."""
+    pop3d = backend_pop3d  # --keep: the maildrop is left as it was
     folder = str(tmp_path)
     pw = write_secret(os.path.join(folder, "pw"), pop3d.password)
     for auth, state in [("scram-sha-256-plus", "s1"), ("auto", "s2"), ("scram-sha-256", "s3")]:
