@@ -369,6 +369,39 @@ def _command_bytes(command):
     return command if isinstance(command, bytes) else command.encode()
 
 
+def stream_retr(server, user, password, number, timeout=300, pause_after=None, pause=0.0, while_paused=None):
+    """RETR over implicit TLS with bounded memory: each line read, dot-unstuffed, counted, hashed and thrown away.
+    With pause_after, reading stops for `pause` s once that many octets are in (the server must then wait, not
+    buffer), and while_paused() is called at the end of the pause. Returns (octets, SHA-256 hex digest, what
+    while_paused returned)."""
+    sha = hashlib.sha256()
+    octets, paused = 0, None
+    with socket.create_connection(("127.0.0.1", server.tls_port), timeout=timeout) as raw:
+        with server.ctx.wrap_socket(raw, server_hostname="localhost") as s:
+            f = s.makefile("rb", buffering=1 << 20)
+            assert f.readline().startswith(b"+OK")
+            for command in (f"USER {user}", f"PASS {password}", f"RETR {number}"):
+                s.sendall(command.encode() + b"\r\n")
+                reply = f.readline()
+                assert reply.startswith(b"+OK"), (command.split()[0], reply)
+            while True:
+                line = f.readline(1 << 16)
+                assert line.endswith(b"\r\n"), f"connection closed, or a line without CRLF, after {octets} octets"
+                if line == b".\r\n":
+                    break
+                if line.startswith(b"."):
+                    line = line[1:]
+                octets += len(line)
+                sha.update(line)
+                if pause_after is not None and octets >= pause_after:
+                    pause_after = None
+                    time.sleep(pause)
+                    paused = while_paused() if while_paused else None
+            s.sendall(b"QUIT\r\n")
+            assert f.readline().startswith(b"+OK")
+    return octets, sha.hexdigest(), paused
+
+
 class POP3Session:
     """A line-level POP3 client on a raw socket: mode "tls" (implicit TLS), "stls" (plaintext port, then STLS) or
     "plain" (plaintext port, no TLS). `source` picks the loopback source address (127.0.0.N: the auth penalty is

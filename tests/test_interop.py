@@ -20,7 +20,7 @@ import time
 import pytest
 
 from pop3support import (EX_NOUSER, EX_TEMPFAIL, crlf, free_port, make_cert, peer_fingerprint, s_client,
-                         shared_tmpdir, stop_process, vm_kib, wait_port)
+                         shared_tmpdir, stop_process, stream_retr, vm_kib, wait_port)
 
 
 def retr_bytes(client, n):
@@ -312,27 +312,6 @@ def test_sigterm_is_graceful(pop3d):
 
 # ---------------------------------------------------------------- 1 GiB
 
-def stream_retr_size(dev, user, password, n):
-    """RETR over TLS, reading the body in chunks (bounded memory); returns its size without stuffing and terminator."""
-    with socket.create_connection(("127.0.0.1", dev.tls_port), timeout=120) as raw:
-        with dev.ctx.wrap_socket(raw, server_hostname="localhost") as s:
-            f = s.makefile("rb", buffering=1 << 20)
-            assert f.readline().startswith(b"+OK")
-            for command in (f"USER {user}", f"PASS {password}", f"RETR {n}"):
-                s.sendall(command.encode() + b"\r\n")
-                reply = f.readline()
-                assert reply.startswith(b"+OK"), reply
-            size = 0
-            while True:
-                line = f.readline(1 << 16)
-                assert line, "connection closed before the terminator"
-                if line == b".\r\n":
-                    break
-                if line.startswith(b"."):
-                    line = line[1:]
-                size += len(line)
-            s.sendall(b"QUIT\r\n")
-            return size
 
 
 def test_one_gigabyte_message_with_bounded_memory(pop3d):
@@ -362,7 +341,7 @@ def test_one_gigabyte_message_with_bounded_memory(pop3d):
     assert (count, total) == (1, written + newlines), (count, total, written + newlines)
     c.quit()
     baseline = vm_kib(dev.pid, "VmRSS")
-    body = stream_retr_size(dev, "big", "big-pw", 1)
+    body = stream_retr(dev, "big", "big-pw", 1, timeout=120)[0]
     peak = vm_kib(dev.pid, "VmHWM")
     print(f"1 GiB RETR: {body} octets streamed; pop3d RSS {baseline // 1024} MiB before, peak {peak // 1024} MiB")
     assert body == total, (body, total)

@@ -11,7 +11,6 @@ import poplib
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -1106,36 +1105,6 @@ def _gigabyte_message(sha):
         yield block
 
 
-def _stream_retr(node, user, password, number, pause_after=64 << 20, pause=3.0):
-    """RETR over TLS, each line read, dot-unstuffed, counted, hashed and thrown away; reading pauses for `pause` s
-    after `pause_after` octets (the server must then wait, not buffer). (octets, sha256, pop3d VmRSS at the end
-    of the pause in KiB)."""
-    sha = hashlib.sha256()
-    octets, rss_paused = 0, None
-    with socket.create_connection(("127.0.0.1", node.tls_port), timeout=300) as raw:
-        with node.ctx.wrap_socket(raw, server_hostname="localhost") as s:
-            f = s.makefile("rb", buffering=1 << 20)
-            assert f.readline().startswith(b"+OK")
-            for command in (f"USER {user}", f"PASS {password}", f"RETR {number}"):
-                s.sendall(command.encode() + b"\r\n")
-                reply = f.readline()
-                assert reply.startswith(b"+OK"), (command.split()[0], reply)
-            while True:
-                line = f.readline(1 << 16)
-                assert line.endswith(b"\r\n"), f"connection closed, or a line without CRLF, after {octets} octets"
-                if line == b".\r\n":
-                    break
-                if line.startswith(b"."):
-                    line = line[1:]
-                octets += len(line)
-                sha.update(line)
-                if rss_paused is None and octets >= pause_after:
-                    time.sleep(pause)
-                    rss_paused = pop3support.vm_kib(node.proc.pid, "VmRSS")
-            s.sendall(b"QUIT\r\n")
-            assert f.readline().startswith(b"+OK")
-    return octets, sha.hexdigest(), rss_paused
-
 
 @pytest.mark.slow
 def test_a_gigabyte_message_streams_through_postgres_with_bounded_memory(pop3d_bin, cluster_db, postgres):
@@ -1194,7 +1163,9 @@ def test_a_gigabyte_message_streams_through_postgres_with_bounded_memory(pop3d_b
         assert listed == {1: size}, f"LIST {listed}, delivered {size} octets (CRLF lines: the POP3 size is the size)"
         before = pop3support.vm_kib(n.proc.pid, "VmRSS")
         started = time.monotonic()
-        octets, digest, paused = _stream_retr(n, "big", "pw-big", 1)
+        octets, digest, paused = pop3support.stream_retr(
+            n, "big", "pw-big", 1, pause_after=64 << 20, pause=3.0,
+            while_paused=lambda: pop3support.vm_kib(n.proc.pid, "VmRSS"))
         retr_s = time.monotonic() - started
         serve_peak = pop3support.vm_kib(n.proc.pid, "VmHWM")
         print(f"\n1 GiB through PostgreSQL: {size} octets; deliver {deliver_s:.1f} s, peak RSS {deliver_peak} KiB "

@@ -15,11 +15,7 @@ enum Statements {
         static let sql = "SELECT id, password FROM accounts WHERE name = $1"
         typealias Row = (Int64, String)
         let name: String
-        func makeBindings() throws -> PostgresBindings {
-            var bindings = PostgresBindings(capacity: 1)
-            bindings.append(self.name)
-            return bindings
-        }
+        func makeBindings() throws -> PostgresBindings { try PostgresBindings(self.name) }
         func decodeRow(_ row: PostgresRow) throws -> Row { try row.decode(Row.self) }
     }
 
@@ -29,12 +25,7 @@ enum Statements {
         typealias Row = (Int64, String, Int64, Int32)
         let account: Int64
         let limit: Int32
-        func makeBindings() throws -> PostgresBindings {
-            var bindings = PostgresBindings(capacity: 2)
-            bindings.append(self.account)
-            bindings.append(self.limit)
-            return bindings
-        }
+        func makeBindings() throws -> PostgresBindings { try PostgresBindings(self.account, self.limit) }
         func decodeRow(_ row: PostgresRow) throws -> Row { try row.decode(Row.self) }
     }
 
@@ -44,12 +35,7 @@ enum Statements {
         typealias Row = ByteBuffer
         let message: Int64
         let seq: Int32
-        func makeBindings() throws -> PostgresBindings {
-            var bindings = PostgresBindings(capacity: 2)
-            bindings.append(self.message)
-            bindings.append(self.seq)
-            return bindings
-        }
+        func makeBindings() throws -> PostgresBindings { try PostgresBindings(self.message, self.seq) }
         func decodeRow(_ row: PostgresRow) throws -> Row { try row.decode(ByteBuffer.self) }
     }
 
@@ -62,12 +48,7 @@ enum Statements {
         typealias Row = (Int64, Int32, ByteBuffer)
         let messages: [Int64]
         let seqs: [Int32]
-        func makeBindings() throws -> PostgresBindings {
-            var bindings = PostgresBindings(capacity: 2)
-            bindings.append(self.messages)
-            bindings.append(self.seqs)
-            return bindings
-        }
+        func makeBindings() throws -> PostgresBindings { try PostgresBindings(self.messages, self.seqs) }
         func decodeRow(_ row: PostgresRow) throws -> Row { try row.decode(Row.self) }
     }
 
@@ -83,11 +64,7 @@ enum Statements {
             """
         typealias Row = (Int32, Double)
         let address: String
-        func makeBindings() throws -> PostgresBindings {
-            var bindings = PostgresBindings(capacity: 1)
-            bindings.append(self.address)
-            return bindings
-        }
+        func makeBindings() throws -> PostgresBindings { try PostgresBindings(self.address) }
         func decodeRow(_ row: PostgresRow) throws -> Row { try row.decode(Row.self) }
     }
 
@@ -96,11 +73,7 @@ enum Statements {
         static let sql = "SELECT pg_try_advisory_lock(\(DatabaseSchema.lockClass), $1)"
         typealias Row = Bool
         let key: Int32
-        func makeBindings() throws -> PostgresBindings {
-            var bindings = PostgresBindings(capacity: 1)
-            bindings.append(self.key)
-            return bindings
-        }
+        func makeBindings() throws -> PostgresBindings { try PostgresBindings(self.key) }
         func decodeRow(_ row: PostgresRow) throws -> Row { try row.decode(Bool.self) }
     }
 
@@ -109,12 +82,16 @@ enum Statements {
         static let sql = "SELECT pg_advisory_unlock(\(DatabaseSchema.lockClass), $1)"
         typealias Row = Bool
         let key: Int32
-        func makeBindings() throws -> PostgresBindings {
-            var bindings = PostgresBindings(capacity: 1)
-            bindings.append(self.key)
-            return bindings
-        }
+        func makeBindings() throws -> PostgresBindings { try PostgresBindings(self.key) }
         func decodeRow(_ row: PostgresRow) throws -> Row { try row.decode(Bool.self) }
+    }
+}
+
+extension PostgresBindings {
+    /// Bindings of `values`, in order.
+    init(_ values: any PostgresEncodable...) throws {
+        self.init(capacity: values.count)
+        for value in values { try self.append(value) }
     }
 }
 
