@@ -1545,12 +1545,17 @@ class DNSServer(threading.Thread):
                 query, peer = self.sock.recvfrom(4096)
             except OSError:
                 return
-            i, labels = 12, []
-            while query[i]:
-                labels.append(query[i + 1:i + 1 + query[i]].decode())
-                i += 1 + query[i]
-            name = ".".join(labels)
-            qtype = struct.unpack("!H", query[i + 1:i + 3])[0]
+            if not query:
+                return  # shut down by close()
+            try:
+                i, labels = 12, []
+                while query[i]:
+                    labels.append(query[i + 1:i + 1 + query[i]].decode())
+                    i += 1 + query[i]
+                name = ".".join(labels)
+                qtype = struct.unpack("!H", query[i + 1:i + 3])[0]
+            except (IndexError, UnicodeDecodeError, struct.error):
+                continue  # not a DNS question (a stray datagram on this loopback port): no answer
             question = query[12:i + 5]
             self.asked.append(name)
             rdata = None
@@ -1567,6 +1572,13 @@ class DNSServer(threading.Thread):
             self.sock.sendto(reply, peer)
 
     def close(self):
+        """Stops the thread (shutdown wakes its recvfrom; a bare close would leave it blocked, the port bound) and
+        closes the socket."""
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # ENOTCONN on an unconnected socket, which still wakes the reader
+        self.join(5)
         self.sock.close()
 
 
