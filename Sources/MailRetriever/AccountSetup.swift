@@ -98,6 +98,16 @@ public struct AccountDiscovery: Sendable {
         return try result.get()
     }
 
+    /// Longest user name taken from a server's autoconfig document (an RFC 5321 path is at most 256 octets).
+    public static let maximumUserNameOctets = 254
+
+    /// Whether `name` (from a remote autoconfig document) can go into a URL and the accounts file: not empty, at
+    /// most `maximumUserNameOctets`, no white space or control characters.
+    public static func isUsableUserName(_ name: String) -> Bool {
+        !name.isEmpty && name.utf8.count <= Self.maximumUserNameOctets
+            && !name.unicodeScalars.contains { $0.properties.isWhitespace || $0.value < 0x20 || (0x7F...0x9F).contains($0.value) }
+    }
+
     /// The POP3-over-TLS servers of a clientConfig document (SSL first, then STARTTLS on 995's conventions are not
     /// offered: pop3 fetch uses implicit TLS for autoconfigured accounts).
     public static func parseClientConfig(_ data: Data, address: String) -> [Candidate] {

@@ -111,24 +111,24 @@ public final class MailDatabase: Sendable {
     /// `boundedBody: false` (a delivery streaming its message from the MTA) leaves the body unbounded here: its
     /// statements are still bounded by the server, and a body that committed must never be reported as failed.
     private func leased<T: Sendable>(boundedBody: Bool, _ body: @escaping @Sendable (PostgresConnection) async throws -> T) async throws -> T {
-        let started = StartedFlag()
+        let started = Flag()
         let (poolTimeout, bodyLimit) = (self.settings.poolTimeout, self.settings.statementTimeout + .seconds(10))
         // One task for the lease and the body, and a timer on an event loop that cancels it if no connection came
         // within pool_timeout (cheaper per statement than a task group with a sleeping child).
         let lease = Task {
             try await self.client.withConnection { connection in
-                started.value.withLock { $0 = true }
+                started.value.store(true, ordering: .releasing)
                 return try await boundedBody ? connection.bounded(by: bodyLimit) { try await body(connection) } : body(connection)
             }
         }
         let timer = MultiThreadedEventLoopGroup.singleton.any().scheduleTask(in: TimeAmount(poolTimeout)) {
-            if !started.value.withLock({ $0 }) { lease.cancel() }
+            if !started.value.load(ordering: .acquiring) { lease.cancel() }
         }
         defer { timer.cancel() }
         do {
             return try await withTaskCancellationHandler { try await lease.value } onCancel: { lease.cancel() }
         } catch {
-            if !started.value.withLock({ $0 }) { throw DeadlineExceeded(duration: poolTimeout) }
+            if !started.value.load(ordering: .acquiring) { throw DeadlineExceeded(duration: poolTimeout) }
             throw error
         }
     }
@@ -334,7 +334,7 @@ extension PostgresConnection {
     /// still wait for the query's end. The pool replaces a closed connection; a closed lock connection takes its
     /// locks with it, as a dead one would. Cancelling the calling task does not close the connection.
     func bounded<T: Sendable>(by limit: Duration, _ body: () async throws -> T) async throws -> T {
-        let fired = FiredFlag()
+        let fired = Flag()
         let timer = self.eventLoop.scheduleTask(in: TimeAmount(limit)) {
             fired.value.store(true, ordering: .releasing)
             self.close().whenComplete { _ in }
@@ -349,7 +349,8 @@ extension PostgresConnection {
     }
 }
 
-private final class FiredFlag: Sendable {
+/// A flag set by one task or timer and read by another (a lease started; a deadline fired).
+private final class Flag: Sendable {
     let value = Atomic(false)
 }
 
@@ -372,7 +373,3 @@ final class AccountIDCache: Sendable {
     }
 }
 
-/// Whether a leased body has started (shared by the lease and its timer).
-private final class StartedFlag: Sendable {
-    let value = Mutex(false)
-}

@@ -95,7 +95,7 @@ struct Setup: AsyncParsableCommand {
         let user = server.username ?? self.address
         // The user name may come from the remote autoconfig document: it must be a plain name before it goes into a
         // URL and the accounts file.
-        guard !user.isEmpty, user.utf8.count <= 254, !user.contains(where: { $0.isWhitespace || $0.isNewline || $0.asciiValue.map { $0 < 0x20 || $0 == 0x7F } == true }) else {
+        guard AccountDiscovery.isUsableUserName(user) else {
             say("pop3: the server's autoconfig document names an unusable user name; nothing was written")
             throw ExitCode(1)
         }
@@ -236,22 +236,24 @@ struct Setup: AsyncParsableCommand {
         say("added account \(accountName) to \(accountsPath) (OAuth 2.0; pop3 fetch renews the token); fetch with: pop3 fetch --config \(accountsPath) \(Self.yaml(accountName))")
     }
 
-    /// Inserts the account right under `accounts:` (the file is created if missing), then checks the whole file
-    /// loads; on any problem the file is left as it was.
     /// Refuses a name the accounts file already has (an unreadable file is an error, never "no file").
     static func checkNameFree(_ name: String, in path: String) throws {
         guard let bytes = try FileSystem.readFile(path, limit: 1 << 20) else { return }
-        if let accounts = try? AccountsFile.parse(yaml: String(decoding: bytes, as: UTF8.self), path: path), accounts.contains(where: { $0.name == name }) {
+        try Self.checkNameFree(name, inText: String(decoding: bytes, as: UTF8.self), path: path)
+    }
+
+    private static func checkNameFree(_ name: String, inText text: String, path: String) throws {
+        if let accounts = try? AccountsFile.parse(yaml: text, path: path), accounts.contains(where: { $0.name == name }) {
             throw ValidationError("\(path) already has an account \(name) (give --name)")
         }
     }
 
+    /// Inserts the account right under `accounts:` (the file is created if missing), then checks the whole file
+    /// loads; on any problem the file is left as it was.
     static func addAccount(_ lines: [String], named name: String, to path: String) throws {
         let before = try FileSystem.readFile(path, limit: 1 << 20).map { String(decoding: $0, as: UTF8.self) }
         var text = before ?? "# pop3 accounts (see pop3(1)); written by pop3 setup\naccounts:\n"
-        if let existing = before, let accounts = try? AccountsFile.parse(yaml: existing, path: path), accounts.contains(where: { $0.name == name }) {
-            throw ValidationError("\(path) already has an account \(name) (give --name)")
-        }
+        if let existing = before { try Self.checkNameFree(name, inText: existing, path: path) }
         var rows = text.components(separatedBy: "\n")
         guard let index = rows.firstIndex(where: { $0.hasPrefix("accounts:") }) else {
             throw ValidationError("\(path) has no 'accounts:' line to add to")
