@@ -182,7 +182,7 @@ public struct FetchJob: Sendable {
 
 /// Downloads one account. Never deletes a message on the server whose local copy is not durable: a UID is
 /// DELE'd only when the journal says it was delivered, and the journal says so only after the destination's
-/// commit (fsync of the file) and flush (fsync of the directory) returned.
+/// flush returned (for a Maildir: every committed file's fsync succeeded, then the directory's).
 public struct Fetcher: Sendable {
     let job: FetchJob
     let eventLoop: any EventLoop

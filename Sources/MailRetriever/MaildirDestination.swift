@@ -12,10 +12,12 @@ import SystemIO
 
 /// Delivery into a Maildir, exactly once per account and UIDL, also across kill -9.
 ///
-/// Each message is written to an unnamed file in `new/` (O_TMPFILE, where the file system has it) or else to `tmp/`,
-/// fsync'ed, and named in `new/` by `commit()` (linkat, or link, or where links are unsupported a rename that does
-/// not clobber); `flush()` fsyncs `new/` once for all messages committed since the last flush (so a batch costs one
-/// directory fsync), and the caller journals them only after that. The file name carries a digest of (account, UID):
+/// Each message is written to an unnamed file in `new/` (O_TMPFILE, where the file system has it) or else to `tmp/`;
+/// `commit()` hands the file to a ``DurabilityPool``, whose threads fsync it and then name it in `new/` (linkat, or
+/// link, or where links are unsupported a rename that does not clobber), several messages at once so that their
+/// fsyncs share journal commits. `flush()` waits for those, throws if any failed, and fsyncs `new/` once for all
+/// messages committed since the last flush (so a batch costs one directory fsync); the caller journals them only
+/// after that. The file name carries a digest of (account, UID):
 /// `<unixtime>.P<hex16>.<hostname>,S=<size>`, hex16 being the first 8 bytes of SHA-256(stem + "\0" + uid).
 /// `recover(journal:)` scans `new/` and `cur/` once for such names, so a message stored just before a crash (before
 /// the journal recorded it) is recognised rather than stored twice — also after the user's reader moved it to `cur/`.
@@ -37,6 +39,8 @@ public final class MaildirDestination: MessageDestination {
     var allowsAnonymousFiles = true
     /// Marks this account's files in `tmp/` so that recovery removes only ours.
     private let accountTag: String
+    /// fsyncs and names committed messages; `flush()` drains it.
+    private let durability = DurabilityPool()
 
     public init(path: String, accountKey: AccountKey, hostname: String = MaildirDestination.localHostName()) {
         self.path = path
@@ -98,6 +102,7 @@ public final class MaildirDestination: MessageDestination {
     public var commitBatchLimit: Int { 32 }
 
     public func flush() throws {
+        try durability.drain()
         guard unsyncedPublications > 0 else { return }
         try FileSystem.syncDirectory(FileSystem.join(path, "new"))
         unsyncedPublications = 0
@@ -199,23 +204,45 @@ public final class MaildirDestination: MessageDestination {
                 converter.finish(into: &tail)
                 try writer.append(contentsOf: tail)
                 try writer.flush()
-                try FileSystem.sync(fd, path: tmpPath ?? destination.path + "/new")
-                try publish(size: writer.bytesWritten)
-                FileSystem.close(fd)
-                fd = -1
             } catch {
                 abort()
                 throw error
             }
+            let publication = Publication(
+                fd: fd, tmpPath: tmpPath, newDirectory: FileSystem.join(destination.path, "new"),
+                name: "\(time).P\(digest).\(destination.hostname),S=\(writer.bytesWritten)")
+            fd = -1  // the pool's job closes it
             closed = true
             destination.didStore(digest: digest)
+            destination.durability.submit { () throws(FileSystemError) in try publication.run() }
         }
 
-        /// Names the file in `new/` (a link from `tmp/`, or the unnamed file's first name) without ever replacing
-        /// an existing file (`flush()` makes `new/` durable).
-        private func publish(size: UInt64) throws {
-            let newDirectory = FileSystem.join(destination.path, "new")
-            let name = "\(time).P\(digest).\(destination.hostname),S=\(size)"
+        func abort() {
+            guard !closed else { return }
+            closed = true
+            if fd >= 0 {
+                FileSystem.close(fd)  // an unnamed file goes with its last descriptor
+                fd = -1
+            }
+            if let tmpPath { _ = unlink(tmpPath) }
+        }
+    }
+
+    /// A written message on its way to `new/`, on a ``DurabilityPool`` thread: fsync, then a name in `new/` that
+    /// never replaces an existing file (`flush()` makes `new/` durable). Owns the descriptor.
+    private struct Publication: Sendable {
+        let fd: Int32
+        /// The file in `tmp/`; nil for an unnamed file in `new/`.
+        let tmpPath: String?
+        let newDirectory: String
+        let name: String
+
+        func run() throws(FileSystemError) {
+            defer {
+                FileSystem.close(fd)  // an unnamed file that got no name goes with its last descriptor
+                if let tmpPath { _ = unlink(tmpPath) }  // a leftover is removed by the next recover()
+            }
+            try FileSystem.sync(fd, path: tmpPath ?? newDirectory)
             let newPath = FileSystem.join(newDirectory, name)
             guard let tmpPath else {
                 guard MaildirDestination.nameAnonymousFile(fd, at: newPath) == 0 || errno == EEXIST else {
@@ -239,17 +266,6 @@ public final class MaildirDestination: MessageDestination {
                     throw FileSystemError("link", path: newPath, errno: code)
                 }
             }
-            _ = unlink(tmpPath)  // a leftover is removed by the next recover()
-        }
-
-        func abort() {
-            guard !closed else { return }
-            closed = true
-            if fd >= 0 {
-                FileSystem.close(fd)  // an unnamed file goes with its last descriptor
-                fd = -1
-            }
-            if let tmpPath { _ = unlink(tmpPath) }
         }
     }
 }

@@ -19,9 +19,9 @@ import SystemIO
 /// guard !journal.entry(for: uid)?.delivered && !destination.isStored(uid:) …
 /// let sink = try destination.begin(uid:)
 /// try sink.write(chunk) …                   // abort() on any error
-/// try sink.commit()                         // the message's data is durable
+/// try sink.commit()                         // the message is complete (durable, or on its way: a Maildir)
 /// … more messages …
-/// try destination.flush()                   // every committed message is durable as a whole
+/// try destination.flush()                   // every committed message is durable as a whole, or this throws
 /// try journal.markDelivered(uids)           // durable; only now may the messages be DELE'd
 /// ```
 public protocol MessageDestination: AnyObject {
@@ -58,8 +58,10 @@ public protocol MessageSink: AnyObject {
     /// Appends CRLF text; it is stored with LF endings. A CR at the end of a chunk may pair with an LF at the start
     /// of the next. Memory use is bounded whatever the message size.
     func write(_ chunk: ByteBuffer) throws
-    /// Returns when the message's data is safely stored; `MessageDestination.flush()` then makes its place in the
-    /// destination durable (an mbox or MDA commit is already whole). Recording it in the journal is the caller's job.
+    /// Ends the message. An mbox or MDA commit returns when the message is durable and whole; a Maildir's returns
+    /// once the data is written, and its fsync runs meanwhile: `MessageDestination.flush()` waits for it (and
+    /// throws if it failed) and makes the message's place in the destination durable. Recording it in the journal
+    /// is the caller's job, after `flush()`.
     func commit() throws
     /// Removes partial data. Safe to call after a failed `write` or `commit`, and more than once.
     func abort()

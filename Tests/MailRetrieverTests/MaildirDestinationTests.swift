@@ -106,8 +106,9 @@ import Testing
         for uid in ["m1", "m2"] {
             let sink = try maildir.begin(uid: uid)
             try sink.write(buffer("Subject: \(uid)\r\n\r\nx\r\n"))
-            try sink.commit()  // no markDelivered: the crash
+            try sink.commit()
         }
+        try maildir.flush()  // no markDelivered: the crash
         // The user's reader has meanwhile moved m2 to cur/ and flagged it.
         let m2 = try #require(
             try (FileSystem.entries(in: dir.file("Mail/inbox/new")) ?? []).first { $0.contains(maildir.digest(of: "m2")) })
@@ -125,6 +126,7 @@ import Testing
         let sink = try maildir2.begin(uid: "m9")
         try sink.write(buffer("x\r\n"))
         try sink.commit()
+        try maildir2.flush()
         let maildir3 = MaildirDestination(path: dir.file("Mail/inbox"), accountKey: testKey)
         try maildir3.recover(journal: journal2)
         #expect(maildir3.isStored(uid: "m9"))
@@ -176,6 +178,51 @@ import Testing
         #expect(!maildir.isStored(uid: "m1"))
     }
 
+    /// Commits run their fsyncs on the pool, several at once; flush() returns when every one is named in new/.
+    @Test(arguments: [true, false]) func manyCommitsAreAllDurableAfterFlush(anonymousFiles: Bool) throws {
+        let (dir, journal, maildir) = try setUp(anonymousFiles: anonymousFiles)
+        let uids = (0..<100).map { "u\($0)" }
+        for uid in uids {
+            let sink = try maildir.begin(uid: uid)
+            try sink.write(buffer("Subject: \(uid)\r\n\r\nbody\r\n"))
+            try sink.commit()
+        }
+        try maildir.flush()
+        try journal.markDelivered(uids)
+        let names = try (FileSystem.entries(in: dir.file("Mail/inbox/new")) ?? [])
+        #expect(Set(names.compactMap(MaildirDestination.embeddedDigest)) == Set(uids.map(maildir.digest)))
+        for name in names where name.contains(maildir.digest(of: "u42")) {
+            #expect(try contents(dir.file("Mail/inbox/new/\(name)")) == "Subject: u42\n\nbody\n")
+        }
+        #expect(try (FileSystem.entries(in: dir.file("Mail/inbox/tmp")) ?? []).isEmpty)
+    }
+
+    /// A failed fsync (EIO, injected) surfaces in flush(), names nothing in new/, and keeps flush() failing, so
+    /// the caller can never journal the message (and so never DELE it).
+    @Test(arguments: [true, false]) func failedFsyncFailsFlushForTheRun(anonymousFiles: Bool) throws {
+        let (dir, journal, maildir) = try setUp(anonymousFiles: anonymousFiles)
+        try deliver(["Subject: ok\r\n\r\nfine\r\n"], uid: "ok", to: maildir, journal: journal)
+        let root = dir.file("Mail/inbox")
+        FaultInjection.shared.arm("fsync", under: root, errno: EIO)
+        defer { FaultInjection.shared.disarm(under: root) }
+        let sink = try maildir.begin(uid: "bad")
+        try sink.write(buffer("Subject: bad\r\n\r\nlost?\r\n"))
+        try sink.commit()
+        #expect(throws: FileSystemError.self) { try maildir.flush() }
+        FaultInjection.shared.disarm(under: root)
+        #expect(throws: FileSystemError.self) { try maildir.flush() }
+        let names = try (FileSystem.entries(in: dir.file("Mail/inbox/new")) ?? [])
+        #expect(names.count == 1 && names[0].contains(maildir.digest(of: "ok")))
+        #expect(try (FileSystem.entries(in: dir.file("Mail/inbox/tmp")) ?? []).isEmpty)
+        #expect(journal.entry(for: "bad")?.delivered != true)
+        // The next run stores it afresh.
+        let maildir2 = MaildirDestination(path: root, accountKey: testKey)
+        try maildir2.recover(journal: journal)
+        #expect(!maildir2.isStored(uid: "bad"))
+        try deliver(["Subject: bad\r\n\r\nagain\r\n"], uid: "bad", to: maildir2, journal: journal)
+        #expect(journal.entry(for: "bad")?.delivered == true)
+    }
+
     @Test func beginBeforeRecoverIsRefused() throws {
         let maildir = MaildirDestination(path: "/nonexistent/Mail", accountKey: testKey)
         #expect(throws: MailRetrieverError.notRecovered) { try maildir.begin(uid: "1") }
@@ -187,6 +234,7 @@ import Testing
         let sink = try maildir.begin(uid: "big")
         for _ in 0..<2000 { try sink.write(buffer(line)) }  // ~2 MB through a 64 KiB buffer
         try sink.commit()
+        try maildir.flush()
         try journal.markDelivered("big")
         let name = try #require(try (FileSystem.entries(in: dir.file("Mail/inbox/new")) ?? []).first)
         #expect(name.hasSuffix(",S=\(2000 * 999)"))
