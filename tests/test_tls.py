@@ -215,6 +215,28 @@ def test_no_0rtt(dev, tmp_path, port):
     assert "Early data was accepted" not in out2, "the server accepted TLS 1.3 early data"
 
 
+@pytest.mark.parametrize("port", PORTS)
+def test_resumption_keeps_sni_and_alpn_checks(dev, tmp_path, port):
+    """1b. A returning client resumes with its TLS 1.3 ticket, and a resuming ClientHello (psk extension, seen in
+    openssl's -trace) is refused just like a full one when its SNI or ALPN is wrong: alert 112 / 120."""
+    attr, starttls = port
+    port = getattr(dev, attr)
+    sess = str(tmp_path / f"session-{port}.pem")
+    rc, out = s_client(port, dev.ca, ["-tls1_3", "-sess_out", sess, "-ign_eof"], stdin=b"QUIT\r\n",
+                       starttls=starttls, timeout=30)
+    assert rc == 0 and "Post-Handshake New Session Ticket arrived" in out, f"no ticket (rc {rc}): {first_error(out)}"
+    rc, out = s_client(port, dev.ca, ["-tls1_3", "-sess_in", sess, "-servername", "localhost", "-alpn", "pop3",
+                                      "-ign_eof"], stdin=b"QUIT\r\n", starttls=starttls, timeout=30)
+    assert rc == 0 and "Reused, TLSv1.3" in out, f"the returning client did not resume (rc {rc}): {first_error(out)}"
+    for args, needle in ((["-servername", "other.example"], "unrecognized name"),
+                         (["-alpn", "http/1.1"], "no application protocol")):
+        rc, out = s_client(port, dev.ca, ["-tls1_3", "-sess_in", sess, "-trace", "-ign_eof"] + args,
+                           stdin=b"QUIT\r\n", starttls=starttls, timeout=30)
+        assert "extension_type=psk(41)" in out, f"{args}: the ClientHello offered no ticket, nothing was tested"
+        assert needle in out and "Reused" not in out and "+OK" not in out.split("extension_type=psk(41)")[-1], \
+            f"{args}: a resuming ClientHello got past the SNI/ALPN check (rc {rc}): {first_error(out)}"
+
+
 # ---------------------------------------------------------------- 2. strict ALPN / SNI
 
 # (s_client arguments, handshake succeeds?, text that must appear in its output)
