@@ -8,7 +8,7 @@ public enum ConfigurationKeys {
     /// together), so `pop3d check-config` shows them all.
     public static let all: [String] = [
         "listen.pop3s", "listen.pop3", "listen.lmtp",
-        "tls.certificate", "tls.key", "tls.strict_sni",
+        "tls.certificate", "tls.key", "tls.strict_sni", "tls.ticket_lifetime",
         "passwd_file", "maildir",
         "storage.backend", "storage.postgres.url", "storage.postgres.password_file", "storage.postgres.pool_size",
         "storage.postgres.tls", "storage.postgres.ca_file", "storage.postgres.statement_timeout",

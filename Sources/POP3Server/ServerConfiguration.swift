@@ -374,6 +374,10 @@ extension ServerConfiguration {
             throw ConfigurationError(key: "tls.key", "required with tls.certificate")
         }
         result.strictSNI = try bool("tls.strict_sni", default: true)
+        // check-config prints it as null (the YAML provider hands a null over as its text)
+        if let lifetime = config.string(forKey: "tls.ticket_lifetime"), !["", "null", "~"].contains(lifetime) {
+            throw ConfigurationError(key: "tls.ticket_lifetime", Self.ticketLifetimeUnsupported)
+        }
         result.allowCleartextAuthentication = try bool("auth.allow_cleartext", default: false)
         result.authenticationFailureDelay = try seconds("auth.failure_delay", 0...60, default: result.authenticationFailureDelay)
         result.scramIterations = try int(
@@ -553,6 +557,13 @@ extension ServerConfiguration {
 
     /// The effective configuration as YAML, for `pop3d check-config`. Holds no secrets (passwords live in the
     /// passwd-file, keys in their PEM files; only paths are shown).
+    /// Why `tls.ticket_lifetime` cannot be set, and what holds instead.
+    static let ticketLifetimeUnsupported = """
+        not supported by this build: swift-nio-ssl 2.37 has no session-ticket settings, so BoringSSL's defaults \
+        apply: TLS 1.3 tickets resume for up to 48 hours (TLS 1.2 sessions 2 hours), the ticket keys are made in \
+        each pop3d process and rotated every 48 hours, and no node shares them; remove the key
+        """
+
     public var renderedYAML: String {
         func list(_ addresses: [ListenAddress]) -> String {
             addresses.isEmpty ? "[]" : "[" + addresses.map { "\"\($0)\"" }.joined(separator: ", ") + "]"
@@ -566,6 +577,7 @@ extension ServerConfiguration {
               certificate: \(self.certificatePath.map { "\"\($0)\"" } ?? "null")
               key: \(self.privateKeyPath.map { "\"\($0)\"" } ?? "null")
               strict_sni: \(self.strictSNI)
+              ticket_lifetime: null
             passwd_file: \(self.usesPasswdFile ? "\"\(self.passwdFile)\"" : "null")
             state_dir: "\(self.stateFolder)"
             maildir: "\(self.maildirTemplate)"

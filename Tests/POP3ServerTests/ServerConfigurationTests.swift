@@ -77,6 +77,25 @@ import Testing
         }
     }
 
+    /// `tls.ticket_lifetime` (issue 15's contract) cannot be honoured through swift-nio-ssl: setting it, in the file
+    /// or the environment, is refused with the reason and what holds instead; unset (or null, as check-config
+    /// prints it) it is fine.
+    @Test func ticketLifetimeIsRefusedAsUnsupported() async throws {
+        for (yaml, environment) in [
+            (Self.minimal.replacingOccurrences(of: "  key: tls/key.pem", with: "  key: tls/key.pem\n  ticket_lifetime: 3600"), [:]),
+            (Self.minimal, ["POP3D_TLS_TICKET_LIFETIME": "3600"]),
+        ] as [(String, [String: String])] {
+            await #expect {
+                _ = try await self.load(yaml, environment: environment)
+            } throws: { error in
+                guard let error = error as? ConfigurationError, error.key == "tls.ticket_lifetime" else { return false }
+                return error.message.contains("not supported") && error.message.contains("rotated every 48 hours")
+            }
+        }
+        let c = try await self.load(Self.minimal.replacingOccurrences(of: "  key: tls/key.pem", with: "  key: tls/key.pem\n  ticket_lifetime: null"))
+        #expect(c.renderedYAML.contains("ticket_lifetime: null"))
+    }
+
     /// Every key the server reads is printed by check-config, and nothing else: the list the unknown-key check
     /// uses and the configuration cannot drift apart.
     @Test func renderedKeysAreTheKnownKeys() async throws {
