@@ -8,7 +8,8 @@
 #                                      configuration (0600) and password file (0600), owned by $CLIENT_USER
 #   bench_clients.sh run CLIENT DIR    (as $CLIENT_USER, timed by the caller) exec the client
 #
-# CLIENT: pop3 | mpop | fetchmail | getmail
+# CLIENT: pop3 | mpop | fetchmail | getmail | curl (curl: RETR of message 1 to /dev/null, the throughput reference of
+# the 1 GiB row; it stores nothing)
 # Environment: PORT (Dovecot's pop3s port on 127.0.0.1), CA (PEM trust anchor), MUSER (POP3 user),
 # PASSFILE (first line: the password), POP3 (the pop3 binary), CLIENT_USER (unprivileged local user).
 # The password never appears on a command line: pop3 reads --password-file, the others their 0600 rc file.
@@ -90,6 +91,10 @@ verbose = 0
 message_log_syslog = false
 EOC
       ;;
+    curl)
+      install -m 600 /dev/null "$D/netrc"
+      printf 'machine 127.0.0.1 login %s password %s\n' "$MUSER" "$PW" > "$D/netrc"
+      ;;
     *) echo "bench_clients: unknown client $C" >&2; exit 2 ;;
   esac
   chown -R "$CLIENT_USER:" "$D"
@@ -105,6 +110,8 @@ run)
     mpop) exec mpop -q -C "$D/mpoprc" bench ;;
     fetchmail) exec fetchmail -s -f "$D/fetchmailrc" -i "$D/fetchids" --pidfile "$D/fetchmail.pid" ;;
     getmail) exec getmail --getmaildir "$D" --rcfile "$D/getmailrc" -q ;;
+    curl) exec curl -sS --fail --netrc-file "$D/netrc" --cacert "$CA" -o /dev/null -w '%{size_download}\n' \
+      "pop3s://127.0.0.1:$PORT/1" ;;
     *) echo "bench_clients: unknown client $C" >&2; exit 2 ;;
   esac
   ;;

@@ -63,6 +63,8 @@ ROWS = [
         anchor=("getmail6", "getmail"), ours="pop3"),
     row("pop3 fetch: peak memory (max RSS) fetching one 1 GiB message", "fetch.big", "maxrss_kb", "MB", "lower",
         "≤ 32 MB", lambda v: v <= 32.0, anchor=None, ours="pop3", scale=KB_TO_MB, strict=True, kind="value"),
+    row("same, wall time vs curl's RETR of it to /dev/null (throughput ≥ 0.8× curl's)", "fetch.big", "wall_s", "s",
+        "lower", "≤ 1.25×", lambda r: r <= 1.25, anchor=("curl", "curl"), ours="pop3", strict=True),
     # {n}: the message count of the run (scripts/bench --lmtp-n)
     row("LMTP {n} × 50 KB, 1 session", "lmtp.s1", "rate", "msg/s", "higher", "≥ 1.5×", lambda r: r >= 1.5,
         strict=True),
