@@ -33,6 +33,7 @@ let package = Package(
     ],
     targets: [
         .systemLibrary(name: "CCrypt", path: "Sources/CCrypt"),
+        .systemLibrary(name: "CMalloc", path: "Sources/CMalloc"),
         .target(name: "CPrivSep"),
         .target(name: "SystemIO"),
         .target(
@@ -104,7 +105,7 @@ let package = Package(
         .target(
             name: "POP3Server",
             dependencies: [
-                "Privileges", "MailStorePostgres",
+                "Privileges", "MailStorePostgres", "CMalloc",
                 "POP3Core", "POP3NIO", "LMTPCore", "SASL", "Accounts", "MailStore", "SystemIO", "POP3Client",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),

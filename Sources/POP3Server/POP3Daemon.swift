@@ -271,6 +271,11 @@ public final class POP3Daemon: Sendable {
             onListening: onListening
         )
         services.append(.init(service: server, successTerminationBehavior: .gracefullyShutdownGroup))
+        services.append(
+            .init(
+                service: HeapTrimmer(openConnections: { server.limiter.openConnections }, logger: self.logger),
+                successTerminationBehavior: .ignore
+            ))
         var deliveryPool: NIOThreadPool?
         if !self.preboundLMTP.isEmpty {
             let target: any DeliveryTarget
