@@ -84,7 +84,7 @@ struct HeapTrimmer: Service {
             guard let text = try? String(contentsOfFile: "/proc/self/statm", encoding: .utf8) else { return -1 }
             let fields = text.split(separator: " ")
             guard fields.count > 1, let pages = Int(fields[1]) else { return -1 }
-            return pages * Int(sysconf(Int32(_SC_PAGESIZE))) >> 20
+            return (pages * Int(sysconf(Int32(_SC_PAGESIZE)))) >> 20
         #else
             return -1
         #endif

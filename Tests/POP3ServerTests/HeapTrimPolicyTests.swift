@@ -29,4 +29,12 @@ import Testing
             #expect(!trims)
         }
     }
+
+    /// The RSS the trim logs is this process's, in MiB (it was once 0 by operator precedence).
+    @Test func residentSizeIsPlausible() {
+        #if os(Linux)
+            let mib = HeapTrimmer.residentMiB()
+            #expect(mib > 1 && mib < 65536)
+        #endif
+    }
 }
