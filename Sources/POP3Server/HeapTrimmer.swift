@@ -15,7 +15,7 @@ import ServiceLifecycle
 /// only when it is worth it: the open connections are at most half the peak and at least `minimumDrop` fewer. A
 /// trim is followed by one more at the next check if no more connections are open by then, for what the
 /// connections still closing during the first one freed after it.
-struct HeapTrimPolicy: Equatable {
+struct HeapTrimPolicy {
     /// Connections that must have gone since the peak before a trim is worth its cost.
     var minimumDrop: Int
     private(set) var peak = 0

@@ -274,7 +274,8 @@ extension ServerConfiguration {
         return configuration
     }
 
-    static func parse(_ config: ConfigReader, relativeTo folder: String) throws -> ServerConfiguration {
+    static func parse(_ reader: ConfigReader, relativeTo folder: String) throws -> ServerConfiguration {
+        let config = NullAwareReader(reader: reader)
         func resolve(_ path: String) -> String {
             if path.hasPrefix("/") || path.hasPrefix("~") { return path }
             return URL(fileURLWithPath: path, relativeTo: URL(fileURLWithPath: folder, isDirectory: true)).standardizedFileURL.path
@@ -374,8 +375,7 @@ extension ServerConfiguration {
             throw ConfigurationError(key: "tls.key", "required with tls.certificate")
         }
         result.strictSNI = try bool("tls.strict_sni", default: true)
-        // check-config prints it as null (the YAML provider hands a null over as its text)
-        if let lifetime = config.string(forKey: "tls.ticket_lifetime"), !["", "null", "~"].contains(lifetime) {
+        if let lifetime = config.string(forKey: "tls.ticket_lifetime"), !lifetime.isEmpty {
             throw ConfigurationError(key: "tls.ticket_lifetime", Self.ticketLifetimeUnsupported)
         }
         result.allowCleartextAuthentication = try bool("auth.allow_cleartext", default: false)
@@ -657,7 +657,7 @@ extension ServerConfiguration {
 
 extension ServerConfiguration {
     static func parsePostgres(
-        _ config: ConfigReader,
+        _ config: NullAwareReader,
         resolve: (String) -> String,
         int: (String, ClosedRange<Int>, Int) throws -> Int,
         bool: (String, Bool) throws -> Bool
@@ -719,3 +719,18 @@ extension ServerConfiguration {
     }
 }
 
+/// The configuration as `parse` reads it: a YAML null (`key: null` or `key: ~`, as `check-config` prints an unset
+/// key) is an unset key. The YAML provider hands a null over as its text, so without this `check-config`'s own
+/// output would not load again (`storage.postgres.url: null` read as the URL "null").
+struct NullAwareReader {
+    let reader: ConfigReader
+
+    func string(forKey key: ConfigKey) -> String? {
+        guard let text = reader.string(forKey: key), text != "null", text != "~" else { return nil }
+        return text
+    }
+
+    func stringArray(forKey key: ConfigKey) -> [String]? {
+        reader.stringArray(forKey: key)
+    }
+}
