@@ -555,8 +555,6 @@ extension ServerConfiguration {
         return result
     }
 
-    /// The effective configuration as YAML, for `pop3d check-config`. Holds no secrets (passwords live in the
-    /// passwd-file, keys in their PEM files; only paths are shown).
     /// Why `tls.ticket_lifetime` cannot be set, and what holds instead.
     static let ticketLifetimeUnsupported = """
         not supported by this build: swift-nio-ssl 2.37 has no session-ticket settings, so BoringSSL's defaults \
@@ -564,6 +562,10 @@ extension ServerConfiguration {
         each pop3d process and rotated every 48 hours, and no node shares them; remove the key
         """
 
+    /// The effective configuration as YAML, for `pop3d check-config`. Holds no secrets (passwords live in the
+    /// passwd-file, keys in their PEM files; only paths are shown). It loads again as it is: keys that do not apply
+    /// (the `storage.postgres` block with the maildir backend, an unset path) are printed as `null`, which reads as
+    /// unset.
     public var renderedYAML: String {
         func list(_ addresses: [ListenAddress]) -> String {
             addresses.isEmpty ? "[]" : "[" + addresses.map { "\"\($0)\"" }.joined(separator: ", ") + "]"
@@ -586,12 +588,12 @@ extension ServerConfiguration {
               postgres:
                 url: \(self.postgres.map { "\"\($0.url)\"" } ?? "null")
                 password_file: \(self.postgres?.passwordFile.map { "\"\($0)\"" } ?? "null")
-                pool_size: \(self.postgres?.poolSize ?? PostgresSettings.defaultPoolSize)
-                tls: \(self.postgres?.tls.rawValue ?? PostgresSettings.TLSMode.prefer.rawValue)
+                pool_size: \(self.postgres.map { String($0.poolSize) } ?? "null")
+                tls: \(self.postgres?.tls.rawValue ?? "null")
                 ca_file: \(self.postgres?.caFile.map { "\"\($0)\"" } ?? "null")
-                statement_timeout: \((self.postgres?.statementTimeout ?? PostgresSettings.defaultStatementTimeout).components.seconds)
-                pool_timeout: \((self.postgres?.poolTimeout ?? PostgresSettings.defaultPoolTimeout).components.seconds)
-                allow_async_commit: \(self.postgres?.allowAsyncCommit ?? false)
+                statement_timeout: \(self.postgres.map { String($0.statementTimeout.components.seconds) } ?? "null")
+                pool_timeout: \(self.postgres.map { String($0.poolTimeout.components.seconds) } ?? "null")
+                allow_async_commit: \(self.postgres.map { String($0.allowAsyncCommit) } ?? "null")
             auth:
               allow_cleartext: \(self.allowCleartextAuthentication)
               failure_delay: \(self.authenticationFailureDelay.components.seconds)
@@ -601,10 +603,10 @@ extension ServerConfiguration {
                 jwks: \(self.oauth2.map { "\"\($0.jwksPath)\"" } ?? "null")
                 issuer: \(self.oauth2.map { "\"\($0.issuer)\"" } ?? "null")
                 audience: \(self.oauth2.map { "\"\($0.audience)\"" } ?? "null")
-                username_claim: "\(self.oauth2?.usernameClaim ?? "email")"
+                username_claim: \(self.oauth2.map { "\"\($0.usernameClaim)\"" } ?? "null")
                 introspection_url: \(self.oauth2?.introspection.map { "\"\($0.url)\"" } ?? "null")
                 client_credentials_file: \(self.oauth2?.introspection.map { "\"\($0.credentialsFile)\"" } ?? "null")
-                clock_skew: \(self.oauth2?.clockSkew ?? OAuth2Settings.defaultClockSkew)
+                clock_skew: \(self.oauth2.map { String($0.clockSkew) } ?? "null")
             trusted_networks: [\(self.trustedNetworks.map { "\"\($0)\"" }.joined(separator: ", "))]
             proxy:
               trusted_networks: [\(self.proxyNetworks.map { "\"\($0)\"" }.joined(separator: ", "))]
