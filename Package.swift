@@ -9,8 +9,10 @@ let package = Package(
         .executable(name: "pop3", targets: ["pop3"]),
         .library(name: "POP3Client", targets: ["POP3Client"]),
         .library(name: "POP3Core", targets: ["POP3Core"]),
+        .library(name: "POP3NIO", targets: ["POP3NIO"]),
         .library(name: "POP3Server", targets: ["POP3Server"]),
         .library(name: "MailStore", targets: ["MailStore"]),
+        .library(name: "MailRetriever", targets: ["MailRetriever"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.3"),
