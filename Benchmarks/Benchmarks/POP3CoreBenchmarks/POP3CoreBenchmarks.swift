@@ -1,10 +1,12 @@
 // Micro-benchmarks of POP3Core's hot paths (issue 5): the command parser, the client's status-line parser, the
-// dot-stuffer and unstuffer, and the UIDL/LIST scan listing. Each drives the public API the way pop3d's
+// dot-stuffer and unstuffer, the UIDL/LIST scan listing, and (issue 15) the connections' TLS buffers from
+// IdleConnectionAllocator against malloc. Each drives the public API the way pop3d's
 // SessionDriver or the client's POP3Connection does. Run with `scripts/microbench` (see Benchmarks/README.md).
 
 import Benchmark
 import NIOCore
 import POP3Core
+import POP3NIO
 
 #if canImport(Glibc)
 import Glibc
@@ -225,6 +227,30 @@ let benchmarks = {
             status.write(into: &buffer)
             session.writeScanListing(kind, into: &buffer)
             blackHole(buffer)
+        }
+    }
+
+    // MARK: A connection's TLS buffers (issue 15): swift-nio-ssl's 32 KiB plaintext read buffer and 16 KiB outbound
+    // buffer, each written with a command-sized 100 bytes and freed, as one short connection does. From the slot
+    // arena each free is a madvise(MADV_DONTNEED) and each first touch a page fault; from malloc, neither.
+
+    let command = [UInt8](repeating: UInt8(ascii: "x"), count: 100)
+    for (name, allocator) in [
+        ("slot arena (IdleConnectionAllocator)", IdleConnectionAllocator.make(maximumConnections: 1024)),
+        ("malloc (ByteBufferAllocator())", ByteBufferAllocator()),
+    ] {
+        Benchmark(
+            "Connection TLS buffers, 32 + 16 KiB, allocate, write 100 B, free: \(name)",
+            configuration: .init(metrics: [.wallClock, .throughput, .mallocCountTotal, .syscalls])
+        ) { benchmark in
+            for _ in benchmark.scaledIterations {
+                var plaintext = allocator.buffer(capacity: 32 * 1024)
+                plaintext.writeBytes(command)
+                var outbound = allocator.buffer(capacity: 16 * 1024)
+                outbound.writeBytes(command)
+                blackHole(plaintext)
+                blackHole(outbound)
+            }
         }
     }
 }
