@@ -47,8 +47,12 @@ ROWS = [
     row("login + UIDL + LIST, big mailbox, first access after restart (cold)", "uidl.cold", "total_s", "s", "lower",
         "≤ 0.25×", lambda r: r <= 0.25),
     row("same, warm", "uidl.warm", "total_s", "s", "lower", "≤ 0.5×", lambda r: r <= 0.5),
-    row("pop3d: 10,000 idle authenticated TLS connections, pop3d's total RSS while holding them", "idle10k",
+    row("pop3d: {open} idle authenticated TLS connections, pop3d's total RSS while holding them", "idle10k",
         "rss_total_kb", "MB", "lower", "held, < 1 GB", None, anchor=None, scale=KB_TO_MB, strict=True, kind="idle10k"),
+    row("same, projected to 100,000 (total + the rest × RSS per connection)", "idle10k", "rss_total_kb", "MB",
+        "lower", "≤ 2 GB", lambda v: v <= 2000.0, anchor=None, scale=KB_TO_MB, kind="idle100k"),
+    row("same, one client's sessions meanwhile: latency p99", "idle10k.login", "p99_ms", "ms", "lower", "≤ 50 ms",
+        lambda v: v <= 50.0, anchor=None, strict=True, kind="value"),
     row(FETCH + ": wall time vs mpop", "fetch.u64", "wall_s", "s", "lower", "≤ 0.6×", lambda r: r <= 0.6,
         anchor=("mpop", "mpop"), ours="pop3", strict=True),
     row("same vs fetchmail (MDA safecat)", "fetch.u64", "wall_s", "s", "lower", "≤ 0.5×", lambda r: r <= 0.5,
@@ -129,6 +133,18 @@ def idle10k_cell(runs, spec):
     return m, s, held
 
 
+def idle100k_cell(runs):
+    """pop3d's total RSS holding the connections plus, for each connection short of 100,000, the RSS per
+    connection of the same run (MB): medians over the runs."""
+    projected = [(float(r["rss_total_kb"]) + (100000 - int(r["open"])) * float(r["rss_kb_per_conn"])) * KB_TO_MB
+                 for r in runs if r.get("rc") == "0" and "rss_total_kb" in r and r.get("open", "").isdigit()]
+    if not projected:
+        return None, "n/a"
+    m = statistics.median(projected)
+    per = statistics.median(float(r["rss_kb_per_conn"]) for r in runs if "rss_kb_per_conn" in r)
+    return m, f"{fmt(m)} [{fmt(min(projected))}..{fmt(max(projected))}] n={len(projected)} ({fmt(per)} kB per connection)"
+
+
 def overhead_cell(session_runs, hash_runs, key):
     """pop3d's CPU per session minus one SHA512-CRYPT: medians of the same run, and the range over the session
     runs (each minus the hash median)."""
@@ -143,12 +159,17 @@ def overhead_cell(session_runs, hash_runs, key):
 
 BENCH_STEP = {"sessions.C32": "sessions", "sessions.C1": "sessions", "hash": "sessions",
               "sessions.resume.C32": "resume", "retr.u64.p16": "retr", "retr.u66": "retr",
-              "uidl.cold": "uidl", "uidl.warm": "uidl", "idle": "idle", "idle10k": "idle10k", "fetch.u64": "clients",
+              "uidl.cold": "uidl", "uidl.warm": "uidl", "idle": "idle", "idle10k": "idle10k", "idle10k.login": "idle10k", "fetch.u64": "clients",
               "fetch.big": "bigmsg", "lmtp.s1": "lmtp", "lmtp.s8": "lmtp"}
 
 
 def label(spec, data):
-    """The row's label; "{n}" becomes the message count of its runs (10,000 unless scripts/bench --lmtp-n)."""
+    """The row's label; "{n}" becomes the message count of its runs (10,000 unless scripts/bench --lmtp-n), "{open}"
+    the idle connections requested (scripts/bench --idle10k-n)."""
+    if "{open}" in spec["label"]:
+        opened = sorted({int(r["requested"]) for r in data.get((spec["ours"], spec["step"]), [])
+                         if r.get("requested", "").isdigit()})
+        return spec["label"].replace("{open}", "/".join(f"{n:,}" for n in opened) or "10,000")
     if "{n}" not in spec["label"]:
         return spec["label"]
     runs = data.get((spec["ours"], spec["step"]), []) + data.get((spec["anchor"][1], spec["anchor_step"]), [])
@@ -174,6 +195,9 @@ def table(data, steps=None, only_run=False):
         if spec["kind"] == "idle10k":
             pm, ps, held = idle10k_cell(ours_runs, spec)
             met = "-" if pm is None else ("yes" if held and pm < 1000.0 else "**no**")
+        elif spec["kind"] == "idle100k":
+            pm, ps = idle100k_cell(ours_runs)
+            met = "-" if pm is None else ("yes" if test(pm) else "**no**")
         elif spec["kind"] == "overhead":
             pm, ps = overhead_cell(ours_runs, data.get(("crypt", "hash"), []), key)
             met = "-" if pm is None else ("yes" if test(pm) else "**no**")

@@ -493,6 +493,7 @@ class Cycle:
         # turn (the "after" figure is pop3d's own, before the malloc_trim(0) this test then calls).
         time.sleep(max(0.0, 25 - (time.monotonic() - closed)))
         self.after_fds, self.after_rss, self.after_threads = server.fd_count(), server.rss_kib(), threads(server)
+        self.after_parts = rss_parts(server.pid)
         self.trimmed_rss = server.rss_kib() if malloc_trim(server) else None
         log(f"{self.label}: closed; peak RSS {mib(self.peak_rss):.1f} MiB / {self.peak_fds} fds, after "
             f"{mib(self.after_rss):.1f} MiB / {self.after_fds} fds"
@@ -533,6 +534,7 @@ class SoakRun:
     repeat = None
     base_rss = base_fds = base_threads = 0
     base_trimmed = None
+    base_parts = (0, 0)
 
 
 def raise_fd_limit():
@@ -549,19 +551,29 @@ def raise_fd_limit():
                     pytrace=False)
 
 
+def rss_parts(pid):
+    """(RssAnon, RssFile) of /proc/PID/status in KiB: the heap and stacks, and the mapped files' pages (code and
+    libraries, faulted in on first use), which VmRSS adds up (with RssShmem)."""
+    try:
+        return proc_status(pid, "RssAnon"), proc_status(pid, "RssFile")
+    except (OSError, KeyError):
+        return 0, 0
+
+
 def print_summary(run, sessions, session_errors, slow_times):
-    rows = [("baseline", run.base_rss, run.base_fds, run.base_threads)]
+    rows = [("baseline", run.base_rss, run.base_parts, run.base_fds, run.base_threads)]
     if run.base_trimmed:
-        rows.append(("  + malloc_trim(0)", run.base_trimmed, run.base_fds, run.base_threads))
+        rows.append(("  + malloc_trim(0)", run.base_trimmed, None, run.base_fds, run.base_threads))
     for x in run.cycles:
-        rows.append((f"{x.label} peak", x.peak_rss, x.peak_fds, x.peak_threads))
-        rows.append((f"{x.label} after close", x.after_rss, x.after_fds, x.after_threads))
+        rows.append((f"{x.label} peak", x.peak_rss, None, x.peak_fds, x.peak_threads))
+        rows.append((f"{x.label} after close", x.after_rss, x.after_parts, x.after_fds, x.after_threads))
         if x.trimmed_rss:
-            rows.append(("  + malloc_trim(0)", x.trimmed_rss, x.after_fds, x.after_threads))
+            rows.append(("  + malloc_trim(0)", x.trimmed_rss, None, x.after_fds, x.after_threads))
     print("\nsummary")
-    print(f"  {'':<24}{'RSS MiB':>10}{'fds':>8}{'threads':>9}")
-    for label, rss, fds, nthreads in rows:
-        print(f"  {label:<24}{mib(rss):>10.1f}{fds:>8}{nthreads:>9}")
+    print(f"  {'':<24}{'RSS MiB':>10}{'anon':>8}{'file':>8}{'fds':>8}{'threads':>9}")
+    for label, rss, parts, fds, nthreads in rows:
+        anon, file = (f"{mib(parts[0]):.1f}", f"{mib(parts[1]):.1f}") if parts else ("", "")
+        print(f"  {label:<24}{mib(rss):>10.1f}{anon:>8}{file:>8}{fds:>8}{nthreads:>9}")
     print(f"  load: {IDLE} idle + {SLOWLORIS} slowloris + {SESSION_THREADS} session threads; "
           f"hold {SECONDS} s (+ repeat {REPEAT_SECONDS} s); sessions {sessions}, protocol errors "
           f"{len(session_errors)}; login during slowloris max {max(slow_times or [0]) * 1000:.0f} ms "
@@ -590,6 +602,7 @@ def soak(pop3d_bin, tmp_path_factory):
         base = sampler.sample()
         assert base is not None, "cannot read pop3d's /proc entries"
         run.base_rss, run.base_fds, run.base_threads = base[1], base[2], base[3]
+        run.base_parts = rss_parts(server.pid)
         run.base_trimmed = server.rss_kib() if malloc_trim(server) else None
         log(f"baseline: RSS {mib(run.base_rss):.1f} MiB, {run.base_fds} fds, {run.base_threads} threads"
             + (f"; after malloc_trim {mib(run.base_trimmed):.1f} MiB" if run.base_trimmed else ""))
@@ -687,6 +700,13 @@ def test_rss_back_to_baseline_or_reused(soak):
     cycles, c, repeat = soak.cycles, soak.main, soak.repeat
     base_rss, base_trimmed = soak.base_rss, soak.base_trimmed
     growth = max(c.peak_rss - base_rss, 0)
+    # VmRSS = RssAnon (heap, stacks) + RssFile (pages of the binary and libraries, faulted in as code runs for the
+    # first time) + RssShmem: shown apart, so that code first run by the load is not mistaken for heap growth.
+    (base_anon, base_file) = soak.base_parts
+    report("RSS parts, baseline → after close: " + "; ".join(
+        f"{x.label}: anon {mib(base_anon):.1f} → {mib(x.after_parts[0]):.1f} MiB"
+        f" ({(x.after_parts[0] - base_anon) * 100 / max(base_anon, 1):+.0f} %),"
+        f" file {mib(base_file):.1f} → {mib(x.after_parts[1]):.1f} MiB" for x in cycles))
     if base_trimmed and all(x.trimmed_rss for x in cycles):
         # glibc keeps freed memory in its arenas for reuse, so VmRSS after closing stays near the peak without
         # any leak. malloc_trim(0) (through gdb, at rest) hands the free memory back: what remains is live data
