@@ -14,8 +14,9 @@ import Synchronization
 /// 16 KiB buffer for outgoing records, of which an idle POP3 connection uses the first page or two. From malloc's
 /// heap those buffers come with whatever pages earlier connections left resident, so a server holding many idle
 /// connections pays up to 48 KiB each for them. Here buffers of exactly those sizes come from slots of a reserved
-/// region instead, and a slot's pages are handed back to the kernel (`MADV_DONTNEED`) when its buffer is freed: a
-/// connection is charged only for the pages it touches, and a server whose load has passed shrinks back by itself.
+/// region instead, and a slot's pages are handed back to the kernel (`MADV_DONTNEED`) when its buffer is freed
+/// (beyond a few dozen slots kept warm for reuse): a connection is charged only for the pages it touches, and a
+/// server whose load has passed shrinks back by itself.
 /// Every other size, and any slot size once its slots are all in use, goes to malloc as usual.
 ///
 /// `ByteBufferAllocator` takes C function pointers, so the region is process-wide: sized once, by the first call of
@@ -78,27 +79,34 @@ private func reallocateConnectionBytes(_ pointer: UnsafeMutableRawPointer?, _ ol
 }
 
 /// `capacity` slots of `slotSize` bytes in one anonymous mapping reserved without backing (MAP_NORESERVE): a page
-/// costs memory only once written, and `give` returns a slot's pages to the kernel.
+/// costs memory only once written, and `give` returns a slot's pages to the kernel once `warmSlots` are kept.
 final class SlotArena: Sendable {
     let slotSize: Int
     let capacity: Int
     private let base: UInt
     private let end: UInt
+    /// Returned slots kept with their pages (no madvise), reused first: a busy server's short-lived buffers cycle
+    /// through these without a system call or a page fault, and they hold at most this many slots' pages.
+    let warmSlots: Int
+
     private struct State {
-        /// Returned slots, reused last-in first-out.
+        /// Returned slots whose pages are still resident, reused last-in first-out.
+        var warm: [Int32] = []
+        /// Returned slots whose pages went back to the kernel.
         var free: [Int32] = []
         /// Slots below this index have been handed out at least once.
         var used = 0
     }
     private let state: Mutex<State>
 
-    init?(slotSize: Int, capacity: Int) {
+    init?(slotSize: Int, capacity: Int, warmSlots: Int = 64) {
         let length = slotSize * capacity
         guard let region = mmap(nil, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0),
             region != MAP_FAILED
         else { return nil }
         self.slotSize = slotSize
         self.capacity = capacity
+        self.warmSlots = warmSlots
         self.base = UInt(bitPattern: region)
         self.end = self.base + UInt(length)
         self.state = Mutex(State())
@@ -113,6 +121,7 @@ final class SlotArena: Sendable {
     /// A free slot, or nil when all are in use.
     func take() -> UnsafeMutableRawPointer? {
         let index: Int? = self.state.withLock { state in
+            if let index = state.warm.popLast() { return Int(index) }
             if let index = state.free.popLast() { return Int(index) }
             guard state.used < self.capacity else { return nil }
             state.used += 1
@@ -121,12 +130,19 @@ final class SlotArena: Sendable {
         return index.map { UnsafeMutableRawPointer(bitPattern: self.base + UInt($0 * self.slotSize))! }
     }
 
-    /// Returns a slot: its pages go back to the kernel (they read as zeros when touched again).
+    /// Returns a slot: kept warm while fewer than `warmSlots` are, else its pages go back to the kernel (they read
+    /// as zeros when touched again).
     func give(_ pointer: UnsafeMutableRawPointer) {
-        let index = Int(UInt(bitPattern: pointer) - self.base) / self.slotSize
+        let index = Int32(Int(UInt(bitPattern: pointer) - self.base) / self.slotSize)
+        let keptWarm = self.state.withLock { state in
+            guard state.warm.count < self.warmSlots else { return false }
+            state.warm.append(index)
+            return true
+        }
+        guard !keptWarm else { return }
         _ = madvise(pointer, self.slotSize, MADV_DONTNEED)
-        self.state.withLock { $0.free.append(Int32(index)) }
+        self.state.withLock { $0.free.append(index) }
     }
 
-    var inUse: Int { self.state.withLock { $0.used - $0.free.count } }
+    var inUse: Int { self.state.withLock { $0.used - $0.free.count - $0.warm.count } }
 }

@@ -6,7 +6,7 @@ import Testing
 @Suite struct IdleConnectionAllocatorTests {
     /// A slot is handed out, taken back with its pages dropped (they read as zeros next time), and reused.
     @Test func slotsAreReusedAndTheirPagesDropped() throws {
-        let arena = try #require(SlotArena(slotSize: 16 * 1024, capacity: 2))
+        let arena = try #require(SlotArena(slotSize: 16 * 1024, capacity: 2, warmSlots: 0))
         let first = try #require(arena.take())
         #expect(arena.contains(first) && arena.inUse == 1)
         first.initializeMemory(as: UInt8.self, repeating: 0xA5, count: arena.slotSize)
@@ -17,6 +17,25 @@ import Testing
         let bytes = UnsafeRawBufferPointer(start: again, count: arena.slotSize)
         #expect(bytes.allSatisfy { $0 == 0 })
         arena.give(again)
+    }
+
+    /// The first slots returned are kept warm (pages and contents as they were) and handed out first; past that
+    /// number a returned slot's pages go back to the kernel.
+    @Test func warmSlotsKeepTheirPages() throws {
+        let arena = try #require(SlotArena(slotSize: 4096, capacity: 4, warmSlots: 1))
+        let a = try #require(arena.take())
+        let b = try #require(arena.take())
+        a.storeBytes(of: 0xA5, as: UInt8.self)
+        b.storeBytes(of: 0x5A, as: UInt8.self)
+        arena.give(a)  // warm
+        arena.give(b)  // the warm slot is taken: dropped
+        #expect(arena.inUse == 0)
+        let again = try #require(arena.take())
+        #expect(again == a && again.load(as: UInt8.self) == 0xA5)
+        let next = try #require(arena.take())
+        #expect(next == b && next.load(as: UInt8.self) == 0)
+        arena.give(again)
+        arena.give(next)
     }
 
     /// When every slot is in use, take() says so (the allocator then goes to malloc).
