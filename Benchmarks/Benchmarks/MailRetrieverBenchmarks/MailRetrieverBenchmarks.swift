@@ -74,7 +74,7 @@ nonisolated(unsafe) var fixture: DeliveryFixture?
 
 let benchmarks = {
     Benchmark.defaultConfiguration = .init(
-        metrics: [.wallClock, .throughput, .mallocCountTotal, .syscalls],
+        metrics: [.wallClock, .throughput, .mallocCountTotal],
         maxDuration: maxDuration,
         maxIterations: 1_000
     )

@@ -241,7 +241,7 @@ let benchmarks = {
     ] {
         Benchmark(
             "Connection TLS buffers, 32 + 16 KiB, allocate, write 100 B, free: \(name)",
-            configuration: .init(metrics: [.wallClock, .throughput, .mallocCountTotal, .syscalls])
+            configuration: .init(metrics: [.wallClock, .throughput, .mallocCountTotal])
         ) { benchmark in
             for _ in benchmark.scaledIterations {
                 var plaintext = allocator.buffer(capacity: 32 * 1024)
