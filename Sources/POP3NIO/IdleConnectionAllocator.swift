@@ -25,7 +25,7 @@ public enum IdleConnectionAllocator {
     /// The allocator for a listener's connections; `maximumConnections` sizes the region on the first call (later
     /// calls share it). When the region cannot be reserved, it is plain malloc.
     public static func make(maximumConnections: Int) -> ByteBufferAllocator {
-        requestedSlots.store(min(max(1, maximumConnections), 1 << 20), ordering: .relaxed)
+        requestedSlots.store(min(max(1, maximumConnections), maximumSlots), ordering: .relaxed)
         _ = slotArenas  // reserves the region now, not on a connection's event loop
         return ByteBufferAllocator(
             allocate: { size in allocateConnectionBytes(size) },
@@ -43,6 +43,10 @@ public enum IdleConnectionAllocator {
     /// The buffer sizes swift-nio-ssl allocates once per connection: its plaintext read buffer (two records) and
     /// the outbound buffer of its BIO (one record).
     static let slotSizes = [32 * 1024, 16 * 1024]
+
+    /// The most slots reserved per size (32 GiB of address space for the 32 KiB slots, none of it backed until
+    /// used), whatever `limits.connections` says; connections beyond the slots use malloc.
+    public static let maximumSlots = 1 << 20
 }
 
 // The allocator's functions are C function pointers, which cannot capture anything: the state is global.
